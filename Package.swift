@@ -1,0 +1,126 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "outbox",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "outbox-relay", targets: ["outbox-relay"]),
+        .executable(name: "order-service", targets: ["order-service"]),
+        .executable(name: "inventory-consumer", targets: ["inventory-consumer"]),
+        .executable(name: "outbox-demo", targets: ["outbox-demo"]),
+        .library(name: "Outbox", targets: ["Outbox"]),
+        .library(name: "OutboxMongo", targets: ["OutboxMongo"]),
+        .library(name: "OutboxAMQP", targets: ["OutboxAMQP"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // C libraries, one system-library target each (pkg-config + module map + shim header).
+        .systemLibrary(
+            name: "CMongoC",
+            pkgConfig: "libmongoc-1.0",
+            providers: [.apt(["libmongoc-dev", "libbson-dev"])]
+        ),
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev", "libssl-dev"])]
+        ),
+
+        // Pure Swift core: event model, relay engine, retry policy, configuration. No C imports.
+        .target(
+            name: "Outbox",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "OutboxMongo",
+            dependencies: [
+                "CMongoC", "Outbox",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "OutboxAMQP",
+            dependencies: [
+                "CRabbitMQ", "Outbox",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "OrderService",
+            dependencies: [
+                "Outbox", "OutboxMongo",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Inventory",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "outbox-relay",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "order-service",
+            dependencies: [
+                "OrderService", "OutboxMongo",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "inventory-consumer",
+            dependencies: [
+                "Inventory", "OutboxMongo", "OutboxAMQP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "outbox-demo",
+            dependencies: [
+                "Outbox", "OutboxMongo",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "OutboxTests",
+            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OrderService"]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OrderService", "Inventory",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,98 @@
+/// A header value carried on an AMQP message.
+public enum HeaderValue: Sendable, Hashable {
+    case string(String)
+    case int(Int64)
+}
+
+/// An outbox event ready to publish: where it goes, its AMQP properties and its JSON body.
+public struct OutboxMessage: Sendable, Hashable {
+    /// Event id; also the AMQP `message_id`, stable across retries.
+    public var id: String
+    /// Event type, e.g. `OrderCreated`; the AMQP `type` property.
+    public var type: String
+    public var aggregateType: String
+    public var aggregateId: String
+    public var aggregateVersion: Int
+    public var exchange: String
+    public var routingKey: String
+    /// Milliseconds since the epoch when the event occurred.
+    public var occurredAt: Int64
+    public var correlationId: String?
+    public var headers: [String: HeaderValue]
+    /// The event JSON.
+    public var body: [UInt8]
+    /// Delivery attempts made before this one.
+    public var attempts: Int
+
+    public init(
+        id: String, type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int,
+        exchange: String, routingKey: String, occurredAt: Int64, correlationId: String? = nil,
+        headers: [String: HeaderValue] = [:], body: [UInt8], attempts: Int = 0
+    ) {
+        self.id = id
+        self.type = type
+        self.aggregateType = aggregateType
+        self.aggregateId = aggregateId
+        self.aggregateVersion = aggregateVersion
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.occurredAt = occurredAt
+        self.correlationId = correlationId
+        self.headers = headers
+        self.body = body
+        self.attempts = attempts
+    }
+
+    /// Headers on the wire: the caller's plus the aggregate's type, id and version and the occurred-at time.
+    public var wireHeaders: [String: HeaderValue] {
+        var all = headers
+        all["x-aggregate-type"] = .string(aggregateType)
+        all["x-aggregate-id"] = .string(aggregateId)
+        all["x-aggregate-version"] = .int(Int64(aggregateVersion))
+        all["x-occurred-at"] = .int(occurredAt)
+        return all
+    }
+}
+
+/// What the broker said about one published message.
+public enum PublishOutcome: Sendable, Hashable {
+    /// `basic.ack`: the broker has taken responsibility for the message.
+    case acked
+    /// `basic.nack`: the broker refused it (e.g. a full queue that rejects publishes).
+    case nacked
+    /// `basic.return` of a mandatory publish: no queue is bound for its routing key.
+    case returned(String)
+    /// No confirm within the confirm timeout.
+    case timedOut
+    /// The channel or connection closed (or could not be opened) before the confirm arrived.
+    case connectionLost(String)
+
+    public var isDelivered: Bool { self == .acked }
+
+    /// Short stable label for metrics and logs.
+    public var label: String {
+        switch self {
+        case .acked: "acked"
+        case .nacked: "nacked"
+        case .returned: "returned"
+        case .timedOut: "timed_out"
+        case .connectionLost: "connection_lost"
+        }
+    }
+
+    public var reason: String {
+        switch self {
+        case .acked: "acked"
+        case .nacked: "broker nacked the publish"
+        case .returned(let text): "unroutable (basic.return: \(text))"
+        case .timedOut: "no confirm within the confirm timeout"
+        case .connectionLost(let text): "connection lost before confirm: \(text)"
+        }
+    }
+}
+
+/// Publishes messages with publisher confirms. Returns one outcome per message, in order.
+/// Only `.acked` means delivered; anything else leaves the message to be retried.
+public protocol ConfirmingPublisher: Sendable {
+    func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome]
+}

@@ -1,0 +1,131 @@
+import Logging
+import ServiceLifecycle
+
+/// Settings of the relay loop.
+public struct RelayConfiguration: Sendable {
+    /// Events fetched and published per batch.
+    public var batchSize: Int
+    /// Wait between polls when the outbox had nothing due.
+    public var pollInterval: Duration
+    /// Longest wait after a failed poll (store or broker down); doubles from `pollInterval`.
+    public var maxErrorBackoff: Duration
+    public var retryPolicy: RetryPolicy
+
+    public init(
+        batchSize: Int = 500, pollInterval: Duration = .milliseconds(200), maxErrorBackoff: Duration = .seconds(5),
+        retryPolicy: RetryPolicy = RetryPolicy()
+    ) {
+        self.batchSize = batchSize
+        self.pollInterval = pollInterval
+        self.maxErrorBackoff = maxErrorBackoff
+        self.retryPolicy = retryPolicy
+    }
+}
+
+/// What one pass of the relay did.
+public struct RelayPassResult: Sendable, Equatable {
+    public var fetched = 0
+    public var delivered = 0
+    public var retried = 0
+    public var parked = 0
+
+    public init(fetched: Int = 0, delivered: Int = 0, retried: Int = 0, parked: Int = 0) {
+        self.fetched = fetched
+        self.delivered = delivered
+        self.retried = retried
+        self.parked = parked
+    }
+}
+
+/// Moves events from the outbox to the broker: fetch a bounded batch of due events, publish
+/// them with confirms, mark the acked ones delivered, reschedule or park the rest.
+///
+/// An event is marked delivered only after its `basic.ack` (I3). If the process dies between the
+/// ack and the mark, the event stays pending and is published again: delivery is at least once,
+/// and consumers de-duplicate by message id.
+public final class Relay: Service {
+    private let store: any OutboxStore
+    private let publisher: any ConfirmingPublisher
+    private let configuration: RelayConfiguration
+    private let logger: Logger
+    private let idle: @Sendable () async -> Void
+
+    /// `idle` runs when a poll found nothing due (e.g. to let the broker connection answer heartbeats).
+    public init(
+        store: any OutboxStore, publisher: any ConfirmingPublisher, configuration: RelayConfiguration = .init(),
+        logger: Logger, idle: @escaping @Sendable () async -> Void = {}
+    ) {
+        self.store = store
+        self.publisher = publisher
+        self.configuration = configuration
+        self.logger = logger
+        self.idle = idle
+    }
+
+    public func run() async throws {
+        logger.info("relay started", metadata: ["outbox.batch_size": "\(configuration.batchSize)"])
+        var failures = 0
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                let result = try await runOnce()
+                failures = 0
+                if result.fetched == 0 {
+                    await idle()
+                    try? await Task.sleep(for: configuration.pollInterval)
+                }
+            } catch {
+                failures += 1
+                let delay = min(configuration.pollInterval * (1 << min(failures, 10)), configuration.maxErrorBackoff)
+                logger.warning("relay pass failed; retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+                try? await Task.sleep(for: delay)
+            }
+        }
+        logger.info("relay stopped")
+    }
+
+    /// One fetch → publish → mark pass. Throws only when the store fails; broker failures become
+    /// rescheduled events.
+    @discardableResult
+    public func runOnce() async throws -> RelayPassResult {
+        let batch = try await store.fetchDue(limit: configuration.batchSize)
+        guard !batch.isEmpty else { return RelayPassResult() }
+        let outcomes = await publisher.publish(batch)
+        precondition(outcomes.count == batch.count, "publisher must answer every message")
+
+        var delivered: [String] = []
+        var failed: [FailedDelivery] = []
+        delivered.reserveCapacity(batch.count)
+        for (message, outcome) in zip(batch, outcomes) {
+            if outcome.isDelivered {
+                delivered.append(message.id)
+            } else {
+                let attempts = message.attempts + 1
+                failed.append(
+                    FailedDelivery(
+                        id: message.id, attempts: attempts, error: outcome.reason,
+                        decision: configuration.retryPolicy.decision(afterAttempts: attempts)))
+            }
+        }
+        if !delivered.isEmpty { try await store.markDelivered(delivered) }
+        if !failed.isEmpty {
+            try await store.markFailed(failed)
+            logFailures(failed)
+        }
+        let parked = failed.filter { $0.decision == .park }.count
+        return RelayPassResult(
+            fetched: batch.count, delivered: delivered.count, retried: failed.count - parked, parked: parked)
+    }
+
+    private func logFailures(_ failed: [FailedDelivery]) {
+        for failure in failed.prefix(5) {
+            let action = failure.decision == .park ? "parked" : "will retry"
+            logger.warning(
+                "delivery failed; \(action)",
+                metadata: [
+                    "outbox.event_id": "\(failure.id)", "outbox.attempts": "\(failure.attempts)",
+                    "error": "\(failure.error)",
+                ])
+        }
+        if failed.count > 5 { logger.warning("\(failed.count - 5) more deliveries failed in this batch") }
+    }
+}

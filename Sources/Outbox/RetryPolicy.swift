@@ -1,0 +1,46 @@
+/// When to try a failed delivery again, and when to give up and park it.
+public struct RetryPolicy: Sendable, Equatable {
+    /// Attempts (publishes) before an event is parked.
+    public var maxAttempts: Int
+    /// Delay after the first failure; doubles with each further failure.
+    public var baseDelay: Duration
+    /// Upper bound for the delay.
+    public var maxDelay: Duration
+
+    public init(maxAttempts: Int = 10, baseDelay: Duration = .milliseconds(500), maxDelay: Duration = .seconds(300)) {
+        self.maxAttempts = maxAttempts
+        self.baseDelay = baseDelay
+        self.maxDelay = maxDelay
+    }
+
+    public enum Decision: Sendable, Equatable {
+        case retry(after: Duration)
+        case park
+    }
+
+    /// The decision after `attempts` failed attempts (1 after the first failure).
+    /// The delay is exponential with "equal jitter": half fixed, half random, so retries of
+    /// events that failed together spread out instead of hitting the broker at once.
+    public func decision<G: RandomNumberGenerator>(afterAttempts attempts: Int, using generator: inout G) -> Decision {
+        guard attempts < maxAttempts else { return .park }
+        let exponent = min(max(attempts - 1, 0), 30)
+        let base = baseDelay * (1 << exponent)
+        let capped = min(base, maxDelay)
+        let half = capped / 2
+        let jitterMs = Int64.random(in: 0...max(half.milliseconds, 0), using: &generator)
+        return .retry(after: half + .milliseconds(jitterMs))
+    }
+
+    public func decision(afterAttempts attempts: Int) -> Decision {
+        var generator = SystemRandomNumberGenerator()
+        return decision(afterAttempts: attempts, using: &generator)
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded down.
+    public var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -1,0 +1,478 @@
+import CRabbitMQ
+import Foundation
+import Outbox
+
+/// An AMQP failure. Any AMQPError means the connection is no longer usable.
+public struct AMQPError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let message: String
+
+    public init(operation: String, message: String) {
+        self.operation = operation
+        self.message = message
+    }
+
+    public var description: String { "AMQP \(operation) failed: \(message)" }
+}
+
+/// A queue argument (`x-max-length`, `x-overflow`, `x-dead-letter-exchange`, ...).
+public enum AMQPArgument: Sendable, Hashable {
+    case string(String)
+    case int(Int64)
+    case bool(Bool)
+}
+
+/// A message received from a queue.
+public struct AMQPDelivery: Sendable {
+    public var deliveryTag: UInt64
+    public var redelivered: Bool
+    public var exchange: String
+    public var routingKey: String
+    public var messageId: String?
+    public var type: String?
+    public var correlationId: String?
+    public var headers: [String: HeaderValue]
+    public var body: [UInt8]
+}
+
+/// The confirm-mode channel number used by every connection here (one channel per connection).
+let channel: amqp_channel_t = 1
+
+/// Owns one `amqp_connection_state_t` with one open channel.
+///
+/// rabbitmq-c connections are not thread-safe: an instance is created, used and closed on one
+/// thread only (see `AMQPConnectionOwner`), which is why it is not Sendable.
+final class AMQPConnection {
+    private let state: amqp_connection_state_t
+    private(set) var isOpen = false
+    /// Next publish sequence number on a confirm channel (RabbitMQ numbers from 1).
+    private(set) var nextDeliveryTag: UInt64 = 1
+    private(set) var confirmMode = false
+
+    init(endpoint: AMQPEndpoint, heartbeatSeconds: Int32, connectTimeout: Duration) throws {
+        guard let state = amqp_new_connection() else { throw AMQPError(operation: "connect", message: "out of memory") }
+        self.state = state
+        guard let socket = amqp_tcp_socket_new(state) else {
+            amqp_destroy_connection(state)
+            throw AMQPError(operation: "connect", message: "cannot create socket")
+        }
+        var timeout = timeval(duration: connectTimeout)
+        let status = amqp_socket_open_noblock(socket, endpoint.host, Int32(endpoint.port), &timeout)
+        guard status == AMQP_STATUS_OK.rawValue else {
+            amqp_destroy_connection(state)
+            throw AMQPError(operation: "connect to \(endpoint.host):\(endpoint.port)", message: statusText(status))
+        }
+        // Reads and writes give up after this long, so a dead peer never blocks a thread for ever.
+        var rpcTimeout = timeval(duration: connectTimeout)
+        amqp_set_rpc_timeout(state, &rpcTimeout)
+        let login = outbox_amqp_login_plain(
+            state, endpoint.virtualHost, 1, 131072, heartbeatSeconds, endpoint.user, endpoint.password)
+        guard login.reply_type == AMQP_RESPONSE_NORMAL else {
+            let error = AMQPError(operation: "login as \(endpoint.user)", message: replyText(login))
+            amqp_destroy_connection(state)
+            throw error
+        }
+        amqp_channel_open(state, channel)
+        do {
+            try check("channel.open")
+        } catch {
+            amqp_destroy_connection(state)
+            throw error
+        }
+        isOpen = true
+    }
+
+    deinit {
+        close()
+        amqp_destroy_connection(state)
+    }
+
+    /// Closes channel and connection politely; safe to call twice.
+    func close() {
+        guard isOpen else { return }
+        isOpen = false
+        _ = amqp_channel_close(state, channel, Int32(AMQP_REPLY_SUCCESS))
+        _ = amqp_connection_close(state, Int32(AMQP_REPLY_SUCCESS))
+    }
+
+    /// Marks the connection unusable after a failure, without a polite close that could block.
+    func abandon() { isOpen = false }
+
+    private func check(_ operation: String) throws {
+        let reply = amqp_get_rpc_reply(state)
+        guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
+            isOpen = false
+            throw AMQPError(operation: operation, message: replyText(reply))
+        }
+    }
+
+    // MARK: Topology
+
+    func confirmSelect() throws {
+        amqp_confirm_select(state, channel)
+        try check("confirm.select")
+        confirmMode = true
+        nextDeliveryTag = 1
+    }
+
+    func declareExchange(_ name: String, type: String = "topic", durable: Bool = true) throws {
+        let arena = CArena()
+        amqp_exchange_declare(state, channel, arena.bytes(name), arena.bytes(type), 0, durable ? 1 : 0, 0, 0, amqp_empty_table)
+        try check("exchange.declare \(name)")
+    }
+
+    @discardableResult
+    func declareQueue(_ name: String, durable: Bool = true, arguments: [String: AMQPArgument] = [:]) throws -> Int {
+        let arena = CArena()
+        let ok = amqp_queue_declare(state, channel, arena.bytes(name), 0, durable ? 1 : 0, 0, 0, arena.table(arguments))
+        try check("queue.declare \(name)")
+        return Int(ok?.pointee.message_count ?? 0)
+    }
+
+    func bindQueue(_ queue: String, exchange: String, routingKey: String) throws {
+        let arena = CArena()
+        amqp_queue_bind(state, channel, arena.bytes(queue), arena.bytes(exchange), arena.bytes(routingKey), amqp_empty_table)
+        try check("queue.bind \(queue)")
+    }
+
+    func deleteQueue(_ name: String) throws {
+        let arena = CArena()
+        amqp_queue_delete(state, channel, arena.bytes(name), 0, 0)
+        try check("queue.delete \(name)")
+    }
+
+    func deleteExchange(_ name: String) throws {
+        let arena = CArena()
+        amqp_exchange_delete(state, channel, arena.bytes(name), 0)
+        try check("exchange.delete \(name)")
+    }
+
+    @discardableResult
+    func purgeQueue(_ name: String) throws -> Int {
+        let arena = CArena()
+        let ok = amqp_queue_purge(state, channel, arena.bytes(name))
+        try check("queue.purge \(name)")
+        return Int(ok?.pointee.message_count ?? 0)
+    }
+
+    // MARK: Publishing
+
+    /// Sends one `basic.publish`; returns its delivery tag on a confirm channel.
+    @discardableResult
+    func publish(
+        exchange: String, routingKey: String, body: [UInt8], mandatory: Bool,
+        messageId: String?, type: String?, correlationId: String? = nil, timestampSeconds: UInt64? = nil,
+        headers: [String: HeaderValue] = [:], appId: String? = nil
+    ) throws -> UInt64 {
+        let arena = CArena()
+        var props = amqp_basic_properties_t()
+        var flags = UInt32(AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG)
+        props.content_type = arena.bytes("application/json")
+        props.delivery_mode = 2  // persistent
+        if let messageId {
+            flags |= UInt32(AMQP_BASIC_MESSAGE_ID_FLAG)
+            props.message_id = arena.bytes(messageId)
+        }
+        if let type {
+            flags |= UInt32(AMQP_BASIC_TYPE_FLAG)
+            props.type = arena.bytes(type)
+        }
+        if let correlationId {
+            flags |= UInt32(AMQP_BASIC_CORRELATION_ID_FLAG)
+            props.correlation_id = arena.bytes(correlationId)
+        }
+        if let timestampSeconds {
+            flags |= UInt32(AMQP_BASIC_TIMESTAMP_FLAG)
+            props.timestamp = timestampSeconds
+        }
+        if let appId {
+            flags |= UInt32(AMQP_BASIC_APP_ID_FLAG)
+            props.app_id = arena.bytes(appId)
+        }
+        if !headers.isEmpty {
+            flags |= UInt32(AMQP_BASIC_HEADERS_FLAG)
+            props.headers = arena.table(headers.mapValues { value in
+                switch value {
+                case .string(let s): AMQPArgument.string(s)
+                case .int(let i): AMQPArgument.int(i)
+                }
+            })
+        }
+        props._flags = amqp_flags_t(flags)
+        let status = amqp_basic_publish(
+            state, channel, arena.bytes(exchange), arena.bytes(routingKey), mandatory ? 1 : 0, 0, &props,
+            arena.bytes(body))
+        guard status == AMQP_STATUS_OK.rawValue else {
+            isOpen = false
+            throw AMQPError(operation: "basic.publish", message: statusText(status))
+        }
+        guard confirmMode else { return 0 }
+        defer { nextDeliveryTag += 1 }
+        return nextDeliveryTag
+    }
+
+    // MARK: Frames
+
+    /// An event read from the channel while waiting for confirms.
+    enum ConfirmEvent {
+        case ack(tag: UInt64, multiple: Bool)
+        case nack(tag: UInt64, multiple: Bool)
+        /// A mandatory message came back unroutable; identified by its `message_id`.
+        case returned(messageId: String?, replyText: String)
+    }
+
+    /// Waits up to `timeout` for the next confirm-related frame; nil on timeout. Throws when the
+    /// channel or connection closed or the socket failed.
+    func nextConfirmEvent(timeout: Duration) throws -> ConfirmEvent? {
+        guard let frame = try waitFrame(timeout: timeout) else { return nil }
+        guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { return nil }  // stray content frame
+        let method = frame.payload.method
+        switch method.id {
+        case OUTBOX_AMQP_BASIC_ACK:
+            let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+            return .ack(tag: ack.delivery_tag, multiple: ack.multiple != 0)
+        case OUTBOX_AMQP_BASIC_NACK:
+            let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+            return .nack(tag: nack.delivery_tag, multiple: nack.multiple != 0)
+        case OUTBOX_AMQP_BASIC_RETURN:
+            let ret = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+            let text = String(amqpBytes: ret.reply_text)
+            // A return is followed by the content header (with the properties) and body frames.
+            guard let header = try waitFrame(timeout: .seconds(5)), header.frame_type == UInt8(AMQP_FRAME_HEADER) else {
+                throw failed("basic.return", "content header missing")
+            }
+            var remaining = header.payload.properties.body_size
+            let props = header.payload.properties.decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee
+            let messageId =
+                props._flags & amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG) != 0 ? String(amqpBytes: props.message_id) : nil
+            while remaining > 0 {
+                guard let body = try waitFrame(timeout: .seconds(5)), body.frame_type == UInt8(AMQP_FRAME_BODY) else {
+                    throw failed("basic.return", "content body missing")
+                }
+                remaining -= UInt64(body.payload.body_fragment.len)
+            }
+            return .returned(messageId: messageId, replyText: "\(ret.reply_code) \(text)")
+        case OUTBOX_AMQP_CHANNEL_CLOSE:
+            let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            throw failed("channel", "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+        case OUTBOX_AMQP_CONNECTION_CLOSE:
+            let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            throw failed("connection", "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+        default:
+            return nil
+        }
+    }
+
+    private func failed(_ operation: String, _ message: String) -> AMQPError {
+        isOpen = false
+        return AMQPError(operation: operation, message: message)
+    }
+
+    private func waitFrame(timeout: Duration) throws -> amqp_frame_t? {
+        var frame = amqp_frame_t()
+        var tv = timeval(duration: timeout)
+        let status = amqp_simple_wait_frame_noblock(state, &frame, &tv)
+        if status == AMQP_STATUS_TIMEOUT.rawValue { return nil }
+        guard status == AMQP_STATUS_OK.rawValue else { throw failed("read frame", statusText(status)) }
+        return frame
+    }
+
+    /// Frees decoded-frame memory once nothing is buffered; call between batches.
+    func releaseBuffers() { amqp_maybe_release_buffers(state) }
+
+    /// Lets rabbitmq-c answer heartbeats while the connection is otherwise idle.
+    func keepAlive() throws {
+        while let _ = try waitFrame(timeout: .zero) {}
+    }
+
+    // MARK: Consuming
+
+    func qos(prefetch: UInt16) throws {
+        amqp_basic_qos(state, channel, 0, prefetch, 0)
+        try check("basic.qos")
+    }
+
+    func consume(queue: String) throws {
+        let arena = CArena()
+        amqp_basic_consume(state, channel, arena.bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table)
+        try check("basic.consume \(queue)")
+    }
+
+    /// Waits up to `timeout` for a delivery; nil on timeout.
+    func nextDelivery(timeout: Duration) throws -> AMQPDelivery? {
+        releaseBuffers()
+        var envelope = amqp_envelope_t()
+        var tv = timeval(duration: timeout)
+        let reply = amqp_consume_message(state, &envelope, &tv, 0)
+        if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && reply.library_error == AMQP_STATUS_TIMEOUT.rawValue {
+            return nil
+        }
+        if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && reply.library_error == AMQP_STATUS_UNEXPECTED_STATE.rawValue {
+            // A frame other than a delivery: a close means the channel is gone; anything else is skipped.
+            _ = try nextConfirmEvent(timeout: .zero)
+            return nil
+        }
+        guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("consume", replyText(reply)) }
+        defer { amqp_destroy_envelope(&envelope) }
+        let props = envelope.message.properties
+        func optionalString(_ flag: Int32, _ bytes: amqp_bytes_t) -> String? {
+            props._flags & amqp_flags_t(flag) != 0 ? String(amqpBytes: bytes) : nil
+        }
+        return AMQPDelivery(
+            deliveryTag: envelope.delivery_tag,
+            redelivered: envelope.redelivered != 0,
+            exchange: String(amqpBytes: envelope.exchange),
+            routingKey: String(amqpBytes: envelope.routing_key),
+            messageId: optionalString(AMQP_BASIC_MESSAGE_ID_FLAG, props.message_id),
+            type: optionalString(AMQP_BASIC_TYPE_FLAG, props.type),
+            correlationId: optionalString(AMQP_BASIC_CORRELATION_ID_FLAG, props.correlation_id),
+            headers: props._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 ? decodeTable(props.headers) : [:],
+            body: [UInt8](amqpBytes: envelope.message.body))
+    }
+
+    func ack(_ deliveryTag: UInt64) throws {
+        let status = amqp_basic_ack(state, channel, deliveryTag, 0)
+        guard status == AMQP_STATUS_OK.rawValue else { throw failed("basic.ack", statusText(status)) }
+    }
+
+    func reject(_ deliveryTag: UInt64, requeue: Bool) throws {
+        let status = amqp_basic_reject(state, channel, deliveryTag, requeue ? 1 : 0)
+        guard status == AMQP_STATUS_OK.rawValue else { throw failed("basic.reject", statusText(status)) }
+    }
+
+    /// Fetches one message with `basic.get` (used by tests and tools); nil when the queue is empty.
+    func get(queue: String) throws -> AMQPDelivery? {
+        let arena = CArena()
+        let reply = amqp_basic_get(state, channel, arena.bytes(queue), 1)
+        guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("basic.get", replyText(reply)) }
+        guard reply.reply.id == AMQP_BASIC_GET_OK_METHOD_ID else { return nil }
+        let ok = reply.reply.decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
+        var message = amqp_message_t()
+        let read = amqp_read_message(state, channel, &message, 0)
+        guard read.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("basic.get", replyText(read)) }
+        defer { amqp_destroy_message(&message) }
+        let props = message.properties
+        return AMQPDelivery(
+            deliveryTag: ok.delivery_tag, redelivered: ok.redelivered != 0,
+            exchange: String(amqpBytes: ok.exchange), routingKey: String(amqpBytes: ok.routing_key),
+            messageId: props._flags & amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG) != 0 ? String(amqpBytes: props.message_id) : nil,
+            type: props._flags & amqp_flags_t(AMQP_BASIC_TYPE_FLAG) != 0 ? String(amqpBytes: props.type) : nil,
+            correlationId: nil,
+            headers: props._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 ? decodeTable(props.headers) : [:],
+            body: [UInt8](amqpBytes: message.body))
+    }
+
+    private func replyText(_ reply: amqp_rpc_reply_t) -> String {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NONE: return "no reply (missing RPC reply type)"
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION: return statusText(reply.library_error)
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            switch reply.reply.id {
+            case OUTBOX_AMQP_CONNECTION_CLOSE:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                return "connection closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))"
+            case OUTBOX_AMQP_CHANNEL_CLOSE:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                return "channel closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))"
+            default:
+                return "unexpected server method \(reply.reply.id)"
+            }
+        default: return "unknown reply"
+        }
+    }
+}
+
+let AMQP_BASIC_GET_OK_METHOD_ID: amqp_method_number_t = 0x003C_0047
+
+private func statusText(_ status: Int32) -> String {
+    String(cString: amqp_error_string2(status))
+}
+
+private func decodeTable(_ table: amqp_table_t) -> [String: HeaderValue] {
+    var result: [String: HeaderValue] = [:]
+    guard let entries = table.entries else { return result }
+    for i in 0..<Int(table.num_entries) {
+        let entry = entries[i]
+        let key = String(amqpBytes: entry.key)
+        switch Character(UnicodeScalar(entry.value.kind)) {
+        case "S": result[key] = .string(String(amqpBytes: entry.value.value.bytes))
+        case "l": result[key] = .int(entry.value.value.i64)
+        case "L": result[key] = .int(Int64(bitPattern: entry.value.value.u64))
+        case "I": result[key] = .int(Int64(entry.value.value.i32))
+        case "i": result[key] = .int(Int64(entry.value.value.u32))
+        default: break
+        }
+    }
+    return result
+}
+
+extension timeval {
+    init(duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: Int(max(seconds, 0)), tv_usec: Int(max(attoseconds, 0) / 1_000_000_000_000))
+    }
+}
+
+extension String {
+    init(amqpBytes bytes: amqp_bytes_t) {
+        guard let base = bytes.bytes, bytes.len > 0 else {
+            self = ""
+            return
+        }
+        self = String(decoding: UnsafeRawBufferPointer(start: base, count: bytes.len), as: UTF8.self)
+    }
+}
+
+extension Array where Element == UInt8 {
+    init(amqpBytes bytes: amqp_bytes_t) {
+        guard let base = bytes.bytes, bytes.len > 0 else {
+            self = []
+            return
+        }
+        self = Array(UnsafeRawBufferPointer(start: base, count: bytes.len))
+    }
+}
+
+/// C memory for the duration of one rabbitmq-c call: strings, bodies and tables copied into
+/// malloc'd buffers that stay valid until the arena is released.
+final class CArena {
+    private var allocations: [UnsafeMutableRawPointer] = []
+
+    deinit { allocations.forEach { free($0) } }
+
+    private func allocate(_ count: Int) -> UnsafeMutableRawPointer {
+        let pointer = malloc(Swift.max(count, 1))!
+        allocations.append(pointer)
+        return pointer
+    }
+
+    func bytes(_ string: String) -> amqp_bytes_t { bytes(Array(string.utf8)) }
+
+    func bytes(_ array: [UInt8]) -> amqp_bytes_t {
+        let pointer = allocate(array.count)
+        array.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: array.count) }
+        return amqp_bytes_t(len: array.count, bytes: pointer)
+    }
+
+    func table(_ arguments: [String: AMQPArgument]) -> amqp_table_t {
+        guard !arguments.isEmpty else { return amqp_empty_table }
+        let entries = allocate(MemoryLayout<amqp_table_entry_t>.stride * arguments.count)
+            .bindMemory(to: amqp_table_entry_t.self, capacity: arguments.count)
+        for (i, (key, value)) in arguments.sorted(by: { $0.key < $1.key }).enumerated() {
+            var field = amqp_field_value_t()
+            switch value {
+            case .string(let s):
+                field.kind = UInt8(ascii: "S")
+                field.value.bytes = bytes(s)
+            case .int(let n):
+                field.kind = UInt8(ascii: "l")
+                field.value.i64 = n
+            case .bool(let b):
+                field.kind = UInt8(ascii: "t")
+                field.value.boolean = b ? 1 : 0
+            }
+            (entries + i).initialize(to: amqp_table_entry_t(key: bytes(key), value: field))
+        }
+        return amqp_table_t(num_entries: Int32(arguments.count), entries: entries)
+    }
+}

@@ -1,0 +1,169 @@
+import Logging
+import Outbox
+
+/// Publishes outbox messages on a confirm channel: pipelined, `mandatory`, persistent, with at
+/// most `maxInFlight` unconfirmed messages, acks and nacks correlated by delivery tag (honouring
+/// `multiple`), and a `basic.return` counted as a failure even though an ack follows it.
+public final class ConfirmPublisher: ConfirmingPublisher {
+    public struct Options: Sendable {
+        /// Unconfirmed publishes allowed at once.
+        public var maxInFlight: Int
+        /// How long to wait for outstanding confirms after the last publish of a batch.
+        public var confirmTimeout: Duration
+        /// The AMQP `app_id` property.
+        public var appId: String
+        /// Exchanges declared (durable, topic) whenever a connection opens.
+        public var declareExchanges: [String]
+
+        public init(
+            maxInFlight: Int = 1000, confirmTimeout: Duration = .seconds(10), appId: String = "outbox-relay",
+            declareExchanges: [String] = ["orders"]
+        ) {
+            self.maxInFlight = maxInFlight
+            self.confirmTimeout = confirmTimeout
+            self.appId = appId
+            self.declareExchanges = declareExchanges
+        }
+    }
+
+    private let owner: AMQPConnectionOwner
+    private let options: Options
+    private let logger: Logger
+
+    public init(configuration: AMQPConfiguration, options: Options = Options(), logger: Logger) {
+        self.options = options
+        self.logger = logger
+        owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { connection in
+            try connection.confirmSelect()
+            for exchange in options.declareExchanges {
+                try connection.declareExchange(exchange)
+            }
+        }
+    }
+
+    public var isConnected: Bool { get async { await owner.isConnected } }
+
+    public func close() async { await owner.close() }
+
+    /// Opens the connection now (instead of on the first publish); throws when it cannot.
+    public func connect() async throws {
+        try await owner.run { _ in }
+    }
+
+    /// Answers heartbeats while idle; a failure closes the connection so the next publish reconnects.
+    public func keepAlive() async {
+        _ = try? await owner.run { try $0.keepAlive() }
+    }
+
+    public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
+        guard !messages.isEmpty else { return [] }
+        do {
+            return try await owner.run { [options] connection in
+                var batch = ConfirmBatch(count: messages.count, messageIds: messages.map(\.id))
+                defer { connection.releaseBuffers() }
+                do {
+                    for (index, message) in messages.enumerated() {
+                        while batch.outstanding >= options.maxInFlight {
+                            guard let event = try connection.nextConfirmEvent(timeout: options.confirmTimeout) else {
+                                batch.settleOutstanding(.timedOut)
+                                connection.abandon()
+                                return batch.outcomes(orElse: .timedOut)
+                            }
+                            batch.apply(event)
+                        }
+                        let tag = try connection.publish(
+                            exchange: message.exchange, routingKey: message.routingKey, body: message.body,
+                            mandatory: true, messageId: message.id, type: message.type,
+                            correlationId: message.correlationId,
+                            timestampSeconds: UInt64(max(message.occurredAt, 0) / 1000),
+                            headers: message.wireHeaders, appId: options.appId)
+                        batch.published(index: index, tag: tag)
+                    }
+                    let deadline = ContinuousClock.now + options.confirmTimeout
+                    while batch.outstanding > 0 {
+                        let left = deadline - ContinuousClock.now
+                        guard left > .zero, let event = try connection.nextConfirmEvent(timeout: left) else {
+                            // Confirms that never came: nothing outstanding counts as delivered, and
+                            // the channel's tag sequence can no longer be trusted, so start afresh.
+                            batch.settleOutstanding(.timedOut)
+                            connection.abandon()
+                            break
+                        }
+                        batch.apply(event)
+                    }
+                } catch {
+                    batch.settleOutstanding(.connectionLost("\(error)"))
+                    return batch.outcomes(orElse: .connectionLost("\(error)"))
+                }
+                return batch.outcomes(orElse: .timedOut)
+            }
+        } catch {
+            logger.warning("publish failed", metadata: ["error": "\(error)", "outbox.batch_size": "\(messages.count)"])
+            return Array(repeating: .connectionLost("\(error)"), count: messages.count)
+        }
+    }
+}
+
+/// Bookkeeping for one pipelined batch on a confirm channel.
+struct ConfirmBatch {
+    private var results: [PublishOutcome?]
+    private var tags: [UInt64] = []  // tags[i] is the delivery tag of message i (published in order)
+    private var firstTag: UInt64 = 0
+    private var lowestUnsettled = 0  // every message before this index is settled
+    private var returned: [Int: String] = [:]
+    private let indexById: [String: Int]
+    private(set) var outstanding = 0
+
+    init(count: Int, messageIds: [String]) {
+        results = Array(repeating: nil, count: count)
+        var index: [String: Int] = [:]
+        for (i, id) in messageIds.enumerated() { index[id] = i }
+        indexById = index
+    }
+
+    mutating func published(index: Int, tag: UInt64) {
+        if tags.isEmpty { firstTag = tag }
+        tags.append(tag)
+        outstanding += 1
+    }
+
+    mutating func apply(_ event: AMQPConnection.ConfirmEvent) {
+        switch event {
+        case .ack(let tag, let multiple): settle(tag: tag, multiple: multiple, nacked: false)
+        case .nack(let tag, let multiple): settle(tag: tag, multiple: multiple, nacked: true)
+        case .returned(let messageId, let text):
+            if let messageId, let index = indexById[messageId] { returned[index] = text }
+        }
+    }
+
+    private mutating func settle(tag: UInt64, multiple: Bool, nacked: Bool) {
+        guard tag >= firstTag, !tags.isEmpty else { return }  // a confirm from an earlier batch
+        let index = Int(tag - firstTag)
+        guard index < tags.count else { return }
+        let range = multiple ? lowestUnsettled...index : index...index
+        for i in range where results[i] == nil {
+            if nacked {
+                results[i] = .nacked
+            } else if let text = returned[i] {
+                results[i] = .returned(text)
+            } else {
+                results[i] = .acked
+            }
+            outstanding -= 1
+        }
+        while lowestUnsettled < tags.count, results[lowestUnsettled] != nil { lowestUnsettled += 1 }
+    }
+
+    /// Gives every published, unconfirmed message `outcome`.
+    mutating func settleOutstanding(_ outcome: PublishOutcome) {
+        for i in 0..<tags.count where results[i] == nil {
+            results[i] = outcome
+        }
+        outstanding = 0
+    }
+
+    /// Outcomes in message order; messages never published get `fallback`.
+    func outcomes(orElse fallback: PublishOutcome) -> [PublishOutcome] {
+        results.map { $0 ?? fallback }
+    }
+}

@@ -1,0 +1,273 @@
+import CMongoC
+import Logging
+import NIOPosix
+
+/// One-time libmongoc initialisation for the whole process (mongoc_cleanup is left to process exit).
+private let mongocInitialised: Bool = {
+    mongoc_init()
+    return true
+}()
+
+/// An error from libmongoc or the server. The description names the operation and the
+/// server's message, never the documents involved.
+public struct MongoError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let domain: UInt32
+    public let code: UInt32
+    public let message: String
+    /// The server reply that came with the error (holds `errorLabels`), when there was one.
+    public let reply: Document?
+    fileprivate let raw: bson_error_t?
+
+    init(operation: String, error: bson_error_t, reply: OpaquePointer?) {
+        self.init(operation: operation, error: error, replyDocument: reply.flatMap { try? Document(copying: $0) })
+    }
+
+    init(operation: String, error: bson_error_t, replyDocument: Document?) {
+        var error = error
+        self.operation = operation
+        domain = error.domain
+        code = error.code
+        message = String(cString: outbox_bson_error_message(&error))
+        reply = replyDocument
+        raw = error
+    }
+
+    public init(operation: String, message: String) {
+        self.operation = operation
+        domain = 0
+        code = 0
+        self.message = message
+        reply = nil
+        raw = nil
+    }
+
+    public var errorLabels: [String] {
+        (reply?["errorLabels"]?.arrayValue ?? []).compactMap(\.stringValue)
+    }
+
+    /// Duplicate key (E11000), also when it is reported inside a write error.
+    public var isDuplicateKey: Bool {
+        if code == 11000 { return true }
+        let writeErrors = reply?["writeErrors"]?.arrayValue ?? []
+        return writeErrors.contains { $0.documentValue?["code"]?.intValue == 11000 }
+    }
+
+    /// Network, server selection or "not primary" failures: the operation may succeed if tried again.
+    public var isConnectionFailure: Bool {
+        let d = Int32(bitPattern: domain)
+        return d == Int32(MONGOC_ERROR_STREAM.rawValue) || d == Int32(MONGOC_ERROR_SERVER_SELECTION.rawValue)
+            || errorLabels.contains("RetryableWriteError") || errorLabels.contains("TransientTransactionError")
+    }
+
+    public var description: String { "MongoDB \(operation) failed (domain \(domain), code \(code)): \(message)" }
+}
+
+/// Settings for a `MongoClientPool`.
+public struct MongoConfiguration: Sendable {
+    /// Connection string, e.g. `mongodb://127.0.0.1:27017/?replicaSet=rs0`.
+    public var uri: String
+    /// Database holding the business and outbox collections.
+    public var database: String
+    /// Threads that run blocking libmongoc calls; also the number of concurrent operations.
+    public var threads: Int
+    /// Application name reported to the server.
+    public var appName: String
+
+    public init(uri: String, database: String = "outbox", threads: Int = 4, appName: String = "outbox") {
+        self.uri = uri
+        self.database = database
+        self.threads = threads
+        self.appName = appName
+    }
+}
+
+/// Owns a `mongoc_client_pool_t` and the threads that use it.
+///
+/// libmongoc calls block, so they run on a dedicated `NIOThreadPool`, never on Swift's
+/// cooperative pool. Each job pops one client, uses it on that thread only, and pushes it back.
+/// The client pool holds at least as many clients as there are threads, so a pop never waits
+/// for a client that another blocked pop would have to return.
+///
+/// `@unchecked Sendable`: the client pool is thread-safe by libmongoc's contract, clients never
+/// leave the job that popped them, and the pointers are immutable after `init`.
+public final class MongoClientPool: @unchecked Sendable {
+    public let configuration: MongoConfiguration
+    private let uri: OpaquePointer
+    private let pool: OpaquePointer
+    private let threadPool: NIOThreadPool
+
+    public init(_ configuration: MongoConfiguration) throws {
+        _ = mongocInitialised
+        self.configuration = configuration
+        var error = bson_error_t()
+        guard let uri = mongoc_uri_new_with_error(configuration.uri, &error) else {
+            throw MongoError(operation: "parse MONGODB_URI", error: error, reply: nil)
+        }
+        guard let pool = mongoc_client_pool_new_with_error(uri, &error) else {
+            mongoc_uri_destroy(uri)
+            throw MongoError(operation: "create client pool", error: error, reply: nil)
+        }
+        mongoc_client_pool_set_error_api(pool, Int32(MONGOC_ERROR_API_VERSION_2))
+        mongoc_client_pool_set_appname(pool, configuration.appName)
+        mongoc_client_pool_max_size(pool, UInt32(max(configuration.threads, 1) + 2))
+        self.uri = uri
+        self.pool = pool
+        threadPool = NIOThreadPool(numberOfThreads: max(configuration.threads, 1))
+        threadPool.start()
+    }
+
+    deinit {
+        try? threadPool.syncShutdownGracefully()
+        mongoc_client_pool_destroy(pool)
+        mongoc_uri_destroy(uri)
+    }
+
+    /// The database named in the configuration.
+    public var database: String { configuration.database }
+
+    /// Runs `body` with a client of its own on a pool thread.
+    @discardableResult
+    public func withConnection<R: Sendable>(_ body: @escaping @Sendable (MongoConnection) throws -> R) async throws -> R {
+        try await threadPool.runIfActive { [self] in
+            let client = mongoc_client_pool_pop(pool)!
+            defer { mongoc_client_pool_push(pool, client) }
+            return try body(MongoConnection(client: client, session: nil, database: database))
+        }
+    }
+
+    /// Runs `body` inside a multi-document transaction with libmongoc's `with_transaction`
+    /// semantics: a `TransientTransactionError` re-runs the whole body, an
+    /// `UnknownTransactionCommitResult` retries the commit. An error thrown by `body` that is not
+    /// a transient MongoDB error aborts the transaction and is rethrown as it is.
+    @discardableResult
+    public func withTransaction<R: Sendable>(
+        _ body: @escaping @Sendable (MongoConnection) throws -> R
+    ) async throws -> R {
+        try await withConnection { connection in
+            try connection.withTransaction(body)
+        }
+    }
+
+    /// Sends `ping` to the server; throws when it cannot be reached.
+    public func ping() async throws {
+        _ = try await withConnection { try $0.runCommand(["ping": 1], database: "admin") }
+    }
+}
+
+/// A client borrowed from the pool for one job, optionally inside a session's transaction.
+/// Not Sendable: it lives on the pool thread that popped it.
+public struct MongoConnection {
+    let client: OpaquePointer
+    let session: OpaquePointer?
+    public let database: String
+
+    public func collection(_ name: String) -> MongoCollection {
+        MongoCollection(connection: self, name: name)
+    }
+
+    /// Runs a database command (read or write) and returns the reply.
+    @discardableResult
+    public func runCommand(_ command: Document, database: String? = nil) throws -> Document {
+        try withOptions(nil) { opts in
+            let reply = outbox_bson_new()!
+            defer { bson_destroy(reply) }
+            var error = bson_error_t()
+            let ok = command.withBSONPointer { cmd in
+                mongoc_client_write_command_with_opts(client, database ?? self.database, cmd, opts, reply, &error)
+            }
+            guard ok else { throw MongoError(operation: command.keys.first ?? "command", error: error, reply: reply) }
+            return try Document(copying: reply)
+        }
+    }
+
+    /// Builds an options `bson_t` from `options`, appends the session id when inside a session,
+    /// and lends it to `body`.
+    func withOptions<R>(_ options: Document?, _ body: (OpaquePointer) throws -> R) throws -> R {
+        try (options ?? Document()).withBSONPointer { opts in
+            if let session {
+                var error = bson_error_t()
+                guard mongoc_client_session_append(session, opts, &error) else {
+                    throw MongoError(operation: "append session", error: error, reply: nil)
+                }
+            }
+            return try body(opts)
+        }
+    }
+
+    func withTransaction<R>(_ body: (MongoConnection) throws -> R) throws -> R {
+        var error = bson_error_t()
+        guard let session = mongoc_client_start_session(client, nil, &error) else {
+            throw MongoError(operation: "start session", error: error, reply: nil)
+        }
+        defer { mongoc_client_session_destroy(session) }
+
+        return try withoutActuallyEscaping(body) { body in
+            let context = TransactionContext(connection: MongoConnection(client: client, session: session, database: database)) {
+                try body($0)
+            }
+            let unmanaged = Unmanaged.passRetained(context)
+            defer { unmanaged.release() }
+            let reply = outbox_bson_new()!
+            defer { bson_destroy(reply) }
+            let ok = mongoc_client_session_with_transaction(
+                session,
+                { _, ctx, replyOut, errorOut in
+                    let context = Unmanaged<TransactionContext>.fromOpaque(ctx!).takeUnretainedValue()
+                    return context.runOnce(replyOut: replyOut, errorOut: errorOut)
+                },
+                nil, unmanaged.toOpaque(), reply, &error)
+            if ok {
+                return context.result as! R
+            }
+            // The body's own error says most; without one, the commit itself failed.
+            if let thrown = context.lastError {
+                throw thrown
+            }
+            throw MongoError(operation: "transaction", error: error, reply: reply)
+        }
+    }
+}
+
+/// Carries the Swift body through libmongoc's C callback.
+private final class TransactionContext {
+    let connection: MongoConnection
+    let body: (MongoConnection) throws -> Any
+    var result: Any?
+    var lastError: Error?
+
+    init(connection: MongoConnection, body: @escaping (MongoConnection) throws -> Any) {
+        self.connection = connection
+        self.body = body
+    }
+
+    /// One attempt of the body. On failure it hands libmongoc the failing reply and error, which is
+    /// how `with_transaction` sees the `TransientTransactionError` label and retries.
+    func runOnce(replyOut: UnsafeMutablePointer<OpaquePointer?>?, errorOut: UnsafeMutablePointer<bson_error_t>?) -> Bool {
+        do {
+            result = try body(connection)
+            lastError = nil
+            return true
+        } catch let error as MongoError {
+            lastError = error
+            if let replyOut, let reply = error.reply {
+                let bytes = reply.bsonBytes()
+                replyOut.pointee = bytes.withUnsafeBufferPointer { outbox_bson_new_from_data($0.baseAddress, $0.count) }
+            }
+            if let errorOut {
+                errorOut.pointee = error.raw ?? bson_error_t()
+            }
+            return false
+        } catch {
+            lastError = error
+            if let errorOut {
+                // Not a server error: leave no labels, so libmongoc aborts instead of retrying.
+                var plain = bson_error_t()
+                plain.domain = UInt32(MONGOC_ERROR_TRANSACTION.rawValue)
+                plain.code = UInt32(MONGOC_ERROR_TRANSACTION_INVALID_STATE.rawValue)
+                errorOut.pointee = plain
+            }
+            return false
+        }
+    }
+}

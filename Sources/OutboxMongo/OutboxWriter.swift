@@ -1,0 +1,95 @@
+import Foundation
+import Outbox
+
+/// An event to append to the outbox in the caller's transaction.
+public struct NewEvent: Sendable {
+    public var type: String
+    public var aggregateType: String
+    public var aggregateId: String
+    public var aggregateVersion: Int
+    public var data: Document
+    public var exchange: String
+    public var routingKey: String
+    public var correlationId: String?
+    public var headers: [String: HeaderValue]
+
+    /// `routingKey` defaults to the dotted form of `type` (`OrderCreated` → `order.created`).
+    public init(
+        type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int = 1, data: Document,
+        exchange: String = "orders", routingKey: String? = nil, correlationId: String? = nil,
+        headers: [String: HeaderValue] = [:]
+    ) {
+        self.type = type
+        self.aggregateType = aggregateType
+        self.aggregateId = aggregateId
+        self.aggregateVersion = aggregateVersion
+        self.data = data
+        self.exchange = exchange
+        self.routingKey = routingKey ?? EventNaming.routingKey(forType: type)
+        self.correlationId = correlationId
+        self.headers = headers
+    }
+}
+
+/// Field names and states of outbox documents, shared by the writer, the store and tools.
+public enum OutboxSchema {
+    public static let defaultCollection = "outbox"
+    public static let defaultPartitions = 16
+
+    public enum Status {
+        public static let pending = "pending"
+        public static let delivered = "delivered"
+        public static let parked = "parked"
+    }
+}
+
+/// Appends events to the outbox inside the caller's transaction, so they exist if and only if
+/// the business write they describe commits (I1).
+public struct OutboxWriter: Sendable {
+    public var collection: String
+    public var partitions: Int
+
+    public init(collection: String = OutboxSchema.defaultCollection, partitions: Int = OutboxSchema.defaultPartitions) {
+        self.collection = collection
+        self.partitions = partitions
+    }
+
+    /// The outbox document for `event`; its `_id` is a new ObjectId in hex, which is also the
+    /// AMQP message id, so ids sort in creation order.
+    public func document(for event: NewEvent, now: Date = Date()) -> Document {
+        var headers = Document()
+        for (key, value) in event.headers.sorted(by: { $0.key < $1.key }) {
+            switch value {
+            case .string(let s): headers[key] = .string(s)
+            case .int(let i): headers[key] = .int64(i)
+            }
+        }
+        var document: Document = [
+            "_id": .string(ObjectId().hex),
+            "type": .string(event.type),
+            "aggregateType": .string(event.aggregateType),
+            "aggregateId": .string(event.aggregateId),
+            "aggregateVersion": .int64(Int64(event.aggregateVersion)),
+            "data": .document(event.data),
+            "timestamp": .date(now),
+            "exchange": .string(event.exchange),
+            "routingKey": .string(event.routingKey),
+            "headers": .document(headers),
+            "partition": .int32(Int32(EventNaming.partition(ofAggregate: event.aggregateId, partitions: partitions))),
+            "status": .string(OutboxSchema.Status.pending),
+            "attempts": .int32(0),
+            "nextAttemptAt": .date(now),
+        ]
+        if let correlationId = event.correlationId { document["correlationId"] = .string(correlationId) }
+        return document
+    }
+
+    /// Inserts the events with `connection` (pass the transaction's connection); returns their ids.
+    @discardableResult
+    public func append(_ events: [NewEvent], using connection: MongoConnection) throws -> [String] {
+        let now = Date()
+        let documents = events.map { document(for: $0, now: now) }
+        try connection.collection(collection).insertMany(documents)
+        return documents.compactMap { $0["_id"]?.stringValue }
+    }
+}

@@ -1,0 +1,31 @@
+# Shared helpers for the ops/ scripts. Sourced, not run.
+set -euo pipefail
+
+OPS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$OPS_DIR/.." && pwd)"
+# Everything the local stack writes lives here; git ignores it.
+STACK_NAME="${STACK_NAME:-default}"
+STACK_DIR="${STACK_DIR:-$ROOT/.stack/$STACK_NAME}"
+VENV="$ROOT/.venv"
+BUILD_CONFIG="${BUILD_CONFIG:-debug}"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+port_open() {
+    python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$1"
+}
+
+pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# Builds the package's products once; prints the binary folder.
+build_products() {
+    log "building ($BUILD_CONFIG)"
+    (cd "$ROOT" && swift build -c "$BUILD_CONFIG" >&2)
+    (cd "$ROOT" && swift build -c "$BUILD_CONFIG" --show-bin-path)
+}
