@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "outbox-relay", targets: ["outbox-relay"]),
         .executable(name: "order-service", targets: ["order-service"]),
         .executable(name: "inventory-consumer", targets: ["inventory-consumer"]),
+        .executable(name: "notification-consumer", targets: ["notification-consumer"]),
         .executable(name: "outbox-demo", targets: ["outbox-demo"]),
         .library(name: "Outbox", targets: ["Outbox"]),
         .library(name: "OutboxMongo", targets: ["OutboxMongo"]),
@@ -20,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // C libraries, one system-library target each (pkg-config + module map + shim header).
@@ -59,18 +61,39 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What the executables share: settings from flags or environment, logging, signals.
+        .target(
+            name: "OutboxRuntime",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Idempotent consumers: inbox + effect in one transaction, ack after commit, dead-lettering.
+        .target(
+            name: "OutboxConsumer",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .target(
             name: "OrderService",
             dependencies: [
                 "Outbox", "OutboxMongo",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
             name: "Inventory",
             dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP",
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -78,6 +101,7 @@ let package = Package(
         .executableTarget(
             name: "outbox-relay",
             dependencies: [
+                "OutboxRuntime",
                 "Outbox", "OutboxMongo", "OutboxAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -87,16 +111,32 @@ let package = Package(
         .executableTarget(
             name: "order-service",
             dependencies: [
+                "OutboxRuntime",
                 "OrderService", "OutboxMongo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "Notifications",
+            dependencies: ["Outbox", "OutboxMongo", "OutboxConsumer"]
+        ),
         .executableTarget(
             name: "inventory-consumer",
             dependencies: [
-                "Inventory", "OutboxMongo", "OutboxAMQP",
+                "OutboxRuntime",
+                "Inventory", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "notification-consumer",
+            dependencies: [
+                "OutboxRuntime",
+                "Notifications", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -105,18 +145,19 @@ let package = Package(
         .executableTarget(
             name: "outbox-demo",
             dependencies: [
+                "OutboxRuntime",
                 "Outbox", "OutboxMongo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "OutboxTests",
-            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OrderService"]
+            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OrderService", "OutboxRuntime", "OutboxConsumer"]
         ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OrderService", "Inventory",
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderService", "Inventory", "Notifications",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]

@@ -56,9 +56,9 @@ public struct OrderStore: Sendable {
         let orderId = ObjectId()
         let now = Date()
         let items: [BSON] = order.items.map { item in
-            ["sku": .string(item.sku), "quantity": .int64(Int64(item.quantity)), "unitPrice": .decimal128(Decimal128(item.unitPrice))]
+            ["sku": .string(item.sku), "quantity": .int64(Int64(item.quantity)), "unitPrice": .decimal128(Decimal128(item.unitPriceText)!)]
         }
-        let total = BSON.decimal128(Decimal128(order.totalAmount))
+        let total = BSON.decimal128(Decimal128(order.totalAmountText)!)
         var orderDocument: Document = [
             "_id": .objectId(orderId), "customerId": .string(order.customerId), "items": .array(items),
             "totalAmount": total, "status": "created", "createdAt": .date(now), "version": 1,

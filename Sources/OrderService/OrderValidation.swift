@@ -20,6 +20,8 @@ public struct ValidatedOrder: Sendable, Equatable {
         public var sku: String
         public var quantity: Int
         public var unitPrice: Decimal
+        /// The price as written, without leading zeros ("12.50" keeps its two decimals).
+        public var unitPriceText: String
     }
 
     public var customerId: String
@@ -28,6 +30,15 @@ public struct ValidatedOrder: Sendable, Equatable {
     /// Sum of quantity × unit price, computed in base-10 decimal: no binary rounding.
     public var totalAmount: Decimal {
         items.reduce(Decimal(0)) { $0 + Decimal($1.quantity) * $1.unitPrice }
+    }
+
+    /// The total written with as many decimals as the most precise price ("25.00", not "25").
+    public var totalAmountText: String {
+        let scale = items.map { $0.unitPriceText.split(separator: ".").dropFirst().first?.count ?? 0 }.max() ?? 0
+        var text = totalAmount.description
+        let decimals = text.split(separator: ".").dropFirst().first?.count ?? 0
+        if decimals < scale { text += (decimals == 0 ? "." : "") + String(repeating: "0", count: scale - decimals) }
+        return text
     }
 }
 
@@ -83,8 +94,8 @@ public enum OrderValidation {
             }
             let sku = try identifier(raw["sku"], field: "\(path).sku", limits: limits)
             let quantity = try self.quantity(raw["quantity"], field: "\(path).quantity", limits: limits)
-            let price = try self.price(raw["unitPrice"], field: "\(path).unitPrice", limits: limits)
-            items.append(.init(sku: sku, quantity: quantity, unitPrice: price))
+            let (price, priceText) = try self.price(raw["unitPrice"], field: "\(path).unitPrice", limits: limits)
+            items.append(.init(sku: sku, quantity: quantity, unitPrice: price, unitPriceText: priceText))
         }
         return ValidatedOrder(customerId: customerId, items: items)
     }
@@ -118,7 +129,7 @@ public enum OrderValidation {
 
     /// A price: a JSON number or a string in plain decimal notation ("12.50"), not negative,
     /// with at most `maxPriceScale` decimals. No exponents, no binary floating point.
-    static func price(_ value: JSONValue?, field: String, limits: OrderLimits) throws(OrderValidationError) -> Decimal {
+    static func price(_ value: JSONValue?, field: String, limits: OrderLimits) throws(OrderValidationError) -> (Decimal, String) {
         guard let value else { throw OrderValidationError(field: field, "is required") }
         let text: String
         switch value {
@@ -137,6 +148,8 @@ public enum OrderValidation {
         guard let decimal = Decimal(string: text, locale: Locale(identifier: "en_US_POSIX")), decimal <= limits.maxPrice else {
             throw OrderValidationError(field: field, "must be at most \(limits.maxPrice)")
         }
-        return decimal
+        let integer = parts[0].drop(while: { $0 == "0" })
+        let normalized = (integer.isEmpty ? "0" : String(integer)) + (parts.count == 2 ? ".\(parts[1])" : "")
+        return (decimal, normalized)
     }
 }

@@ -28,12 +28,15 @@ public struct RelayPassResult: Sendable, Equatable {
     public var delivered = 0
     public var retried = 0
     public var parked = 0
+    /// Left pending untouched because the broker connection was lost.
+    public var unsent = 0
 
-    public init(fetched: Int = 0, delivered: Int = 0, retried: Int = 0, parked: Int = 0) {
+    public init(fetched: Int = 0, delivered: Int = 0, retried: Int = 0, parked: Int = 0, unsent: Int = 0) {
         self.fetched = fetched
         self.delivered = delivered
         self.retried = retried
         self.parked = parked
+        self.unsent = unsent
     }
 }
 
@@ -68,6 +71,12 @@ public final class Relay: Service {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
                 let result = try await runOnce()
+                if result.unsent > 0 {
+                    // The broker is unreachable: wait before trying again instead of spinning.
+                    failures += 1
+                    try? await Task.sleep(for: errorBackoff(failures))
+                    continue
+                }
                 failures = 0
                 if result.fetched == 0 {
                     await idle()
@@ -75,12 +84,16 @@ public final class Relay: Service {
                 }
             } catch {
                 failures += 1
-                let delay = min(configuration.pollInterval * (1 << min(failures, 10)), configuration.maxErrorBackoff)
+                let delay = errorBackoff(failures)
                 logger.warning("relay pass failed; retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
                 try? await Task.sleep(for: delay)
             }
         }
         logger.info("relay stopped")
+    }
+
+    private func errorBackoff(_ failures: Int) -> Duration {
+        min(configuration.pollInterval * (1 << min(failures, 10)), configuration.maxErrorBackoff)
     }
 
     /// One fetch → publish → mark pass. Throws only when the store fails; broker failures become
@@ -94,10 +107,14 @@ public final class Relay: Service {
 
         var delivered: [String] = []
         var failed: [FailedDelivery] = []
+        var unsent = 0
         delivered.reserveCapacity(batch.count)
         for (message, outcome) in zip(batch, outcomes) {
             if outcome.isDelivered {
                 delivered.append(message.id)
+            } else if case .connectionLost = outcome {
+                // Not the event's fault: it stays pending as it is, no attempt counted.
+                unsent += 1
             } else {
                 let attempts = message.attempts + 1
                 failed.append(
@@ -111,9 +128,13 @@ public final class Relay: Service {
             try await store.markFailed(failed)
             logFailures(failed)
         }
+        if unsent > 0 {
+            logger.warning("broker connection lost; events stay pending", metadata: ["outbox.unsent": "\(unsent)"])
+        }
         let parked = failed.filter { $0.decision == .park }.count
         return RelayPassResult(
-            fetched: batch.count, delivered: delivered.count, retried: failed.count - parked, parked: parked)
+            fetched: batch.count, delivered: delivered.count, retried: failed.count - parked, parked: parked,
+            unsent: unsent)
     }
 
     private func logFailures(_ failed: [FailedDelivery]) {

@@ -33,6 +33,8 @@ public struct AMQPDelivery: Sendable {
     public var correlationId: String?
     public var headers: [String: HeaderValue]
     public var body: [UInt8]
+    /// The owner's connection generation that received it (acks go only to that connection).
+    public var connectionGeneration: Int = 0
 }
 
 /// The confirm-mode channel number used by every connection here (one channel per connection).
@@ -48,8 +50,13 @@ final class AMQPConnection {
     /// Next publish sequence number on a confirm channel (RabbitMQ numbers from 1).
     private(set) var nextDeliveryTag: UInt64 = 1
     private(set) var confirmMode = false
+    /// Exchanges declared on this connection so far.
+    private(set) var declaredExchanges: Set<String> = []
+    /// Which connection of its owner this is; delivery tags are only valid on the connection that issued them.
+    let generation: Int
 
-    init(endpoint: AMQPEndpoint, heartbeatSeconds: Int32, connectTimeout: Duration) throws {
+    init(endpoint: AMQPEndpoint, heartbeatSeconds: Int32, connectTimeout: Duration, generation: Int = 0) throws {
+        self.generation = generation
         guard let state = amqp_new_connection() else { throw AMQPError(operation: "connect", message: "out of memory") }
         self.state = state
         guard let socket = amqp_tcp_socket_new(state) else {
@@ -119,6 +126,7 @@ final class AMQPConnection {
         let arena = CArena()
         amqp_exchange_declare(state, channel, arena.bytes(name), arena.bytes(type), 0, durable ? 1 : 0, 0, 0, amqp_empty_table)
         try check("exchange.declare \(name)")
+        declaredExchanges.insert(name)
     }
 
     @discardableResult
@@ -315,6 +323,7 @@ final class AMQPConnection {
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("consume", replyText(reply)) }
         defer { amqp_destroy_envelope(&envelope) }
         let props = envelope.message.properties
+        let generation = self.generation
         func optionalString(_ flag: Int32, _ bytes: amqp_bytes_t) -> String? {
             props._flags & amqp_flags_t(flag) != 0 ? String(amqpBytes: bytes) : nil
         }
@@ -327,7 +336,7 @@ final class AMQPConnection {
             type: optionalString(AMQP_BASIC_TYPE_FLAG, props.type),
             correlationId: optionalString(AMQP_BASIC_CORRELATION_ID_FLAG, props.correlation_id),
             headers: props._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 ? decodeTable(props.headers) : [:],
-            body: [UInt8](amqpBytes: envelope.message.body))
+            body: [UInt8](amqpBytes: envelope.message.body), connectionGeneration: generation)
     }
 
     func ack(_ deliveryTag: UInt64) throws {

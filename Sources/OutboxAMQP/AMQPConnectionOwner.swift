@@ -30,6 +30,7 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
     public let configuration: AMQPConfiguration
     private let thread = NIOThreadPool(numberOfThreads: 1)
     private var connection: AMQPConnection?
+    private var generation = 0
     private let setup: (AMQPConnection) throws -> Void
     private let logger: Logger
 
@@ -78,9 +79,10 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
     private func openConnection() throws -> AMQPConnection {
         if let connection, connection.isOpen { return connection }
         connection = nil
+        generation += 1
         let fresh = try AMQPConnection(
             endpoint: configuration.endpoint, heartbeatSeconds: Int32(configuration.heartbeatSeconds),
-            connectTimeout: configuration.connectTimeout)
+            connectTimeout: configuration.connectTimeout, generation: generation)
         try setup(fresh)
         logger.info("AMQP connection open", metadata: ["amqp.endpoint": "\(configuration.endpoint)"])
         connection = fresh

@@ -57,6 +57,17 @@ public final class ConfirmPublisher: ConfirmingPublisher {
 
     public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
         guard !messages.isEmpty else { return [] }
+        // An exchange that cannot be declared (e.g. it exists with another type) closes the
+        // channel; finding that out first, one exchange at a time, keeps it from failing the
+        // messages bound elsewhere. Its messages count as unroutable.
+        let broken = await declareExchanges(Set(messages.map(\.exchange)))
+        guard broken.isEmpty else {
+            let routable = messages.filter { broken[$0.exchange] == nil }
+            var outcomes = await publish(routable).makeIterator()
+            return messages.map { message in
+                broken[message.exchange].map { .returned("exchange cannot be declared: \($0)") } ?? outcomes.next()!
+            }
+        }
         do {
             return try await owner.run { [options] connection in
                 var batch = ConfirmBatch(count: messages.count, messageIds: messages.map(\.id))
@@ -101,6 +112,27 @@ public final class ConfirmPublisher: ConfirmingPublisher {
             logger.warning("publish failed", metadata: ["error": "\(error)", "outbox.batch_size": "\(messages.count)"])
             return Array(repeating: .connectionLost("\(error)"), count: messages.count)
         }
+    }
+}
+
+extension ConfirmPublisher {
+    /// Declares the exchanges this connection has not declared yet; returns those that failed, with the error.
+    private func declareExchanges(_ exchanges: Set<String>) async -> [String: String] {
+        var broken: [String: String] = [:]
+        for exchange in exchanges.sorted() where !exchange.isEmpty {
+            do {
+                try await owner.run { connection in
+                    if !connection.declaredExchanges.contains(exchange) { try connection.declareExchange(exchange) }
+                }
+            } catch let error as AMQPError where error.operation.hasPrefix("exchange.declare") {
+                logger.error("cannot declare exchange", metadata: ["amqp.exchange": "\(exchange)", "error": "\(error)"])
+                broken[exchange] = error.message
+            } catch {
+                // Not this exchange's fault (broker unreachable): the publish will report it.
+                break
+            }
+        }
+        return broken
     }
 }
 

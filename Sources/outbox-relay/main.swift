@@ -1,1 +1,112 @@
-print("x")
+import ArgumentParser
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import OutboxRuntime
+import ServiceLifecycle
+
+@main
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "outbox-relay",
+        abstract: "Publishes outbox events from MongoDB to RabbitMQ with publisher confirms.",
+        discussion: """
+            Polls the outbox collection for pending events, publishes them to their exchange \
+            (persistent, mandatory, message_id = event id) on a confirm channel, and marks an event \
+            delivered only after the broker acked it. Nacked, returned (unroutable) and timed-out \
+            publishes are retried with exponential backoff and parked after --max-attempts. \
+            Every option can also be set by the environment variable named in its help. \
+            SIGTERM or SIGINT stops fetching, finishes the batch in flight and exits.
+            """)
+
+    @OptionGroup var mongo: MongoOptions
+
+    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL amqp://user:pass@host:port/vhost (env AMQP_URL).")
+    var amqpURL: String?
+
+    @Option(help: "Outbox collection (env OUTBOX_COLLECTION; default outbox).")
+    var collection: String?
+
+    @Option(help: "Events per batch, 1-10000 (env RELAY_BATCH_SIZE; default 500).")
+    var batchSize: Int?
+
+    @Option(help: "Unconfirmed publishes at once, 1-10000 (env RELAY_MAX_IN_FLIGHT; default 1000).")
+    var maxInFlight: Int?
+
+    @Option(help: "Wait between polls when nothing is due, e.g. 200ms (env RELAY_POLL_INTERVAL; default 200ms).")
+    var pollInterval: String?
+
+    @Option(help: "How long to wait for broker confirms of a batch (env RELAY_CONFIRM_TIMEOUT; default 10s).")
+    var confirmTimeout: String?
+
+    @Option(help: "Delivery attempts before an event is parked, 1-1000 (env RELAY_MAX_ATTEMPTS; default 10).")
+    var maxAttempts: Int?
+
+    @Option(help: "First retry delay; doubles per attempt, with jitter (env RELAY_RETRY_BASE_DELAY; default 500ms).")
+    var retryBaseDelay: String?
+
+    @Option(help: "Longest retry delay (env RELAY_RETRY_MAX_DELAY; default 5m).")
+    var retryMaxDelay: String?
+
+    @Option(help: "Largest message body in bytes; larger events are parked (env RELAY_MAX_BODY_BYTES; default 1048576).")
+    var maxBodyBytes: Int?
+
+    @Option(help: "Longest graceful shutdown before exiting anyway (env RELAY_SHUTDOWN_TIMEOUT; default 30s).")
+    var shutdownTimeout: String?
+
+    @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
+    var exitWhenIdle = false
+
+    func run() async throws {
+        let settings = Settings()
+        let logger: Logger
+        let relay: Relay
+        let publisher: ConfirmPublisher
+        let store: MongoOutboxStore
+        let shutdownTimeout: Duration
+        do {
+            logger = Runtime.bootstrap(label: "outbox-relay", level: try settings.logLevel(mongo.logLevel))
+            let uri = try mongo.resolvedURI(settings)
+            let database = try mongo.resolvedDatabase(settings)
+            let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+            let collection = try settings.string(collection, env: "OUTBOX_COLLECTION", default: "outbox", flagName: "--collection")
+            let configuration = RelayConfiguration(
+                batchSize: try settings.int(batchSize, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000),
+                pollInterval: try settings.duration(pollInterval, env: "RELAY_POLL_INTERVAL", default: "200ms", flagName: "--poll-interval"),
+                retryPolicy: RetryPolicy(
+                    maxAttempts: try settings.int(maxAttempts, env: "RELAY_MAX_ATTEMPTS", default: 10, flagName: "--max-attempts", range: 1...1000),
+                    baseDelay: try settings.duration(retryBaseDelay, env: "RELAY_RETRY_BASE_DELAY", default: "500ms", flagName: "--retry-base-delay"),
+                    maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay")))
+            let options = ConfirmPublisher.Options(
+                maxInFlight: try settings.int(maxInFlight, env: "RELAY_MAX_IN_FLIGHT", default: 1000, flagName: "--max-in-flight", range: 1...10_000),
+                confirmTimeout: try settings.duration(confirmTimeout, env: "RELAY_CONFIRM_TIMEOUT", default: "10s", flagName: "--confirm-timeout"),
+                declareExchanges: [])
+            let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
+            shutdownTimeout = try settings.duration(self.shutdownTimeout, env: "RELAY_SHUTDOWN_TIMEOUT", default: "30s", flagName: "--shutdown-timeout")
+            let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")
+            store = MongoOutboxStore(pool: pool, options: .init(collection: collection, maxBodyBytes: maxBody), logger: logger)
+            publisher = ConfirmPublisher(configuration: amqp, options: options, logger: logger)
+            relay = Relay(store: store, publisher: publisher, configuration: configuration, logger: logger) { [publisher] in
+                await publisher.keepAlive()
+            }
+            logger.info(
+                "configuration",
+                metadata: [
+                    "mongodb.database": "\(database)", "outbox.collection": "\(collection)", "amqp.endpoint": "\(amqp.endpoint)",
+                    "outbox.batch_size": "\(configuration.batchSize)", "amqp.max_in_flight": "\(options.maxInFlight)",
+                ])
+        } catch {
+            Runtime.failConfiguration(error, program: "outbox-relay")
+        }
+
+        try await store.ensureIndexes()
+        if exitWhenIdle {
+            while try await relay.runOnce().fetched > 0 {}
+            await publisher.close()
+            return
+        }
+        try await Runtime.runServices([relay], shutdownTimeout: shutdownTimeout, logger: logger)
+        await publisher.close()
+    }
+}

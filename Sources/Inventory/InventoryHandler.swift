@@ -1,0 +1,81 @@
+import Foundation
+import Outbox
+import OutboxConsumer
+import OutboxMongo
+
+/// Reserves stock for each `OrderCreated`.
+///
+/// When every item is available it decrements the stock and emits `InventoryReserved`; otherwise
+/// it changes no stock and emits `InventoryReservationFailed` with the missing items. The stock
+/// change, the reservation record and the follow-up event are written in the consumer's
+/// transaction, together with the inbox entry, so they happen once per order.
+public struct InventoryHandler: InboxHandler {
+    public static let stockCollection = "stock"
+    public static let reservationsCollection = "reservations"
+    public static let aggregateType = "InventoryReservation"
+
+    public let writer: OutboxWriter
+    /// Exchange the follow-up events are published to.
+    public let exchange: String
+
+    public init(writer: OutboxWriter = OutboxWriter(), exchange: String = "inventory") {
+        self.writer = writer
+        self.exchange = exchange
+    }
+
+    public func handle(_ message: IncomingMessage, connection: MongoConnection) throws {
+        guard message.type == nil || message.type == OrderCreated.type else { return }
+        let order = try OrderCreated(message)
+
+        // The same SKU may appear on several lines: reserve the sum.
+        var needed: [String: Int] = [:]
+        for item in order.items { needed[item.sku, default: 0] += item.quantity }
+        let skus = needed.keys.sorted()
+        let stock = connection.collection(Self.stockCollection)
+        var available: [String: Int] = [:]
+        for document in try stock.find(["_id": ["$in": .array(skus.map { .string($0) })]]) {
+            if let sku = document["_id"]?.stringValue { available[sku] = document["available"]?.intValue ?? 0 }
+        }
+        let missing = skus.filter { (available[$0] ?? 0) < needed[$0]! }
+        let lines: [BSON] = skus.map { ["sku": .string($0), "quantity": .int64(Int64(needed[$0]!))] }
+
+        let event: NewEvent
+        if missing.isEmpty {
+            for sku in skus {
+                let quantity = Int64(needed[sku]!)
+                let result = try stock.updateOne(
+                    ["_id": .string(sku), "available": ["$gte": .int64(quantity)]],
+                    ["$inc": ["available": .int64(-quantity), "reserved": .int64(quantity)]])
+                // Read and update are in one transaction; a miss means a concurrent change won.
+                guard result.matched == 1 else { throw MongoError(operation: "reserve \(sku)", message: "stock changed concurrently") }
+            }
+            event = NewEvent(
+                type: "InventoryReserved", aggregateType: Self.aggregateType, aggregateId: order.orderId,
+                data: ["orderId": .string(order.orderId), "items": .array(lines)], exchange: exchange,
+                correlationId: message.messageId)
+        } else {
+            let shortages: [BSON] = missing.map {
+                ["sku": .string($0), "requested": .int64(Int64(needed[$0]!)), "available": .int64(Int64(available[$0] ?? 0))]
+            }
+            event = NewEvent(
+                type: "InventoryReservationFailed", aggregateType: Self.aggregateType, aggregateId: order.orderId,
+                data: ["orderId": .string(order.orderId), "missing": .array(shortages)], exchange: exchange,
+                correlationId: message.messageId)
+        }
+        try connection.collection(Self.reservationsCollection).insertOne([
+            "_id": .string(order.orderId), "status": .string(missing.isEmpty ? "reserved" : "failed"),
+            "items": .array(lines), "messageId": .string(message.messageId), "at": .date(Date()),
+        ])
+        try writer.append([event], using: connection)
+    }
+
+    /// Sets the available quantity of SKUs (for demos and tests).
+    public static func setStock(_ levels: [String: Int], pool: MongoClientPool) async throws {
+        try await pool.withConnection { connection in
+            let stock = connection.collection(stockCollection)
+            for (sku, available) in levels {
+                try stock.updateOne(["_id": .string(sku)], ["$set": ["available": .int64(Int64(available)), "reserved": .int64(0)]], upsert: true)
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+import Logging
+import Outbox
+
+/// Where a consumer's messages come from and where its failures go.
+public struct ConsumerTopology: Sendable {
+    /// Topic exchange the events are published to.
+    public var exchange: String
+    /// The consumer's durable queue.
+    public var queue: String
+    /// Routing keys bound to the queue, e.g. `order.created`.
+    public var bindings: [String]
+    /// The consumer's own dead-letter exchange (fanout) and queue.
+    public var deadLetterExchange: String
+    public var deadLetterQueue: String
+    /// Unacknowledged deliveries the broker sends ahead.
+    public var prefetch: UInt16
+
+    public init(
+        exchange: String, queue: String, bindings: [String], deadLetterExchange: String? = nil,
+        deadLetterQueue: String? = nil, prefetch: UInt16 = 32
+    ) {
+        self.exchange = exchange
+        self.queue = queue
+        self.bindings = bindings
+        self.deadLetterExchange = deadLetterExchange ?? "\(queue).dlx"
+        self.deadLetterQueue = deadLetterQueue ?? "\(queue).dlq"
+        self.prefetch = prefetch
+    }
+}
+
+/// A consuming connection: declares the topology idempotently whenever it (re)connects, then
+/// delivers with manual acks and bounded prefetch.
+public final class AMQPConsumerChannel: Sendable {
+    private let owner: AMQPConnectionOwner
+    public let topology: ConsumerTopology
+
+    public init(configuration: AMQPConfiguration, topology: ConsumerTopology, logger: Logger) {
+        self.topology = topology
+        owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { connection in
+            try connection.declareExchange(topology.exchange)
+            try connection.declareExchange(topology.deadLetterExchange, type: "fanout")
+            try connection.declareQueue(topology.deadLetterQueue)
+            try connection.bindQueue(topology.deadLetterQueue, exchange: topology.deadLetterExchange, routingKey: "")
+            try connection.declareQueue(topology.queue, arguments: ["x-dead-letter-exchange": .string(topology.deadLetterExchange)])
+            for key in topology.bindings {
+                try connection.bindQueue(topology.queue, exchange: topology.exchange, routingKey: key)
+            }
+            try connection.qos(prefetch: topology.prefetch)
+            try connection.consume(queue: topology.queue)
+        }
+    }
+
+    /// Connects and declares the topology now; throws when it cannot.
+    public func connect() async throws { try await owner.run { _ in } }
+
+    public var isConnected: Bool { get async { await owner.isConnected } }
+
+    /// The next delivery, or nil when none came within `timeout`.
+    public func next(timeout: Duration) async throws -> AMQPDelivery? {
+        try await owner.run { try $0.nextDelivery(timeout: timeout) }
+    }
+
+    /// Acks a delivery. A delivery from an earlier connection cannot be acked (the broker has
+    /// already requeued it); that is not an error, it will be redelivered and de-duplicated.
+    public func ack(_ delivery: AMQPDelivery) async throws {
+        try await owner.run { connection in
+            guard connection.generation == delivery.connectionGeneration else { return }
+            try connection.ack(delivery.deliveryTag)
+        }
+    }
+
+    /// Rejects a delivery; without requeue it goes to the dead-letter exchange.
+    public func reject(_ delivery: AMQPDelivery, requeue: Bool) async throws {
+        try await owner.run { connection in
+            guard connection.generation == delivery.connectionGeneration else { return }
+            try connection.reject(delivery.deliveryTag, requeue: requeue)
+        }
+    }
+
+    public func close() async { await owner.close() }
+}
+
+/// Broker administration for tools and tests: declare, bind, purge, inspect queues.
+public final class AMQPAdmin: Sendable {
+    private let owner: AMQPConnectionOwner
+
+    public init(configuration: AMQPConfiguration, logger: Logger) {
+        owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { _ in }
+    }
+
+    public func declareExchange(_ name: String, type: String = "topic") async throws {
+        try await owner.run { try $0.declareExchange(name, type: type) }
+    }
+
+    /// Declares a durable queue; returns its message count.
+    @discardableResult
+    public func declareQueue(_ name: String, arguments: [String: AMQPArgument] = [:]) async throws -> Int {
+        try await owner.run { try $0.declareQueue(name, arguments: arguments) }
+    }
+
+    public func bindQueue(_ queue: String, exchange: String, routingKey: String) async throws {
+        try await owner.run { try $0.bindQueue(queue, exchange: exchange, routingKey: routingKey) }
+    }
+
+    public func deleteQueue(_ name: String) async throws {
+        try await owner.run { try $0.deleteQueue(name) }
+    }
+
+    public func deleteExchange(_ name: String) async throws {
+        try await owner.run { try $0.deleteExchange(name) }
+    }
+
+    @discardableResult
+    public func purgeQueue(_ name: String) async throws -> Int {
+        try await owner.run { try $0.purgeQueue(name) }
+    }
+
+    /// Takes one message off a queue (auto-ack); nil when it is empty.
+    public func get(_ queue: String) async throws -> AMQPDelivery? {
+        try await owner.run { try $0.get(queue: queue) }
+    }
+
+    /// Takes every message off a queue.
+    public func drain(_ queue: String) async throws -> [AMQPDelivery] {
+        var all: [AMQPDelivery] = []
+        while let delivery = try await get(queue) { all.append(delivery) }
+        return all
+    }
+
+    public func close() async { await owner.close() }
+}

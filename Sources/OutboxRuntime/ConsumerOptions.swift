@@ -1,0 +1,43 @@
+import ArgumentParser
+import Outbox
+import OutboxAMQP
+import OutboxConsumer
+
+/// Options every consumer takes.
+public struct ConsumerOptions: ParsableArguments {
+    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL amqp://user:pass@host:port/vhost (env AMQP_URL).")
+    public var amqpURL: String?
+
+    @Option(help: "Exchange to consume from (env CONSUMER_EXCHANGE; default orders).")
+    public var exchange: String?
+
+    @Option(help: "Queue name (env CONSUMER_QUEUE; default <consumer>.order-created).")
+    public var queue: String?
+
+    @Option(help: "Unacknowledged messages in flight, 1-1000 (env CONSUMER_PREFETCH; default 32).")
+    public var prefetch: Int?
+
+    @Option(help: "Handler tries before a message is dead-lettered, 1-100 (env CONSUMER_MAX_ATTEMPTS; default 5).")
+    public var maxAttempts: Int?
+
+    @Option(help: "How long processed message ids are kept, e.g. 7d as 168h (env CONSUMER_INBOX_RETENTION; default 168h).")
+    public var inboxRetention: String?
+
+    public init() {}
+
+    public func amqp(_ settings: Settings) throws -> AMQPConfiguration {
+        try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+    }
+
+    public func configuration(_ settings: Settings, name: String) throws -> ConsumerConfiguration {
+        let queue = try settings.string(queue, env: "CONSUMER_QUEUE", default: "\(name).order-created", flagName: "--queue")
+        let topology = ConsumerTopology(
+            exchange: try settings.string(exchange, env: "CONSUMER_EXCHANGE", default: "orders", flagName: "--exchange"),
+            queue: queue, bindings: ["order.created"],
+            prefetch: UInt16(try settings.int(prefetch, env: "CONSUMER_PREFETCH", default: 32, flagName: "--prefetch", range: 1...1000)))
+        return ConsumerConfiguration(
+            name: name, topology: topology,
+            maxAttempts: try settings.int(maxAttempts, env: "CONSUMER_MAX_ATTEMPTS", default: 5, flagName: "--max-attempts", range: 1...100),
+            inboxRetention: try settings.duration(inboxRetention, env: "CONSUMER_INBOX_RETENTION", default: "168h", flagName: "--inbox-retention"))
+    }
+}
