@@ -58,15 +58,15 @@ final class AMQPConnection {
     init(endpoint: AMQPEndpoint, heartbeatSeconds: Int32, connectTimeout: Duration, generation: Int = 0) throws {
         self.generation = generation
         guard let state = amqp_new_connection() else { throw AMQPError(operation: "connect", message: "out of memory") }
+        // From here on every stored property is set, so a throw still runs deinit, which
+        // destroys the state: the failure paths below must not destroy it themselves.
         self.state = state
         guard let socket = amqp_tcp_socket_new(state) else {
-            amqp_destroy_connection(state)
             throw AMQPError(operation: "connect", message: "cannot create socket")
         }
         var timeout = timeval(duration: connectTimeout)
         let status = amqp_socket_open_noblock(socket, endpoint.host, Int32(endpoint.port), &timeout)
         guard status == AMQP_STATUS_OK.rawValue else {
-            amqp_destroy_connection(state)
             throw AMQPError(operation: "connect to \(endpoint.host):\(endpoint.port)", message: statusText(status))
         }
         // Reads and writes give up after this long, so a dead peer never blocks a thread for ever.
@@ -75,17 +75,10 @@ final class AMQPConnection {
         let login = outbox_amqp_login_plain(
             state, endpoint.virtualHost, 1, 131072, heartbeatSeconds, endpoint.user, endpoint.password)
         guard login.reply_type == AMQP_RESPONSE_NORMAL else {
-            let error = AMQPError(operation: "login as \(endpoint.user)", message: replyText(login))
-            amqp_destroy_connection(state)
-            throw error
+            throw AMQPError(operation: "login as \(endpoint.user)", message: replyText(login))
         }
         amqp_channel_open(state, channel)
-        do {
-            try check("channel.open")
-        } catch {
-            amqp_destroy_connection(state)
-            throw error
-        }
+        try check("channel.open")
         isOpen = true
     }
 

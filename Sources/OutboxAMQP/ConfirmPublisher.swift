@@ -12,17 +12,21 @@ public final class ConfirmPublisher: ConfirmingPublisher {
         public var confirmTimeout: Duration
         /// The AMQP `app_id` property.
         public var appId: String
-        /// Exchanges declared (durable, topic) whenever a connection opens.
+        /// Exchanges declared whenever a connection opens; any other exchange a message names is
+        /// declared before its first publish on a connection.
         public var declareExchanges: [String]
+        /// Type of the exchanges this publisher declares (durable).
+        public var exchangeType: String
 
         public init(
             maxInFlight: Int = 1000, confirmTimeout: Duration = .seconds(10), appId: String = "outbox-relay",
-            declareExchanges: [String] = ["orders"]
+            declareExchanges: [String] = [], exchangeType: String = "topic"
         ) {
             self.maxInFlight = maxInFlight
             self.confirmTimeout = confirmTimeout
             self.appId = appId
             self.declareExchanges = declareExchanges
+            self.exchangeType = exchangeType
         }
     }
 
@@ -36,7 +40,7 @@ public final class ConfirmPublisher: ConfirmingPublisher {
         owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { connection in
             try connection.confirmSelect()
             for exchange in options.declareExchanges {
-                try connection.declareExchange(exchange)
+                try connection.declareExchange(exchange, type: options.exchangeType)
             }
         }
     }
@@ -119,10 +123,11 @@ extension ConfirmPublisher {
     /// Declares the exchanges this connection has not declared yet; returns those that failed, with the error.
     private func declareExchanges(_ exchanges: Set<String>) async -> [String: String] {
         var broken: [String: String] = [:]
+        let type = options.exchangeType
         for exchange in exchanges.sorted() where !exchange.isEmpty {
             do {
                 try await owner.run { connection in
-                    if !connection.declaredExchanges.contains(exchange) { try connection.declareExchange(exchange) }
+                    if !connection.declaredExchanges.contains(exchange) { try connection.declareExchange(exchange, type: type) }
                 }
             } catch let error as AMQPError where error.operation.hasPrefix("exchange.declare") {
                 logger.error("cannot declare exchange", metadata: ["amqp.exchange": "\(exchange)", "error": "\(error)"])

@@ -91,7 +91,7 @@ public final class InboxConsumer: Service {
         channel = AMQPConsumerChannel(configuration: amqp, topology: configuration.topology, logger: logger)
         deadLetters = ConfirmPublisher(
             configuration: amqp,
-            options: .init(appId: configuration.name, declareExchanges: [configuration.topology.deadLetterExchange]),
+            options: .init(appId: configuration.name, exchangeType: "fanout"),
             logger: logger)
     }
 
@@ -238,6 +238,8 @@ public final class InboxConsumer: Service {
             await ack(delivery)
         } else {
             logger.error("dead-letter publish not confirmed; message requeued", metadata: ["outcome": "\(String(describing: outcome))"])
+            // Pause so a broker that refuses dead letters does not turn into a redelivery storm.
+            try? await Task.sleep(for: .seconds(1))
             try? await channel.reject(delivery, requeue: true)
         }
     }

@@ -81,7 +81,7 @@ struct RelayCommand: AsyncParsableCommand {
             let options = ConfirmPublisher.Options(
                 maxInFlight: try settings.int(maxInFlight, env: "RELAY_MAX_IN_FLIGHT", default: 1000, flagName: "--max-in-flight", range: 1...10_000),
                 confirmTimeout: try settings.duration(confirmTimeout, env: "RELAY_CONFIRM_TIMEOUT", default: "10s", flagName: "--confirm-timeout"),
-                declareExchanges: [])
+)
             let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
             shutdownTimeout = try settings.duration(self.shutdownTimeout, env: "RELAY_SHUTDOWN_TIMEOUT", default: "30s", flagName: "--shutdown-timeout")
             let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")

@@ -1,0 +1,131 @@
+import Foundation
+import Inventory
+import Notifications
+import Outbox
+import OutboxAMQP
+import OutboxConsumer
+import OutboxMongo
+import Testing
+
+@Suite("Idempotent consumers on the real servers (I4)", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
+struct ConsumerIntegrationTests {
+    func orderCreated(_ f: Fixture, orderId: String, items: [(String, Int)]) -> OutboxMessage {
+        let data: Document = [
+            "orderId": .string(orderId), "customerId": "c-1", "totalAmount": .decimal128(Decimal128("10.00")!),
+            "items": .array(items.map { ["sku": .string($0.0), "quantity": .int64(Int64($0.1)), "unitPrice": .decimal128(Decimal128("5.00")!)] }),
+        ]
+        let body: Document = ["id": .string(orderId), "type": "OrderCreated", "data": .document(data)]
+        return OutboxMessage(
+            id: "evt-\(orderId)", type: "OrderCreated", aggregateType: "Order", aggregateId: orderId, aggregateVersion: 1,
+            exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(body))
+    }
+
+    func consumer(_ f: Fixture, name: String, handler: any InboxHandler, maxAttempts: Int = 3) -> InboxConsumer {
+        let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).\(name)", bindings: ["order.created"])
+        f.track(queue: topology.queue)
+        f.track(queue: topology.deadLetterQueue)
+        return InboxConsumer(
+            configuration: .init(name: name, topology: topology, maxAttempts: maxAttempts, retryDelay: .milliseconds(10)),
+            pool: f.pool, amqp: f.amqp, handler: handler, logger: f.logger)
+    }
+
+    @Test("a message delivered twice or three times changes stock once")
+    func duplicates() async throws {
+        try await Fixture.with { f in
+            try await InventoryHandler.setStock(["A": 10, "B": 10], pool: f.pool)
+            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange))
+            let running = Task { try await inventory.run() }
+            defer { running.cancel() }
+            #expect(await eventually { await inventory.isConnected })
+
+            let publisher = f.makePublisher()
+            let first = orderCreated(f, orderId: "o-1", items: [("A", 2), ("B", 1)])
+            let second = orderCreated(f, orderId: "o-2", items: [("A", 1)])
+            #expect(await publisher.publish([first, first, second, second, second]) == Array(repeating: .acked, count: 5))
+            await publisher.close()
+
+            #expect(await eventually { inventory.stats.processed + inventory.stats.duplicates == 5 })
+            #expect(inventory.stats.processed == 2)
+            #expect(inventory.stats.duplicates == 3)
+            let stock = Dictionary(uniqueKeysWithValues: try await f.find("stock").map { ($0["_id"]!.stringValue!, $0["available"]!.intValue!) })
+            #expect(stock == ["A": 7, "B": 9])
+            #expect(try await f.count("inbox") == 2)
+            let followUps = try await f.find("outbox")
+            #expect(followUps.count == 2)
+            #expect(followUps.allSatisfy { $0["type"] == "InventoryReserved" })
+        }
+    }
+
+    @Test("insufficient stock: InventoryReservationFailed with the missing items, stock unchanged")
+    func insufficient() async throws {
+        try await Fixture.with { f in
+            try await InventoryHandler.setStock(["A": 1], pool: f.pool)
+            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange))
+            let running = Task { try await inventory.run() }
+            defer { running.cancel() }
+            #expect(await eventually { await inventory.isConnected })
+            let publisher = f.makePublisher()
+            #expect(await publisher.publish([orderCreated(f, orderId: "o-9", items: [("A", 1), ("Z", 4)])]) == [.acked])
+            await publisher.close()
+            #expect(await eventually { inventory.stats.processed == 1 })
+            #expect(try await f.find("stock").first?["available"]?.intValue == 1)
+            let event = try #require(try await f.find("outbox").first)
+            #expect(event["type"] == "InventoryReservationFailed")
+            #expect(event["routingKey"] == "inventory.reservation.failed")
+            let missing = event["data"]?.documentValue?["missing"]?.arrayValue ?? []
+            #expect(missing == [["sku": "Z", "requested": 4, "available": 0]])
+        }
+    }
+
+    struct FlakyHandler: InboxHandler {
+        struct Boom: Error {}
+        func handle(_ message: IncomingMessage, connection: MongoConnection) throws {
+            if message.messageId == "evt-poison" { throw Boom() }
+            try connection.collection("applied").insertOne(["_id": .string(message.messageId)])
+        }
+    }
+
+    @Test("a handler that keeps failing ends in the dead-letter queue with the reason; later messages are applied")
+    func deadLetter() async throws {
+        try await Fixture.with { f in
+            let service = consumer(f, name: "flaky", handler: FlakyHandler(), maxAttempts: 3)
+            let running = Task { try await service.run() }
+            defer { running.cancel() }
+            #expect(await eventually { await service.isConnected })
+            let publisher = f.makePublisher()
+            let poison = orderCreated(f, orderId: "poison", items: [("A", 1)])
+            let after = (1...3).map { orderCreated(f, orderId: "after-\($0)", items: [("A", 1)]) }
+            #expect(await publisher.publish([poison] + after).allSatisfy { $0 == .acked })
+            await publisher.close()
+            #expect(await eventually { service.stats.processed == 3 && service.stats.deadLettered == 1 })
+            #expect(service.stats.handlerFailures == 3)
+            #expect(try await f.count("applied") == 3)
+            let dead = try await f.admin.drain(service.configuration.topology.deadLetterQueue)
+            #expect(dead.count == 1)
+            #expect(dead.first?.messageId == "evt-poison")
+            #expect(dead.first?.headers["x-attempts"] == .int(3))
+            #expect(dead.first?.headers["x-error"].map { "\($0)".contains("Boom") } == true)
+            #expect(try await f.count("inbox") == 3, "a dead-lettered message is not recorded as processed")
+        }
+    }
+
+    @Test("notifications: one confirmation per order, with lines and total, also when delivered twice")
+    func notifications() async throws {
+        try await Fixture.with { f in
+            let service = consumer(f, name: "notification", handler: NotificationHandler())
+            let running = Task { try await service.run() }
+            defer { running.cancel() }
+            #expect(await eventually { await service.isConnected })
+            let publisher = f.makePublisher()
+            let message = orderCreated(f, orderId: "o-7", items: [("A", 2)])
+            #expect(await publisher.publish([message, message]) == [.acked, .acked])
+            await publisher.close()
+            #expect(await eventually { service.stats.processed + service.stats.duplicates == 2 })
+            let notes = try await f.find("notifications")
+            #expect(notes.count == 1)
+            #expect(notes.first?["recipient"] == "c-1")
+            #expect(notes.first?["text"]?.stringValue?.contains("2 × A at 5.00") == true)
+            #expect(notes.first?["text"]?.stringValue?.contains("Total: 10.00") == true)
+        }
+    }
+}

@@ -1,0 +1,152 @@
+import Foundation
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import Testing
+
+@Suite("Relay on the real servers (I2, I3)", .enabled(if: Servers.enabled), .timeLimit(.minutes(3)))
+struct RelayIntegrationTests {
+    @Test("delivers exactly the pending events, with their ids and properties, and marks them")
+    func deliversPending() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let ids = try await f.appendEvents((0..<120).map { f.event(aggregate: "order-\($0)") })
+            // Events that are not pending must not be published again.
+            try await f.pool.withConnection { connection in
+                let writer = OutboxWriter()
+                var delivered = writer.document(for: f.event(aggregate: "old-1"))
+                delivered["status"] = "delivered"
+                var parked = writer.document(for: f.event(aggregate: "old-2"))
+                parked["status"] = "parked"
+                try connection.collection("outbox").insertMany([delivered, parked])
+            }
+            let store = f.makeStore()
+            try await store.ensureIndexes()
+            let publisher = f.makePublisher()
+            try await f.drain(f.makeRelay(store: store, publisher: publisher))
+            await publisher.close()
+
+            let received = try await f.admin.drain(queue)
+            #expect(received.count == 120)
+            #expect(Set(received.compactMap(\.messageId)) == Set(ids))
+            let first = try #require(received.first)
+            #expect(first.type == "OrderCreated")
+            #expect(first.routingKey == "order.created")
+            #expect(first.headers["x-aggregate-type"] == .string("Order"))
+            #expect(first.headers["x-aggregate-version"] == .int(1))
+            let body = try JSONValue.parse(first.body)
+            #expect(body["id"] == .string(first.messageId!))
+            #expect(body["data"]?["n"] == .number("1"))
+            #expect(try await f.count("outbox", ["status": "delivered"]) == 121)
+            #expect(try await f.count("outbox", ["status": "pending"]) == 0)
+            let marked = try await f.find("outbox", ["_id": .string(ids[0])]).first
+            #expect(marked?["deliveredAt"]?.dateValue != nil)
+            #expect(marked?["attempts"]?.intValue == 1)
+        }
+    }
+
+    @Test("nacked publishes (queue full, reject-publish) are not marked delivered")
+    func nacked() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("tiny", arguments: ["x-max-length": .int(1), "x-overflow": .string("reject-publish")])
+            let ids = try await f.appendEvents((0..<3).map { f.event(aggregate: "agg-\($0)") })
+            let publisher = f.makePublisher()
+            let relay = f.makeRelay(store: f.makeStore(), publisher: publisher, retry: .init(maxAttempts: 5, baseDelay: .seconds(60)))
+            let pass = try await relay.runOnce()
+            await publisher.close()
+            #expect(pass.fetched == 3)
+            #expect(pass.delivered == 1)
+            #expect(pass.retried == 2)
+            let docs = try await f.find("outbox")
+            let delivered = docs.filter { $0["status"] == "delivered" }.compactMap { $0["_id"]?.stringValue }
+            #expect(delivered == [ids[0]])
+            for doc in docs where doc["status"] == "pending" {
+                #expect(doc["lastError"] == "broker nacked the publish")
+                #expect(doc["attempts"]?.intValue == 1)
+            }
+            #expect(try await f.admin.drain(queue).compactMap(\.messageId) == [ids[0]])
+        }
+    }
+
+    @Test("unroutable publishes (basic.return) are never delivered: retried, then parked with the reason")
+    func unroutable() async throws {
+        try await Fixture.with { f in
+            // No queue is bound to the test exchange.
+            try await f.appendEvents([f.event(aggregate: "lonely")])
+            let publisher = f.makePublisher()
+            let relay = f.makeRelay(store: f.makeStore(), publisher: publisher, retry: .init(maxAttempts: 3, baseDelay: .zero))
+            try await f.drain(relay)
+            await publisher.close()
+            let doc = try #require(try await f.find("outbox").first)
+            #expect(doc["status"] == "parked")
+            #expect(doc["attempts"]?.intValue == 3)
+            #expect(doc["lastError"]?.stringValue?.contains("NO_ROUTE") == true)
+        }
+    }
+
+    @Test("a malformed outbox document is parked with a reason and the rest still flow")
+    func malformed() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            try await f.pool.withConnection { connection in
+                try connection.collection("outbox").insertMany([
+                    ["_id": "bad-1", "status": "pending", "nextAttemptAt": .date(Date()), "type": .int32(5)],
+                    ["_id": "bad-2", "status": "pending", "nextAttemptAt": .date(Date()), "type": "X", "aggregateType": "A",
+                     "aggregateId": "x", "aggregateVersion": 1, "data": "not a document"],
+                ])
+            }
+            let good = try await f.appendEvents([f.event(aggregate: "fine")])
+            let publisher = f.makePublisher()
+            try await f.drain(f.makeRelay(store: f.makeStore(), publisher: publisher))
+            await publisher.close()
+            #expect(try await f.admin.drain(queue).compactMap(\.messageId) == good)
+            let bad = try await f.find("outbox", ["status": "parked"])
+            #expect(bad.count == 2)
+            #expect(bad.allSatisfy { $0["lastError"]?.stringValue?.hasPrefix("malformed: ") == true })
+            #expect(bad.first { $0["_id"] == "bad-1" }?["lastError"] == "malformed: type must be a non-empty string")
+        }
+    }
+
+    @Test("broker unreachable: events stay pending, untouched, and go out once it is reachable")
+    func brokerUnreachable() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let ids = try await f.appendEvents([f.event(aggregate: "a"), f.event(aggregate: "b")])
+            // A port nothing listens on.
+            let dead = ConfirmPublisher(
+                configuration: AMQPConfiguration(endpoint: AMQPEndpoint(host: "127.0.0.1", port: 1), connectTimeout: .seconds(1)),
+                logger: f.logger)
+            let pass = try await f.makeRelay(store: f.makeStore(), publisher: dead).runOnce()
+            #expect(pass.unsent == 2)
+            let docs = try await f.find("outbox")
+            #expect(docs.allSatisfy { $0["status"] == "pending" && $0["attempts"]?.intValue == 0 && $0["lastError"] == nil })
+            let publisher = f.makePublisher()
+            try await f.drain(f.makeRelay(store: f.makeStore(), publisher: publisher))
+            await publisher.close()
+            #expect(Set(try await f.admin.drain(queue).compactMap(\.messageId)) == Set(ids))
+        }
+    }
+
+    @Test("per-aggregate order: version n+1 is published only after version n was confirmed")
+    func perAggregateOrder() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            var events: [NewEvent] = []
+            for version in 1...5 {
+                for aggregate in ["x", "y", "z"] { events.append(f.event(aggregate: aggregate, version: version)) }
+            }
+            try await f.appendEvents(events)
+            let publisher = f.makePublisher()
+            let relay = f.makeRelay(store: f.makeStore(), publisher: publisher)
+            var passes = 0
+            while try await relay.runOnce().fetched > 0 { passes += 1 }
+            await publisher.close()
+            #expect(passes == 5, "one version of each aggregate per pass")
+            let received = try await f.admin.drain(queue)
+            for aggregate in ["x", "y", "z"] {
+                let versions = received.filter { $0.headers["x-aggregate-id"] == .string(aggregate) }.map { $0.headers["x-aggregate-version"] }
+                #expect(versions == (1...5).map { .int(Int64($0)) })
+            }
+        }
+    }
+}

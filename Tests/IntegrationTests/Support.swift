@@ -1,0 +1,143 @@
+import Foundation
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import Testing
+
+/// The real servers the integration tests use, from `MONGODB_URI` and `AMQP_URL` (as `ops/test`
+/// sets them). When `OUTBOX_REQUIRE_SERVERS=1` the servers were promised, and their absence fails.
+enum Servers {
+    static let environment = ProcessInfo.processInfo.environment
+    static let mongoURI = environment["MONGODB_URI"] ?? ""
+    static let amqpURL = environment["AMQP_URL"] ?? ""
+    static let required = environment["OUTBOX_REQUIRE_SERVERS"] == "1"
+    static let configured = !mongoURI.isEmpty && !amqpURL.isEmpty
+    /// Integration suites run when the servers are configured, and must run when they were promised.
+    static let enabled = configured || required
+
+    static var amqp: AMQPConfiguration {
+        get throws { AMQPConfiguration(endpoint: try AMQPEndpoint(url: amqpURL), connectTimeout: .seconds(3)) }
+    }
+
+    static let logger: Logger = {
+        var logger = Logger(label: "integration")
+        logger.logLevel = environment["TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
+        return logger
+    }()
+}
+
+@Suite("Integration prerequisites")
+struct PrerequisiteTests {
+    @Test("servers are configured when the test command promised them")
+    func promised() {
+        if Servers.required {
+            #expect(Servers.configured, "OUTBOX_REQUIRE_SERVERS=1 but MONGODB_URI or AMQP_URL is empty; run ops/test")
+        }
+    }
+}
+
+/// A database, exchange and queues of a test's own, removed afterwards.
+final class Fixture: Sendable {
+    let database: String
+    let exchange: String
+    let pool: MongoClientPool
+    let admin: AMQPAdmin
+    let amqp: AMQPConfiguration
+    let logger = Servers.logger
+    private let queues = LockedArray<String>()
+
+    init() throws {
+        #expect(Servers.configured, "MONGODB_URI and AMQP_URL must be set (ops/test sets them)")
+        let suffix = UUID().uuidString.prefix(8).lowercased()
+        database = "it_\(suffix)"
+        exchange = "it.\(suffix)"
+        pool = try MongoClientPool(MongoConfiguration(uri: Servers.mongoURI, database: database, threads: 4, appName: "integration-tests"))
+        amqp = try Servers.amqp
+        admin = AMQPAdmin(configuration: amqp, logger: logger)
+    }
+
+    /// Runs `body` with a fresh fixture and removes what it created, also when `body` throws.
+    static func with<R>(_ body: (Fixture) async throws -> R) async throws -> R {
+        let fixture = try Fixture()
+        try await fixture.admin.declareExchange(fixture.exchange)
+        do {
+            let result = try await body(fixture)
+            await fixture.cleanup()
+            return result
+        } catch {
+            await fixture.cleanup()
+            throw error
+        }
+    }
+
+    func cleanup() async {
+        for queue in queues.values { try? await admin.deleteQueue(queue) }
+        try? await admin.deleteExchange(exchange)
+        await admin.close()
+        _ = try? await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+    }
+
+    /// A queue of this test bound to the test exchange.
+    func queue(_ name: String, bindings: [String] = ["#"], arguments: [String: AMQPArgument] = [:]) async throws -> String {
+        let full = "\(exchange).\(name)"
+        queues.append(full)
+        try await admin.declareQueue(full, arguments: arguments)
+        for key in bindings { try await admin.bindQueue(full, exchange: exchange, routingKey: key) }
+        return full
+    }
+
+    /// Remembers a queue created elsewhere (e.g. by a consumer) for removal.
+    func track(queue: String) { queues.append(queue) }
+
+    func count(_ collection: String, _ filter: Document = [:]) async throws -> Int {
+        try await pool.withConnection { try $0.collection(collection).countDocuments(filter) }
+    }
+
+    func find(_ collection: String, _ filter: Document = [:], sort: Document = ["_id": 1]) async throws -> [Document] {
+        try await pool.withConnection { try $0.collection(collection).find(filter, options: ["sort": .document(sort)]) }
+    }
+
+    /// Appends events to the outbox, each in a transaction of its own.
+    @discardableResult
+    func appendEvents(_ events: [NewEvent]) async throws -> [String] {
+        try await pool.withTransaction { try OutboxWriter().append(events, using: $0) }
+    }
+
+    func event(aggregate: String, version: Int = 1, type: String = "OrderCreated", data: Document = ["n": 1]) -> NewEvent {
+        NewEvent(type: type, aggregateType: "Order", aggregateId: aggregate, aggregateVersion: version, data: data, exchange: exchange)
+    }
+
+    func makeStore() -> MongoOutboxStore { MongoOutboxStore(pool: pool, logger: logger) }
+
+    func makePublisher(_ options: ConfirmPublisher.Options = .init(confirmTimeout: .seconds(5))) -> ConfirmPublisher {
+        ConfirmPublisher(configuration: amqp, options: options, logger: logger)
+    }
+
+    func makeRelay(store: MongoOutboxStore, publisher: ConfirmPublisher, retry: RetryPolicy = .init(maxAttempts: 3, baseDelay: .zero)) -> Relay {
+        Relay(store: store, publisher: publisher, configuration: .init(batchSize: 200, retryPolicy: retry), logger: logger)
+    }
+
+    /// Runs relay passes until one finds nothing due (bounded).
+    func drain(_ relay: Relay, maxPasses: Int = 200) async throws {
+        for _ in 0..<maxPasses where try await relay.runOnce().fetched > 0 {}
+    }
+}
+
+/// A small lock-protected array for test bookkeeping.
+final class LockedArray<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var storage: [T] = []
+    func append(_ value: T) { lock.withLock { storage.append(value) } }
+    var values: [T] { lock.withLock { storage } }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+func eventually(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}

@@ -1,0 +1,73 @@
+import Outbox
+import OutboxRuntime
+import Testing
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    @Test("AMQP URLs parse with defaults and percent-decoding")
+    func amqpURL() throws {
+        let full = try AMQPEndpoint(url: "amqp://user:p%40ss@broker.local:5673/orders%2fprod")
+        #expect(full == AMQPEndpoint(host: "broker.local", port: 5673, user: "user", password: "p@ss", virtualHost: "orders/prod"))
+        #expect(try AMQPEndpoint(url: "amqp://127.0.0.1") == AMQPEndpoint(host: "127.0.0.1"))
+        #expect(try AMQPEndpoint(url: "amqp://h:1/%2f").virtualHost == "/")
+        #expect(!full.description.contains("p@ss"), "the password never reaches logs")
+    }
+
+    @Test("bad AMQP URLs name the setting", arguments: [
+        ("http://x", "must start with amqp://"), ("amqp://h:notaport", "port"), ("amqp://h:70000", "port"),
+        ("amqp://", "host is missing"), ("amqps://h", "TLS"), ("amqp://h/%zz", "percent-encoding"),
+    ])
+    func badAMQPURL(url: String, expected: String) {
+        #expect {
+            try AMQPEndpoint(url: url, setting: "AMQP_URL (--amqp-url)")
+        } throws: { error in
+            let error = error as? ConfigurationError
+            return error?.setting == "AMQP_URL (--amqp-url)" && error!.reason.contains(expected)
+        }
+    }
+
+    @Test("durations")
+    func durations() throws {
+        #expect(try Setting.duration("250ms", setting: "X") == .milliseconds(250))
+        #expect(try Setting.duration("5s", setting: "X") == .seconds(5))
+        #expect(try Setting.duration("2m", setting: "X") == .seconds(120))
+        #expect(try Setting.duration("1.5h", setting: "X") == .seconds(5400))
+        for bad in ["", "5", "abc", "-1s", "5 s", "1d"] {
+            #expect(throws: ConfigurationError.self) { try Setting.duration(bad, setting: "X") }
+        }
+    }
+
+    @Test("settings: flag beats environment beats default; bad values name flag and variable")
+    func settings() throws {
+        let settings = Settings(environment: ["RELAY_BATCH_SIZE": "250", "BAD": "x", "LOG_LEVEL": "loud"])
+        #expect(try settings.int(nil, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000) == 250)
+        #expect(try settings.int(7, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000) == 7)
+        #expect(try settings.int(nil, env: "UNSET", default: 500, flagName: "--x", range: 1...10_000) == 500)
+        #expect(throws: ConfigurationError(setting: "BAD (--bad)", reason: "'x' is not an integer")) {
+            try settings.int(nil, env: "BAD", default: 1, flagName: "--bad", range: 1...2)
+        }
+        #expect(throws: ConfigurationError(setting: "RELAY_BATCH_SIZE (--batch-size)", reason: "must be between 1 and 100, got 250")) {
+            try settings.int(nil, env: "RELAY_BATCH_SIZE", default: 1, flagName: "--batch-size", range: 1...100)
+        }
+        #expect(throws: ConfigurationError(setting: "MONGODB_URI (--mongodb-uri)", reason: "is required")) {
+            try settings.string(nil, env: "MONGODB_URI", flagName: "--mongodb-uri")
+        }
+        #expect { try settings.logLevel(nil) } throws: { ($0 as? ConfigurationError)?.setting == "LOG_LEVEL (--log-level)" }
+    }
+
+    @Test("a malformed MongoDB URI is a configuration error naming MONGODB_URI")
+    func badMongoURI() {
+        #expect {
+            try Settings(environment: [:]).mongoPool(uri: "postgres://nope", database: "x", appName: "t")
+        } throws: { ($0 as? ConfigurationError)?.setting == "MONGODB_URI (--mongodb-uri)" }
+    }
+
+    @Test("routing keys and partitions")
+    func naming() {
+        #expect(EventNaming.routingKey(forType: "OrderCreated") == "order.created")
+        #expect(EventNaming.routingKey(forType: "InventoryReservationFailed") == "inventory.reservation.failed")
+        #expect(EventNaming.partition(ofAggregate: "order-1", partitions: 16) == EventNaming.partition(ofAggregate: "order-1", partitions: 16))
+        let spread = Set((0..<1000).map { EventNaming.partition(ofAggregate: "agg-\($0)", partitions: 16) })
+        #expect(spread == Set(0..<16))
+    }
+}

@@ -1,0 +1,162 @@
+import Logging
+import Outbox
+import Synchronization
+import Testing
+
+@testable import OutboxAMQP
+
+/// In-memory outbox with the same contract as the MongoDB store.
+final class MemoryStore: OutboxStore {
+    struct Row {
+        var message: OutboxMessage
+        var status = "pending"
+        var lastError: String?
+        var due = true
+    }
+
+    let rows: Mutex<[Row]>
+
+    init(_ messages: [OutboxMessage]) { rows = Mutex(messages.map { Row(message: $0) }) }
+
+    func fetchDue(limit: Int) async throws -> [OutboxMessage] {
+        rows.withLock { rows in
+            var seen = Set<String>()
+            var lowest: [String: Int] = [:]
+            for row in rows where row.status == "pending" {
+                lowest[row.message.aggregateId] = min(lowest[row.message.aggregateId] ?? .max, row.message.aggregateVersion)
+            }
+            return Array(
+                rows.filter { $0.status == "pending" && $0.due }.map(\.message).filter {
+                    lowest[$0.aggregateId] == $0.aggregateVersion && seen.insert($0.aggregateId).inserted
+                }.prefix(limit))
+        }
+    }
+
+    func markDelivered(_ ids: [String]) async throws {
+        rows.withLock { rows in
+            for i in rows.indices where ids.contains(rows[i].message.id) { rows[i].status = "delivered" }
+        }
+    }
+
+    func markFailed(_ failures: [FailedDelivery]) async throws {
+        rows.withLock { rows in
+            for failure in failures {
+                guard let i = rows.firstIndex(where: { $0.message.id == failure.id }) else { continue }
+                rows[i].message.attempts = failure.attempts
+                rows[i].lastError = failure.error
+                if failure.decision == .park { rows[i].status = "parked" }
+            }
+        }
+    }
+
+    func status(_ id: String) -> String { rows.withLock { $0.first { $0.message.id == id }!.status } }
+    func attempts(_ id: String) -> Int { rows.withLock { $0.first { $0.message.id == id }!.message.attempts } }
+}
+
+/// A broker that answers each message with a scripted outcome and records the publish order.
+final class ScriptedPublisher: ConfirmingPublisher {
+    let script: @Sendable (OutboxMessage) -> PublishOutcome
+    let published = Mutex<[String]>([])
+
+    init(_ script: @escaping @Sendable (OutboxMessage) -> PublishOutcome) { self.script = script }
+
+    func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
+        published.withLock { $0.append(contentsOf: messages.map(\.id)) }
+        return messages.map(script)
+    }
+}
+
+func event(_ id: String, aggregate: String = "a", version: Int = 1) -> OutboxMessage {
+    OutboxMessage(
+        id: id, type: "OrderCreated", aggregateType: "Order", aggregateId: aggregate, aggregateVersion: version,
+        exchange: "orders", routingKey: "order.created", occurredAt: 0, body: Array("{}".utf8))
+}
+
+@Suite("Relay engine (in-memory store and broker)")
+struct RelayEngineTests {
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    @Test("acked events are delivered; nacked, returned and timed-out ones are retried, then parked")
+    func outcomes() async throws {
+        let store = MemoryStore([event("ok", aggregate: "1"), event("nack", aggregate: "2"), event("ret", aggregate: "3"), event("slow", aggregate: "4")])
+        let publisher = ScriptedPublisher { message in
+            switch message.id {
+            case "ok": .acked
+            case "nack": .nacked
+            case "ret": .returned("312 NO_ROUTE")
+            default: .timedOut
+            }
+        }
+        let relay = Relay(store: store, publisher: publisher, configuration: .init(retryPolicy: .init(maxAttempts: 3, baseDelay: .zero)), logger: logger)
+        #expect(try await relay.runOnce() == RelayPassResult(fetched: 4, delivered: 1, retried: 3))
+        #expect(store.status("ok") == "delivered")
+        #expect(store.status("nack") == "pending" && store.attempts("nack") == 1)
+        _ = try await relay.runOnce()
+        #expect(try await relay.runOnce() == RelayPassResult(fetched: 3, delivered: 0, retried: 0, parked: 3))
+        for id in ["nack", "ret", "slow"] { #expect(store.status(id) == "parked") }
+        #expect(try await relay.runOnce() == RelayPassResult())
+    }
+
+    @Test("a lost connection leaves events pending with no attempt counted")
+    func connectionLost() async throws {
+        let store = MemoryStore([event("x")])
+        let relay = Relay(store: store, publisher: ScriptedPublisher { _ in .connectionLost("refused") }, configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
+        for _ in 0..<5 { #expect(try await relay.runOnce().unsent == 1) }
+        #expect(store.status("x") == "pending" && store.attempts("x") == 0)
+    }
+
+    @Test("one aggregate's versions go out one at a time, in order, even while one is retried")
+    func perAggregateOrder() async throws {
+        let failOnce = Mutex<Set<String>>(["a-2"])
+        let store = MemoryStore([event("a-1", aggregate: "a", version: 1), event("a-2", aggregate: "a", version: 2), event("a-3", aggregate: "a", version: 3), event("b-1", aggregate: "b", version: 1)])
+        let publisher = ScriptedPublisher { message in failOnce.withLock { $0.remove(message.id) } != nil ? .nacked : .acked }
+        let relay = Relay(store: store, publisher: publisher, configuration: .init(retryPolicy: .init(maxAttempts: 5, baseDelay: .zero)), logger: logger)
+        while try await relay.runOnce().fetched > 0 {}
+        #expect(publisher.published.withLock { $0 } == ["a-1", "b-1", "a-2", "a-2", "a-3"])
+    }
+}
+
+@Suite("Retry policy")
+struct RetryPolicyTests {
+    @Test("exponential with equal jitter, capped, then park")
+    func backoff() {
+        let policy = RetryPolicy(maxAttempts: 5, baseDelay: .seconds(1), maxDelay: .seconds(4))
+        for _ in 0..<200 {
+            guard case .retry(let first) = policy.decision(afterAttempts: 1) else { Issue.record("expected retry"); return }
+            #expect(first >= .milliseconds(500) && first <= .seconds(1))
+            guard case .retry(let third) = policy.decision(afterAttempts: 3) else { Issue.record("expected retry"); return }
+            #expect(third >= .seconds(2) && third <= .seconds(4))
+            guard case .retry(let capped) = policy.decision(afterAttempts: 4) else { Issue.record("expected retry"); return }
+            #expect(capped <= .seconds(4))
+        }
+        #expect(policy.decision(afterAttempts: 5) == .park)
+    }
+}
+
+@Suite("Confirm bookkeeping")
+struct ConfirmBatchTests {
+    @Test("multiple acks settle every earlier tag; nacks and returns are failures")
+    func multiple() {
+        var batch = ConfirmBatch(count: 5, messageIds: ["m0", "m1", "m2", "m3", "m4"])
+        for i in 0..<5 { batch.published(index: i, tag: UInt64(101 + i)) }
+        batch.apply(.returned(messageId: "m1", replyText: "312 NO_ROUTE"))
+        batch.apply(.ack(tag: 102, multiple: true))
+        #expect(batch.outstanding == 3)
+        batch.apply(.nack(tag: 104, multiple: false))
+        batch.apply(.ack(tag: 100, multiple: true))  // from an earlier batch: ignored
+        #expect(batch.outstanding == 2)
+        batch.apply(.ack(tag: 105, multiple: true))
+        #expect(batch.outstanding == 0)
+        #expect(batch.outcomes(orElse: .timedOut) == [.acked, .returned("312 NO_ROUTE"), .acked, .nacked, .acked])
+    }
+
+    @Test("outstanding confirms on a closed channel are not delivered; unpublished ones neither")
+    func closed() {
+        var batch = ConfirmBatch(count: 3, messageIds: ["a", "b", "c"])
+        batch.published(index: 0, tag: 1)
+        batch.published(index: 1, tag: 2)
+        batch.apply(.ack(tag: 1, multiple: false))
+        batch.settleOutstanding(.connectionLost("closed"))
+        #expect(batch.outcomes(orElse: .connectionLost("closed")) == [.acked, .connectionLost("closed"), .connectionLost("closed")])
+    }
+}
