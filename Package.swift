@@ -146,7 +146,7 @@ let package = Package(
             name: "outbox-demo",
             dependencies: [
                 "OutboxRuntime",
-                "Outbox", "OutboxMongo",
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "Inventory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

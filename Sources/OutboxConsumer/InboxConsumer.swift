@@ -155,6 +155,7 @@ public final class InboxConsumer: Service {
             case .duplicate:
                 counters.withLock { $0.duplicates += 1 }
                 logger.debug("duplicate skipped", metadata: ["message.id": "\(messageId)"])
+                await recordDuplicate()
                 await ack(delivery)
                 return
             case .unavailable(let error):
@@ -186,11 +187,17 @@ public final class InboxConsumer: Service {
         let inbox = configuration.inboxCollection
         let name = configuration.name
         let handler = self.handler
+        let inboxId = "\(name):\(message.messageId)"
         do {
+            // A redelivery is usually known already: skip it without opening a transaction. The
+            // unique inbox id below still decides when two deliveries race.
+            if try await pool.withConnection({ try $0.collection(inbox).findOne(["_id": .string(inboxId)]) != nil }) {
+                return .duplicate
+            }
             try await pool.withTransaction { connection in
                 // The inbox entry goes first: a duplicate fails here, before any effect.
                 try connection.collection(inbox).insertOne([
-                    "_id": .string("\(name):\(message.messageId)"), "consumer": .string(name),
+                    "_id": .string(inboxId), "consumer": .string(name),
                     "messageId": .string(message.messageId), "processedAt": .date(Date()),
                 ])
                 try handler.handle(message, connection: connection)
@@ -204,6 +211,17 @@ public final class InboxConsumer: Service {
             return .failed(error, permanent: true)
         } catch {
             return .failed(error, permanent: false)
+        }
+    }
+
+    /// Collection where consumers count what they skipped, so operators (and the demo) can see it.
+    public static let statsCollection = "consumer_stats"
+
+    private func recordDuplicate() async {
+        let name = configuration.name
+        _ = try? await pool.withConnection { connection in
+            try connection.collection(Self.statsCollection).updateOne(
+                ["_id": .string(name)], ["$inc": ["duplicatesSkipped": 1], "$currentDate": ["updatedAt": true]], upsert: true)
         }
     }
 

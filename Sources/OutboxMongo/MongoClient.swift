@@ -5,8 +5,20 @@ import NIOPosix
 /// One-time libmongoc initialisation for the whole process (mongoc_cleanup is left to process exit).
 private let mongocInitialised: Bool = {
     mongoc_init()
+    // libmongoc's own log lines go through swift-log instead of straight to stderr.
+    mongoc_log_set_handler({ level, domain, message, _ in
+        let text = "\(domain.map { String(cString: $0) } ?? "mongoc"): \(message.map { String(cString: $0) } ?? "")"
+        switch level {
+        case MONGOC_LOG_LEVEL_ERROR, MONGOC_LOG_LEVEL_CRITICAL: mongocLogger.error("\(text)")
+        case MONGOC_LOG_LEVEL_WARNING: mongocLogger.warning("\(text)")
+        case MONGOC_LOG_LEVEL_MESSAGE, MONGOC_LOG_LEVEL_INFO: mongocLogger.info("\(text)")
+        default: mongocLogger.trace("\(text)")
+        }
+    }, nil)
     return true
 }()
+
+private let mongocLogger = Logger(label: "libmongoc")
 
 /// An error from libmongoc or the server. The description names the operation and the
 /// server's message, never the documents involved.

@@ -1,30 +1,272 @@
-import OutboxMongo
+import ArgumentParser
 import Foundation
-let pool = try MongoClientPool(MongoConfiguration(uri: ProcessInfo.processInfo.environment["MONGODB_URI"]!, database: "smoke"))
-try await pool.ping()
-print("ping ok")
-let id = ObjectId()
-try await pool.withConnection { c in
-  try c.collection("t").drop()
-  try c.collection("t").insertOne(["_id": .objectId(id), "n": 1, "d": .decimal128(Decimal128("12.50")!), "when": .date(Date())])
+import Inventory
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxConsumer
+import OutboxMongo
+import OutboxRuntime
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Drives the whole flow against running processes and checks the outcome.
+@main
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "outbox-demo",
+        abstract: "Creates orders through the order service and checks that every event is delivered and applied exactly once.",
+        discussion: """
+            Expects order-service, outbox-relay, inventory-consumer and notification-consumer to be \
+            running against the same database (ops/demo starts them). Seeds stock, creates orders \
+            over HTTP, re-publishes some OrderCreated messages with their original ids to show that \
+            consumers skip duplicates, waits until everything has flowed, prints a summary and exits \
+            0 only if nothing is missing or applied twice.
+            """)
+
+    @OptionGroup var mongo: MongoOptions
+
+    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL (env AMQP_URL).")
+    var amqpURL: String?
+
+    @Option(help: "Base URL of the order service.")
+    var serviceURL = "http://127.0.0.1:8080"
+
+    @Option(help: "Orders to create.")
+    var orders = 300
+
+    @Option(help: "Concurrent HTTP requests.")
+    var concurrency = 8
+
+    @Option(help: "Every Nth OrderCreated is published a second time with the same message id (0: none).")
+    var duplicateEvery = 10
+
+    @Option(help: "How long to wait for everything to flow, in seconds.")
+    var timeout = 120
+
+    static let skus = ["SKU-APPLE", "SKU-BREAD", "SKU-CHEESE", "SKU-DATES", "SKU-EGGS", "SKU-FLOUR"]
+    /// One SKU runs short on purpose, so some orders get InventoryReservationFailed.
+    static let initialStock = ["SKU-APPLE": 100_000, "SKU-BREAD": 100_000, "SKU-CHEESE": 100_000, "SKU-DATES": 100_000, "SKU-EGGS": 100_000, "SKU-FLOUR": 40]
+
+    func run() async throws {
+        let settings = Settings()
+        let logger = Runtime.bootstrap(label: "outbox-demo", level: .warning)
+        let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outbox-demo")
+        let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+        let started = ContinuousClock.now
+
+        // Follow-up events from the inventory consumer go to the "inventory" exchange; a queue of
+        // the demo's own makes them routable and lets it count them.
+        let admin = AMQPAdmin(configuration: amqp, logger: logger)
+        try await admin.declareExchange("inventory")
+        try await admin.declareQueue("demo.inventory-events")
+        try await admin.bindQueue("demo.inventory-events", exchange: "inventory", routingKey: "inventory.#")
+        try await admin.purgeQueue("demo.inventory-events")
+        try await InventoryHandler.setStock(Self.initialStock, pool: pool)
+        print("stock seeded: \(Self.initialStock.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+
+        print("creating \(orders) orders through \(serviceURL)/orders (\(concurrency) at a time)")
+        let created = try await createOrders()
+        let quantities = created.reduce(into: [String: Int]()) { totals, order in
+            for (sku, quantity) in order.items { totals[sku, default: 0] += quantity }
+        }
+        print("created \(created.count) orders in \(formatted(ContinuousClock.now - started))")
+
+        let duplicates = try await republishDuplicates(pool: pool, amqp: amqp, logger: logger)
+        if duplicates > 0 { print("re-published \(duplicates) OrderCreated messages with their original ids (as a broker redelivery would)") }
+
+        let report = try await waitForFlow(pool: pool, admin: admin, expectedOrders: created.count, duplicates: duplicates)
+        await admin.close()
+        let elapsed = ContinuousClock.now - started
+
+        // Stock must have gone down by exactly the reserved orders' quantities.
+        let reservedQuantities = try await pool.withConnection { connection -> [String: Int] in
+            var totals: [String: Int] = [:]
+            for reservation in try connection.collection(InventoryHandler.reservationsCollection).find(["status": "reserved"]) {
+                for line in reservation["items"]?.arrayValue ?? [] {
+                    if let line = line.documentValue, let sku = line["sku"]?.stringValue, let q = line["quantity"]?.intValue {
+                        totals[sku, default: 0] += q
+                    }
+                }
+            }
+            return totals
+        }
+        let stock = try await pool.withConnection { connection in
+            try connection.collection(InventoryHandler.stockCollection).find().reduce(into: [String: Int]()) {
+                $0[$1["_id"]?.stringValue ?? ""] = $1["available"]?.intValue ?? 0
+            }
+        }
+        var stockErrors: [String] = []
+        for (sku, initial) in Self.initialStock where stock[sku] != initial - (reservedQuantities[sku] ?? 0) {
+            stockErrors.append("\(sku): expected \(initial - (reservedQuantities[sku] ?? 0)), found \(stock[sku] ?? -1)")
+        }
+
+        var problems = report.problems
+        if created.count != orders { problems.append("only \(created.count) of \(orders) orders were created") }
+        problems += stockErrors.map { "stock \($0)" }
+        let requested = quantities.values.reduce(0, +)
+
+        print("")
+        print("──────── summary ────────")
+        print("orders created (HTTP 201)        \(created.count)")
+        print("OrderCreated events delivered    \(report.orderEventsDelivered) / \(report.orders)")
+        print("inventory effects applied        \(report.reservations) (reserved \(report.reserved), failed for lack of stock \(report.reservations - report.reserved))")
+        print("notifications recorded           \(report.notifications)")
+        print("follow-up events delivered       \(report.followUpsDelivered) (received on demo.inventory-events: \(report.followUpsReceived))")
+        print("duplicates suppressed            \(report.duplicatesSkipped) (re-published \(duplicates) × 2 consumers)")
+        print("items requested / stock checked  \(requested) / \(stockErrors.isEmpty ? "exact" : "MISMATCH")")
+        print("parked events                    \(report.parked)")
+        print("elapsed                          \(formatted(elapsed))")
+        if problems.isEmpty {
+            print("result: OK — every order's event was delivered and applied exactly once")
+        } else {
+            print("result: FAILED")
+            for problem in problems { print("  - \(problem)") }
+            throw ExitCode.failure
+        }
+    }
+
+    struct CreatedOrder: Sendable {
+        var id: String
+        var items: [(String, Int)]
+    }
+
+    func createOrders() async throws -> [CreatedOrder] {
+        let url = URL(string: "\(serviceURL)/orders")!
+        let total = orders
+        var results: [CreatedOrder] = []
+        var failures = 0
+        try await withThrowingTaskGroup(of: CreatedOrder?.self) { group in
+            var next = 0
+            func add() {
+                let index = next
+                next += 1
+                group.addTask { try await Self.createOrder(index: index, url: url) }
+            }
+            for _ in 0..<min(concurrency, total) { add() }
+            while let result = try await group.next() {
+                if let result { results.append(result) } else { failures += 1 }
+                if results.count % 50 == 0 && results.count > 0 { print("  \(results.count)/\(total) orders created") }
+                if next < total { add() }
+            }
+        }
+        if failures > 0 { print("  \(failures) order requests failed") }
+        return results
+    }
+
+    static func createOrder(index: Int, url: URL) async throws -> CreatedOrder? {
+        var generator = SystemRandomNumberGenerator()
+        let lineCount = Int.random(in: 1...3, using: &generator)
+        let items = Array(skus.shuffled(using: &generator).prefix(lineCount)).map { ($0, Int.random(in: 1...3, using: &generator)) }
+        let prices = ["SKU-APPLE": "0.45", "SKU-BREAD": "2.10", "SKU-CHEESE": "7.99", "SKU-DATES": "4.25", "SKU-EGGS": "3.10", "SKU-FLOUR": "1.05"]
+        let lines = items.map { #"{"sku":"\#($0.0)","quantity":\#($0.1),"unitPrice":"\#(prices[$0.0]!)"}"# }
+        var request = URLRequest(url: url)
+        request.httpMethod = "POST"
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.setValue("demo-\(UUID().uuidString)", forHTTPHeaderField: "Idempotency-Key")
+        request.httpBody = Data(#"{"customerId":"customer-\#(index % 37)","items":[\#(lines.joined(separator: ","))]}"#.utf8)
+        for attempt in 1...5 {
+            do {
+                let (data, response) = try await URLSession.shared.data(for: request)
+                let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+                guard status == 201, case .string(let id)? = try JSONValue.parse(Array(data))["id"] else {
+                    print("  order \(index): HTTP \(status) \(String(decoding: data, as: UTF8.self))")
+                    return nil
+                }
+                return CreatedOrder(id: id, items: items)
+            } catch where attempt < 5 {
+                // The same Idempotency-Key makes the retry safe: at most one order results.
+                try await Task.sleep(for: .milliseconds(200 * attempt))
+            }
+        }
+        return nil
+    }
+
+    /// Publishes every Nth delivered OrderCreated again, with its original message id and body.
+    func republishDuplicates(pool: MongoClientPool, amqp: AMQPConfiguration, logger: Logger) async throws -> Int {
+        guard duplicateEvery > 0 else { return 0 }
+        let every = duplicateEvery
+        // Wait until the relay has delivered them once, so the copy is a true redelivery.
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        var documents: [Document] = []
+        while ContinuousClock.now < deadline {
+            documents = try await pool.withConnection { try $0.collection("outbox").find(["type": "OrderCreated"], options: ["sort": ["_id": 1]]) }
+            if documents.allSatisfy({ $0["status"] == "delivered" }) { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let copies = documents.enumerated().filter { $0.offset % every == 0 }.compactMap { OutboxDocument.decode($0.element, maxBodyBytes: 1 << 20).success }
+        let publisher = ConfirmPublisher(configuration: amqp, options: .init(appId: "outbox-demo"), logger: logger)
+        let outcomes = await publisher.publish(copies)
+        await publisher.close()
+        return outcomes.filter(\.isDelivered).count
+    }
+
+    struct Report {
+        var orders = 0
+        var orderEventsDelivered = 0
+        var reservations = 0
+        var reserved = 0
+        var notifications = 0
+        var followUps = 0
+        var followUpsDelivered = 0
+        var followUpsReceived = 0
+        var duplicatesSkipped = 0
+        var parked = 0
+        var problems: [String] = []
+    }
+
+    func waitForFlow(pool: MongoClientPool, admin: AMQPAdmin, expectedOrders: Int, duplicates: Int) async throws -> Report {
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        var report = Report()
+        var lastLine = ""
+        while true {
+            report = try await pool.withConnection { connection in
+                var r = Report()
+                let outbox = connection.collection("outbox")
+                r.orders = try connection.collection("orders").countDocuments()
+                r.orderEventsDelivered = try outbox.countDocuments(["type": "OrderCreated", "status": "delivered"])
+                r.followUps = try outbox.countDocuments(["aggregateType": .string(InventoryHandler.aggregateType)])
+                r.followUpsDelivered = try outbox.countDocuments(["aggregateType": .string(InventoryHandler.aggregateType), "status": "delivered"])
+                r.parked = try outbox.countDocuments(["status": "parked"])
+                r.reservations = try connection.collection(InventoryHandler.reservationsCollection).countDocuments()
+                r.reserved = try connection.collection(InventoryHandler.reservationsCollection).countDocuments(["status": "reserved"])
+                r.notifications = try connection.collection("notifications").countDocuments()
+                r.duplicatesSkipped = try connection.collection(InboxConsumer.statsCollection).find()
+                    .reduce(0) { $0 + ($1["duplicatesSkipped"]?.intValue ?? 0) }
+                return r
+            }
+            report.followUpsReceived = try await admin.declareQueue("demo.inventory-events")
+            let line = "  delivered \(report.orderEventsDelivered)/\(report.orders) · inventory \(report.reservations) · notifications \(report.notifications) · follow-ups \(report.followUpsDelivered)/\(report.followUps) · duplicates skipped \(report.duplicatesSkipped)/\(duplicates * 2)"
+            if line != lastLine {
+                print(line)
+                lastLine = line
+            }
+            let done = report.orders == expectedOrders && report.orderEventsDelivered == expectedOrders
+                && report.reservations == expectedOrders && report.notifications == expectedOrders
+                && report.followUps == expectedOrders && report.followUpsDelivered == expectedOrders
+                && report.followUpsReceived == expectedOrders && report.duplicatesSkipped >= duplicates * 2
+            if done || ContinuousClock.now >= deadline { break }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        func check(_ ok: Bool, _ text: String) { if !ok { report.problems.append(text) } }
+        check(report.orders == expectedOrders, "orders in the database: \(report.orders), expected \(expectedOrders)")
+        check(report.orderEventsDelivered == expectedOrders, "OrderCreated delivered: \(report.orderEventsDelivered) of \(expectedOrders)")
+        check(report.reservations == expectedOrders, "inventory effects: \(report.reservations) of \(expectedOrders)")
+        check(report.notifications == expectedOrders, "notifications: \(report.notifications) of \(expectedOrders)")
+        check(report.followUpsDelivered == expectedOrders, "follow-up events delivered: \(report.followUpsDelivered) of \(expectedOrders)")
+        check(report.followUpsReceived == expectedOrders, "follow-up events received: \(report.followUpsReceived) of \(expectedOrders)")
+        check(report.duplicatesSkipped == duplicates * 2, "duplicates skipped: \(report.duplicatesSkipped), expected \(duplicates * 2)")
+        check(report.parked == 0, "\(report.parked) events parked")
+        return report
+    }
+
+    func formatted(_ duration: Duration) -> String {
+        String(format: "%.1f s", Double(duration.milliseconds) / 1000)
+    }
 }
-let docs = try await pool.withConnection { try $0.collection("t").find() }
-print(docs)
-do {
-  try await pool.withTransaction { c in
-    try c.collection("t").insertOne(["n": 2])
-    throw MongoError(operation: "test", message: "boom")
-  }
-} catch { print("tx error", error) }
-struct Boom: Error {}
-do {
-  try await pool.withTransaction { c in
-    try c.collection("t").insertOne(["n": 3])
-    throw Boom()
-  }
-} catch { print("tx error", error) }
-try await pool.withTransaction { c in try c.collection("t").insertOne(["n": 4]) }
-print(try await pool.withConnection { try $0.collection("t").countDocuments() })
-let r = try await pool.withConnection { try $0.collection("t").updateMany(["n": ["$gte": 1]], pipeline: [["$set": ["at": "$$NOW"]]]) }
-print(r)
-print(try await pool.withConnection { try $0.collection("t").find([:], options: ["sort": ["n": -1], "limit": 1]) })
+
+extension Result {
+    var success: Success? { if case .success(let value) = self { value } else { nil } }
+}
