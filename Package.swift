@@ -162,6 +162,14 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),
+        // Kill and restart real processes and servers; run alone (ops/test runs them after the rest).
+        .testTarget(
+            name: "FaultTests",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -23,11 +23,13 @@ public struct OutboxMessage: Sendable, Hashable {
     public var body: [UInt8]
     /// Delivery attempts made before this one.
     public var attempts: Int
+    /// The outbox partition (stable hash of the aggregate id); leases are per partition.
+    public var partition: Int
 
     public init(
         id: String, type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int,
         exchange: String, routingKey: String, occurredAt: Int64, correlationId: String? = nil,
-        headers: [String: HeaderValue] = [:], body: [UInt8], attempts: Int = 0
+        headers: [String: HeaderValue] = [:], body: [UInt8], attempts: Int = 0, partition: Int = 0
     ) {
         self.id = id
         self.type = type
@@ -41,6 +43,7 @@ public struct OutboxMessage: Sendable, Hashable {
         self.headers = headers
         self.body = body
         self.attempts = attempts
+        self.partition = partition
     }
 
     /// Headers on the wire: the caller's plus the aggregate's type, id and version and the occurred-at time.

@@ -1,13 +1,15 @@
 /// A failed delivery and what to do about it.
 public struct FailedDelivery: Sendable, Equatable {
     public var id: String
+    public var partition: Int
     /// Attempts made so far, this one included.
     public var attempts: Int
     public var error: String
     public var decision: RetryPolicy.Decision
 
-    public init(id: String, attempts: Int, error: String, decision: RetryPolicy.Decision) {
+    public init(id: String, partition: Int, attempts: Int, error: String, decision: RetryPolicy.Decision) {
         self.id = id
+        self.partition = partition
         self.attempts = attempts
         self.error = error
         self.decision = decision
@@ -15,12 +17,25 @@ public struct FailedDelivery: Sendable, Equatable {
 }
 
 /// Where the relay reads pending events and records what happened to them.
+///
+/// Every write is fenced: it happens only while the relay still holds the lease of the event's
+/// partition with the same epoch. The write methods return the partitions whose lease was no
+/// longer held; nothing was written for those.
 public protocol OutboxStore: Sendable {
-    /// Up to `limit` pending events that are due, at most one per aggregate and only an
-    /// aggregate's lowest pending version, in the order they were written.
-    func fetchDue(limit: Int) async throws -> [OutboxMessage]
-    /// Marks events delivered. Only called with ids the broker acked.
-    func markDelivered(_ ids: [String]) async throws
+    /// Up to `limit` pending, due events of the leased partitions, at most one per aggregate and
+    /// only an aggregate's lowest pending version, in the order they were written.
+    func fetchDue(limit: Int, leases: [PartitionLease]) async throws -> [OutboxMessage]
+    /// Marks events delivered. Only called with events the broker acked.
+    func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int>
     /// Reschedules or parks events whose delivery failed.
-    func markFailed(_ failures: [FailedDelivery]) async throws
+    func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int>
 }
+
+/// The leases a relay works under.
+public protocol LeaseProvider: Sendable {
+    var current: [PartitionLease] { get }
+    /// Called with partitions whose fenced writes were refused.
+    func lost(_ partitions: Set<Int>)
+}
+
+extension LeaseManager: LeaseProvider {}

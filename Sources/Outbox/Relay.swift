@@ -30,13 +30,16 @@ public struct RelayPassResult: Sendable, Equatable {
     public var parked = 0
     /// Left pending untouched because the broker connection was lost.
     public var unsent = 0
+    /// Not marked because the partition's lease was taken over meanwhile.
+    public var fenced = 0
 
-    public init(fetched: Int = 0, delivered: Int = 0, retried: Int = 0, parked: Int = 0, unsent: Int = 0) {
+    public init(fetched: Int = 0, delivered: Int = 0, retried: Int = 0, parked: Int = 0, unsent: Int = 0, fenced: Int = 0) {
         self.fetched = fetched
         self.delivered = delivered
         self.retried = retried
         self.parked = parked
         self.unsent = unsent
+        self.fenced = fenced
     }
 }
 
@@ -49,17 +52,19 @@ public struct RelayPassResult: Sendable, Equatable {
 public final class Relay: Service {
     private let store: any OutboxStore
     private let publisher: any ConfirmingPublisher
+    private let leases: any LeaseProvider
     private let configuration: RelayConfiguration
     private let logger: Logger
     private let idle: @Sendable () async -> Void
 
     /// `idle` runs when a poll found nothing due (e.g. to let the broker connection answer heartbeats).
     public init(
-        store: any OutboxStore, publisher: any ConfirmingPublisher, configuration: RelayConfiguration = .init(),
-        logger: Logger, idle: @escaping @Sendable () async -> Void = {}
+        store: any OutboxStore, publisher: any ConfirmingPublisher, leases: any LeaseProvider,
+        configuration: RelayConfiguration = .init(), logger: Logger, idle: @escaping @Sendable () async -> Void = {}
     ) {
         self.store = store
         self.publisher = publisher
+        self.leases = leases
         self.configuration = configuration
         self.logger = logger
         self.idle = idle
@@ -100,18 +105,20 @@ public final class Relay: Service {
     /// rescheduled events.
     @discardableResult
     public func runOnce() async throws -> RelayPassResult {
-        let batch = try await store.fetchDue(limit: configuration.batchSize)
+        let held = leases.current
+        guard !held.isEmpty else { return RelayPassResult() }
+        let batch = try await store.fetchDue(limit: configuration.batchSize, leases: held)
         guard !batch.isEmpty else { return RelayPassResult() }
         let outcomes = await publisher.publish(batch)
         precondition(outcomes.count == batch.count, "publisher must answer every message")
 
-        var delivered: [String] = []
+        var delivered: [OutboxMessage] = []
         var failed: [FailedDelivery] = []
         var unsent = 0
         delivered.reserveCapacity(batch.count)
         for (message, outcome) in zip(batch, outcomes) {
             if outcome.isDelivered {
-                delivered.append(message.id)
+                delivered.append(message)
             } else if case .connectionLost = outcome {
                 // Not the event's fault: it stays pending as it is, no attempt counted.
                 unsent += 1
@@ -119,22 +126,31 @@ public final class Relay: Service {
                 let attempts = message.attempts + 1
                 failed.append(
                     FailedDelivery(
-                        id: message.id, attempts: attempts, error: outcome.reason,
+                        id: message.id, partition: message.partition, attempts: attempts, error: outcome.reason,
                         decision: configuration.retryPolicy.decision(afterAttempts: attempts)))
             }
         }
-        if !delivered.isEmpty { try await store.markDelivered(delivered) }
+        var fencedPartitions = Set<Int>()
+        if !delivered.isEmpty { fencedPartitions.formUnion(try await store.markDelivered(delivered, leases: held)) }
         if !failed.isEmpty {
-            try await store.markFailed(failed)
+            fencedPartitions.formUnion(try await store.markFailed(failed, leases: held))
             logFailures(failed)
         }
         if unsent > 0 {
             logger.warning("broker connection lost; events stay pending", metadata: ["outbox.unsent": "\(unsent)"])
         }
+        var fenced = 0
+        if !fencedPartitions.isEmpty {
+            leases.lost(fencedPartitions)
+            fenced = delivered.filter { fencedPartitions.contains($0.partition) }.count
+                + failed.filter { fencedPartitions.contains($0.partition) }.count
+            delivered.removeAll { fencedPartitions.contains($0.partition) }
+            failed.removeAll { fencedPartitions.contains($0.partition) }
+        }
         let parked = failed.filter { $0.decision == .park }.count
         return RelayPassResult(
             fetched: batch.count, delivered: delivered.count, retried: failed.count - parked, parked: parked,
-            unsent: unsent)
+            unsent: unsent, fenced: fenced)
     }
 
     private func logFailures(_ failed: [FailedDelivery]) {

@@ -10,6 +10,9 @@ private let mongocInitialised: Bool = {
         let text = "\(domain.map { String(cString: $0) } ?? "mongoc"): \(message.map { String(cString: $0) } ?? "")"
         switch level {
         case MONGOC_LOG_LEVEL_ERROR, MONGOC_LOG_LEVEL_CRITICAL: mongocLogger.error("\(text)")
+        // After a write conflict the server has already aborted the transaction; libmongoc's own
+        // abort then fails and says so. with_transaction retries; nothing is wrong.
+        case MONGOC_LOG_LEVEL_WARNING where text.contains("Error in abortTransaction"): mongocLogger.debug("\(text)")
         case MONGOC_LOG_LEVEL_WARNING: mongocLogger.warning("\(text)")
         case MONGOC_LOG_LEVEL_MESSAGE, MONGOC_LOG_LEVEL_INFO: mongocLogger.info("\(text)")
         default: mongocLogger.trace("\(text)")

@@ -77,6 +77,8 @@ public struct OutboxWriter: Sendable {
             "headers": .document(headers),
             "partition": .int32(Int32(EventNaming.partition(ofAggregate: event.aggregateId, partitions: partitions))),
             "status": .string(OutboxSchema.Status.pending),
+            // The highest lease epoch that wrote to this event; relays write only with an epoch at least as high.
+            "fence": .int64(0),
             "attempts": .int32(0),
             "nextAttemptAt": .date(now),
         ]

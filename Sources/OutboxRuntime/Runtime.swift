@@ -110,6 +110,12 @@ public enum Runtime {
         return logger
     }
 
+    /// `host-pid-random`: unique per process, readable in lease tables and logs.
+    public static func defaultInstanceName() -> String {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "relay"
+        return "\(host)-\(getpid())-\(UUID().uuidString.prefix(6).lowercased())"
+    }
+
     /// Prints a configuration error naming the setting and exits with status 78 (EX_CONFIG).
     public static func failConfiguration(_ error: Error, program: String) -> Never {
         FileHandle.standardError.write(Data("\(program): \(error)\n".utf8))

@@ -55,6 +55,15 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Longest graceful shutdown before exiting anyway (env RELAY_SHUTDOWN_TIMEOUT; default 30s).")
     var shutdownTimeout: String?
 
+    @Option(help: "Partitions of the outbox; must match the writers' (env OUTBOX_PARTITIONS; default 16).")
+    var partitions: Int?
+
+    @Option(help: "Lease time of a partition; another relay takes over after it (env RELAY_LEASE_TTL; default 10s).")
+    var leaseTTL: String?
+
+    @Option(help: "This relay's name in the lease table (env RELAY_ID; default host-pid-random).")
+    var relayID: String?
+
     @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
     var exitWhenIdle = false
 
@@ -62,6 +71,8 @@ struct RelayCommand: AsyncParsableCommand {
         let settings = Settings()
         let logger: Logger
         let relay: Relay
+        let leases: LeaseManager
+        let leaseStore: MongoLeaseStore
         let publisher: ConfirmPublisher
         let store: MongoOutboxStore
         let shutdownTimeout: Duration
@@ -84,10 +95,20 @@ struct RelayCommand: AsyncParsableCommand {
 )
             let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
             shutdownTimeout = try settings.duration(self.shutdownTimeout, env: "RELAY_SHUTDOWN_TIMEOUT", default: "30s", flagName: "--shutdown-timeout")
+            let partitionCount = try settings.int(partitions, env: "OUTBOX_PARTITIONS", default: 16, flagName: "--partitions", range: 1...1024)
+            let ttl = try settings.duration(leaseTTL, env: "RELAY_LEASE_TTL", default: "10s", flagName: "--lease-ttl")
+            guard ttl >= .milliseconds(300) else {
+                throw ConfigurationError(setting: "RELAY_LEASE_TTL (--lease-ttl)", reason: "must be at least 300ms")
+            }
+            let owner = try settings.string(relayID, env: "RELAY_ID", default: Runtime.defaultInstanceName(), flagName: "--relay-id")
             let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")
-            store = MongoOutboxStore(pool: pool, options: .init(collection: collection, maxBodyBytes: maxBody), logger: logger)
+            store = MongoOutboxStore(
+                pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount),
+                logger: logger)
+            leaseStore = MongoLeaseStore(pool: pool, partitions: partitionCount)
+            leases = LeaseManager(store: leaseStore, configuration: .init(owner: owner, partitions: partitionCount, ttl: ttl), logger: logger)
             publisher = ConfirmPublisher(configuration: amqp, options: options, logger: logger)
-            relay = Relay(store: store, publisher: publisher, configuration: configuration, logger: logger) { [publisher] in
+            relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger) { [publisher] in
                 await publisher.keepAlive()
             }
             logger.info(
@@ -95,18 +116,23 @@ struct RelayCommand: AsyncParsableCommand {
                 metadata: [
                     "mongodb.database": "\(database)", "outbox.collection": "\(collection)", "amqp.endpoint": "\(amqp.endpoint)",
                     "outbox.batch_size": "\(configuration.batchSize)", "amqp.max_in_flight": "\(options.maxInFlight)",
+                    "relay.id": "\(owner)", "outbox.partitions": "\(partitionCount)", "relay.lease_ttl": "\(ttl)",
                 ])
         } catch {
             Runtime.failConfiguration(error, program: "outbox-relay")
         }
 
         try await store.ensureIndexes()
+        try await leaseStore.ensurePartitions()
         if exitWhenIdle {
+            try await leases.tick()
             while try await relay.runOnce().fetched > 0 {}
+            await leases.resign()
             await publisher.close()
             return
         }
-        try await Runtime.runServices([relay], shutdownTimeout: shutdownTimeout, logger: logger)
+        // Shut down in reverse order: the relay finishes its batch, then the leases are released.
+        try await Runtime.runServices([leases, relay], shutdownTimeout: shutdownTimeout, logger: logger)
         await publisher.close()
     }
 }

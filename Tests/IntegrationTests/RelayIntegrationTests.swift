@@ -23,7 +23,7 @@ struct RelayIntegrationTests {
             let store = f.makeStore()
             try await store.ensureIndexes()
             let publisher = f.makePublisher()
-            try await f.drain(f.makeRelay(store: store, publisher: publisher))
+            try await f.drain(try await f.makeRelay(store: store, publisher: publisher))
             await publisher.close()
 
             let received = try await f.admin.drain(queue)
@@ -51,7 +51,7 @@ struct RelayIntegrationTests {
             let queue = try await f.queue("tiny", arguments: ["x-max-length": .int(1), "x-overflow": .string("reject-publish")])
             let ids = try await f.appendEvents((0..<3).map { f.event(aggregate: "agg-\($0)") })
             let publisher = f.makePublisher()
-            let relay = f.makeRelay(store: f.makeStore(), publisher: publisher, retry: .init(maxAttempts: 5, baseDelay: .seconds(60)))
+            let relay = try await f.makeRelay(store: f.makeStore(), publisher: publisher, retry: .init(maxAttempts: 5, baseDelay: .seconds(60)))
             let pass = try await relay.runOnce()
             await publisher.close()
             #expect(pass.fetched == 3)
@@ -74,7 +74,7 @@ struct RelayIntegrationTests {
             // No queue is bound to the test exchange.
             try await f.appendEvents([f.event(aggregate: "lonely")])
             let publisher = f.makePublisher()
-            let relay = f.makeRelay(store: f.makeStore(), publisher: publisher, retry: .init(maxAttempts: 3, baseDelay: .zero))
+            let relay = try await f.makeRelay(store: f.makeStore(), publisher: publisher, retry: .init(maxAttempts: 3, baseDelay: .zero))
             try await f.drain(relay)
             await publisher.close()
             let doc = try #require(try await f.find("outbox").first)
@@ -97,7 +97,7 @@ struct RelayIntegrationTests {
             }
             let good = try await f.appendEvents([f.event(aggregate: "fine")])
             let publisher = f.makePublisher()
-            try await f.drain(f.makeRelay(store: f.makeStore(), publisher: publisher))
+            try await f.drain(try await f.makeRelay(store: f.makeStore(), publisher: publisher))
             await publisher.close()
             #expect(try await f.admin.drain(queue).compactMap(\.messageId) == good)
             let bad = try await f.find("outbox", ["status": "parked"])
@@ -121,7 +121,7 @@ struct RelayIntegrationTests {
             let docs = try await f.find("outbox")
             #expect(docs.allSatisfy { $0["status"] == "pending" && $0["attempts"]?.intValue == 0 && $0["lastError"] == nil })
             let publisher = f.makePublisher()
-            try await f.drain(f.makeRelay(store: f.makeStore(), publisher: publisher))
+            try await f.drain(try await f.makeRelay(store: f.makeStore(), publisher: publisher))
             await publisher.close()
             #expect(Set(try await f.admin.drain(queue).compactMap(\.messageId)) == Set(ids))
         }
@@ -137,7 +137,7 @@ struct RelayIntegrationTests {
             }
             try await f.appendEvents(events)
             let publisher = f.makePublisher()
-            let relay = f.makeRelay(store: f.makeStore(), publisher: publisher)
+            let relay = try await f.makeRelay(store: f.makeStore(), publisher: publisher)
             var passes = 0
             while try await relay.runOnce().fetched > 0 { passes += 1 }
             await publisher.close()

@@ -108,14 +108,28 @@ final class Fixture: Sendable {
         NewEvent(type: type, aggregateType: "Order", aggregateId: aggregate, aggregateVersion: version, data: data, exchange: exchange)
     }
 
-    func makeStore() -> MongoOutboxStore { MongoOutboxStore(pool: pool, logger: logger) }
+    func makeStore(owner: String = "test-relay") -> MongoOutboxStore { MongoOutboxStore(pool: pool, owner: owner, logger: logger) }
+
+    /// A lease manager for `owner` that has taken its share of the partitions.
+    func makeLeases(owner: String = "test-relay", ttl: Duration = .seconds(30)) async throws -> LeaseManager {
+        let store = MongoLeaseStore(pool: pool)
+        try await store.ensurePartitions()
+        let leases = LeaseManager(store: store, configuration: .init(owner: owner, ttl: ttl), logger: logger)
+        try await leases.tick()
+        return leases
+    }
 
     func makePublisher(_ options: ConfirmPublisher.Options = .init(confirmTimeout: .seconds(5))) -> ConfirmPublisher {
         ConfirmPublisher(configuration: amqp, options: options, logger: logger)
     }
 
-    func makeRelay(store: MongoOutboxStore, publisher: ConfirmPublisher, retry: RetryPolicy = .init(maxAttempts: 3, baseDelay: .zero)) -> Relay {
-        Relay(store: store, publisher: publisher, configuration: .init(batchSize: 200, retryPolicy: retry), logger: logger)
+    func makeRelay(
+        store: MongoOutboxStore, publisher: any ConfirmingPublisher, retry: RetryPolicy = .init(maxAttempts: 3, baseDelay: .zero),
+        leases: LeaseManager? = nil
+    ) async throws -> Relay {
+        let held: LeaseManager
+        if let leases { held = leases } else { held = try await makeLeases() }
+        return Relay(store: store, publisher: publisher, leases: held, configuration: .init(batchSize: 200, retryPolicy: retry), logger: logger)
     }
 
     /// Runs relay passes until one finds nothing due (bounded).

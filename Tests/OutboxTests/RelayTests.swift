@@ -18,7 +18,7 @@ final class MemoryStore: OutboxStore {
 
     init(_ messages: [OutboxMessage]) { rows = Mutex(messages.map { Row(message: $0) }) }
 
-    func fetchDue(limit: Int) async throws -> [OutboxMessage] {
+    func fetchDue(limit: Int, leases: [PartitionLease]) async throws -> [OutboxMessage] {
         rows.withLock { rows in
             var seen = Set<String>()
             var lowest: [String: Int] = [:]
@@ -32,13 +32,15 @@ final class MemoryStore: OutboxStore {
         }
     }
 
-    func markDelivered(_ ids: [String]) async throws {
+    func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> {
+        let ids = Set(messages.map(\.id))
         rows.withLock { rows in
             for i in rows.indices where ids.contains(rows[i].message.id) { rows[i].status = "delivered" }
         }
+        return []
     }
 
-    func markFailed(_ failures: [FailedDelivery]) async throws {
+    func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> {
         rows.withLock { rows in
             for failure in failures {
                 guard let i = rows.firstIndex(where: { $0.message.id == failure.id }) else { continue }
@@ -47,10 +49,17 @@ final class MemoryStore: OutboxStore {
                 if failure.decision == .park { rows[i].status = "parked" }
             }
         }
+        return []
     }
 
     func status(_ id: String) -> String { rows.withLock { $0.first { $0.message.id == id }!.status } }
     func attempts(_ id: String) -> Int { rows.withLock { $0.first { $0.message.id == id }!.message.attempts } }
+}
+
+/// Holds one partition's lease for ever.
+struct StaticLeases: LeaseProvider {
+    var current: [PartitionLease] { [PartitionLease(partition: 0, epoch: 1)] }
+    func lost(_ partitions: Set<Int>) {}
 }
 
 /// A broker that answers each message with a scripted outcome and records the publish order.
@@ -87,7 +96,7 @@ struct RelayEngineTests {
             default: .timedOut
             }
         }
-        let relay = Relay(store: store, publisher: publisher, configuration: .init(retryPolicy: .init(maxAttempts: 3, baseDelay: .zero)), logger: logger)
+        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 3, baseDelay: .zero)), logger: logger)
         #expect(try await relay.runOnce() == RelayPassResult(fetched: 4, delivered: 1, retried: 3))
         #expect(store.status("ok") == "delivered")
         #expect(store.status("nack") == "pending" && store.attempts("nack") == 1)
@@ -100,7 +109,7 @@ struct RelayEngineTests {
     @Test("a lost connection leaves events pending with no attempt counted")
     func connectionLost() async throws {
         let store = MemoryStore([event("x")])
-        let relay = Relay(store: store, publisher: ScriptedPublisher { _ in .connectionLost("refused") }, configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
+        let relay = Relay(store: store, publisher: ScriptedPublisher { _ in .connectionLost("refused") }, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
         for _ in 0..<5 { #expect(try await relay.runOnce().unsent == 1) }
         #expect(store.status("x") == "pending" && store.attempts("x") == 0)
     }
@@ -110,7 +119,7 @@ struct RelayEngineTests {
         let failOnce = Mutex<Set<String>>(["a-2"])
         let store = MemoryStore([event("a-1", aggregate: "a", version: 1), event("a-2", aggregate: "a", version: 2), event("a-3", aggregate: "a", version: 3), event("b-1", aggregate: "b", version: 1)])
         let publisher = ScriptedPublisher { message in failOnce.withLock { $0.remove(message.id) } != nil ? .nacked : .acked }
-        let relay = Relay(store: store, publisher: publisher, configuration: .init(retryPolicy: .init(maxAttempts: 5, baseDelay: .zero)), logger: logger)
+        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 5, baseDelay: .zero)), logger: logger)
         while try await relay.runOnce().fetched > 0 {}
         #expect(publisher.published.withLock { $0 } == ["a-1", "b-1", "a-2", "a-2", "a-3"])
     }

@@ -1,0 +1,112 @@
+import Foundation
+import Outbox
+
+/// Partition leases and relay heartbeats in MongoDB.
+///
+/// `outbox_leases`: one document per partition `{_id: partition, owner, epoch, expiresAt}`.
+/// `outbox_relays`: one heartbeat document per running relay `{_id: owner, expiresAt}`.
+/// Every expiry is computed and compared with `$$NOW`, the database's clock. A lease is taken with
+/// a compare-and-set on the epoch it was seen with, and taking it increments the epoch: the
+/// fencing token that guards every write the owner makes to the partition's events.
+public final class MongoLeaseStore: LeaseStore {
+    public static let leasesCollection = "outbox_leases"
+    public static let relaysCollection = "outbox_relays"
+
+    private let pool: MongoClientPool
+    public let partitions: Int
+    /// The outbox whose events' fences a takeover raises.
+    public let outboxCollection: String
+
+    public init(pool: MongoClientPool, partitions: Int = OutboxSchema.defaultPartitions, outboxCollection: String = OutboxSchema.defaultCollection) {
+        self.pool = pool
+        self.partitions = partitions
+        self.outboxCollection = outboxCollection
+    }
+
+    /// Creates the lease documents that do not exist yet; idempotent.
+    public func ensurePartitions() async throws {
+        let documents: [Document] = (0..<partitions).map {
+            ["_id": .int32(Int32($0)), "owner": .null, "epoch": .int64(0), "expiresAt": .datetime(0)]
+        }
+        try await pool.withConnection { connection in
+            do {
+                try connection.collection(Self.leasesCollection).insertMany(documents, ordered: false)
+            } catch let error as MongoError where error.isDuplicateKey {
+                // Some or all existed already; the others were inserted (unordered insert).
+            }
+        }
+    }
+
+    static func expiresIn(_ ttl: Duration) -> BSON { ["$add": ["$$NOW", .int64(ttl.milliseconds)]] }
+    // Expiry compares milliseconds since the epoch of both dates (`$toLong`, MongoDB ≥ 4.0): the
+    // same meaning as comparing the dates, and it also holds on servers whose date comparison
+    // against `$$NOW` is unreliable (seen on SecantusDB, where it is false both ways).
+    static let expired: BSON = ["$lt": [["$toLong": "$expiresAt"], ["$toLong": "$$NOW"]]]
+    static let live: BSON = ["$gt": [["$toLong": "$expiresAt"], ["$toLong": "$$NOW"]]]
+
+    public func round(owner: String, held: [PartitionLease], release: [PartitionLease], want: Int, ttl: Duration) async throws -> LeaseRound {
+        let total = partitions
+        let outbox = outboxCollection
+        return try await pool.withConnection { connection in
+            let relays = connection.collection(Self.relaysCollection)
+            let leases = connection.collection(Self.leasesCollection)
+            try relays.updateOne(["_id": .string(owner)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl)]]], upsert: true)
+            let active = try relays.countDocuments(["$expr": Self.live])
+
+            for lease in release {
+                try leases.updateOne(
+                    ["_id": .int32(Int32(lease.partition)), "owner": .string(owner), "epoch": .int64(lease.epoch)],
+                    ["$set": ["owner": .null, "expiresAt": .datetime(0)]])
+            }
+            var kept: [PartitionLease] = []
+            let releasing = Set(release.map(\.partition))
+            for lease in held where !releasing.contains(lease.partition) {
+                // Owner and epoch unchanged means nobody took it over, even if it ran out meanwhile.
+                let result = try leases.updateOne(
+                    ["_id": .int32(Int32(lease.partition)), "owner": .string(owner), "epoch": .int64(lease.epoch)],
+                    pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl)]]])
+                if result.matched == 1 { kept.append(lease) }
+            }
+            guard want > 0 else { return LeaseRound(held: kept, activeRelays: active) }
+
+            // Free, expired, or held under this relay's name by an earlier instance (a restart with
+            // the same RELAY_ID): taking it bumps the epoch, which fences that instance out.
+            let keptPartitions = Set(kept.map(\.partition))
+            let takeable: BSON = [["owner": .null], ["owner": .string(owner)], ["$expr": Self.expired]]
+            let free = try leases.find(
+                ["_id": ["$lt": .int32(Int32(total))], "$or": takeable], options: ["projection": ["epoch": 1]])
+            for candidate in free.shuffled() where kept.count < held.count - release.count + want {
+                guard let partition = candidate["_id"]?.intValue, let epoch = candidate["epoch"]?.intValue,
+                    !keptPartitions.contains(partition), !releasing.contains(partition)
+                else { continue }
+                let taken = try leases.findOneAndUpdate(
+                    ["_id": .int32(Int32(partition)), "epoch": .int64(Int64(epoch)), "$or": takeable],
+                    update: [["$set": ["owner": .string(owner), "epoch": ["$add": ["$epoch", 1]], "expiresAt": Self.expiresIn(ttl)]]])
+                if let taken, let newEpoch = taken["epoch"]?.intValue {
+                    // Fence out whoever held it before: their writes to these events now fail.
+                    if newEpoch > 1 {
+                        try MongoOutboxStore.raiseFence(partition: partition, epoch: Int64(newEpoch), collection: connection.collection(outbox))
+                    }
+                    kept.append(PartitionLease(partition: partition, epoch: Int64(newEpoch)))
+                }
+            }
+            return LeaseRound(held: kept, activeRelays: active)
+        }
+    }
+
+    public func resign(owner: String, leases: [PartitionLease]) async throws {
+        try await pool.withConnection { connection in
+            for lease in leases {
+                try connection.collection(Self.leasesCollection).updateOne(
+                    ["_id": .int32(Int32(lease.partition)), "owner": .string(owner), "epoch": .int64(lease.epoch)],
+                    ["$set": ["owner": .null, "expiresAt": .datetime(0)]])
+            }
+            try connection.collection(Self.relaysCollection).deleteMany(["_id": .string(owner)])
+        }
+    }
+
+    /// The lease documents as stored (for status displays and tests).
+    public func snapshot() async throws -> [Document] {
+        try await pool.withConnection { try $0.collection(Self.leasesCollection).find([:], options: ["sort": ["_id": 1]]) }
+    }
+}

@@ -1,0 +1,285 @@
+import Foundation
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fault tests kill and restart real relay processes and real servers. They run alone, after the
+/// other suites (`ops/test` does that), because stopping a server would break tests running beside them.
+enum Env {
+    static let environment = ProcessInfo.processInfo.environment
+    static let mongoURI = environment["MONGODB_URI"] ?? ""
+    static let amqpURL = environment["AMQP_URL"] ?? ""
+    static let stackScript = environment["OUTBOX_STACK_SCRIPT"] ?? ""
+    static let required = environment["OUTBOX_REQUIRE_SERVERS"] == "1"
+    static let enabled = required || (!mongoURI.isEmpty && !amqpURL.isEmpty && !stackScript.isEmpty)
+
+    /// Where the relay executable is: beside the test bundle, or OUTBOX_BIN_DIR.
+    static var binDirectory: URL {
+        if let dir = environment["OUTBOX_BIN_DIR"] { return URL(fileURLWithPath: dir) }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+
+    static let logger: Logger = {
+        var logger = Logger(label: "fault-tests")
+        logger.logLevel = .critical
+        return logger
+    }()
+}
+
+/// Starts `arguments` with `environment`, output appended to `log` (or inherited); returns the pid.
+/// posix_spawn and waitpid directly: Foundation's Process.waitUntilExit can hang in async code.
+func spawn(_ arguments: [String], environment: [String: String], log: String? = nil) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    if let log {
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    }
+    let argv = arguments.map { strdup($0) } + [nil]
+    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer {
+        argv.forEach { free($0) }
+        envp.forEach { free($0) }
+    }
+    var pid: pid_t = 0
+    let status = posix_spawn(&pid, arguments[0], &actions, nil, argv, envp)
+    guard status == 0 else { throw POSIXError(POSIXErrorCode(rawValue: status) ?? .EINVAL) }
+    return pid
+}
+
+/// Waits for `pid` to exit; returns its exit status (or 128 + signal).
+@discardableResult
+func wait(pid: pid_t) -> Int32 {
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+    let signal = status & 0x7f
+    return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+}
+
+/// Runs `ops/stack ACTION` for the test stack (stop-rabbit, start-mongo, ...).
+func stack(_ action: String) throws {
+    let pid = try spawn(["/bin/bash", Env.stackScript, action], environment: Env.environment)
+    let status = wait(pid: pid)
+    #expect(status == 0, "ops/stack \(action) failed with status \(status)")
+}
+
+/// A real `outbox-relay` process.
+final class RelayProcess: @unchecked Sendable {
+    let pid: pid_t
+    private var exited = false
+
+    init(database: String, name: String, logDirectory: URL) throws {
+        var environment = Env.environment
+        environment["OUTBOX_DATABASE"] = database
+        environment["RELAY_LEASE_TTL"] = "1s"
+        environment["RELAY_BATCH_SIZE"] = "200"
+        environment["RELAY_POLL_INTERVAL"] = "50ms"
+        environment["RELAY_RETRY_BASE_DELAY"] = "50ms"
+        environment["RELAY_RETRY_MAX_DELAY"] = "1s"
+        environment["RELAY_MAX_ATTEMPTS"] = "1000"
+        environment["RELAY_CONFIRM_TIMEOUT"] = "3s"
+        environment["LOG_LEVEL"] = "info"
+        pid = try spawn(
+            [Env.binDirectory.appendingPathComponent("outbox-relay").path], environment: environment,
+            log: logDirectory.appendingPathComponent("\(name).log").path)
+    }
+
+    /// SIGKILL: no shutdown, no lease release, confirms outstanding.
+    func kill() {
+        guard !exited else { return }
+        Glibc.kill(pid, SIGKILL)
+        wait(pid: pid)
+        exited = true
+    }
+
+    /// SIGTERM: the graceful path; returns the exit status.
+    @discardableResult
+    func stop() -> Int32 {
+        guard !exited else { return 0 }
+        Glibc.kill(pid, SIGTERM)
+        exited = true
+        return wait(pid: pid)
+    }
+}
+
+/// A database, exchange and queue of one fault test, and the relays it starts.
+final class FaultFixture: @unchecked Sendable {
+    let database = "fault_\(UUID().uuidString.prefix(8).lowercased())"
+    lazy var exchange = "fault.\(database)"
+    lazy var queue = "\(exchange).all"
+    let pool: MongoClientPool
+    let admin: AMQPAdmin
+    let logs: URL
+    var relays: [RelayProcess] = []
+
+    init() throws {
+        #expect(Env.enabled, "MONGODB_URI, AMQP_URL and OUTBOX_STACK_SCRIPT must be set (ops/test sets them)")
+        pool = try MongoClientPool(MongoConfiguration(uri: Env.mongoURI, database: database, appName: "fault-tests"))
+        admin = AMQPAdmin(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
+        logs = FileManager.default.temporaryDirectory.appendingPathComponent(database)
+        try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
+    }
+
+    func prepare() async throws {
+        try await admin.declareExchange(exchange)
+        try await admin.declareQueue(queue)
+        try await admin.bindQueue(queue, exchange: exchange, routingKey: "#")
+    }
+
+    func startRelay(_ name: String) throws -> RelayProcess {
+        let relay = try RelayProcess(database: database, name: name, logDirectory: logs)
+        relays.append(relay)
+        return relay
+    }
+
+    /// Inserts `count` pending events over `aggregates` aggregates (versions in order); returns their ids.
+    func appendEvents(_ count: Int, aggregates: Int) async throws -> [String] {
+        let writer = OutboxWriter()
+        var ids: [String] = []
+        var version: [Int: Int] = [:]
+        for chunk in stride(from: 0, to: count, by: 1000) {
+            let documents: [Document] = (chunk..<min(chunk + 1000, count)).map { index in
+                let aggregate = index % aggregates
+                version[aggregate, default: 0] += 1
+                return writer.document(for: NewEvent(
+                    type: "OrderCreated", aggregateType: "Order", aggregateId: "agg-\(aggregate)",
+                    aggregateVersion: version[aggregate]!, data: ["index": .int64(Int64(index))], exchange: exchange))
+            }
+            ids += documents.compactMap { $0["_id"]?.stringValue }
+            try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+        }
+        return ids
+    }
+
+    func count(_ filter: Document) async -> Int? {
+        try? await pool.withConnection { try $0.collection("outbox").countDocuments(filter) }
+    }
+
+    /// Waits until no event is pending (or parked); false on timeout.
+    func waitUntilDelivered(_ total: Int, timeout: Duration = .seconds(240)) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if await count(["status": "delivered"]) == total { return true }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        return false
+    }
+
+    /// Every message in the queue (reconnecting as needed), as message ids.
+    func receivedIds() async throws -> [String] {
+        var ids: [String] = []
+        var failures = 0
+        while true {
+            do {
+                guard let delivery = try await admin.get(queue) else { return ids }
+                ids.append(delivery.messageId ?? "")
+            } catch {
+                failures += 1
+                if failures > 50 { throw error }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    func cleanup() async {
+        for relay in relays { relay.stop() }
+        try? await admin.deleteQueue(queue)
+        try? await admin.deleteExchange(exchange)
+        await admin.close()
+        _ = try? await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+    }
+
+    /// Checks that every id arrived at least once and reports the duplicates.
+    func checkReceived(_ ids: [String], test: String) async throws {
+        let received = try await receivedIds()
+        let unique = Set(received)
+        let missing = Set(ids).subtracting(unique)
+        #expect(missing.isEmpty, "\(missing.count) events never reached the broker")
+        #expect(unique.isSubset(of: Set(ids)))
+        print("\(test): \(ids.count) events, \(received.count) messages received, \(received.count - unique.count) duplicate publishes")
+    }
+}
+
+@Suite("Faults: killed relays, restarted servers, several relays (I2, I6)", .serialized, .enabled(if: Env.enabled), .timeLimit(.minutes(10)))
+struct FaultTests {
+    @Test("SIGKILL of the relay at random points, 5 times during 5,000 events: every event delivered")
+    func killedRelays() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        let ids = try await f.appendEvents(5000, aggregates: 2500)
+        var relay = try f.startRelay("relay-0")
+        var killsDuringRun = 0
+        for kill in 1...5 {
+            try await Task.sleep(for: .milliseconds(Int.random(in: 300...1200)))
+            relay.kill()
+            if let pending = await f.count(["status": "pending"]), pending > 0 { killsDuringRun += 1 }
+            relay = try f.startRelay("relay-\(kill)")
+        }
+        #expect(killsDuringRun == 5, "every kill must land while events were still pending")
+        #expect(await f.waitUntilDelivered(ids.count))
+        #expect(relay.stop() == 0, "SIGTERM ends the relay cleanly")
+        try await f.checkReceived(ids, test: "kill -9 ×5")
+        #expect(await f.count(["status": "parked"]) == 0)
+        await f.cleanup()
+    }
+
+    @Test("RabbitMQ stopped and started mid-run: nothing lost, the relay recovers by itself")
+    func brokerRestart() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        let relay = try f.startRelay("relay")
+        let ids = try await f.appendEvents(3000, aggregates: 3000)
+        while (await f.count(["status": "delivered"]) ?? 0) < 200 { try await Task.sleep(for: .milliseconds(20)) }
+        try stack("stop-rabbit")
+        let pendingWhileDown = await f.count(["status": "pending"]) ?? 0
+        try await Task.sleep(for: .seconds(1))
+        try stack("start-rabbit")
+        #expect(pendingWhileDown > 0, "the broker must stop while events are pending")
+        #expect(await f.waitUntilDelivered(ids.count))
+        relay.stop()
+        try await f.checkReceived(ids, test: "broker restart")
+        await f.cleanup()
+    }
+
+    @Test("SecantusDB stopped and started mid-run: nothing lost, the relay recovers by itself")
+    func databaseRestart() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        let relay = try f.startRelay("relay")
+        let ids = try await f.appendEvents(3000, aggregates: 3000)
+        while (await f.count(["status": "delivered"]) ?? 0) < 200 { try await Task.sleep(for: .milliseconds(20)) }
+        let before = await f.count(["status": "delivered"]) ?? 0
+        try stack("stop-mongo")
+        try await Task.sleep(for: .seconds(2))
+        try stack("start-mongo")
+        #expect(before < ids.count, "the database must stop while events are pending")
+        #expect(await f.waitUntilDelivered(ids.count))
+        relay.stop()
+        try await f.checkReceived(ids, test: "database restart")
+        await f.cleanup()
+    }
+
+    @Test("three relays on one outbox, 10,000 events: nothing lost, duplicates counted")
+    func threeRelays() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        let ids = try await f.appendEvents(10_000, aggregates: 5000)
+        let relays = try (0..<3).map { try f.startRelay("relay-\($0)") }
+        #expect(await f.waitUntilDelivered(ids.count))
+        // All three took part.
+        let owners = try await f.pool.withConnection {
+            try $0.collection(MongoLeaseStore.leasesCollection).find().compactMap { $0["owner"]?.stringValue }
+        }
+        #expect(Set(owners).count == 3, "the partitions are spread over the three relays")
+        for relay in relays { relay.stop() }
+        try await f.checkReceived(ids, test: "three relays")
+        await f.cleanup()
+    }
+}

@@ -1,0 +1,149 @@
+import Foundation
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import Testing
+
+@Suite("Leases and fencing (I6)", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
+struct LeaseTests {
+    func manager(_ f: Fixture, owner: String, ttl: Duration = .seconds(30)) -> LeaseManager {
+        LeaseManager(store: MongoLeaseStore(pool: f.pool), configuration: .init(owner: owner, ttl: ttl), logger: f.logger)
+    }
+
+    @Test("a relay whose lease was taken over cannot mark any event, delivered or failed")
+    func fencedAfterTakeover() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let ids = try await f.appendEvents((0..<40).map { f.event(aggregate: "agg-\($0)") })
+            // Relay A takes every partition with a short lease, then stalls (no renewals).
+            let leasesA = try await f.makeLeases(owner: "relay-a", ttl: .seconds(1))
+            #expect(leasesA.current.count == 16)
+            let storeA = f.makeStore(owner: "relay-a")
+            let batch = try await storeA.fetchDue(limit: 100, leases: leasesA.current)
+            #expect(batch.count == 40)
+            let stale = leasesA.current
+            // Expiry is judged by the database clock; B takes over once it has passed.
+            let leasesB = manager(f, owner: "relay-b")
+            #expect(await eventually(timeout: .seconds(10)) {
+                try? await leasesB.tick()
+                return leasesB.current.count == 16
+            })
+            #expect(Set(leasesB.current.map(\.partition)) == Set(stale.map(\.partition)))
+            #expect(zip(leasesB.current.sorted(), stale.sorted()).allSatisfy { $0.epoch > $1.epoch })
+
+            // A wakes up and tries to record what it did: every write is refused.
+            let fencedDelivered = try await storeA.markDelivered(batch, leases: stale)
+            #expect(fencedDelivered == Set(batch.map(\.partition)))
+            let failures = batch.map { FailedDelivery(id: $0.id, partition: $0.partition, attempts: 1, error: "x", decision: .park) }
+            #expect(try await storeA.markFailed(failures, leases: stale) == Set(batch.map(\.partition)))
+            #expect(try await f.count("outbox", ["status": "pending", "attempts": 0]) == 40)
+
+            // A whole pass of A: it may still publish what it fetched, but it marks nothing and
+            // forgets the partitions.
+            let publisher = f.makePublisher()
+            let relayA = Relay(store: storeA, publisher: publisher, leases: FrozenLeases(stale, manager: leasesA), logger: f.logger)
+            let pass = try await relayA.runOnce()
+            #expect(pass.fetched == 40 && pass.delivered == 0 && pass.fenced == 40)
+            #expect(try await f.count("outbox", ["status": "pending"]) == 40)
+
+            // B, the owner, delivers and marks them.
+            let relayB = Relay(store: f.makeStore(owner: "relay-b"), publisher: publisher, leases: leasesB, logger: f.logger)
+            try await f.drain(relayB)
+            await publisher.close()
+            #expect(try await f.count("outbox", ["status": "delivered"]) == 40)
+            #expect(Set(try await f.admin.drain(queue).compactMap(\.messageId)) == Set(ids))
+        }
+    }
+
+    /// The leases A had before it stalled (its manager would report none once expired).
+    struct FrozenLeases: LeaseProvider {
+        let leases: [PartitionLease]
+        let manager: LeaseManager
+        init(_ leases: [PartitionLease], manager: LeaseManager) {
+            self.leases = leases
+            self.manager = manager
+        }
+        var current: [PartitionLease] { leases }
+        func lost(_ partitions: Set<Int>) { manager.lost(partitions) }
+    }
+
+    @Test("three relays share the partitions fairly and disjointly; a leaver's partitions are taken over")
+    func balancing() async throws {
+        try await Fixture.with { f in
+            try await MongoLeaseStore(pool: f.pool).ensurePartitions()
+            let managers = (0..<3).map { manager(f, owner: "relay-\($0)") }
+            for _ in 0..<4 {
+                for m in managers { try await m.tick() }
+            }
+            let held = managers.map { Set($0.current.map(\.partition)) }
+            // Nobody holds more than a fair share (16 / 3, rounded up).
+            #expect(held.allSatisfy { $0.count <= 6 })
+            #expect(held[0].isDisjoint(with: held[1]) && held[0].isDisjoint(with: held[2]) && held[1].isDisjoint(with: held[2]))
+            #expect(held[0].union(held[1]).union(held[2]) == Set(0..<16))
+            #expect(managers.allSatisfy { $0.activeRelays == 3 })
+
+            await managers[2].resign()
+            for _ in 0..<3 {
+                for m in managers.prefix(2) { try await m.tick() }
+            }
+            let after = managers.prefix(2).map { Set($0.current.map(\.partition)) }
+            #expect(after[0].union(after[1]) == Set(0..<16))
+            #expect(after[0].isDisjoint(with: after[1]))
+            #expect(after.map(\.count).sorted() == [8, 8])
+        }
+    }
+
+    /// A real broker behind a publisher that loses some acks (published, reported as timed out) and
+    /// refuses some publishes (never sent, reported as nacked).
+    final class FaultyPublisher: ConfirmingPublisher {
+        let inner: ConfirmPublisher
+        init(_ inner: ConfirmPublisher) { self.inner = inner }
+
+        func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
+            var generator = SystemRandomNumberGenerator()
+            let refused = Set(messages.indices.filter { _ in Int.random(in: 0..<10, using: &generator) == 0 })
+            let sent = messages.indices.filter { !refused.contains($0) }
+            var outcomes = await inner.publish(sent.map { messages[$0] }).makeIterator()
+            return messages.indices.map { index in
+                if refused.contains(index) { return .nacked }
+                let outcome = outcomes.next()!
+                return outcome == .acked && Int.random(in: 0..<10, using: &generator) == 0 ? .timedOut : outcome
+            }
+        }
+    }
+
+    @Test("per-aggregate order holds under injected failures: no version after a later one")
+    func orderUnderRetries() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            var events: [NewEvent] = []
+            for version in 1...8 {
+                for aggregate in 0..<40 { events.append(f.event(aggregate: "agg-\(aggregate)", version: version)) }
+            }
+            try await f.appendEvents(events)
+            let publisher = f.makePublisher()
+            let relay = try await f.makeRelay(
+                store: f.makeStore(), publisher: FaultyPublisher(publisher) as ConfirmingPublisher,
+                retry: .init(maxAttempts: 1000, baseDelay: .milliseconds(1), maxDelay: .milliseconds(20)))
+            #expect(await eventually(timeout: .seconds(60)) {
+                _ = try? await relay.runOnce()
+                return (try? await f.count("outbox", ["status": "delivered"])) == events.count
+            })
+            await publisher.close()
+            let received = try await f.admin.drain(queue)
+            var lastSeen: [String: Int] = [:]
+            var violations = 0
+            for message in received {
+                guard case .string(let aggregate)? = message.headers["x-aggregate-id"],
+                    case .int(let version)? = message.headers["x-aggregate-version"]
+                else { continue }
+                // A repeat of the current version (lost ack) is fine; an older one after a newer is not.
+                if let last = lastSeen[aggregate], Int(version) < last { violations += 1 }
+                lastSeen[aggregate] = max(lastSeen[aggregate] ?? 0, Int(version))
+            }
+            #expect(violations == 0)
+            #expect(lastSeen.count == 40 && lastSeen.values.allSatisfy { $0 == 8 })
+            #expect(received.count >= events.count, "every version arrived at least once")
+        }
+    }
+}
