@@ -56,12 +56,17 @@ public final class Relay: Service {
     private let configuration: RelayConfiguration
     private let logger: Logger
     private let idle: @Sendable () async -> Void
+    private let wake: WakeSignal?
 
     /// `idle` runs when a poll found nothing due (e.g. to let the broker connection answer heartbeats).
+    /// `wake`, when given, cuts the wait between polls short (e.g. on a change-stream event); the
+    /// poll stays the source of truth, so a missed wake-up only costs latency.
     public init(
         store: any OutboxStore, publisher: any ConfirmingPublisher, leases: any LeaseProvider,
-        configuration: RelayConfiguration = .init(), logger: Logger, idle: @escaping @Sendable () async -> Void = {}
+        configuration: RelayConfiguration = .init(), logger: Logger, wake: WakeSignal? = nil,
+        idle: @escaping @Sendable () async -> Void = {}
     ) {
+        self.wake = wake
         self.store = store
         self.publisher = publisher
         self.leases = leases
@@ -85,7 +90,11 @@ public final class Relay: Service {
                 failures = 0
                 if result.fetched == 0 {
                     await idle()
-                    try? await Task.sleep(for: configuration.pollInterval)
+                    if let wake {
+                        await wake.wait(timeout: configuration.pollInterval)
+                    } else {
+                        try? await Task.sleep(for: configuration.pollInterval)
+                    }
                 }
             } catch {
                 failures += 1

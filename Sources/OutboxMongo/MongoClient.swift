@@ -109,7 +109,7 @@ public struct MongoConfiguration: Sendable {
 public final class MongoClientPool: @unchecked Sendable {
     public let configuration: MongoConfiguration
     private let uri: OpaquePointer
-    private let pool: OpaquePointer
+    let pool: OpaquePointer
     private let threadPool: NIOThreadPool
 
     public init(_ configuration: MongoConfiguration) throws {
@@ -125,6 +125,7 @@ public final class MongoClientPool: @unchecked Sendable {
         }
         mongoc_client_pool_set_error_api(pool, Int32(MONGOC_ERROR_API_VERSION_2))
         mongoc_client_pool_set_appname(pool, configuration.appName)
+        // One client per pool thread, one for a change-stream watcher, one spare.
         mongoc_client_pool_max_size(pool, UInt32(max(configuration.threads, 1) + 2))
         self.uri = uri
         self.pool = pool

@@ -46,6 +46,15 @@ public struct Settings: Sendable {
         return try Setting.duration(raw, setting: "\(env) (\(flagName))")
     }
 
+    public func bool(env: String, default value: Bool, flagName: String) throws -> Bool {
+        guard let raw = Setting.fromEnvironment(env, environment) else { return value }
+        switch raw.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ConfigurationError(setting: "\(env) (\(flagName))", reason: "'\(raw)' is not true or false")
+        }
+    }
+
     public func logLevel(_ flag: String?) throws -> Logger.Level {
         let raw = try string(flag, env: "LOG_LEVEL", default: "info", flagName: "--log-level")
         guard let level = Logger.Level(rawValue: raw.lowercased()) else {

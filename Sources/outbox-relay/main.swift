@@ -64,6 +64,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "This relay's name in the lease table (env RELAY_ID; default host-pid-random).")
     var relayID: String?
 
+    @Flag(inversion: .prefixedNo, help: "Watch the outbox with a change stream as a wake-up hint for low latency (env RELAY_CHANGE_STREAM=true|false; default on). Polling stays the source of truth.")
+    var changeStream: Bool?
+
     @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
     var exitWhenIdle = false
 
@@ -73,6 +76,7 @@ struct RelayCommand: AsyncParsableCommand {
         let relay: Relay
         let leases: LeaseManager
         let leaseStore: MongoLeaseStore
+        var hint: ChangeStreamHint?
         let publisher: ConfirmPublisher
         let store: MongoOutboxStore
         let shutdownTimeout: Duration
@@ -108,8 +112,11 @@ struct RelayCommand: AsyncParsableCommand {
             leaseStore = MongoLeaseStore(pool: pool, partitions: partitionCount)
             leases = LeaseManager(store: leaseStore, configuration: .init(owner: owner, partitions: partitionCount, ttl: ttl), logger: logger)
             publisher = ConfirmPublisher(configuration: amqp, options: options, logger: logger)
-            relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger) { [publisher] in
-                await publisher.keepAlive()
+            let useChangeStream = try changeStream ?? settings.bool(env: "RELAY_CHANGE_STREAM", default: true, flagName: "--[no-]change-stream")
+            let wake = useChangeStream ? WakeSignal() : nil
+            if let wake { hint = ChangeStreamHint(pool: pool, collection: collection, wake: wake, logger: logger) }
+            relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger, wake: wake) {
+                [publisher] in await publisher.keepAlive()
             }
             logger.info(
                 "configuration",
@@ -117,6 +124,7 @@ struct RelayCommand: AsyncParsableCommand {
                     "mongodb.database": "\(database)", "outbox.collection": "\(collection)", "amqp.endpoint": "\(amqp.endpoint)",
                     "outbox.batch_size": "\(configuration.batchSize)", "amqp.max_in_flight": "\(options.maxInFlight)",
                     "relay.id": "\(owner)", "outbox.partitions": "\(partitionCount)", "relay.lease_ttl": "\(ttl)",
+                    "relay.change_stream": "\(hint != nil)",
                 ])
         } catch {
             Runtime.failConfiguration(error, program: "outbox-relay")
@@ -132,7 +140,8 @@ struct RelayCommand: AsyncParsableCommand {
             return
         }
         // Shut down in reverse order: the relay finishes its batch, then the leases are released.
-        try await Runtime.runServices([leases, relay], shutdownTimeout: shutdownTimeout, logger: logger)
+        let services: [any Service] = [leases] + (hint.map { [$0] } ?? []) + [relay]
+        try await Runtime.runServices(services, shutdownTimeout: shutdownTimeout, logger: logger)
         await publisher.close()
     }
 }

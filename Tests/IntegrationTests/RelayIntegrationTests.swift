@@ -149,4 +149,35 @@ struct RelayIntegrationTests {
             }
         }
     }
+
+    @Test("the change stream wakes the relay long before its poll interval")
+    func changeStreamWakeUp() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            try await f.makeStore().ensureIndexes()
+            let wake = WakeSignal()
+            let hint = ChangeStreamHint(pool: f.pool, wake: wake, logger: f.logger, maxAwait: .milliseconds(200))
+            let publisher = f.makePublisher()
+            let relay = Relay(
+                store: f.makeStore(), publisher: publisher, leases: try await f.makeLeases(),
+                configuration: .init(pollInterval: .seconds(30)), logger: f.logger, wake: wake)
+            let hintTask = Task { try await hint.run() }
+            let relayTask = Task { try await relay.run() }
+            defer {
+                hintTask.cancel()
+                relayTask.cancel()
+            }
+            // Let the relay finish its first (empty) poll and the watch open.
+            try await Task.sleep(for: .seconds(1))
+            let started = ContinuousClock.now
+            let ids = try await f.appendEvents([f.event(aggregate: "fast")])
+            #expect(await eventually(timeout: .seconds(10)) { (try? await f.count("outbox", ["status": "delivered"])) == 1 })
+            let latency = ContinuousClock.now - started
+            #expect(latency < .seconds(5), "delivered in \(latency) with a 30 s poll interval")
+            #expect(try await f.admin.drain(queue).compactMap(\.messageId) == ids)
+            relayTask.cancel()
+            hintTask.cancel()
+            await publisher.close()
+        }
+    }
 }
