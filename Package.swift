@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "inventory-consumer", targets: ["inventory-consumer"]),
         .executable(name: "notification-consumer", targets: ["notification-consumer"]),
         .executable(name: "outbox-demo", targets: ["outbox-demo"]),
+        .executable(name: "outbox-bench", targets: ["outbox-bench"]),
         .library(name: "Outbox", targets: ["Outbox"]),
         .library(name: "OutboxMongo", targets: ["OutboxMongo"]),
         .library(name: "OutboxAMQP", targets: ["OutboxAMQP"]),
@@ -148,6 +149,14 @@ let package = Package(
                 "OutboxRuntime",
                 "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "Inventory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "outbox-bench",
+            dependencies: [
+                "OutboxRuntime", "Outbox", "OutboxMongo", "OutboxAMQP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(

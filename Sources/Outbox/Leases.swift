@@ -141,7 +141,8 @@ public final class LeaseManager: Service {
             }
             try? await Task.sleep(for: interval)
         }
-        await resign()
+        // Released outside the (possibly cancelled) task, so the database calls still run.
+        await Task { await self.resign() }.value
     }
 
     /// Releases every lease so another relay can take over at once.

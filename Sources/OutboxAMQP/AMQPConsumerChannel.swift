@@ -88,36 +88,46 @@ public final class AMQPAdmin: Sendable {
         owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { _ in }
     }
 
+    /// Admin operations are idempotent: one that fails on a connection that went stale while idle
+    /// (the broker closed it, or restarted) is tried once more on a fresh one.
+    private func run<R: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> R) async throws -> R {
+        do {
+            return try await owner.run(body)
+        } catch is AMQPError {
+            return try await owner.run(body)
+        }
+    }
+
     public func declareExchange(_ name: String, type: String = "topic") async throws {
-        try await owner.run { try $0.declareExchange(name, type: type) }
+        try await run { try $0.declareExchange(name, type: type) }
     }
 
     /// Declares a durable queue; returns its message count.
     @discardableResult
     public func declareQueue(_ name: String, arguments: [String: AMQPArgument] = [:]) async throws -> Int {
-        try await owner.run { try $0.declareQueue(name, arguments: arguments) }
+        try await run { try $0.declareQueue(name, arguments: arguments) }
     }
 
     public func bindQueue(_ queue: String, exchange: String, routingKey: String) async throws {
-        try await owner.run { try $0.bindQueue(queue, exchange: exchange, routingKey: routingKey) }
+        try await run { try $0.bindQueue(queue, exchange: exchange, routingKey: routingKey) }
     }
 
     public func deleteQueue(_ name: String) async throws {
-        try await owner.run { try $0.deleteQueue(name) }
+        try await run { try $0.deleteQueue(name) }
     }
 
     public func deleteExchange(_ name: String) async throws {
-        try await owner.run { try $0.deleteExchange(name) }
+        try await run { try $0.deleteExchange(name) }
     }
 
     @discardableResult
     public func purgeQueue(_ name: String) async throws -> Int {
-        try await owner.run { try $0.purgeQueue(name) }
+        try await run { try $0.purgeQueue(name) }
     }
 
     /// Takes one message off a queue (auto-ack); nil when it is empty.
     public func get(_ queue: String) async throws -> AMQPDelivery? {
-        try await owner.run { try $0.get(queue: queue) }
+        try await run { try $0.get(queue: queue) }
     }
 
     /// Takes every message off a queue.

@@ -4,65 +4,72 @@ import Foundation
 /// ISO 8601 strings, Decimal128 as decimal strings (exact, never a binary float).
 public enum ExtendedJSON {
     public static func render(_ value: BSON) -> String {
-        var out = ""
+        String(decoding: renderBytes(value), as: UTF8.self)
+    }
+
+    public static func renderBytes(_ document: Document) -> [UInt8] {
+        renderBytes(.document(document))
+    }
+
+    public static func renderBytes(_ value: BSON) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
         write(value, into: &out)
         return out
     }
 
-    public static func renderBytes(_ document: Document) -> [UInt8] {
-        Array(render(.document(document)).utf8)
-    }
-
-    static func write(_ value: BSON, into out: inout String) {
+    static func write(_ value: BSON, into out: inout [UInt8]) {
         switch value {
         case .double(let v):
-            out += v.isFinite ? (v.rounded() == v && abs(v) < 1e15 ? String(Int64(v)) : String(v)) : "null"
+            out += Array((v.isFinite ? (v.rounded() == v && abs(v) < 1e15 ? String(Int64(v)) : String(v)) : "null").utf8)
         case .string(let s): writeString(s, into: &out)
         case .document(let d):
-            out += "{"
+            out.append(UInt8(ascii: "{"))
             for (index, field) in d.fields.enumerated() {
-                if index > 0 { out += "," }
+                if index > 0 { out.append(UInt8(ascii: ",")) }
                 writeString(field.key, into: &out)
-                out += ":"
+                out.append(UInt8(ascii: ":"))
                 write(field.value, into: &out)
             }
-            out += "}"
+            out.append(UInt8(ascii: "}"))
         case .array(let a):
-            out += "["
+            out.append(UInt8(ascii: "["))
             for (index, element) in a.enumerated() {
-                if index > 0 { out += "," }
+                if index > 0 { out.append(UInt8(ascii: ",")) }
                 write(element, into: &out)
             }
-            out += "]"
+            out.append(UInt8(ascii: "]"))
         case .binary(_, let bytes): writeString(Data(bytes).base64EncodedString(), into: &out)
         case .objectId(let oid): writeString(oid.hex, into: &out)
-        case .bool(let b): out += b ? "true" : "false"
+        case .bool(let b): out += Array((b ? "true" : "false").utf8)
         case .datetime(let ms): writeString(iso8601(milliseconds: ms), into: &out)
-        case .null, .minKey, .maxKey: out += "null"
+        case .null, .minKey, .maxKey: out += Array("null".utf8)
         case .regex(let pattern, _): writeString(pattern, into: &out)
-        case .int32(let v): out += String(v)
-        case .timestamp(_, let seconds): out += String(seconds)
-        case .int64(let v): out += String(v)
+        case .int32(let v): out += Array(String(v).utf8)
+        case .timestamp(_, let seconds): out += Array(String(seconds).utf8)
+        case .int64(let v): out += Array(String(v).utf8)
         case .decimal128(let d): writeString(d.description, into: &out)
         }
     }
 
-    static func writeString(_ s: String, into out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
-                    + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
+    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// A JSON string literal; UTF-8 bytes pass through, only quotes, backslashes and control
+    /// characters are escaped.
+    static func writeString(_ s: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for byte in s.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
+            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
+            case 0x0A: out += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
+            case 0x0D: out += [UInt8(ascii: "\\"), UInt8(ascii: "r")]
+            case 0x09: out += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
+            case 0..<0x20: out += [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+            default: out.append(byte)
             }
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
     }
 
     /// `2026-11-26T18:04:05.123Z`

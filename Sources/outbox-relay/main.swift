@@ -133,9 +133,12 @@ struct RelayCommand: AsyncParsableCommand {
         try await store.ensureIndexes()
         try await leaseStore.ensurePartitions()
         if exitWhenIdle {
+            // The leases are kept renewed beside the drain, as in normal operation.
             try await leases.tick()
+            let renewals = Task { try await leases.run() }
             while try await relay.runOnce().fetched > 0 {}
-            await leases.resign()
+            renewals.cancel()
+            _ = try? await renewals.value
             await publisher.close()
             return
         }

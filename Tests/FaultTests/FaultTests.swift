@@ -75,8 +75,9 @@ final class RelayProcess: @unchecked Sendable {
     let pid: pid_t
     private var exited = false
 
-    init(database: String, name: String, logDirectory: URL) throws {
+    init(database: String, name: String, logDirectory: URL, executable: String = "outbox-relay", extra: [String: String] = [:]) throws {
         var environment = Env.environment
+        environment.merge(extra) { $1 }
         environment["OUTBOX_DATABASE"] = database
         environment["RELAY_LEASE_TTL"] = "1s"
         environment["RELAY_BATCH_SIZE"] = "200"
@@ -87,7 +88,7 @@ final class RelayProcess: @unchecked Sendable {
         environment["RELAY_CONFIRM_TIMEOUT"] = "3s"
         environment["LOG_LEVEL"] = "info"
         pid = try spawn(
-            [Env.binDirectory.appendingPathComponent("outbox-relay").path], environment: environment,
+            [Env.binDirectory.appendingPathComponent(executable).path], environment: environment,
             log: logDirectory.appendingPathComponent("\(name).log").path)
     }
 
@@ -131,6 +132,14 @@ final class FaultFixture: @unchecked Sendable {
         try await admin.declareExchange(exchange)
         try await admin.declareQueue(queue)
         try await admin.bindQueue(queue, exchange: exchange, routingKey: "#")
+    }
+
+    func startConsumer(_ name: String) throws -> RelayProcess {
+        let consumer = try RelayProcess(
+            database: database, name: name, logDirectory: logs, executable: "inventory-consumer",
+            extra: ["CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": "\(exchange).inventory", "INVENTORY_EXCHANGE": exchange])
+        relays.append(consumer)
+        return consumer
     }
 
     func startRelay(_ name: String) throws -> RelayProcess {
@@ -190,6 +199,8 @@ final class FaultFixture: @unchecked Sendable {
 
     func cleanup() async {
         for relay in relays { relay.stop() }
+        for extra in ["\(exchange).inventory", "\(exchange).inventory.dlq"] { try? await admin.deleteQueue(extra) }
+        try? await admin.deleteExchange("\(exchange).inventory.dlx")
         try? await admin.deleteQueue(queue)
         try? await admin.deleteExchange(exchange)
         await admin.close()
@@ -280,6 +291,54 @@ struct FaultTests {
         #expect(Set(owners).count == 3, "the partitions are spread over the three relays")
         for relay in relays { relay.stop() }
         try await f.checkReceived(ids, test: "three relays")
+        await f.cleanup()
+    }
+
+    @Test("an inventory consumer killed with SIGKILL mid-stream and restarted applies every order once")
+    func killedConsumer() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        try await f.pool.withConnection {
+            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
+        }
+        var consumer = try f.startConsumer("consumer-0")
+        // The consumer declares its queue and bindings when it connects.
+        try await Task.sleep(for: .seconds(2))
+        let orders = 1000
+        let messages: [OutboxMessage] = (0..<orders).map { i in
+            let data: Document = [
+                "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
+                "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
+            ]
+            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(data)]
+            return OutboxMessage(
+                id: "evt-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
+                exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(envelope))
+        }
+        let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
+        #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
+        await publisher.close()
+
+        func applied() async -> Int {
+            (try? await f.pool.withConnection { try $0.collection("reservations").countDocuments() }) ?? -1
+        }
+        var killsMidStream = 0
+        for kill in 1...3 {
+            try await Task.sleep(for: .milliseconds(Int.random(in: 1500...3000)))
+            consumer.kill()
+            if await applied() < orders { killsMidStream += 1 }
+            consumer = try f.startConsumer("consumer-\(kill)")
+        }
+        #expect(killsMidStream == 3, "every kill must land while messages were still being applied")
+        let deadline = ContinuousClock.now + .seconds(180)
+        while await applied() < orders && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(250)) }
+        consumer.stop()
+        #expect(await applied() == orders)
+        let stock = try await f.pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
+        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
+        #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
+        #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
+        print("consumer kill -9 ×3: \(orders) orders applied exactly once")
         await f.cleanup()
     }
 }

@@ -5,6 +5,7 @@ import Outbox
 import OutboxAMQP
 import OutboxConsumer
 import OutboxMongo
+@testable import OrderService
 import Testing
 
 @Suite("Idempotent consumers on the real servers (I4)", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
@@ -126,6 +127,44 @@ struct ConsumerIntegrationTests {
             #expect(notes.first?["recipient"] == "c-1")
             #expect(notes.first?["text"]?.stringValue?.contains("2 × A at 5.00") == true)
             #expect(notes.first?["text"]?.stringValue?.contains("Total: 10.00") == true)
+        }
+    }
+}
+
+@Suite("Follow-up events through the relay", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
+struct FollowUpTests {
+    @Test("InventoryReserved and InventoryReservationFailed reach the broker through the relay")
+    func followUps() async throws {
+        try await Fixture.with { f in
+            // Orders and inventory events share the test exchange here; the queue takes inventory.*.
+            let followUps = try await f.queue("followups", bindings: ["inventory.#"])
+            try await InventoryHandler.setStock(["A": 3], pool: f.pool)
+            let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).inventory", bindings: ["order.created"])
+            f.track(queue: topology.queue)
+            f.track(queue: topology.deadLetterQueue)
+            let inventory = InboxConsumer(
+                configuration: .init(name: "inventory", topology: topology), pool: f.pool, amqp: f.amqp,
+                handler: InventoryHandler(exchange: f.exchange), logger: f.logger)
+            let store = OrderStore(pool: f.pool, exchange: f.exchange)
+            try await store.ensureIndexes()
+            let consumerTask = Task { try await inventory.run() }
+            defer { consumerTask.cancel() }
+            #expect(await eventually { await inventory.isConnected })
+            let order = { (quantity: Int) in
+                ValidatedOrder(customerId: "c", items: [.init(sku: "A", quantity: quantity, unitPrice: 1, unitPriceText: "1")])
+            }
+            _ = try await store.create(order(2))  // reserved
+            _ = try await store.create(order(5))  // only 1 left: fails
+            let publisher = f.makePublisher()
+            let relay = try await f.makeRelay(store: f.makeStore(), publisher: publisher)
+            #expect(await eventually {
+                _ = try? await relay.runOnce()
+                return (try? await f.count("outbox", ["status": "delivered"])) == 4
+            })
+            await publisher.close()
+            let received = try await f.admin.drain(followUps)
+            #expect(Set(received.compactMap(\.type)) == ["InventoryReserved", "InventoryReservationFailed"])
+            #expect(received.count == 2)
         }
     }
 }

@@ -1,0 +1,336 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import OutboxRuntime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Measures the relay against the raw ceilings of the store and the broker, in one run.
+@main
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "outbox-bench",
+        abstract: "Benchmarks the relay: throughput, CPU per event, peak RSS, latency, and the raw ceilings of store and broker.",
+        discussion: "Run through ops/bench, which starts fresh servers and builds in release mode.")
+
+    @OptionGroup var mongo: MongoOptions
+
+    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL (env AMQP_URL).")
+    var amqpURL: String?
+
+    @Option(help: "Folder with the release build of outbox-relay.")
+    var binDirectory: String
+
+    @Option(help: "Backlog for the drain runs (the RSS comparison also runs 5× this).")
+    var backlog = 10_000
+
+    @Option(help: "Messages for the broker measurements.")
+    var brokerMessages = 30_000
+
+    @Option(help: "Events per second for the latency run.")
+    var rate = 100
+
+    @Option(help: "Seconds of the latency run.")
+    var latencySeconds = 10
+
+    func run() async throws {
+        let settings = Settings()
+        let logger = Runtime.bootstrap(label: "outbox-bench", level: .error)
+        let uri = try mongo.resolvedURI(settings)
+        let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+        let bench = Bench(uri: uri, amqp: amqp, amqpURL: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"), bin: binDirectory, logger: logger)
+        var rows: [(String, String)] = []
+        func report(_ name: String, _ value: String) {
+            rows.append((name, value))
+            print("  " + name.padding(toLength: 58, withPad: " ", startingAt: 0) + " " + value)
+        }
+
+        print("broker (RabbitMQ), \(brokerMessages) messages, 1000 in flight")
+        let brokerCeiling = try await bench.brokerCeiling(messages: brokerMessages)
+        report("broker ceiling: pipelined confirmed publishes", "\(Int(brokerCeiling)) msg/s")
+        let relayNoStore = try await bench.relayWithoutStore(messages: brokerMessages)
+        report("relay, store taken out (in-memory events, real broker)", "\(Int(relayNoStore)) ev/s  (\(ratio(relayNoStore, brokerCeiling)) of broker ceiling)")
+
+        print("store (MongoDB wire: \(uri.split(separator: "?").first ?? "")), backlog \(backlog)")
+        let storeCeiling = try await bench.storeCeiling(events: backlog)
+        report("store ceiling: find 500 pending + mark them, in a loop", "\(Int(storeCeiling)) ev/s")
+        let drain = try await bench.drain(events: backlog)
+        report("relay drain of a \(backlog) backlog", "\(Int(drain.eventsPerSecond)) ev/s  (\(ratio(drain.eventsPerSecond, storeCeiling)) of store ceiling)")
+        report("relay CPU time per event", String(format: "%.1f µs", drain.cpuMicrosPerEvent))
+        report("relay peak RSS, \(backlog) backlog", "\(drain.peakRSSKiB / 1024) MiB")
+        let big = try await bench.drain(events: backlog * 5)
+        report("relay peak RSS, \(backlog * 5) backlog", "\(big.peakRSSKiB / 1024) MiB  (\(Int(big.eventsPerSecond)) ev/s)")
+
+        print("latency: \(rate) events/s for \(latencySeconds) s, commit → consumer receipt")
+        let withHint = try await bench.latency(rate: rate, seconds: latencySeconds, changeStream: true)
+        report("latency with change-stream wake-up  p50 / p99", String(format: "%.1f / %.1f ms", withHint.p50, withHint.p99))
+        let pollOnly = try await bench.latency(rate: rate, seconds: latencySeconds, changeStream: false)
+        report("latency polling only (200 ms)        p50 / p99", String(format: "%.1f / %.1f ms", pollOnly.p50, pollOnly.p99))
+    }
+
+    func ratio(_ a: Double, _ b: Double) -> String { b > 0 ? String(format: "%.2f", a / b) : "n/a" }
+}
+
+struct DrainResult {
+    var eventsPerSecond: Double
+    var cpuMicrosPerEvent: Double
+    var peakRSSKiB: Int
+}
+
+struct Bench {
+    let uri: String
+    let amqp: AMQPConfiguration
+    let amqpURL: String
+    let bin: String
+    let logger: Logger
+
+    func database(_ name: String) throws -> MongoClientPool {
+        try MongoClientPool(MongoConfiguration(uri: uri, database: name, threads: 2, appName: "outbox-bench"))
+    }
+
+    /// A queue bound to `exchange` that takes everything, emptied.
+    func sink(_ exchange: String) async throws -> AMQPAdmin {
+        let admin = AMQPAdmin(configuration: amqp, logger: logger)
+        try await admin.declareExchange(exchange)
+        try await admin.declareQueue("\(exchange).sink", arguments: ["x-queue-mode": .string("lazy")])
+        try await admin.bindQueue("\(exchange).sink", exchange: exchange, routingKey: "#")
+        try await admin.purgeQueue("\(exchange).sink")
+        return admin
+    }
+
+    func messages(_ count: Int, exchange: String) -> [OutboxMessage] {
+        let body = Array(#"{"id":"x","type":"OrderCreated","data":{"orderId":"o","customerId":"c","totalAmount":"12.50","items":[{"sku":"A","quantity":1,"unitPrice":"12.50"}]}}"#.utf8)
+        return (0..<count).map { i in
+            OutboxMessage(
+                id: "m-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "a-\(i)", aggregateVersion: 1,
+                exchange: exchange, routingKey: "order.created", occurredAt: 0, body: body)
+        }
+    }
+
+    func brokerCeiling(messages count: Int) async throws -> Double {
+        let admin = try await sink("bench.ceiling")
+        let publisher = ConfirmPublisher(configuration: amqp, options: .init(maxInFlight: 1000), logger: logger)
+        let all = messages(count, exchange: "bench.ceiling")
+        _ = await publisher.publish(Array(all.prefix(1000)))  // connect and warm up
+        let started = ContinuousClock.now
+        for chunk in stride(from: 0, to: count, by: 5000) {
+            let outcomes = await publisher.publish(Array(all[chunk..<min(chunk + 5000, count)]))
+            guard outcomes.allSatisfy(\.isDelivered) else { throw ValidationError("broker refused messages in the ceiling run") }
+        }
+        let seconds = (ContinuousClock.now - started).seconds
+        await publisher.close()
+        try await admin.purgeQueue("bench.ceiling.sink")
+        await admin.close()
+        return Double(count) / seconds
+    }
+
+    func relayWithoutStore(messages count: Int) async throws -> Double {
+        let admin = try await sink("bench.memory")
+        let store = InMemoryStore(messages(count, exchange: "bench.memory"))
+        let publisher = ConfirmPublisher(configuration: amqp, options: .init(maxInFlight: 1000), logger: logger)
+        _ = await publisher.publish(messages(1, exchange: "bench.memory"))
+        let relay = Relay(store: store, publisher: publisher, leases: AllPartitions(), configuration: .init(batchSize: 5000), logger: logger)
+        let started = ContinuousClock.now
+        while try await relay.runOnce().fetched > 0 {}
+        let seconds = (ContinuousClock.now - started).seconds
+        guard store.delivered == count else { throw ValidationError("in-memory relay delivered \(store.delivered) of \(count)") }
+        await publisher.close()
+        try await admin.purgeQueue("bench.memory.sink")
+        await admin.close()
+        return Double(count) / seconds
+    }
+
+    /// Inserts `count` pending events into a fresh database; returns the pool.
+    func backlog(_ name: String, events count: Int, exchange: String) async throws -> MongoClientPool {
+        let pool = try database(name)
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        try await MongoOutboxStore(pool: pool, owner: "bench", logger: logger).ensureIndexes()
+        let writer = OutboxWriter()
+        for chunk in stride(from: 0, to: count, by: 1000) {
+            let documents = (chunk..<min(chunk + 1000, count)).map { i in
+                writer.document(for: NewEvent(
+                    type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)",
+                    data: ["orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("12.50")!)],
+                    exchange: exchange))
+            }
+            try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+        }
+        return pool
+    }
+
+    func storeCeiling(events count: Int) async throws -> Double {
+        let pool = try await backlog("bench_store", events: count, exchange: "bench.store")
+        let started = ContinuousClock.now
+        var marked = 0
+        var last = ""
+        while true {
+            let after = last
+            let (done, newest) = try await pool.withConnection { connection -> (Int, String) in
+                let outbox = connection.collection("outbox")
+                let batch = try outbox.find(
+                    ["status": "pending", "_id": ["$gt": .string(after)]], options: ["sort": ["_id": 1], "limit": 500, "projection": ["_id": 1]])
+                guard let newest = batch.last?["_id"]?.stringValue else { return (0, after) }
+                let ids: [BSON] = batch.compactMap { $0["_id"] }
+                try outbox.updateMany(["_id": ["$in": .array(ids)], "status": "pending"], ["$set": ["status": "delivered"]])
+                return (ids.count, newest)
+            }
+            if done == 0 { break }
+            last = newest
+            marked += done
+        }
+        let seconds = (ContinuousClock.now - started).seconds
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        return Double(marked) / seconds
+    }
+
+    func drain(events count: Int) async throws -> DrainResult {
+        let database = "bench_drain"
+        let admin = try await sink("bench.drain")
+        let pool = try await backlog(database, events: count, exchange: "bench.drain")
+        var environment = ProcessInfo.processInfo.environment
+        environment["MONGODB_URI"] = uri
+        environment["AMQP_URL"] = amqpURL
+        environment["OUTBOX_DATABASE"] = database
+        environment["LOG_LEVEL"] = "warning"
+        let started = ContinuousClock.now
+        let usage = try runChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment)
+        let seconds = (ContinuousClock.now - started).seconds
+        let delivered = try await pool.withConnection { try $0.collection("outbox").countDocuments(["status": "delivered"]) }
+        guard delivered == count else { throw ValidationError("drain delivered \(delivered) of \(count)") }
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        try await admin.purgeQueue("bench.drain.sink")
+        await admin.close()
+        return DrainResult(
+            eventsPerSecond: Double(count) / seconds, cpuMicrosPerEvent: usage.cpuSeconds * 1_000_000 / Double(count),
+            peakRSSKiB: usage.maxRSSKiB)
+    }
+
+    func latency(rate: Int, seconds: Int, changeStream: Bool) async throws -> (p50: Double, p99: Double) {
+        let database = "bench_latency"
+        let pool = try await backlog(database, events: 0, exchange: "bench.latency")
+        let admin = AMQPAdmin(configuration: amqp, logger: logger)
+        try await admin.declareExchange("bench.latency")
+        let consumer = AMQPConsumerChannel(
+            configuration: amqp, topology: ConsumerTopology(exchange: "bench.latency", queue: "bench.latency.q", bindings: ["#"], prefetch: 500),
+            logger: logger)
+        try await consumer.connect()
+        try await admin.purgeQueue("bench.latency.q")
+        var environment = ProcessInfo.processInfo.environment
+        environment["MONGODB_URI"] = uri
+        environment["AMQP_URL"] = amqpURL
+        environment["OUTBOX_DATABASE"] = database
+        environment["LOG_LEVEL"] = "warning"
+        let pid = try spawnChild(["\(bin)/outbox-relay", changeStream ? "--change-stream" : "--no-change-stream"], environment: environment)
+        defer { _ = (kill(pid, SIGTERM), waitChild(pid)) }
+        try await Task.sleep(for: .seconds(2))  // leases taken, watch open
+
+        let total = rate * seconds
+        let latencies = Mutex<[Double]>([])
+        let receiver = Task {
+            while latencies.withLock({ $0.count }) < total {
+                guard let delivery = try await consumer.next(timeout: .milliseconds(200)) else { continue }
+                let now = Date().timeIntervalSince1970
+                if case .object = try JSONValue.parse(delivery.body), case .number(let sent)? = try JSONValue.parse(delivery.body)["data"]?["sentAt"],
+                    let sentAt = Double(sent)
+                {
+                    latencies.withLock { $0.append((now - sentAt) * 1000) }
+                }
+                try await consumer.ack(delivery)
+            }
+        }
+        let writer = OutboxWriter()
+        let interval = Duration.seconds(1) / rate
+        var next = ContinuousClock.now
+        for i in 0..<total {
+            next += interval
+            try await pool.withTransaction { connection in
+                let sentAt = Date().timeIntervalSince1970
+                try writer.append([NewEvent(
+                    type: "OrderCreated", aggregateType: "Order", aggregateId: "lat-\(i)",
+                    data: ["sentAt": .double(sentAt)], exchange: "bench.latency")], using: connection)
+            }
+            try await Task.sleep(until: next)
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while latencies.withLock({ $0.count }) < total && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        receiver.cancel()
+        await consumer.close()
+        try await admin.deleteQueue("bench.latency.q")
+        await admin.close()
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        let sorted = latencies.withLock { $0 }.sorted()
+        guard sorted.count == total else { throw ValidationError("latency run received \(sorted.count) of \(total)") }
+        return (sorted[sorted.count / 2], sorted[min(sorted.count - 1, sorted.count * 99 / 100)])
+    }
+}
+
+/// Events in memory, for the relay with the store taken out.
+final class InMemoryStore: OutboxStore {
+    private let state: Mutex<(messages: [OutboxMessage], next: Int, delivered: Int)>
+
+    init(_ messages: [OutboxMessage]) { state = Mutex((messages, 0, 0)) }
+
+    var delivered: Int { state.withLock { $0.delivered } }
+
+    func fetchDue(limit: Int, leases: [PartitionLease]) async throws -> [OutboxMessage] {
+        state.withLock { state in
+            let batch = Array(state.messages[state.next..<min(state.next + limit, state.messages.count)])
+            state.next += batch.count
+            return batch
+        }
+    }
+
+    func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> {
+        state.withLock { $0.delivered += messages.count }
+        return []
+    }
+
+    func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> { [] }
+}
+
+struct AllPartitions: LeaseProvider {
+    var current: [PartitionLease] { [PartitionLease(partition: 0, epoch: 1)] }
+    func lost(_ partitions: Set<Int>) {}
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+struct ChildUsage {
+    var cpuSeconds: Double
+    var maxRSSKiB: Int
+}
+
+func spawnChild(_ arguments: [String], environment: [String: String]) throws -> pid_t {
+    let argv = arguments.map { strdup($0) } + [nil]
+    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer {
+        argv.forEach { free($0) }
+        envp.forEach { free($0) }
+    }
+    var pid: pid_t = 0
+    let status = posix_spawn(&pid, arguments[0], nil, nil, argv, envp)
+    guard status == 0 else { throw ValidationError("cannot start \(arguments[0]): \(String(cString: strerror(status)))") }
+    return pid
+}
+
+@discardableResult
+func waitChild(_ pid: pid_t) -> ChildUsage {
+    var status: Int32 = 0
+    var usage = rusage()
+    while wait4(pid, &status, 0, &usage) == -1 && errno == EINTR {}
+    let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    return ChildUsage(cpuSeconds: cpu, maxRSSKiB: usage.ru_maxrss)
+}
+
+/// Runs a child to completion; its CPU time and peak RSS from wait4.
+func runChild(_ arguments: [String], environment: [String: String]) throws -> ChildUsage {
+    waitChild(try spawnChild(arguments, environment: environment))
+}
