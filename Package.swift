@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "notification-consumer", targets: ["notification-consumer"]),
         .executable(name: "outbox-demo", targets: ["outbox-demo"]),
         .executable(name: "outbox-bench", targets: ["outbox-bench"]),
+        .executable(name: "outboxctl", targets: ["outboxctl"]),
         .library(name: "Outbox", targets: ["Outbox"]),
         .library(name: "OutboxMongo", targets: ["OutboxMongo"]),
         .library(name: "OutboxAMQP", targets: ["OutboxAMQP"]),
@@ -151,6 +152,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Operator actions on the outbox (status, retry, park, replay, purge), for outboxctl.
+        .target(
+            name: "OutboxOps",
+            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", .product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "outboxctl",
+            dependencies: [
+                "OutboxRuntime", "OutboxOps", "Outbox", "OutboxMongo", "OutboxAMQP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "outbox-bench",
             dependencies: [
@@ -166,7 +180,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderService", "Inventory", "Notifications",
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderService", "Inventory", "Notifications", "OutboxOps",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]

@@ -1,0 +1,232 @@
+import Foundation
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+
+/// Which events an operator command applies to. Empty criteria match everything of the status.
+public struct EventFilter: Sendable, Equatable {
+    public var ids: [String] = []
+    public var status: String?
+    public var type: String?
+    public var aggregateId: String?
+    /// Events that occurred before now minus this.
+    public var olderThan: Duration?
+    /// Events that occurred at or after / before these instants.
+    public var since: Date?
+    public var until: Date?
+
+    public init(
+        ids: [String] = [], status: String? = nil, type: String? = nil, aggregateId: String? = nil, olderThan: Duration? = nil,
+        since: Date? = nil, until: Date? = nil
+    ) {
+        self.ids = ids
+        self.status = status
+        self.type = type
+        self.aggregateId = aggregateId
+        self.olderThan = olderThan
+        self.since = since
+        self.until = until
+    }
+
+    public var isEmpty: Bool { self == EventFilter(status: status) }
+
+    /// The MongoDB query; `defaultStatus` applies when the filter names none.
+    public func query(defaultStatus: String? = nil, now: Date = Date()) -> Document {
+        var query = Document()
+        if !ids.isEmpty { query["_id"] = ["$in": .array(ids.map { .string($0) })] }
+        if let status = status ?? defaultStatus { query["status"] = .string(status) }
+        if let type { query["type"] = .string(type) }
+        if let aggregateId { query["aggregateId"] = .string(aggregateId) }
+        var timestamp = Document()
+        if let olderThan { timestamp["$lt"] = .date(now.addingTimeInterval(-Double(olderThan.milliseconds) / 1000)) }
+        if let since { timestamp["$gte"] = .date(since) }
+        if let until {
+            let bound = BSON.date(until)
+            if let existing = timestamp["$lt"], case .datetime(let a) = existing, case .datetime(let b) = bound, a < b {
+                // keep the earlier bound
+            } else {
+                timestamp["$lt"] = bound
+            }
+        }
+        if !timestamp.isEmpty { query["timestamp"] = .document(timestamp) }
+        return query
+    }
+}
+
+/// The outbox at a glance.
+public struct OutboxStatus: Sendable {
+    public struct Lease: Sendable {
+        public var partition: Int
+        public var owner: String?
+        public var epoch: Int
+        /// Seconds until expiry by the database clock (negative: expired).
+        public var expiresIn: Double
+    }
+
+    public var pending: Int
+    public var due: Int
+    public var parked: Int
+    public var delivered: Int
+    public var deliveredLastMinute: Int
+    /// Age in seconds of the oldest pending event; nil when nothing is pending.
+    public var oldestPendingAge: Double?
+    public var leases: [Lease]
+    public var databaseTime: Date
+}
+
+/// What a changing command did (or, with a dry run, would do).
+public struct ChangeResult: Sendable, Equatable {
+    public var matched: Int
+    public var changed: Int
+    public var dryRun: Bool
+    public var ids: [String]
+}
+
+/// Operator actions on the outbox, used by `outboxctl` and its tests.
+public struct OutboxAdmin: Sendable {
+    public let pool: MongoClientPool
+    public let collection: String
+
+    public init(pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection) {
+        self.pool = pool
+        self.collection = collection
+    }
+
+    public func status() async throws -> OutboxStatus {
+        let collection = self.collection
+        return try await pool.withConnection { connection in
+            let outbox = connection.collection(collection)
+            // The database's clock, so ages and expiries do not depend on this machine's.
+            let now = try connection.runCommand(["isMaster": 1], database: "admin")["localTime"]?.dateValue ?? Date()
+            let pending = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending)])
+            let due = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(now)]])
+            let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
+            let delivered = try outbox.countDocuments(["status": .string(OutboxSchema.Status.delivered)])
+            let lastMinute = try outbox.countDocuments([
+                "status": .string(OutboxSchema.Status.delivered), "deliveredAt": ["$gte": .date(now.addingTimeInterval(-60))],
+            ])
+            let oldest = try outbox.find(
+                ["status": .string(OutboxSchema.Status.pending)], options: ["sort": ["_id": 1], "limit": 1, "projection": ["timestamp": 1]]
+            ).first?["timestamp"]?.dateValue
+            let leases = try connection.collection(MongoLeaseStore.leasesCollection).find([:], options: ["sort": ["_id": 1]]).map { lease in
+                OutboxStatus.Lease(
+                    partition: lease["_id"]?.intValue ?? -1, owner: lease["owner"]?.stringValue, epoch: lease["epoch"]?.intValue ?? 0,
+                    expiresIn: (lease["expiresAt"]?.dateValue ?? .distantPast).timeIntervalSince(now))
+            }
+            return OutboxStatus(
+                pending: pending, due: due, parked: parked, delivered: delivered, deliveredLastMinute: lastMinute,
+                oldestPendingAge: oldest.map { now.timeIntervalSince($0) }, leases: leases, databaseTime: now)
+        }
+    }
+
+    public func list(_ filter: EventFilter, limit: Int = 50) async throws -> [Document] {
+        let collection = self.collection
+        let query = filter.query()
+        return try await pool.withConnection { connection in
+            try connection.collection(collection).find(query, options: ["sort": ["_id": 1], "limit": .int64(Int64(limit)), "projection": ["data": 0]])
+        }
+    }
+
+    public func show(id: String) async throws -> Document? {
+        let collection = self.collection
+        return try await pool.withConnection { try $0.collection(collection).findOne(["_id": .string(id)]) }
+    }
+
+    /// An aggregate's events in version order: the event-store view.
+    public func history(aggregateId: String, aggregateType: String? = nil) async throws -> [Document] {
+        let collection = self.collection
+        var query: Document = ["aggregateId": .string(aggregateId)]
+        if let aggregateType { query["aggregateType"] = .string(aggregateType) }
+        let filter = query
+        return try await pool.withConnection { connection in
+            try connection.collection(collection).find(filter, options: ["sort": ["aggregateVersion": 1]])
+        }
+    }
+
+    /// Makes pending events due now (and resets their backoff). With `stuck`, the filter's
+    /// `olderThan` selects pending events that have waited longer than that.
+    public func retry(_ filter: EventFilter, dryRun: Bool) async throws -> ChangeResult {
+        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.Status.pending) { now in
+            ["$set": ["nextAttemptAt": .date(now)]]
+        }
+    }
+
+    /// Parks pending events so the relay leaves them alone.
+    public func park(_ filter: EventFilter, reason: String, dryRun: Bool) async throws -> ChangeResult {
+        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.Status.pending) { now in
+            ["$set": ["status": .string(OutboxSchema.Status.parked), "lastError": .string("parked by operator: \(reason)"), "parkedAt": .date(now)]]
+        }
+    }
+
+    /// Returns parked events to pending, due now, with a fresh attempt count.
+    public func unpark(_ filter: EventFilter, dryRun: Bool) async throws -> ChangeResult {
+        try await change(filter, defaultStatus: OutboxSchema.Status.parked, dryRun: dryRun, requiredStatus: OutboxSchema.Status.parked) { now in
+            ["$set": ["status": .string(OutboxSchema.Status.pending), "attempts": .int32(0), "nextAttemptAt": .date(now)], "$unset": ["parkedAt": ""]]
+        }
+    }
+
+    /// Deletes delivered events older than `olderThan` (by delivery time).
+    public func purge(olderThan: Duration, dryRun: Bool) async throws -> ChangeResult {
+        let collection = self.collection
+        let cutoff = Date().addingTimeInterval(-Double(olderThan.milliseconds) / 1000)
+        let query: Document = ["status": .string(OutboxSchema.Status.delivered), "deliveredAt": ["$lt": .date(cutoff)]]
+        return try await pool.withConnection { connection in
+            let outbox = connection.collection(collection)
+            let matched = try outbox.countDocuments(query)
+            guard !dryRun else { return ChangeResult(matched: matched, changed: 0, dryRun: true, ids: []) }
+            let deleted = try outbox.deleteMany(query)
+            return ChangeResult(matched: matched, changed: deleted, dryRun: false, ids: [])
+        }
+    }
+
+    private func change(
+        _ filter: EventFilter, defaultStatus: String, dryRun: Bool, requiredStatus: String, update: @escaping @Sendable (Date) -> Document
+    ) async throws -> ChangeResult {
+        let collection = self.collection
+        var query = filter.query(defaultStatus: defaultStatus)
+        // The command's own precondition wins over a --status given by mistake.
+        query["status"] = .string(requiredStatus)
+        let selection = query
+        return try await pool.withConnection { connection in
+            let outbox = connection.collection(collection)
+            let ids = try outbox.find(selection, options: ["projection": ["_id": 1]]).compactMap { $0["_id"]?.stringValue }
+            guard !dryRun, !ids.isEmpty else { return ChangeResult(matched: ids.count, changed: 0, dryRun: dryRun, ids: ids) }
+            var guarded = selection
+            guarded["_id"] = ["$in": .array(ids.map { .string($0) })]
+            let result = try outbox.updateMany(guarded, update(Date()))
+            return ChangeResult(matched: ids.count, changed: result.modified, dryRun: false, ids: ids)
+        }
+    }
+
+    /// Publishes matching events again, with their original message ids, to `exchange` with
+    /// `routingKey` (or each event's own). The outbox is not changed.
+    public func replay(
+        _ filter: EventFilter, exchange: String?, routingKey: String?, amqp: AMQPConfiguration, dryRun: Bool, logger: Logger,
+        limit: Int = 100_000
+    ) async throws -> ChangeResult {
+        let collection = self.collection
+        let query = filter.query()
+        let documents = try await pool.withConnection { connection in
+            try connection.collection(collection).find(query, options: ["sort": ["_id": 1], "limit": .int64(Int64(limit))])
+        }
+        var messages: [OutboxMessage] = []
+        for document in documents {
+            guard case .success(var message) = OutboxDocument.decode(document, maxBodyBytes: 128 << 20, partitions: Int(Int32.max)) else { continue }
+            if let exchange { message.exchange = exchange }
+            if let routingKey { message.routingKey = routingKey }
+            messages.append(message)
+        }
+        guard !dryRun, !messages.isEmpty else {
+            return ChangeResult(matched: messages.count, changed: 0, dryRun: dryRun, ids: messages.map(\.id))
+        }
+        let publisher = ConfirmPublisher(configuration: amqp, options: .init(appId: "outboxctl"), logger: logger)
+        var acked = 0
+        for chunk in stride(from: 0, to: messages.count, by: 1000) {
+            let outcomes = await publisher.publish(Array(messages[chunk..<min(chunk + 1000, messages.count)]))
+            acked += outcomes.filter(\.isDelivered).count
+        }
+        await publisher.close()
+        return ChangeResult(matched: messages.count, changed: acked, dryRun: false, ids: messages.map(\.id))
+    }
+}

@@ -1,0 +1,342 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import OutboxOps
+import OutboxRuntime
+
+/// Exit codes: 0 done; 1 done only in part (e.g. not every replayed message was confirmed);
+/// 64 bad arguments; 69 the database or broker cannot be reached; 78 bad configuration.
+enum Exit {
+    static let partial: Int32 = 1
+    static let unavailable: Int32 = 69
+}
+
+@main
+struct OutboxCtl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "outboxctl",
+        abstract: "Inspect and repair the outbox: backlog, stuck and parked events, history, replay, purge.",
+        discussion: """
+            Connects with MONGODB_URI (and AMQP_URL for replay). Tables by default, --json for scripts.
+            Exit status: 0 done, 1 done in part, 64 bad arguments, 69 database or broker unreachable, \
+            78 bad configuration.
+            """,
+        subcommands: [Status.self, List.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self])
+}
+
+struct Common: ParsableArguments {
+    @OptionGroup var mongo: MongoOptions
+
+    @Option(help: "Outbox collection (env OUTBOX_COLLECTION; default outbox).")
+    var collection: String?
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    /// Connects, runs `body`, and maps failures to exit codes.
+    func run<R>(_ body: (OutboxAdmin, Logger) async throws -> R) async throws -> R {
+        let settings = Settings()
+        let admin: OutboxAdmin
+        let logger: Logger
+        do {
+            logger = Runtime.bootstrap(label: "outboxctl", level: try settings.logLevel(mongo.logLevel ?? "error"))
+            let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl", threads: 1)
+            admin = OutboxAdmin(pool: pool, collection: try settings.string(collection, env: "OUTBOX_COLLECTION", default: "outbox", flagName: "--collection"))
+        } catch {
+            Runtime.failConfiguration(error, program: "outboxctl")
+        }
+        do {
+            return try await body(admin, logger)
+        } catch let error as MongoError where error.isConnectionFailure {
+            FileHandle.standardError.write(Data("outboxctl: \(error)\n".utf8))
+            throw ExitCode(Exit.unavailable)
+        }
+    }
+}
+
+struct Filters: ParsableArguments {
+    @Option(name: .customLong("id"), help: "Event id (repeatable).")
+    var ids: [String] = []
+
+    @Option(help: "Event type, e.g. OrderCreated.")
+    var type: String?
+
+    @Option(help: "Aggregate id.")
+    var aggregate: String?
+
+    @Option(help: "Only events that occurred longer ago than this, e.g. 10m, 2h.")
+    var olderThan: String?
+
+    @Option(help: "Only events that occurred at or after this ISO 8601 time.")
+    var since: String?
+
+    @Option(help: "Only events that occurred before this ISO 8601 time.")
+    var until: String?
+
+    func filter(status: String? = nil) throws -> EventFilter {
+        EventFilter(
+            ids: ids, status: status, type: type, aggregateId: aggregate, olderThan: try olderThan.map { try duration($0, "--older-than") },
+            since: try since.map { try date($0, "--since") }, until: try until.map { try date($0, "--until") })
+    }
+
+    func validate() throws { _ = try filter() }
+
+    func date(_ text: String, _ option: String) throws -> Date {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let date = formatter.date(from: text) { return date }
+        formatter.formatOptions = [.withInternetDateTime]
+        if let date = formatter.date(from: text) { return date }
+        throw ValidationError("\(option): '\(text)' is not an ISO 8601 time such as 2026-11-26T18:00:00Z")
+    }
+}
+
+/// A duration option; a bad one is a usage error (exit 64).
+func duration(_ text: String, _ option: String) throws -> Duration {
+    do { return try Setting.duration(text, setting: option) } catch let error as ConfigurationError { throw ValidationError("\(option): \(error.reason)") }
+}
+
+func statusOption(_ value: String?) throws -> String? {
+    guard let value else { return nil }
+    guard [OutboxSchema.Status.pending, OutboxSchema.Status.delivered, OutboxSchema.Status.parked].contains(value) else {
+        throw ValidationError("--status must be pending, delivered or parked, not '\(value)'")
+    }
+    return value
+}
+
+// MARK: - Output
+
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let widths = header.indices.map { column in ([header[column]] + rows.map { $0[column] }).map(\.count).max() ?? 0 }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            .trimmingCharacters(in: .whitespaces)
+    }
+    print(line(header))
+    for row in rows { print(line(row)) }
+}
+
+func printJSON(_ value: BSON) { print(ExtendedJSON.render(value)) }
+
+func age(_ date: Date?) -> String {
+    guard let date else { return "-" }
+    let seconds = Int(Date().timeIntervalSince(date))
+    switch seconds {
+    case ..<120: return "\(seconds)s"
+    case ..<7200: return "\(seconds / 60)m"
+    default: return "\(seconds / 3600)h"
+    }
+}
+
+func eventRows(_ documents: [Document]) -> [[String]] {
+    documents.map { d in
+        [
+            d["_id"]?.stringValue ?? ExtendedJSON.render(d["_id"] ?? .null), d["status"]?.stringValue ?? "-", d["type"]?.stringValue ?? "-",
+            d["aggregateId"]?.stringValue ?? "-", d["aggregateVersion"].map { ExtendedJSON.render($0) } ?? "-", age(d["timestamp"]?.dateValue),
+            d["attempts"].map { ExtendedJSON.render($0) } ?? "0", String((d["lastError"]?.stringValue ?? "").prefix(60)),
+        ]
+    }
+}
+
+let eventHeader = ["ID", "STATUS", "TYPE", "AGGREGATE", "VERSION", "AGE", "ATTEMPTS", "LAST ERROR"]
+
+func report(_ result: ChangeResult, verb: String, json: Bool) {
+    if json {
+        printJSON(["matched": .int64(Int64(result.matched)), "changed": .int64(Int64(result.changed)), "dryRun": .bool(result.dryRun), "ids": .array(result.ids.map { .string($0) })])
+    } else if result.dryRun {
+        print("dry run: \(result.matched) event(s) would be \(verb); nothing changed")
+        for id in result.ids.prefix(20) { print("  \(id)") }
+        if result.ids.count > 20 { print("  … \(result.ids.count - 20) more") }
+    } else {
+        print("\(result.changed) of \(result.matched) matching event(s) \(verb)")
+    }
+}
+
+// MARK: - Commands
+
+extension OutboxCtl {
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Backlog, oldest pending age, parked count, deliveries in the last minute, partition leases.")
+        @OptionGroup var common: Common
+
+        func run() async throws {
+            let status = try await common.run { admin, _ in try await admin.status() }
+            if common.json {
+                printJSON([
+                    "pending": .int64(Int64(status.pending)), "due": .int64(Int64(status.due)), "parked": .int64(Int64(status.parked)),
+                    "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
+                    "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
+                    "leases": .array(status.leases.map { lease in
+                        ["partition": .int64(Int64(lease.partition)), "owner": lease.owner.map { .string($0) } ?? .null, "epoch": .int64(Int64(lease.epoch)), "expiresInSeconds": .double(lease.expiresIn)]
+                    }),
+                ])
+                return
+            }
+            print("pending              \(status.pending) (\(status.due) due now)")
+            print("oldest pending age   \(status.oldestPendingAge.map { String(format: "%.1f s", $0) } ?? "-")")
+            print("parked               \(status.parked)")
+            print("delivered            \(status.delivered) (\(status.deliveredLastMinute) in the last minute)")
+            print("")
+            printTable(
+                ["PARTITION", "OWNER", "EPOCH", "EXPIRES IN"],
+                status.leases.map { lease in
+                    [String(lease.partition), lease.owner ?? "-", String(lease.epoch), lease.owner == nil ? "-" : (lease.expiresIn < 0 ? "expired" : String(format: "%.1f s", lease.expiresIn))]
+                })
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List events by status, type, aggregate and age.")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Option(help: "pending, delivered or parked.") var status: String?
+        @Option(help: "At most this many events.") var limit = 50
+
+        func validate() throws { _ = try statusOption(status) }
+
+        func run() async throws {
+            let filter = try filters.filter(status: statusOption(status))
+            let events = try await common.run { admin, _ in try await admin.list(filter, limit: limit) }
+            if common.json { printJSON(.array(events.map { .document($0) })) } else { printTable(eventHeader, eventRows(events)) }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one event in full.")
+        @OptionGroup var common: Common
+        @Argument(help: "Event id.") var id: String
+
+        func run() async throws {
+            guard let event = try await common.run({ admin, _ in try await admin.show(id: id) }) else {
+                FileHandle.standardError.write(Data("outboxctl: no event \(id)\n".utf8))
+                throw ExitCode(Exit.partial)
+            }
+            print(ExtendedJSON.render(.document(event)))
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make pending events due now: by id, by filter, or every stuck one (--stuck --older-than 10m).")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Flag(help: "Every pending event older than --older-than (default 5m).") var stuck = false
+        @Flag(help: "Show what would change; change nothing.") var dryRun = false
+
+        func validate() throws {
+            if !stuck && filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil {
+                throw ValidationError("say which events: --id, a filter (--type, --aggregate, --older-than, --since, --until) or --stuck")
+            }
+        }
+
+        func run() async throws {
+            var filter = try filters.filter()
+            if stuck && filter.olderThan == nil { filter.olderThan = .seconds(300) }
+            let result = try await common.run { admin, _ in try await admin.retry(filter, dryRun: dryRun) }
+            report(result, verb: "made due now", json: common.json)
+        }
+    }
+
+    struct Park: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Park pending events so the relay leaves them alone.")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Option(help: "Why (kept in lastError).") var reason = "parked by an operator"
+        @Flag(help: "Show what would change; change nothing.") var dryRun = false
+
+        func validate() throws {
+            if filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil {
+                throw ValidationError("say which events: --id or a filter (--type, --aggregate, --older-than, --since, --until)")
+            }
+        }
+
+        func run() async throws {
+            let filter = try filters.filter()
+            let result = try await common.run { admin, _ in try await admin.park(filter, reason: reason, dryRun: dryRun) }
+            report(result, verb: "parked", json: common.json)
+        }
+    }
+
+    struct Unpark: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Return parked events to pending (due now, attempts reset); all parked ones with --all.")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Flag(help: "Every parked event.") var all = false
+        @Flag(help: "Show what would change; change nothing.") var dryRun = false
+
+        func validate() throws {
+            if !all && filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil {
+                throw ValidationError("say which events: --id, a filter or --all")
+            }
+        }
+
+        func run() async throws {
+            let filter = try filters.filter()
+            let result = try await common.run { admin, _ in try await admin.unpark(filter, dryRun: dryRun) }
+            report(result, verb: "unparked", json: common.json)
+        }
+    }
+
+    struct History: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "An aggregate's events in version order (the event store view).")
+        @OptionGroup var common: Common
+        @Argument(help: "Aggregate id.") var aggregateId: String
+        @Option(help: "Aggregate type, when ids are shared between types.") var aggregateType: String?
+
+        func run() async throws {
+            let events = try await common.run { admin, _ in try await admin.history(aggregateId: aggregateId, aggregateType: aggregateType) }
+            if common.json { printJSON(.array(events.map { .document($0) })) } else { printTable(eventHeader, eventRows(events)) }
+        }
+    }
+
+    struct Replay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Publish matching events again with their original message ids (consumers skip what they have seen).")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Option(help: "pending, delivered or parked (default: any).") var status: String?
+        @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL (env AMQP_URL).") var amqpURL: String?
+        @Option(help: "Exchange to publish to (default: each event's own).") var exchange: String?
+        @Option(help: "Routing key (default: each event's own).") var routingKey: String?
+        @Flag(help: "Show what would be published; publish nothing.") var dryRun = false
+
+        func validate() throws {
+            _ = try statusOption(status)
+            if filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil && status == nil {
+                throw ValidationError("say which events: --id, --status or a filter (--type, --aggregate, --since, --until, --older-than)")
+            }
+        }
+
+        func run() async throws {
+            let filter = try filters.filter(status: statusOption(status))
+            let settings = Settings()
+            let amqp: AMQPConfiguration
+            do { amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url")) } catch {
+                Runtime.failConfiguration(error, program: "outboxctl")
+            }
+            let result = try await common.run { admin, logger in
+                try await admin.replay(filter, exchange: exchange, routingKey: routingKey, amqp: amqp, dryRun: dryRun, logger: logger)
+            }
+            report(result, verb: "republished (confirmed)", json: common.json)
+            if !result.dryRun && result.changed < result.matched { throw ExitCode(Exit.partial) }
+        }
+    }
+
+    struct Purge: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete delivered events delivered longer ago than --older-than.")
+        @OptionGroup var common: Common
+        @Option(help: "Retention, e.g. 30d as 720h.") var olderThan: String
+        @Flag(help: "Show how many would go; delete nothing.") var dryRun = false
+
+        func validate() throws { _ = try duration(olderThan, "--older-than") }
+
+        func run() async throws {
+            let retention = try duration(olderThan, "--older-than")
+            let result = try await common.run { admin, _ in try await admin.purge(olderThan: retention, dryRun: dryRun) }
+            report(result, verb: "deleted", json: common.json)
+        }
+    }
+}
