@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import ServiceLifecycle
 
 /// Settings of the relay loop.
@@ -115,11 +116,18 @@ public final class Relay: Service {
     @discardableResult
     public func runOnce() async throws -> RelayPassResult {
         let held = leases.current
+        RelayMetrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
         let batch = try await store.fetchDue(limit: configuration.batchSize, leases: held)
         guard !batch.isEmpty else { return RelayPassResult() }
+        RelayMetrics.batchSize.record(batch.count)
+        let started = ContinuousClock.now
         let outcomes = await publisher.publish(batch)
+        RelayMetrics.confirmDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         precondition(outcomes.count == batch.count, "publisher must answer every message")
+        var byResult: [String: Int] = [:]
+        for outcome in outcomes { byResult[outcome.label, default: 0] += 1 }
+        for (label, count) in byResult { RelayMetrics.publishes(label).increment(by: count) }
 
         var delivered: [OutboxMessage] = []
         var failed: [FailedDelivery] = []
@@ -173,5 +181,26 @@ public final class Relay: Service {
                 ])
         }
         if failed.count > 5 { logger.warning("\(failed.count - 5) more deliveries failed in this batch") }
+    }
+}
+
+/// The relay's metrics (swift-metrics; exported by whatever backend the process bootstraps).
+/// Labels are bounded: the publish result is one of five values.
+public enum RelayMetrics {
+    public static let publishResults = ["acked", "nacked", "returned", "timed_out", "connection_lost"]
+    private static let publishCounters = Dictionary(
+        uniqueKeysWithValues: publishResults.map { ($0, Counter(label: "outbox_publishes_total", dimensions: [("result", $0)])) })
+
+    public static func publishes(_ result: String) -> Counter { publishCounters[result] ?? publishCounters["connection_lost"]! }
+    /// Time from the first publish of a batch to its last confirm.
+    public static let confirmDuration = Timer(label: "outbox_confirm_duration_seconds")
+    public static let batchSize = Recorder(label: "outbox_batch_size", aggregate: true)
+    public static let partitionsOwned = Gauge(label: "outbox_partitions_owned")
+}
+
+extension Duration {
+    public var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

@@ -1,6 +1,7 @@
 import Logging
 import NIOPosix
 import Outbox
+import Synchronization
 
 /// Settings shared by publishers and consumers.
 public struct AMQPConfiguration: Sendable {
@@ -29,8 +30,15 @@ public struct AMQPConfiguration: Sendable {
 public final class AMQPConnectionOwner: @unchecked Sendable {
     public let configuration: AMQPConfiguration
     private let thread = NIOThreadPool(numberOfThreads: 1)
-    private var connection: AMQPConnection?
+    private var connection: AMQPConnection? {
+        didSet { connected.store(connection?.isOpen ?? false, ordering: .relaxed) }
+    }
     private var generation = 0
+    /// Mirrors whether a connection is open, readable from any thread without waiting for the owner's.
+    private let connected = Atomic<Bool>(false)
+
+    /// Whether the last call left a connection open; never waits (for health checks).
+    public var isConnectedNow: Bool { connected.load(ordering: .relaxed) }
     private let setup: (AMQPConnection) throws -> Void
     private let logger: Logger
 
@@ -57,12 +65,14 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
             do {
                 let result = try body(open)
                 if !open.isOpen { connection = nil }
+                connected.store(connection?.isOpen ?? false, ordering: .relaxed)
                 return result
             } catch {
                 if !open.isOpen || error is AMQPError {
                     open.abandon()
                     connection = nil
                 }
+                connected.store(connection?.isOpen ?? false, ordering: .relaxed)
                 throw error
             }
         }

@@ -55,6 +55,9 @@ public final class AMQPConsumerChannel: Sendable {
 
     public var isConnected: Bool { get async { await owner.isConnected } }
 
+    /// Whether the connection is open right now (no waiting; for readiness checks).
+    public var isConnectedNow: Bool { owner.isConnectedNow }
+
     /// The next delivery, or nil when none came within `timeout`.
     public func next(timeout: Duration) async throws -> AMQPDelivery? {
         try await owner.run { try $0.nextDelivery(timeout: timeout) }

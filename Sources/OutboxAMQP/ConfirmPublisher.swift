@@ -47,6 +47,9 @@ public final class ConfirmPublisher: ConfirmingPublisher {
 
     public var isConnected: Bool { get async { await owner.isConnected } }
 
+    /// Whether the broker connection is open right now (no waiting; for readiness checks).
+    public var isConnectedNow: Bool { owner.isConnectedNow }
+
     public func close() async { await owner.close() }
 
     /// Opens the connection now (instead of on the first publish); throws when it cannot.

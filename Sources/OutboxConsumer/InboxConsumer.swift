@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import Outbox
 import OutboxAMQP
 import OutboxMongo
@@ -77,6 +78,7 @@ public final class InboxConsumer: Service {
     private let handler: any InboxHandler
     private let logger: Logger
     private let counters = Mutex(ConsumerStats())
+    private let metrics: ConsumerMetrics
 
     public init(
         configuration: ConsumerConfiguration, pool: MongoClientPool, amqp: AMQPConfiguration, handler: any InboxHandler,
@@ -88,6 +90,7 @@ public final class InboxConsumer: Service {
         var logger = logger
         logger[metadataKey: "consumer"] = "\(configuration.name)"
         self.logger = logger
+        metrics = ConsumerMetrics(consumer: configuration.name)
         channel = AMQPConsumerChannel(configuration: amqp, topology: configuration.topology, logger: logger)
         deadLetters = ConfirmPublisher(
             configuration: amqp,
@@ -98,6 +101,9 @@ public final class InboxConsumer: Service {
     public var stats: ConsumerStats { counters.withLock { $0 } }
 
     public var isConnected: Bool { get async { await channel.isConnected } }
+
+    /// Broker connection open right now (for readiness).
+    public var isConnectedNow: Bool { channel.isConnectedNow }
 
     /// Creates the inbox indexes (including the retention TTL); idempotent.
     public func ensureIndexes() async throws {
@@ -147,13 +153,18 @@ public final class InboxConsumer: Service {
         var attempts = 0
         while true {
             attempts += 1
-            switch await apply(message) {
+            let started = ContinuousClock.now
+            let result = await apply(message)
+            metrics.handlerDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+            switch result {
             case .applied:
                 counters.withLock { $0.processed += 1 }
+                metrics.processed.increment()
                 await ack(delivery)
                 return
             case .duplicate:
                 counters.withLock { $0.duplicates += 1 }
+                metrics.duplicates.increment()
                 logger.debug("duplicate skipped", metadata: ["message.id": "\(messageId)"])
                 await recordDuplicate()
                 await ack(delivery)
@@ -166,6 +177,7 @@ public final class InboxConsumer: Service {
                 return
             case .failed(let error, let permanent):
                 counters.withLock { $0.handlerFailures += 1 }
+                metrics.failures.increment()
                 if permanent || attempts >= configuration.maxAttempts {
                     await deadLetter(delivery, reason: "\(error)", attempts: attempts)
                     return
@@ -250,6 +262,7 @@ public final class InboxConsumer: Service {
         let outcome = await deadLetters.publish([message]).first
         if outcome == .acked {
             counters.withLock { $0.deadLettered += 1 }
+            metrics.deadLettered.increment()
             logger.error(
                 "message dead-lettered",
                 metadata: ["message.id": "\(delivery.messageId ?? "-")", "attempts": "\(attempts)", "reason": "\(reason)"])
@@ -260,5 +273,23 @@ public final class InboxConsumer: Service {
             try? await Task.sleep(for: .seconds(1))
             try? await channel.reject(delivery, requeue: true)
         }
+    }
+}
+
+/// A consumer's metrics, labelled by consumer name.
+struct ConsumerMetrics {
+    let processed: Counter
+    let duplicates: Counter
+    let deadLettered: Counter
+    let failures: Counter
+    let handlerDuration: Timer
+
+    init(consumer: String) {
+        let dimensions = [("consumer", consumer)]
+        processed = Counter(label: "outbox_consumer_processed_total", dimensions: dimensions)
+        duplicates = Counter(label: "outbox_consumer_duplicates_skipped_total", dimensions: dimensions)
+        deadLettered = Counter(label: "outbox_consumer_dead_lettered_total", dimensions: dimensions)
+        failures = Counter(label: "outbox_consumer_handler_failures_total", dimensions: dimensions)
+        handlerDuration = Timer(label: "outbox_consumer_handler_duration_seconds", dimensions: dimensions)
     }
 }

@@ -7,20 +7,18 @@ import Outbox
 /// `outbox_relays`: one heartbeat document per running relay `{_id: owner, expiresAt}`.
 /// Every expiry is computed and compared with `$$NOW`, the database's clock. A lease is taken with
 /// a compare-and-set on the epoch it was seen with, and taking it increments the epoch: the
-/// fencing token that guards every write the owner makes to the partition's events.
+/// fencing token that guards every write the owner makes to the partition's events (each write
+/// raises the event's `fence` to the writer's epoch and requires it not to be higher already).
 public final class MongoLeaseStore: LeaseStore {
     public static let leasesCollection = "outbox_leases"
     public static let relaysCollection = "outbox_relays"
 
     private let pool: MongoClientPool
     public let partitions: Int
-    /// The outbox whose events' fences a takeover raises.
-    public let outboxCollection: String
 
-    public init(pool: MongoClientPool, partitions: Int = OutboxSchema.defaultPartitions, outboxCollection: String = OutboxSchema.defaultCollection) {
+    public init(pool: MongoClientPool, partitions: Int = OutboxSchema.defaultPartitions) {
         self.pool = pool
         self.partitions = partitions
-        self.outboxCollection = outboxCollection
     }
 
     /// Creates the lease documents that do not exist yet; idempotent.
@@ -46,11 +44,11 @@ public final class MongoLeaseStore: LeaseStore {
 
     public func round(owner: String, held: [PartitionLease], release: [PartitionLease], want: Int, ttl: Duration) async throws -> LeaseRound {
         let total = partitions
-        let outbox = outboxCollection
         return try await pool.withConnection { connection in
             let relays = connection.collection(Self.relaysCollection)
             let leases = connection.collection(Self.leasesCollection)
-            try relays.updateOne(["_id": .string(owner)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl)]]], upsert: true)
+            // A heartbeat outlives one missed round, so a slow round does not make the relay vanish.
+            try relays.updateOne(["_id": .string(owner)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl * 2)]]], upsert: true)
             let active = try relays.countDocuments(["$expr": Self.live])
 
             for lease in release {
@@ -83,10 +81,6 @@ public final class MongoLeaseStore: LeaseStore {
                     ["_id": .int32(Int32(partition)), "epoch": .int64(Int64(epoch)), "$or": takeable],
                     update: [["$set": ["owner": .string(owner), "epoch": ["$add": ["$epoch", 1]], "expiresAt": Self.expiresIn(ttl)]]])
                 if let taken, let newEpoch = taken["epoch"]?.intValue {
-                    // Fence out whoever held it before: their writes to these events now fail.
-                    if newEpoch > 1 {
-                        try MongoOutboxStore.raiseFence(partition: partition, epoch: Int64(newEpoch), collection: connection.collection(outbox))
-                    }
                     kept.append(PartitionLease(partition: partition, epoch: Int64(newEpoch)))
                 }
             }

@@ -133,17 +133,34 @@ public final class MongoOutboxStore: OutboxStore {
                 ["status": .string(OutboxSchema.Status.pending), "_id": .document(idRange)],
                 options: ["sort": ["_id": 1], "limit": .int64(Int64(limit * 2))])
             for document in window {
-                guard let partition = document["partition"]?.intValue, owned.contains(partition) else { continue }
+                // A document without a usable partition is handled (parked) by partition 0's owner.
+                let partition = document["partition"]?.intValue.flatMap { (0..<partitions).contains($0) ? $0 : nil } ?? 0
+                guard owned.contains(partition) else { continue }
                 if let due = document["nextAttemptAt"]?.dateValue, due > now { continue }
                 found.append(document)
             }
             if window.count >= limit * 2 {
-                // Dense: stay here (the batch gets delivered) and look at less next time.
+                // Dense: look at less next time.
                 position.seconds = max(position.seconds / 2, 1)
-                break
+                if found.count >= limit { break }  // stay here: this batch gets delivered
+                // What was read belongs mostly to other relays' partitions (or is not due):
+                // page on through the window from its last id.
+                position.from = window.last?["_id"]?.stringValue ?? lower
+                continue
             }
             if upperSeconds > nowSeconds || lowerSeconds == nil {
-                // Reached the newest events: start again from the lowest pending id next time.
+                // Reached the newest events. Ids beyond the window (not ObjectId hex, or from a
+                // clock ahead of ours) are read once here; normally there are none.
+                if lowerSeconds != nil, let upper = idRange["$lt"], found.count < limit {
+                    let tail = try outbox.find(
+                        ["status": .string(OutboxSchema.Status.pending), "_id": ["$gte": upper]],
+                        options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - found.count))])
+                    found += tail.filter { document in
+                        guard let partition = document["partition"]?.intValue else { return owned.contains(0) }
+                        return owned.contains(partition) && (document["nextAttemptAt"]?.dateValue).map { $0 <= now } ?? true
+                    }
+                }
+                // Start again from the lowest pending id next time.
                 position = ScanPosition(from: nil, seconds: position.seconds)
                 break
             }
@@ -241,11 +258,11 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     /// Applies each update to its pending event only while the event's `fence` is not above this
-    /// relay's epoch for the event's partition, and raises the fence to that epoch. A relay that
-    /// took the partition over has raised the fence of its pending events to its own, newer epoch,
-    /// so writes of the previous owner no longer match: the fencing token is checked by the very
-    /// write it guards, atomically, with no transaction (so no lock outlives a killed relay).
-    /// Returns the partitions for which writes were refused.
+    /// relay's epoch for the event's partition, and raises the fence to that epoch: the event
+    /// refuses any write with an older token than the newest it has seen. Once a relay that took
+    /// the partition over has written to an event, the previous owner's writes no longer match.
+    /// The check is the write itself, atomic, with no transaction (so no lock outlives a killed
+    /// relay). Returns the partitions for which writes were refused.
     private func fencedUpdate(_ writes: [(id: BSON, partition: Int, update: BSON)], leases: [PartitionLease]) async throws -> Set<Int> {
         guard !writes.isEmpty else { return [] }
         let epochs = Dictionary(leases.map { ($0.partition, $0.epoch) }, uniquingKeysWith: max)
@@ -286,14 +303,6 @@ public final class MongoOutboxStore: OutboxStore {
         default:
             return update
         }
-    }
-
-    /// Raises the fence of a partition's pending events to `epoch` (done by a relay that took the
-    /// partition over, so the previous owner's writes are refused from now on).
-    public static func raiseFence(partition: Int, epoch: Int64, collection: MongoCollection) throws {
-        try collection.updateMany(
-            ["status": .string(OutboxSchema.Status.pending), "partition": .int32(Int32(partition))],
-            ["$max": ["fence": .int64(epoch)]])
     }
 }
 

@@ -1,4 +1,8 @@
 import ArgumentParser
+import Logging
+import OutboxMongo
+import Prometheus
+import ServiceLifecycle
 import Outbox
 import OutboxAMQP
 import OutboxConsumer
@@ -23,7 +27,22 @@ public struct ConsumerOptions: ParsableArguments {
     @Option(help: "How long processed message ids are kept, e.g. 7d as 168h (env CONSUMER_INBOX_RETENTION; default 168h).")
     public var inboxRetention: String?
 
+    @Option(help: "Address of /metrics, /health/live and /health/ready, host:port; 'off' for none (env CONSUMER_HTTP_ADDRESS; default 127.0.0.1:9401 inventory, 9402 notification).")
+    public var httpAddress: String?
+
     public init() {}
+
+    /// The ops server for `consumer` (metrics, liveness, readiness: broker connected and database reachable).
+    public func opsServices(_ settings: Settings, consumer: InboxConsumer, pool: MongoClientPool, defaultPort: Int, registry: PrometheusCollectorRegistry, logger: Logger) throws -> [any Service] {
+        let text = try settings.string(httpAddress, env: "CONSUMER_HTTP_ADDRESS", default: "127.0.0.1:\(defaultPort)", flagName: "--http-address")
+        var services: [any Service] = [ConnectionGauges(probes: [("broker", { consumer.isConnectedNow })])]
+        guard text != "off" else { return services }
+        let endpoint = try OpsServer.address(text, setting: "CONSUMER_HTTP_ADDRESS (--http-address)")
+        services.append(OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) {
+            ["database": (try? await pool.ping()) != nil, "broker": consumer.isConnectedNow]
+        })
+        return services
+    }
 
     public func amqp(_ settings: Settings) throws -> AMQPConfiguration {
         try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))

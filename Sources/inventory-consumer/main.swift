@@ -4,6 +4,7 @@ import Inventory
 import OutboxConsumer
 import OutboxMongo
 import OutboxRuntime
+import ServiceLifecycle
 
 @main
 struct ConsumerCommand: AsyncParsableCommand {
@@ -28,16 +29,19 @@ struct ConsumerCommand: AsyncParsableCommand {
         let settings = Settings()
         let logger: Logger
         let service: InboxConsumer
+        var services: [any Service] = []
         do {
             logger = Runtime.bootstrap(label: "inventory-consumer", level: try settings.logLevel(mongo.logLevel))
+            let registry = OpsServer.bootstrapMetrics()
             let pool = try settings.mongoPool(
                 uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "inventory-consumer")
             service = InboxConsumer(
                 configuration: try consumer.configuration(settings, name: "inventory"), pool: pool,
                 amqp: try consumer.amqp(settings), handler: InventoryHandler(writer: OutboxWriter(), exchange: try settings.string(eventsExchange, env: "INVENTORY_EXCHANGE", default: "inventory", flagName: "--events-exchange")), logger: logger)
+            services = try consumer.opsServices(settings, consumer: service, pool: pool, defaultPort: 9401, registry: registry, logger: logger)
         } catch {
             Runtime.failConfiguration(error, program: "inventory-consumer")
         }
-        try await Runtime.runServices([service], shutdownTimeout: .seconds(15), logger: logger)
+        try await Runtime.runServices(services + [service], shutdownTimeout: .seconds(15), logger: logger)
     }
 }

@@ -198,6 +198,7 @@ struct Bench {
         environment["AMQP_URL"] = amqpURL
         environment["OUTBOX_DATABASE"] = database
         environment["LOG_LEVEL"] = "warning"
+        environment["RELAY_HTTP_ADDRESS"] = "off"
         let started = ContinuousClock.now
         let usage = try runChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment)
         let seconds = (ContinuousClock.now - started).seconds
@@ -226,6 +227,7 @@ struct Bench {
         environment["AMQP_URL"] = amqpURL
         environment["OUTBOX_DATABASE"] = database
         environment["LOG_LEVEL"] = "warning"
+        environment["RELAY_HTTP_ADDRESS"] = "off"
         let pid = try spawnChild(["\(bin)/outbox-relay", changeStream ? "--change-stream" : "--no-change-stream"], environment: environment)
         defer { _ = (kill(pid, SIGTERM), waitChild(pid)) }
         try await Task.sleep(for: .seconds(2))  // leases taken, watch open

@@ -67,6 +67,12 @@ struct RelayCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Watch the outbox with a change stream as a wake-up hint for low latency (env RELAY_CHANGE_STREAM=true|false; default on). Polling stays the source of truth.")
     var changeStream: Bool?
 
+    @Option(help: "Address of /metrics, /health/live and /health/ready, host:port; 'off' for none (env RELAY_HTTP_ADDRESS; default 127.0.0.1:9400).")
+    var httpAddress: String?
+
+    @Option(help: "How often the backlog gauges are sampled (env RELAY_METRICS_INTERVAL; default 5s).")
+    var metricsInterval: String?
+
     @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
     var exitWhenIdle = false
 
@@ -77,11 +83,15 @@ struct RelayCommand: AsyncParsableCommand {
         let leases: LeaseManager
         let leaseStore: MongoLeaseStore
         var hint: ChangeStreamHint?
+        var extraServices: [any Service] = []
         let publisher: ConfirmPublisher
         let store: MongoOutboxStore
         let shutdownTimeout: Duration
         do {
             logger = Runtime.bootstrap(label: "outbox-relay", level: try settings.logLevel(mongo.logLevel))
+            let http = try settings.string(httpAddress, env: "RELAY_HTTP_ADDRESS", default: "127.0.0.1:9400", flagName: "--http-address")
+            let endpoint = http == "off" ? nil : try OpsServer.address(http, setting: "RELAY_HTTP_ADDRESS (--http-address)")
+            let registry = OpsServer.bootstrapMetrics()
             let uri = try mongo.resolvedURI(settings)
             let database = try mongo.resolvedDatabase(settings)
             let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
@@ -118,6 +128,16 @@ struct RelayCommand: AsyncParsableCommand {
             relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger, wake: wake) {
                 [publisher] in await publisher.keepAlive()
             }
+            let sampleEvery = try settings.duration(metricsInterval, env: "RELAY_METRICS_INTERVAL", default: "5s", flagName: "--metrics-interval")
+            extraServices.append(BacklogMonitor(pool: pool, collection: collection, partitions: partitionCount, interval: sampleEvery, logger: logger))
+            extraServices.append(ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]))
+            if let endpoint {
+                extraServices.append(
+                    OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) { [publisher, pool] in
+                        let database = (try? await pool.ping()) != nil
+                        return ["database": database, "broker": publisher.isConnectedNow]
+                    })
+            }
             logger.info(
                 "configuration",
                 metadata: [
@@ -143,7 +163,7 @@ struct RelayCommand: AsyncParsableCommand {
             return
         }
         // Shut down in reverse order: the relay finishes its batch, then the leases are released.
-        let services: [any Service] = [leases] + (hint.map { [$0] } ?? []) + [relay]
+        let services: [any Service] = extraServices + [leases] + (hint.map { [$0] } ?? []) + [relay]
         try await Runtime.runServices(services, shutdownTimeout: shutdownTimeout, logger: logger)
         await publisher.close()
     }

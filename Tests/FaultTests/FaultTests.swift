@@ -8,6 +8,41 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// GET http://127.0.0.1:port/path; nil when nothing answers.
+func get(port: Int, _ path: String) async -> (status: Int, body: String)? {
+    var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+    request.timeoutInterval = 2
+    guard let (data, response) = try? await URLSession.shared.data(for: request) else { return nil }
+    return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+}
+
+/// Parses Prometheus text into "name{labels}" → value (labels as written).
+func parseMetrics(_ text: String) -> [String: Double] {
+    var values: [String: Double] = [:]
+    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+        guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+        values[String(line[..<space])] = value
+    }
+    return values
+}
 
 /// Fault tests kill and restart real relay processes and real servers. They run alone, after the
 /// other suites (`ops/test` does that), because stopping a server would break tests running beside them.
@@ -77,7 +112,6 @@ final class RelayProcess: @unchecked Sendable {
 
     init(database: String, name: String, logDirectory: URL, executable: String = "outbox-relay", extra: [String: String] = [:]) throws {
         var environment = Env.environment
-        environment.merge(extra) { $1 }
         environment["OUTBOX_DATABASE"] = database
         environment["RELAY_LEASE_TTL"] = "1s"
         environment["RELAY_BATCH_SIZE"] = "200"
@@ -87,6 +121,9 @@ final class RelayProcess: @unchecked Sendable {
         environment["RELAY_MAX_ATTEMPTS"] = "1000"
         environment["RELAY_CONFIRM_TIMEOUT"] = "3s"
         environment["LOG_LEVEL"] = "info"
+        environment["RELAY_HTTP_ADDRESS"] = environment["RELAY_HTTP_ADDRESS"] ?? "127.0.0.1:0"
+        environment["CONSUMER_HTTP_ADDRESS"] = environment["CONSUMER_HTTP_ADDRESS"] ?? "127.0.0.1:0"
+        environment.merge(extra) { $1 }
         pid = try spawn(
             [Env.binDirectory.appendingPathComponent(executable).path], environment: environment,
             log: logDirectory.appendingPathComponent("\(name).log").path)
@@ -142,14 +179,14 @@ final class FaultFixture: @unchecked Sendable {
         return consumer
     }
 
-    func startRelay(_ name: String) throws -> RelayProcess {
-        let relay = try RelayProcess(database: database, name: name, logDirectory: logs)
+    func startRelay(_ name: String, extra: [String: String] = [:]) throws -> RelayProcess {
+        let relay = try RelayProcess(database: database, name: name, logDirectory: logs, extra: extra)
         relays.append(relay)
         return relay
     }
 
     /// Inserts `count` pending events over `aggregates` aggregates (versions in order); returns their ids.
-    func appendEvents(_ count: Int, aggregates: Int) async throws -> [String] {
+    func appendEvents(_ count: Int, aggregates: Int, prefix: String = "agg") async throws -> [String] {
         let writer = OutboxWriter()
         var ids: [String] = []
         var version: [Int: Int] = [:]
@@ -158,7 +195,7 @@ final class FaultFixture: @unchecked Sendable {
                 let aggregate = index % aggregates
                 version[aggregate, default: 0] += 1
                 return writer.document(for: NewEvent(
-                    type: "OrderCreated", aggregateType: "Order", aggregateId: "agg-\(aggregate)",
+                    type: "OrderCreated", aggregateType: "Order", aggregateId: "\(prefix)-\(aggregate)",
                     aggregateVersion: version[aggregate]!, data: ["index": .int64(Int64(index))], exchange: exchange))
             }
             ids += documents.compactMap { $0["_id"]?.stringValue }
@@ -212,7 +249,7 @@ final class FaultFixture: @unchecked Sendable {
         let received = try await receivedIds()
         let unique = Set(received)
         let missing = Set(ids).subtracting(unique)
-        #expect(missing.isEmpty, "\(missing.count) events never reached the broker")
+        #expect(missing.count == 0, "events never reached the broker, e.g. \(missing.prefix(5).sorted())")
         #expect(unique.isSubset(of: Set(ids)))
         print("\(test): \(ids.count) events, \(received.count) messages received, \(received.count - unique.count) duplicate publishes")
     }
@@ -245,15 +282,29 @@ struct FaultTests {
     func brokerRestart() async throws {
         let f = try FaultFixture()
         try await f.prepare()
-        let relay = try f.startRelay("relay")
+        let port = freePort()
+        let relay = try f.startRelay("relay", extra: ["RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)"])
         let ids = try await f.appendEvents(3000, aggregates: 3000)
         while (await f.count(["status": "delivered"]) ?? 0) < 200 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(await get(port: port, "/health/ready")?.status == 200, "ready while both connections are up")
         try stack("stop-rabbit")
         let pendingWhileDown = await f.count(["status": "pending"]) ?? 0
-        try await Task.sleep(for: .seconds(1))
+        var notReadyWhileDown = false
+        for _ in 0..<40 where !notReadyWhileDown {
+            notReadyWhileDown = await get(port: port, "/health/ready")?.status == 503
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(notReadyWhileDown, "/health/ready turns false while the broker is down")
+        #expect(await get(port: port, "/health/live")?.status == 200)
         try stack("start-rabbit")
         #expect(pendingWhileDown > 0, "the broker must stop while events are pending")
         #expect(await f.waitUntilDelivered(ids.count))
+        var readyAgain = false
+        for _ in 0..<40 where !readyAgain {
+            readyAgain = await get(port: port, "/health/ready")?.status == 200
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(readyAgain, "/health/ready turns true again once the broker is back")
         relay.stop()
         try await f.checkReceived(ids, test: "broker restart")
         await f.cleanup()
@@ -339,6 +390,64 @@ struct FaultTests {
         #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
         #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
         print("consumer kill -9 ×3: \(orders) orders applied exactly once")
+        await f.cleanup()
+    }
+
+    @Test("metrics scraped as Prometheus text match the database while a backlog builds, is parked and drains")
+    func metricsMatchDatabase() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        let port = freePort()
+        func metrics() async -> [String: Double] { parseMetrics(await get(port: port, "/metrics")?.body ?? "") }
+        func gauge(_ name: String) async -> Int? { await metrics()[name].map { Int($0) } }
+        /// Waits until the gauge shows `expected` (sampled every 100 ms by the relay).
+        func settles(_ name: String, at expected: Int) async -> Bool {
+            for _ in 0..<100 {
+                if await gauge(name) == expected { return true }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+            return false
+        }
+        // A relay whose broker is unreachable: nothing drains, so the backlog is still.
+        let stalled = try f.startRelay("stalled", extra: [
+            "RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)", "RELAY_METRICS_INTERVAL": "100ms", "AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2f",
+        ])
+        try await f.pool.withConnection { connection in
+            try connection.collection("outbox").insertMany((0..<3).map { i in
+                ["_id": .string(ObjectId().hex), "status": "pending", "partition": .int32(Int32(i)), "nextAttemptAt": .date(Date()),
+                 "type": .int32(1), "aggregateId": .string("bad-\(i)"), "aggregateVersion": 1]
+            })
+        }
+        _ = try await f.appendEvents(400, aggregates: 400)
+        #expect(await settles("outbox_pending_events", at: await f.count(["status": "pending"]) ?? -1))
+        _ = try await f.appendEvents(250, aggregates: 250, prefix: "more")
+        let pending = await f.count(["status": "pending"]) ?? -1
+        #expect(pending == 650, "the three malformed ones were parked")
+        #expect(await settles("outbox_pending_events", at: pending), "the backlog gauge follows the database as it builds")
+        // Malformed documents (written before the backlog, as by a faulty writer) are parked
+        // by the relay even while the broker is down.
+        #expect(await settles("outbox_parked_events", at: 3))
+        #expect(await f.count(["status": "parked"]) == 3)
+        let sample = await metrics()
+        #expect((sample["outbox_oldest_pending_age_seconds"] ?? -1) >= 0)
+        #expect(sample["outbox_partitions_owned"] == 16)
+        #expect(sample["outbox_partitions_without_owner"] == 0)
+        #expect(sample[#"outbox_connection_up{target="database"}"#] == 1)
+        #expect(sample[#"outbox_connection_up{target="broker"}"#] == 0)
+        #expect(await get(port: port, "/health/ready")?.status == 503, "not ready without the broker")
+        stalled.stop()
+
+        // The same port, a relay with the broker: the backlog drains and the gauges follow.
+        let relay = try f.startRelay("draining", extra: ["RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)", "RELAY_METRICS_INTERVAL": "100ms"])
+        #expect(await f.waitUntilDelivered(650))
+        #expect(await settles("outbox_pending_events", at: 0))
+        let after = await metrics()
+        #expect(after[#"outbox_publishes_total{result="acked"}"#] == 650)
+        #expect(after["outbox_parked_events"] == 3)
+        #expect((after["outbox_confirm_duration_seconds_count"] ?? 0) > 0)
+        #expect((after["outbox_batch_size_count"] ?? 0) > 0)
+        #expect(await get(port: port, "/health/ready")?.status == 200)
+        relay.stop()
         await f.cleanup()
     }
 }

@@ -31,12 +31,18 @@ struct LeaseTests {
             #expect(Set(leasesB.current.map(\.partition)) == Set(stale.map(\.partition)))
             #expect(zip(leasesB.current.sorted(), stale.sorted()).allSatisfy { $0.epoch > $1.epoch })
 
+            // B, the new owner, has handled the events (here: a failed attempt, rescheduled),
+            // which stamps them with its epoch.
+            let storeB = f.makeStore(owner: "relay-b")
+            let retries = batch.map { FailedDelivery(id: $0.id, partition: $0.partition, attempts: 1, error: "nacked", decision: .retry(after: .zero)) }
+            #expect(try await storeB.markFailed(retries, leases: leasesB.current).isEmpty)
+
             // A wakes up and tries to record what it did: every write is refused.
             let fencedDelivered = try await storeA.markDelivered(batch, leases: stale)
             #expect(fencedDelivered == Set(batch.map(\.partition)))
-            let failures = batch.map { FailedDelivery(id: $0.id, partition: $0.partition, attempts: 1, error: "x", decision: .park) }
+            let failures = batch.map { FailedDelivery(id: $0.id, partition: $0.partition, attempts: 9, error: "x", decision: .park) }
             #expect(try await storeA.markFailed(failures, leases: stale) == Set(batch.map(\.partition)))
-            #expect(try await f.count("outbox", ["status": "pending", "attempts": 0]) == 40)
+            #expect(try await f.count("outbox", ["status": "pending", "attempts": 1]) == 40, "only B's write took effect")
 
             // A whole pass of A: it may still publish what it fetched, but it marks nothing and
             // forgets the partitions.
@@ -45,9 +51,10 @@ struct LeaseTests {
             let pass = try await relayA.runOnce()
             #expect(pass.fetched == 40 && pass.delivered == 0 && pass.fenced == 40)
             #expect(try await f.count("outbox", ["status": "pending"]) == 40)
+            #expect(leasesA.current.isEmpty, "A dropped the partitions it was fenced out of")
 
             // B, the owner, delivers and marks them.
-            let relayB = Relay(store: f.makeStore(owner: "relay-b"), publisher: publisher, leases: leasesB, logger: f.logger)
+            let relayB = Relay(store: storeB, publisher: publisher, leases: leasesB, logger: f.logger)
             try await f.drain(relayB)
             await publisher.close()
             #expect(try await f.count("outbox", ["status": "delivered"]) == 40)

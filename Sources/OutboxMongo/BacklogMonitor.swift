@@ -1,0 +1,90 @@
+import Foundation
+import Logging
+import Metrics
+import Outbox
+import ServiceLifecycle
+
+/// Samples the outbox every `interval` into gauges: the pending backlog, the age of the oldest
+/// pending event, parked events, stuck events (due for longer than `stuckAfter` and still not
+/// delivered) and partitions without a live owner; and whether the database answered.
+public final class BacklogMonitor: Service {
+    private let pool: MongoClientPool
+    private let collection: String
+    private let partitions: Int
+    private let interval: Duration
+    private let stuckAfter: Duration
+    private let logger: Logger
+
+    static let pending = Gauge(label: "outbox_pending_events")
+    static let oldestPendingAge = Gauge(label: "outbox_oldest_pending_age_seconds")
+    static let parked = Gauge(label: "outbox_parked_events")
+    static let stuck = Gauge(label: "outbox_stuck_events")
+    static let unowned = Gauge(label: "outbox_partitions_without_owner")
+    public static let databaseUp = Gauge(label: "outbox_connection_up", dimensions: [("target", "database")])
+
+    public init(
+        pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, partitions: Int = OutboxSchema.defaultPartitions,
+        interval: Duration = .seconds(5), stuckAfter: Duration = .seconds(60), logger: Logger
+    ) {
+        self.pool = pool
+        self.collection = collection
+        self.partitions = partitions
+        self.interval = interval
+        self.stuckAfter = stuckAfter
+        self.logger = logger
+    }
+
+    public struct Sample: Sendable, Equatable {
+        public var pending: Int
+        public var oldestPendingAge: Double
+        public var parked: Int
+        public var stuck: Int
+        public var partitionsWithoutOwner: Int
+    }
+
+    /// Reads the figures once and updates the gauges.
+    @discardableResult
+    public func sample() async throws -> Sample {
+        let collection = self.collection
+        let partitions = self.partitions
+        let stuckAfter = self.stuckAfter
+        let sample = try await pool.withConnection { connection -> Sample in
+            let outbox = connection.collection(collection)
+            let now = Date()
+            let pending = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending)])
+            let oldest = try outbox.find(
+                ["status": .string(OutboxSchema.Status.pending)], options: ["sort": ["_id": 1], "limit": 1, "projection": ["timestamp": 1]]
+            ).first?["timestamp"]?.dateValue
+            let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
+            let stuck = try outbox.countDocuments([
+                "status": .string(OutboxSchema.Status.pending),
+                "nextAttemptAt": ["$lt": .date(now.addingTimeInterval(-Double(stuckAfter.milliseconds) / 1000))],
+            ])
+            let live = try connection.collection(MongoLeaseStore.leasesCollection).countDocuments([
+                "owner": ["$ne": .null], "$expr": MongoLeaseStore.live,
+            ])
+            return Sample(
+                pending: pending, oldestPendingAge: oldest.map { max(now.timeIntervalSince($0), 0) } ?? 0, parked: parked, stuck: stuck,
+                partitionsWithoutOwner: max(partitions - live, 0))
+        }
+        Self.pending.record(sample.pending)
+        Self.oldestPendingAge.record(sample.oldestPendingAge)
+        Self.parked.record(sample.parked)
+        Self.stuck.record(sample.stuck)
+        Self.unowned.record(sample.partitionsWithoutOwner)
+        return sample
+    }
+
+    public func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await sample()
+                Self.databaseUp.record(1)
+            } catch {
+                Self.databaseUp.record(0)
+                logger.warning("backlog sample failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+}
