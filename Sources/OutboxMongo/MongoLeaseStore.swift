@@ -65,18 +65,24 @@ public final class MongoLeaseStore: LeaseStore {
                     pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl)]]])
                 if result.matched == 1 { kept.append(lease) }
             }
-            guard want > 0 else { return LeaseRound(held: kept, activeRelays: active) }
-
             // Free, expired, or held under this relay's name by an earlier instance (a restart with
             // the same RELAY_ID): taking it bumps the epoch, which fences that instance out.
+            // Free partitions are taken up to a fair share; expired ones (their owner stalled or
+            // died) are always taken, so none stays orphaned: the hand-back evens things out later.
             let keptPartitions = Set(kept.map(\.partition))
             let takeable: BSON = [["owner": .null], ["owner": .string(owner)], ["$expr": Self.expired]]
             let free = try leases.find(
-                ["_id": ["$lt": .int32(Int32(total))], "$or": takeable], options: ["projection": ["epoch": 1]])
-            for candidate in free.shuffled() where kept.count < held.count - release.count + want {
+                ["_id": ["$lt": .int32(Int32(total))], "$or": takeable], options: ["projection": ["epoch": 1, "owner": 1]])
+            var freeTaken = 0
+            for candidate in free.shuffled() {
                 guard let partition = candidate["_id"]?.intValue, let epoch = candidate["epoch"]?.intValue,
                     !keptPartitions.contains(partition), !releasing.contains(partition)
                 else { continue }
+                let orphaned = candidate["owner"]?.stringValue.map { $0 != owner } ?? false
+                if !orphaned {
+                    guard freeTaken < want else { continue }
+                    freeTaken += 1
+                }
                 let taken = try leases.findOneAndUpdate(
                     ["_id": .int32(Int32(partition)), "epoch": .int64(Int64(epoch)), "$or": takeable],
                     update: [["$set": ["owner": .string(owner), "epoch": ["$add": ["$epoch", 1]], "expiresAt": Self.expiresIn(ttl)]]])

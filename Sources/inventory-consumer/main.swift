@@ -1,10 +1,8 @@
 import ArgumentParser
-import Logging
 import Inventory
 import OutboxConsumer
 import OutboxMongo
 import OutboxRuntime
-import ServiceLifecycle
 
 @main
 struct ConsumerCommand: AsyncParsableCommand {
@@ -26,22 +24,8 @@ struct ConsumerCommand: AsyncParsableCommand {
     var eventsExchange: String?
 
     func run() async throws {
-        let settings = Settings()
-        let logger: Logger
-        let service: InboxConsumer
-        var services: [any Service] = []
-        do {
-            logger = Runtime.bootstrap(label: "inventory-consumer", level: try settings.logLevel(mongo.logLevel))
-            let registry = OpsServer.bootstrapMetrics()
-            let pool = try settings.mongoPool(
-                uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "inventory-consumer")
-            service = InboxConsumer(
-                configuration: try consumer.configuration(settings, name: "inventory"), pool: pool,
-                amqp: try consumer.amqp(settings), handler: InventoryHandler(writer: OutboxWriter(), exchange: try settings.string(eventsExchange, env: "INVENTORY_EXCHANGE", default: "inventory", flagName: "--events-exchange")), logger: logger)
-            services = try consumer.opsServices(settings, consumer: service, pool: pool, defaultPort: 9401, registry: registry, logger: logger)
-        } catch {
-            Runtime.failConfiguration(error, program: "inventory-consumer")
+        try await ConsumerProgram.run(name: "inventory", defaultHTTPPort: 9401, mongo: mongo, options: consumer) { settings in
+            InventoryHandler(writer: OutboxWriter(), exchange: try settings.string(eventsExchange, env: "INVENTORY_EXCHANGE", default: "inventory", flagName: "--events-exchange"))
         }
-        try await Runtime.runServices(services + [service], shutdownTimeout: .seconds(15), logger: logger)
     }
 }

@@ -1,10 +1,8 @@
 import ArgumentParser
-import Logging
 import Notifications
 import OutboxConsumer
 import OutboxMongo
 import OutboxRuntime
-import ServiceLifecycle
 
 @main
 struct ConsumerCommand: AsyncParsableCommand {
@@ -23,22 +21,8 @@ struct ConsumerCommand: AsyncParsableCommand {
     @OptionGroup var consumer: ConsumerOptions
 
     func run() async throws {
-        let settings = Settings()
-        let logger: Logger
-        let service: InboxConsumer
-        var services: [any Service] = []
-        do {
-            logger = Runtime.bootstrap(label: "notification-consumer", level: try settings.logLevel(mongo.logLevel))
-            let registry = OpsServer.bootstrapMetrics()
-            let pool = try settings.mongoPool(
-                uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "notification-consumer")
-            service = InboxConsumer(
-                configuration: try consumer.configuration(settings, name: "notification"), pool: pool,
-                amqp: try consumer.amqp(settings), handler: NotificationHandler(), logger: logger)
-            services = try consumer.opsServices(settings, consumer: service, pool: pool, defaultPort: 9402, registry: registry, logger: logger)
-        } catch {
-            Runtime.failConfiguration(error, program: "notification-consumer")
+        try await ConsumerProgram.run(name: "notification", defaultHTTPPort: 9402, mongo: mongo, options: consumer) { settings in
+            NotificationHandler()
         }
-        try await Runtime.runServices(services + [service], shutdownTimeout: .seconds(15), logger: logger)
     }
 }

@@ -90,6 +90,17 @@ struct Bench {
     let bin: String
     let logger: Logger
 
+    /// The environment of a relay process of the benchmark.
+    func relayEnvironment(database: String) -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        environment["MONGODB_URI"] = uri
+        environment["AMQP_URL"] = amqpURL
+        environment["OUTBOX_DATABASE"] = database
+        environment["LOG_LEVEL"] = "warning"
+        environment["RELAY_HTTP_ADDRESS"] = "off"
+        return environment
+    }
+
     func database(_ name: String) throws -> MongoClientPool {
         try MongoClientPool(MongoConfiguration(uri: uri, database: name, threads: 2, appName: "outbox-bench"))
     }
@@ -193,12 +204,7 @@ struct Bench {
         let database = "bench_drain"
         let admin = try await sink("bench.drain")
         let pool = try await backlog(database, events: count, exchange: "bench.drain")
-        var environment = ProcessInfo.processInfo.environment
-        environment["MONGODB_URI"] = uri
-        environment["AMQP_URL"] = amqpURL
-        environment["OUTBOX_DATABASE"] = database
-        environment["LOG_LEVEL"] = "warning"
-        environment["RELAY_HTTP_ADDRESS"] = "off"
+        let environment = relayEnvironment(database: database)
         let started = ContinuousClock.now
         let usage = try runChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment)
         let seconds = (ContinuousClock.now - started).seconds
@@ -222,12 +228,7 @@ struct Bench {
             logger: logger)
         try await consumer.connect()
         try await admin.purgeQueue("bench.latency.q")
-        var environment = ProcessInfo.processInfo.environment
-        environment["MONGODB_URI"] = uri
-        environment["AMQP_URL"] = amqpURL
-        environment["OUTBOX_DATABASE"] = database
-        environment["LOG_LEVEL"] = "warning"
-        environment["RELAY_HTTP_ADDRESS"] = "off"
+        let environment = relayEnvironment(database: database)
         let pid = try spawnChild(["\(bin)/outbox-relay", changeStream ? "--change-stream" : "--no-change-stream"], environment: environment)
         defer { _ = (kill(pid, SIGTERM), waitChild(pid)) }
         try await Task.sleep(for: .seconds(2))  // leases taken, watch open

@@ -84,6 +84,11 @@ struct Filters: ParsableArguments {
 
     func validate() throws { _ = try filter() }
 
+    /// Whether any event is selected by id or by a criterion.
+    var selectsSomething: Bool {
+        !ids.isEmpty || type != nil || aggregate != nil || olderThan != nil || since != nil || until != nil
+    }
+
     func date(_ text: String, _ option: String) throws -> Date {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
@@ -227,7 +232,7 @@ extension OutboxCtl {
         @Flag(help: "Show what would change; change nothing.") var dryRun = false
 
         func validate() throws {
-            if !stuck && filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil {
+            if !stuck && !filters.selectsSomething {
                 throw ValidationError("say which events: --id, a filter (--type, --aggregate, --older-than, --since, --until) or --stuck")
             }
         }
@@ -248,7 +253,7 @@ extension OutboxCtl {
         @Flag(help: "Show what would change; change nothing.") var dryRun = false
 
         func validate() throws {
-            if filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil {
+            if !filters.selectsSomething {
                 throw ValidationError("say which events: --id or a filter (--type, --aggregate, --older-than, --since, --until)")
             }
         }
@@ -268,7 +273,7 @@ extension OutboxCtl {
         @Flag(help: "Show what would change; change nothing.") var dryRun = false
 
         func validate() throws {
-            if !all && filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil {
+            if !all && !filters.selectsSomething {
                 throw ValidationError("say which events: --id, a filter or --all")
             }
         }
@@ -305,7 +310,7 @@ extension OutboxCtl {
 
         func validate() throws {
             _ = try statusOption(status)
-            if filters.ids.isEmpty && filters.type == nil && filters.aggregate == nil && filters.olderThan == nil && filters.since == nil && filters.until == nil && status == nil {
+            if !filters.selectsSomething && status == nil {
                 throw ValidationError("say which events: --id, --status or a filter (--type, --aggregate, --since, --until, --older-than)")
             }
         }

@@ -16,15 +16,21 @@ struct LeaseTests {
             let queue = try await f.queue("all")
             let ids = try await f.appendEvents((0..<40).map { f.event(aggregate: "agg-\($0)") })
             // Relay A takes every partition with a short lease, then stalls (no renewals).
-            let leasesA = try await f.makeLeases(owner: "relay-a", ttl: .seconds(1))
+            let leasesA = try await f.makeLeases(owner: "relay-a", ttl: .seconds(60))
             #expect(leasesA.current.count == 16)
             let storeA = f.makeStore(owner: "relay-a")
             let batch = try await storeA.fetchDue(limit: 100, leases: leasesA.current)
             #expect(batch.count == 40)
             let stale = leasesA.current
-            // Expiry is judged by the database clock; B takes over once it has passed.
+            // A stalls past its lease: its lease documents run out (written as the database would
+            // see them after the TTL). Expiry is judged by the database clock; B takes over.
+            try await f.pool.withConnection { connection in
+                try connection.collection(MongoLeaseStore.leasesCollection).updateMany(["owner": "relay-a"], ["$set": ["expiresAt": .datetime(0)]])
+                // Its heartbeat has run out as well.
+                try connection.collection(MongoLeaseStore.relaysCollection).updateMany(["_id": "relay-a"], ["$set": ["expiresAt": .datetime(0)]])
+            }
             let leasesB = manager(f, owner: "relay-b")
-            #expect(await eventually(timeout: .seconds(10)) {
+            #expect(await eventually(timeout: .seconds(20)) {
                 try? await leasesB.tick()
                 return leasesB.current.count == 16
             })
