@@ -58,12 +58,15 @@ public final class MongoLeaseStore: LeaseStore {
             }
             var kept: [PartitionLease] = []
             let releasing = Set(release.map(\.partition))
-            for lease in held where !releasing.contains(lease.partition) {
-                // Owner and epoch unchanged means nobody took it over, even if it ran out meanwhile.
-                let result = try leases.updateOne(
-                    ["_id": .int32(Int32(lease.partition)), "owner": .string(owner), "epoch": .int64(lease.epoch)],
-                    pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl)]]])
-                if result.matched == 1 { kept.append(lease) }
+            let renewing = held.filter { !releasing.contains($0.partition) }
+            if !renewing.isEmpty {
+                // One update renews them all; owner and epoch unchanged means nobody took a lease
+                // over, even if it ran out meanwhile. One read tells which are still ours.
+                let clauses: [BSON] = renewing.map { ["_id": .int32(Int32($0.partition)), "epoch": .int64($0.epoch)] }
+                try leases.updateMany(["owner": .string(owner), "$or": .array(clauses)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl)]]])
+                let ours = try leases.find(["owner": .string(owner)], options: ["projection": ["epoch": 1]])
+                let epochs = Dictionary(ours.compactMap { d in d["_id"]?.intValue.map { ($0, Int64(d["epoch"]?.intValue ?? -1)) } }, uniquingKeysWith: max)
+                kept = renewing.filter { epochs[$0.partition] == $0.epoch }
             }
             // Free, expired, or held under this relay's name by an earlier instance (a restart with
             // the same RELAY_ID): taking it bumps the epoch, which fences that instance out.

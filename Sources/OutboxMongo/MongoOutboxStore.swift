@@ -88,7 +88,9 @@ public final class MongoOutboxStore: OutboxStore {
             }
             return (try Self.headsOfAggregates(valid, outbox: outbox), malformed, next)
         }
-        scan.withLock { $0 = next }
+        // Nothing publishable here (e.g. only later versions whose earlier ones lie behind the
+        // scan position): start again from the lowest pending id, or the scan could stay stuck.
+        scan.withLock { $0 = messages.isEmpty ? ScanPosition(from: nil, seconds: next.seconds) : next }
         if !malformed.isEmpty { try await park(malformed, leases: leases) }
         return messages
     }
