@@ -11,18 +11,13 @@ public final class MongoOutboxStore: OutboxStore {
         public var maxBodyBytes: Int
         /// Number of partitions (must match the writers' and the lease store's).
         public var partitions: Int
-        /// How often the owner of partition 0 looks for pending documents without a valid
-        /// partition (written by something else than `OutboxWriter`), to park them.
-        public var orphanScanInterval: Duration
-
         public init(
             collection: String = OutboxSchema.defaultCollection, maxBodyBytes: Int = 1 << 20,
-            partitions: Int = OutboxSchema.defaultPartitions, orphanScanInterval: Duration = .seconds(5)
+            partitions: Int = OutboxSchema.defaultPartitions
         ) {
             self.collection = collection
             self.maxBodyBytes = maxBodyBytes
             self.partitions = partitions
-            self.orphanScanInterval = orphanScanInterval
         }
     }
 
@@ -31,7 +26,6 @@ public final class MongoOutboxStore: OutboxStore {
     /// The relay whose leases fence this store's writes.
     private let owner: String
     private let logger: Logger
-    private let lastOrphanScan = Mutex<ContinuousClock.Instant?>(nil)
     private let scan = Mutex(ScanPosition())
 
     public init(pool: MongoClientPool, owner: String, options: Options = Options(), logger: Logger) {
@@ -64,17 +58,10 @@ public final class MongoOutboxStore: OutboxStore {
         let maxBody = options.maxBodyBytes
         let partitions = options.partitions
         let owned = Set(leases.map(\.partition))
-        let scanOrphans = owned.contains(0) && orphanScanDue()
         let start = scan.withLock { $0 }
         let (messages, malformed, next) = try await pool.withConnection { connection in
             let outbox = connection.collection(collection)
-            var (candidates, next) = try Self.scanWindows(outbox, from: start, limit: limit, owned: owned, partitions: partitions)
-            if scanOrphans {
-                let range: [BSON] = (0..<partitions).map { .int32(Int32($0)) }
-                candidates += try outbox.find(
-                    ["status": .string(OutboxSchema.Status.pending), "partition": ["$nin": .array(range)]],
-                    options: ["limit": .int64(Int64(limit))])
-            }
+            let (candidates, next) = try Self.scanWindows(outbox, from: start, limit: limit, owned: owned, partitions: partitions)
             var valid: [OutboxMessage] = []
             var malformed: [(id: BSON, partition: Int, reason: String)] = []
             for document in candidates {
@@ -171,14 +158,6 @@ public final class MongoOutboxStore: OutboxStore {
             position.seconds = min(position.seconds * 2, 1 << 20)
         }
         return (Array(found.prefix(limit)), position)
-    }
-
-    private func orphanScanDue() -> Bool {
-        lastOrphanScan.withLock { last in
-            guard last.map({ ContinuousClock.now - $0 >= options.orphanScanInterval }) ?? true else { return false }
-            last = ContinuousClock.now
-            return true
-        }
     }
 
     /// Keeps, per aggregate, only its lowest pending version, so version n+1 is never published
