@@ -1,20 +1,24 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The product is under Sources/: the relay, outboxctl and the libraries a service or consumer
+// links. Examples/ holds the reference application that uses it (an order service, two consumers,
+// a demo, and writers in other languages); Benchmarks/ the benchmark behind ops/bench.
 let package = Package(
     name: "outbox",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "outbox-relay", targets: ["outbox-relay"]),
+        .executable(name: "outboxctl", targets: ["outboxctl"]),
+        .library(name: "Outbox", targets: ["Outbox"]),
+        .library(name: "OutboxMongo", targets: ["OutboxMongo"]),
+        .library(name: "OutboxAMQP", targets: ["OutboxAMQP"]),
+        .library(name: "OutboxConsumer", targets: ["OutboxConsumer"]),
         .executable(name: "order-service", targets: ["order-service"]),
         .executable(name: "inventory-consumer", targets: ["inventory-consumer"]),
         .executable(name: "notification-consumer", targets: ["notification-consumer"]),
         .executable(name: "outbox-demo", targets: ["outbox-demo"]),
         .executable(name: "outbox-bench", targets: ["outbox-bench"]),
-        .executable(name: "outboxctl", targets: ["outboxctl"]),
-        .library(name: "Outbox", targets: ["Outbox"]),
-        .library(name: "OutboxMongo", targets: ["OutboxMongo"]),
-        .library(name: "OutboxAMQP", targets: ["OutboxAMQP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -27,6 +31,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
+        // MARK: The product (Sources/)
+
         // C libraries, one system-library target each (pkg-config + module map + shim header).
         .systemLibrary(
             name: "CMongoC",
@@ -64,6 +70,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Idempotent consumers: inbox + effect in one transaction, ack after commit, dead-lettering.
+        .target(
+            name: "OutboxConsumer",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // What the executables share: settings from flags or environment, logging, signals.
         .target(
             name: "OutboxRuntime",
@@ -77,90 +93,19 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        // Idempotent consumers: inbox + effect in one transaction, ack after commit, dead-lettering.
+        // Operator actions on the outbox (status, init, retry, park, replay, purge), for outboxctl.
         .target(
-            name: "OutboxConsumer",
-            dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
-        ),
-        .target(
-            name: "OrderService",
-            dependencies: [
-                "Outbox", "OutboxMongo",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ]
-        ),
-        .target(
-            name: "Inventory",
-            dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            name: "OutboxOps",
+            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
             name: "outbox-relay",
             dependencies: [
-                "OutboxRuntime",
-                "Outbox", "OutboxMongo", "OutboxAMQP",
+                "OutboxRuntime", "Outbox", "OutboxMongo", "OutboxAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
-        ),
-        .executableTarget(
-            name: "order-service",
-            dependencies: [
-                "OutboxRuntime",
-                "OrderService", "OutboxMongo",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "Logging", package: "swift-log"),
-            ]
-        ),
-        .target(
-            name: "Notifications",
-            dependencies: ["Outbox", "OutboxMongo", "OutboxConsumer"]
-        ),
-        .executableTarget(
-            name: "inventory-consumer",
-            dependencies: [
-                "OutboxRuntime",
-                "Inventory", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
-        ),
-        .executableTarget(
-            name: "notification-consumer",
-            dependencies: [
-                "OutboxRuntime",
-                "Notifications", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
-        ),
-        .executableTarget(
-            name: "outbox-demo",
-            dependencies: [
-                "OutboxRuntime",
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "Inventory",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
-        ),
-        // Operator actions on the outbox (status, retry, park, replay, purge), for outboxctl.
-        .target(
-            name: "OutboxOps",
-            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
             name: "outboxctl",
@@ -170,22 +115,101 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+
+        // MARK: The reference application (Examples/)
+
+        // The OrderCreated event as the example consumers read it.
+        .target(
+            name: "OrderEvents",
+            dependencies: ["Outbox", "OutboxConsumer"],
+            path: "Examples/OrderEvents"
+        ),
+        .target(
+            name: "OrderService",
+            dependencies: [
+                "Outbox", "OutboxMongo",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/OrderService"
+        ),
+        .target(
+            name: "Inventory",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderEvents",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/Inventory"
+        ),
+        .target(
+            name: "Notifications",
+            dependencies: ["Outbox", "OutboxMongo", "OutboxConsumer", "OrderEvents"],
+            path: "Examples/Notifications"
+        ),
+        .executableTarget(
+            name: "order-service",
+            dependencies: [
+                "OutboxRuntime", "OrderService", "OutboxMongo",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/order-service"
+        ),
+        .executableTarget(
+            name: "inventory-consumer",
+            dependencies: [
+                "OutboxRuntime", "Inventory", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/inventory-consumer"
+        ),
+        .executableTarget(
+            name: "notification-consumer",
+            dependencies: [
+                "OutboxRuntime", "Notifications", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/notification-consumer"
+        ),
+        .executableTarget(
+            name: "outbox-demo",
+            dependencies: [
+                "OutboxRuntime", "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "Inventory",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/outbox-demo"
+        ),
+
+        // MARK: Benchmark and tests
+
         .executableTarget(
             name: "outbox-bench",
             dependencies: [
                 "OutboxRuntime", "Outbox", "OutboxMongo", "OutboxAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            path: "Benchmarks/outbox-bench"
         ),
+        // Unit tests: no servers.
         .testTarget(
             name: "OutboxTests",
             dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OrderService", "OutboxRuntime", "OutboxConsumer"]
         ),
+        // Real SecantusDB and RabbitMQ (and, for foreign writers and consumers, real Node.js and Python clients).
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderService", "Inventory", "Notifications", "OutboxOps",
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderService", "OrderEvents", "Inventory",
+                "Notifications", "OutboxOps",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]

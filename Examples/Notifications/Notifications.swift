@@ -1,6 +1,7 @@
 import Foundation
 import Outbox
 import OutboxConsumer
+import OrderEvents
 import OutboxMongo
 
 /// Records one order-confirmation message per order for the customer.

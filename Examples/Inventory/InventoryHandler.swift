@@ -1,6 +1,7 @@
 import Foundation
 import Outbox
 import OutboxConsumer
+import OrderEvents
 import OutboxMongo
 
 /// Reserves stock for each `OrderCreated`.

@@ -1,4 +1,5 @@
 import Outbox
+import OutboxConsumer
 
 /// The `OrderCreated` event as consumers read it from the message body
 /// (`{"id", "type", "aggregateId", ..., "data": {"orderId", "customerId", "totalAmount", "items"}}`).
