@@ -10,26 +10,38 @@ public struct OutboxMessage: Sendable, Hashable {
     public var id: String
     /// Event type, e.g. `OrderCreated`; the AMQP `type` property.
     public var type: String
+    /// Empty when the writer gave none.
     public var aggregateType: String
     public var aggregateId: String
-    public var aggregateVersion: Int
+    /// The writer's version of the aggregate, when it gave one; order within an aggregate then
+    /// follows it. Without it, order follows the time the events were written.
+    public var aggregateVersion: Int?
     public var exchange: String
     public var routingKey: String
     /// Milliseconds since the epoch when the event occurred.
     public var occurredAt: Int64
     public var correlationId: String?
     public var headers: [String: HeaderValue]
-    /// The event JSON.
+    /// The AMQP `content_type` of `body`.
+    public var contentType: String
+    /// The message body, in the wire format chosen for the event.
     public var body: [UInt8]
+    /// The store's own key of the event (e.g. a MongoDB `_id` of any type, encoded); opaque to
+    /// the core and handed back to the store when the event is marked.
+    public var storeKey: [UInt8]
+    /// The store has no delivery state for this event yet: a writer put it there as its contract
+    /// allows and the relay sees it for the first time.
+    public var isFirstSight: Bool
     /// Delivery attempts made before this one.
     public var attempts: Int
     /// The outbox partition (stable hash of the aggregate id); leases are per partition.
     public var partition: Int
 
     public init(
-        id: String, type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int,
+        id: String, type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int?,
         exchange: String, routingKey: String, occurredAt: Int64, correlationId: String? = nil,
-        headers: [String: HeaderValue] = [:], body: [UInt8], attempts: Int = 0, partition: Int = 0
+        headers: [String: HeaderValue] = [:], contentType: String = "application/json", body: [UInt8], attempts: Int = 0,
+        partition: Int = 0, storeKey: [UInt8] = [], isFirstSight: Bool = false
     ) {
         self.id = id
         self.type = type
@@ -41,17 +53,21 @@ public struct OutboxMessage: Sendable, Hashable {
         self.occurredAt = occurredAt
         self.correlationId = correlationId
         self.headers = headers
+        self.contentType = contentType
         self.body = body
         self.attempts = attempts
         self.partition = partition
+        self.storeKey = storeKey
+        self.isFirstSight = isFirstSight
     }
 
-    /// Headers on the wire: the caller's plus the aggregate's type, id and version and the occurred-at time.
+    /// Headers on the wire: the caller's plus the aggregate's type, id and version (those the
+    /// writer gave) and the occurred-at time.
     public var wireHeaders: [String: HeaderValue] {
         var all = headers
-        all["x-aggregate-type"] = .string(aggregateType)
+        if !aggregateType.isEmpty { all["x-aggregate-type"] = .string(aggregateType) }
         all["x-aggregate-id"] = .string(aggregateId)
-        all["x-aggregate-version"] = .int(Int64(aggregateVersion))
+        if let aggregateVersion { all["x-aggregate-version"] = .int(Int64(aggregateVersion)) }
         all["x-occurred-at"] = .int(occurredAt)
         return all
     }

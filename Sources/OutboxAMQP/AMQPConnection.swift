@@ -161,14 +161,14 @@ final class AMQPConnection {
     /// Sends one `basic.publish`; returns its delivery tag on a confirm channel.
     @discardableResult
     func publish(
-        exchange: String, routingKey: String, body: [UInt8], mandatory: Bool,
+        exchange: String, routingKey: String, body: [UInt8], contentType: String = "application/json", mandatory: Bool,
         messageId: String?, type: String?, correlationId: String? = nil, timestampSeconds: UInt64? = nil,
         headers: [String: HeaderValue] = [:], appId: String? = nil
     ) throws -> UInt64 {
         let arena = CArena()
         var props = amqp_basic_properties_t()
         var flags = UInt32(AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG)
-        props.content_type = arena.bytes("application/json")
+        props.content_type = arena.bytes(contentType)
         props.delivery_mode = 2  // persistent
         if let messageId {
             flags |= UInt32(AMQP_BASIC_MESSAGE_ID_FLAG)

@@ -91,7 +91,7 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                         }
                         let tag = try connection.publish(
                             exchange: message.exchange, routingKey: message.routingKey, body: message.body,
-                            mandatory: true, messageId: message.id, type: message.type,
+                            contentType: message.contentType, mandatory: true, messageId: message.id, type: message.type,
                             correlationId: message.correlationId,
                             timestampSeconds: UInt64(max(message.occurredAt, 0) / 1000),
                             headers: message.wireHeaders, appId: options.appId)

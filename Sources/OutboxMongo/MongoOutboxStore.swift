@@ -169,16 +169,16 @@ public final class MongoOutboxStore: OutboxStore {
         // aggregates' earlier versions through the aggregate_version index; pending is checked
         // here (a `status` condition in the query steers some planners to the status index and a
         // scan of the whole backlog).
-        let later = messages.filter { $0.aggregateVersion > 1 }
+        let later = messages.filter { ($0.aggregateVersion ?? 1) > 1 }
         guard !later.isEmpty else { return Self.firstPerAggregate(messages) }
-        let newest = later.map(\.aggregateVersion).max()!
+        let newest = later.map { $0.aggregateVersion ?? 1 }.max()!
         let earlier = try outbox.find(
             ["aggregateId": ["$in": .array(Set(later.map(\.aggregateId)).map { .string($0) })], "aggregateVersion": ["$lt": .int64(Int64(newest))]],
             options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1]])
         var lowest: [AggregateKey: Int] = [:]
         for message in messages {
             let key = AggregateKey(type: message.aggregateType, id: message.aggregateId)
-            lowest[key] = min(lowest[key] ?? message.aggregateVersion, message.aggregateVersion)
+            lowest[key] = min(lowest[key] ?? (message.aggregateVersion ?? 1), message.aggregateVersion ?? 1)
         }
         for document in earlier where document["status"]?.stringValue == OutboxSchema.Status.pending {
             guard let id = document["aggregateId"]?.stringValue, let version = document["aggregateVersion"]?.intValue else {
@@ -298,7 +298,9 @@ public enum OutboxDocument {
         public let reason: String
     }
 
-    public static func decode(_ document: Document, maxBodyBytes: Int, partitions: Int = OutboxSchema.defaultPartitions) -> Result<OutboxMessage, Malformed> {
+    public static func decode(
+        _ document: Document, maxBodyBytes: Int, partitions: Int = OutboxSchema.defaultPartitions, body: MessageBodyOptions = .init()
+    ) -> Result<OutboxMessage, Malformed> {
         func fail(_ reason: String) -> Result<OutboxMessage, Malformed> { .failure(Malformed(reason: reason)) }
         guard let id = document["_id"]?.stringValue, !id.isEmpty else { return fail("_id must be a non-empty string") }
         guard let type = document["type"]?.stringValue, !type.isEmpty else { return fail("type must be a non-empty string") }
@@ -332,20 +334,15 @@ public enum OutboxDocument {
             return fail("partition must be an integer from 0 to \(partitions - 1)")
         }
         let attempts = document["attempts"]?.intValue ?? 0
-        let envelope: Document = [
-            "id": .string(id), "type": .string(type), "aggregateType": .string(aggregateType),
-            "aggregateId": .string(aggregateId), "aggregateVersion": .int64(Int64(version)),
-            "timestamp": .datetime(timestamp), "data": .document(data),
-        ]
-        let body = ExtendedJSON.renderBytes(envelope)
-        guard body.count <= maxBodyBytes else {
-            return fail("body of \(body.count) bytes exceeds the limit of \(maxBodyBytes) bytes")
+        var message = OutboxMessage(
+            id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
+            exchange: exchange, routingKey: routingKey, occurredAt: timestamp,
+            correlationId: document["correlationId"]?.stringValue, headers: headers, body: [], attempts: attempts,
+            partition: partition)
+        MessageBody.render(&message, data: data, document: document, options: body)
+        guard message.body.count <= maxBodyBytes else {
+            return fail("body of \(message.body.count) bytes exceeds the limit of \(maxBodyBytes) bytes")
         }
-        return .success(
-            OutboxMessage(
-                id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
-                exchange: exchange, routingKey: routingKey, occurredAt: timestamp,
-                correlationId: document["correlationId"]?.stringValue, headers: headers, body: body, attempts: attempts,
-                partition: partition))
+        return .success(message)
     }
 }

@@ -23,11 +23,11 @@ final class MemoryStore: OutboxStore {
             var seen = Set<String>()
             var lowest: [String: Int] = [:]
             for row in rows where row.status == "pending" {
-                lowest[row.message.aggregateId] = min(lowest[row.message.aggregateId] ?? .max, row.message.aggregateVersion)
+                lowest[row.message.aggregateId] = min(lowest[row.message.aggregateId] ?? .max, row.message.aggregateVersion ?? 1)
             }
             return Array(
                 rows.filter { $0.status == "pending" && $0.due }.map(\.message).filter {
-                    lowest[$0.aggregateId] == $0.aggregateVersion && seen.insert($0.aggregateId).inserted
+                    lowest[$0.aggregateId] == ($0.aggregateVersion ?? 1) && seen.insert($0.aggregateId).inserted
                 }.prefix(limit))
         }
     }
