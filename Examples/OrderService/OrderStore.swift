@@ -30,7 +30,7 @@ public struct OrderStore: Sendable {
 
     /// Creates the indexes the service needs; idempotent.
     public func ensureIndexes() async throws {
-        let outbox = writer.collection
+        let writer = self.writer
         try await pool.withConnection { connection in
             try connection.collection(Self.ordersCollection).createIndexes([
                 [
@@ -39,9 +39,7 @@ public struct OrderStore: Sendable {
                 ],
                 ["key": ["customerId": 1], "name": "customer"],
             ])
-            try connection.collection(outbox).createIndexes([
-                ["key": ["aggregateId": 1, "aggregateVersion": 1, "aggregateType": 1], "name": "aggregate_version", "unique": true]
-            ])
+            try writer.ensureIndexes(using: connection)
         }
     }
 

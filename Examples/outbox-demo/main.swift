@@ -196,7 +196,7 @@ struct DemoCommand: AsyncParsableCommand {
             if documents.allSatisfy({ $0["status"] == "delivered" }) { break }
             try await Task.sleep(for: .milliseconds(200))
         }
-        let copies = documents.enumerated().filter { $0.offset % every == 0 }.compactMap { OutboxDocument.decode($0.element, maxBodyBytes: 1 << 20).success }
+        let copies = documents.enumerated().filter { $0.offset % every == 0 }.compactMap { OutboxDocument.decode($0.element, options: .init(), isNew: true).success }
         let publisher = ConfirmPublisher(configuration: amqp, options: .init(appId: "outbox-demo"), logger: logger)
         let outcomes = await publisher.publish(copies)
         await publisher.close()

@@ -27,3 +27,42 @@ public enum EventNaming {
         return Int(hash % UInt64(max(partitions, 1)))
     }
 }
+
+/// Which exchange an event goes to when its outbox document names none: by its type, else by its
+/// aggregate type, else the default exchange.
+public struct EventRouting: Sendable, Equatable {
+    public var defaultExchange: String
+    /// Exchange by event type or aggregate type (an event type wins over an aggregate type).
+    public var exchangeByName: [String: String]
+
+    public init(defaultExchange: String = "orders", exchangeByName: [String: String] = [:]) {
+        self.defaultExchange = defaultExchange
+        self.exchangeByName = exchangeByName
+    }
+
+    public func exchange(type: String, aggregateType: String) -> String {
+        exchangeByName[type] ?? (aggregateType.isEmpty ? nil : exchangeByName[aggregateType]) ?? defaultExchange
+    }
+
+    /// Parses `Name=exchange,Name=exchange` (spaces around items are ignored).
+    public static func parseMap(_ text: String, setting: String) throws -> [String: String] {
+        var map: [String: String] = [:]
+        for item in text.split(separator: ",") {
+            let pair = item.split(separator: "=", maxSplits: 1).map { $0.trimmingSpaces }
+            guard pair.count == 2, !pair[0].isEmpty, !pair[1].isEmpty, pair[1].utf8.count <= 255 else {
+                throw ConfigurationError(setting: setting, reason: "'\(item.trimmingSpaces)' is not Name=exchange")
+            }
+            guard map[pair[0]] == nil else {
+                throw ConfigurationError(setting: setting, reason: "'\(pair[0])' is mapped twice")
+            }
+            map[pair[0]] = pair[1]
+        }
+        return map
+    }
+}
+
+extension StringProtocol {
+    var trimmingSpaces: String {
+        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+    }
+}

@@ -6,13 +6,27 @@ public struct FailedDelivery: Sendable, Equatable {
     public var attempts: Int
     public var error: String
     public var decision: RetryPolicy.Decision
+    /// The store's key and first-sight flag of the event (see `OutboxMessage`).
+    public var storeKey: [UInt8]
+    public var isFirstSight: Bool
 
-    public init(id: String, partition: Int, attempts: Int, error: String, decision: RetryPolicy.Decision) {
+    public init(
+        id: String, partition: Int, attempts: Int, error: String, decision: RetryPolicy.Decision, storeKey: [UInt8] = [],
+        isFirstSight: Bool = false
+    ) {
         self.id = id
         self.partition = partition
         self.attempts = attempts
         self.error = error
         self.decision = decision
+        self.storeKey = storeKey
+        self.isFirstSight = isFirstSight
+    }
+
+    public init(_ message: OutboxMessage, attempts: Int, error: String, decision: RetryPolicy.Decision) {
+        self.init(
+            id: message.id, partition: message.partition, attempts: attempts, error: error, decision: decision,
+            storeKey: message.storeKey, isFirstSight: message.isFirstSight)
     }
 }
 

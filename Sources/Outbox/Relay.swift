@@ -143,7 +143,7 @@ public final class Relay: Service {
                 let attempts = message.attempts + 1
                 failed.append(
                     FailedDelivery(
-                        id: message.id, partition: message.partition, attempts: attempts, error: outcome.reason,
+                        message, attempts: attempts, error: outcome.reason,
                         decision: configuration.retryPolicy.decision(afterAttempts: attempts)))
             }
         }

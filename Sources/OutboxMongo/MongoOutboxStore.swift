@@ -1,23 +1,49 @@
 import Foundation
 import Logging
+import Metrics
 import Outbox
 import Synchronization
 
 /// The relay's view of the outbox collection in MongoDB.
+///
+/// Two kinds of documents are read. *Known* events carry the relay's state (`status: pending`, a
+/// `partition`, a scan id `sid`): written by `OutboxWriter`, or seen by a relay before. *New*
+/// documents are what any service writes by the contract (`type`, `aggregateId`, `data`, the rest
+/// optional) and have no `status` yet. The relay holding partition 0's lease (the *adopter*) reads
+/// new documents in the order they were written, publishes those of its own partitions directly,
+/// and writes its state onto each one in the same conditional update that records the outcome;
+/// new documents of other partitions it stamps as pending for their owners. A malformed document is
+/// parked with a reason naming the field. So every document in the collection is pending (new or
+/// known), delivered or parked.
 public final class MongoOutboxStore: OutboxStore {
     public struct Options: Sendable {
         public var collection: String
         /// Largest message body the relay publishes; a larger event is parked.
         public var maxBodyBytes: Int
-        /// Number of partitions (must match the writers' and the lease store's).
+        /// Number of partitions (must match the lease store's).
         public var partitions: Int
+        /// Exchanges of events whose document names none.
+        public var routing: EventRouting
+        public var body: MessageBodyOptions
+        /// How often the adopter looks for documents no scan reaches (an unknown `status`, a
+        /// `timestamp` that is not a date, pending without relay state, a partition out of range).
+        public var sweepInterval: Duration
+
         public init(
             collection: String = OutboxSchema.defaultCollection, maxBodyBytes: Int = 1 << 20,
-            partitions: Int = OutboxSchema.defaultPartitions
+            partitions: Int = OutboxSchema.defaultPartitions, routing: EventRouting = EventRouting(),
+            body: MessageBodyOptions = MessageBodyOptions(), sweepInterval: Duration = .seconds(10)
         ) {
             self.collection = collection
             self.maxBodyBytes = maxBodyBytes
             self.partitions = partitions
+            self.routing = routing
+            self.body = body
+            self.sweepInterval = sweepInterval
+        }
+
+        var decoding: OutboxDocument.Options {
+            OutboxDocument.Options(maxBodyBytes: maxBodyBytes, partitions: partitions, routing: routing, body: body)
         }
     }
 
@@ -26,7 +52,11 @@ public final class MongoOutboxStore: OutboxStore {
     /// The relay whose leases fence this store's writes.
     private let owner: String
     private let logger: Logger
-    private let scan = Mutex(ScanPosition())
+    private let scan = Mutex(ScanState())
+
+    /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
+    /// of the relay per event.
+    static let documentsRead = Counter(label: "outbox_documents_read_total")
 
     public init(pool: MongoClientPool, owner: String, options: Options = Options(), logger: Logger) {
         self.pool = pool
@@ -39,161 +69,378 @@ public final class MongoOutboxStore: OutboxStore {
     public func ensureIndexes() async throws {
         let name = options.collection
         try await pool.withConnection { connection in
-            try connection.collection(name).createIndexes(Self.indexes)
+            try connection.collection(name).createIndexes(OutboxSchema.indexes)
         }
     }
 
-    static let indexes: [Document] = [
-        // Per-partition pending scans of each relay.
-        ["key": ["status": 1, "partition": 1, "_id": 1], "name": "status_partition_id"],
-        // The pending scan: equality on status, then creation order.
-        ["key": ["status": 1, "_id": 1], "name": "status_id"],
-        // One version of an aggregate once; per-aggregate order checks and history read it.
-        ["key": ["aggregateId": 1, "aggregateVersion": 1, "aggregateType": 1], "name": "aggregate_version", "unique": true],
-    ]
+    struct ScanState: Sendable {
+        var known = ScanPosition()
+        var new = NewScanPosition()
+        var lastSweep: ContinuousClock.Instant?
+    }
+
+    /// What one fetch found and what it has to write besides publishing.
+    struct Fetch {
+        var heads: [OutboxMessage] = []
+        /// Malformed documents to park: raw id, partition (nil for a new document), reason, new?
+        var malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
+        /// New documents of partitions this relay does not own, to stamp as pending for their owners.
+        var handOver: [OutboxMessage] = []
+        /// Pending documents without relay state (written with `status: pending`), to complete.
+        var incomplete: [OutboxMessage] = []
+        /// Pending documents whose partition is out of range, to move to their partition.
+        var rehome: [(id: BSON, from: BSON, to: Int)] = []
+        var read = 0
+        var state = ScanState()
+    }
 
     public func fetchDue(limit: Int, leases: [PartitionLease]) async throws -> [OutboxMessage] {
         guard !leases.isEmpty else { return [] }
-        let collection = options.collection
-        let maxBody = options.maxBodyBytes
-        let partitions = options.partitions
+        let options = self.options
         let owned = Set(leases.map(\.partition))
-        let start = scan.withLock { $0 }
-        let (messages, malformed, next) = try await pool.withConnection { connection in
-            let outbox = connection.collection(collection)
-            let (candidates, next) = try Self.scanWindows(outbox, from: start, limit: limit, owned: owned, partitions: partitions)
-            var valid: [OutboxMessage] = []
-            var malformed: [(id: BSON, partition: Int, reason: String)] = []
-            for document in candidates {
-                switch OutboxDocument.decode(document, maxBodyBytes: maxBody, partitions: partitions) {
-                case .success(let message): valid.append(message)
-                case .failure(let failure):
-                    // A document without a usable partition is parked under partition 0's lease.
-                    let partition = document["partition"]?.intValue.flatMap { owned.contains($0) ? $0 : nil } ?? 0
-                    malformed.append((document["_id"] ?? .null, partition, failure.reason))
-                }
-            }
-            return (try Self.headsOfAggregates(valid, outbox: outbox), malformed, next)
+        let isAdopter = owned.contains(0)
+        var state = scan.withLock { $0 }
+        let now = ContinuousClock.now
+        let sweep = isAdopter && state.lastSweep.map { now - $0 >= options.sweepInterval } ?? isAdopter
+        if sweep { state.lastSweep = now }
+        let start = state
+        let fetch = try await pool.withConnection { connection in
+            try Self.fetch(connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options)
         }
-        // Nothing publishable here (e.g. only later versions whose earlier ones lie behind the
-        // scan position): start again from the lowest pending id, or the scan could stay stuck.
-        scan.withLock { $0 = messages.isEmpty ? ScanPosition(from: nil, seconds: next.seconds) : next }
-        if !malformed.isEmpty { try await park(malformed, leases: leases) }
-        return messages
+        scan.withLock { $0 = fetch.state }
+        Self.documentsRead.increment(by: fetch.read)
+        if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
+        if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
+            try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
+        }
+        return fetch.heads
     }
 
-    /// Where the pending scan goes on: a lower bound on `_id` and a window length in seconds of
+    static func fetch(
+        _ outbox: MongoCollection, limit: Int, owned: Set<Int>, adopt: Bool, sweep: Bool, from start: ScanState, options: Options
+    ) throws -> Fetch {
+        let decoding = options.decoding
+        let now = Date()
+        var fetch = Fetch(state: start)
+        var candidates: [Candidate] = []
+
+        // Known pending events of the owned partitions, due now.
+        let (known, nextKnown) = try scanWindows(outbox, from: start.known, limit: limit, owned: owned, partitions: options.partitions)
+        fetch.read += known.read
+        fetch.state.known = nextKnown
+        for document in known.documents {
+            switch OutboxDocument.decode(document, options: decoding, isNew: false) {
+            case .success(let message): candidates.append(Candidate(message: message, sid: document["sid"]?.stringValue ?? ""))
+            case .failure(let failure):
+                let partition = document["partition"]?.intValue ?? 0
+                fetch.malformed.append((document["_id"] ?? .null, partition, failure.reason, false))
+            }
+        }
+
+        // New documents, read by the adopter in the order they were written.
+        var newOwned: [Candidate] = []
+        if adopt && candidates.count < limit {
+            let (new, nextNew) = try scanNew(outbox, from: start.new, limit: limit - candidates.count)
+            fetch.read += new.read
+            fetch.state.new = nextNew
+            for document in new.documents {
+                switch OutboxDocument.decode(document, options: decoding, isNew: true, now: now) {
+                case .success(let message):
+                    if owned.contains(message.partition) {
+                        newOwned.append(Candidate(message: message, sid: nil, timestamp: message.occurredAt))
+                    } else {
+                        fetch.handOver.append(message)
+                    }
+                case .failure(let failure):
+                    fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
+                }
+            }
+        }
+        if sweep {
+            try sweepUnreachable(outbox, into: &fetch, options: options, now: now)
+        }
+
+        let heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
+        fetch.heads = heads.map(\.message)
+        // New documents of the owned partitions that must wait for an earlier event of their
+        // aggregate stay as they are; the next scan starts from the first of them again, so none is
+        // passed over.
+        let headKeys = Set(heads.map(\.message.storeKey))
+        if let waiting = newOwned.filter({ !headKeys.contains($0.message.storeKey) }).compactMap(\.timestamp).min() {
+            fetch.state.new = NewScanPosition(from: waiting, span: fetch.state.new.span)
+        }
+        // Nothing publishable among the known events (e.g. only later versions whose earlier ones
+        // lie behind the scan position): start again from the lowest pending id, or the scan
+        // could stay stuck.
+        if heads.allSatisfy(\.message.isFirstSight) {
+            fetch.state.known = ScanPosition(from: nil, seconds: fetch.state.known.seconds)
+        }
+        return fetch
+    }
+
+    struct Candidate {
+        var message: OutboxMessage
+        /// The scan id of a known event.
+        var sid: String?
+        /// When a new document was written (ms), for the next scan's start.
+        var timestamp: Int64? = nil
+    }
+
+    struct Read {
+        var documents: [Document] = []
+        /// Documents the queries returned, including those filtered out here.
+        var read = 0
+    }
+
+    /// Where the pending scan goes on: a lower bound on `sid` and a window length in seconds of
     /// ObjectId time.
     struct ScanPosition: Sendable {
         var from: String?
         var seconds: UInt32 = 4
     }
 
-    /// Finds due pending events of the owned partitions by walking `_id` windows.
+    /// Finds due pending events of the owned partitions by walking `sid` windows.
     ///
-    /// A query bounded on both sides of `_id` (with `status`) reads only that window's documents,
-    /// whatever the backlog, where an open-ended "pending, sorted, limited" query may read every
-    /// pending document first. The window adapts to the density of events; at the end of the
+    /// A query bounded on both sides of `sid` (with `status` and the owned partitions) reads only
+    /// that window's documents, whatever the backlog, where an open-ended "pending, sorted,
+    /// limited" query may read every pending document first. `sid` is an ObjectId in hex (the
+    /// event id for events written by `OutboxWriter`, made by the relay for others), so windows are
+    /// spans of ObjectId time. The window adapts to the density of events; at the end of the
     /// backlog the scan rewinds to the lowest pending id, so rescheduled events are seen again.
     static func scanWindows(
         _ outbox: MongoCollection, from position: ScanPosition, limit: Int, owned: Set<Int>, partitions: Int
-    ) throws -> ([Document], ScanPosition) {
+    ) throws -> (Read, ScanPosition) {
         var position = position
+        var read = Read()
+        let mine: BSON = ["$in": .array(owned.sorted().map { .int32(Int32($0)) })]
+        let pending = BSON.string(OutboxSchema.Status.pending)
         if position.from == nil {
-            guard let lowest = try outbox.find(["status": .string(OutboxSchema.Status.pending)], options: ["sort": ["_id": 1], "limit": 1, "projection": ["_id": 1]]).first?["_id"]?.stringValue else {
-                return ([], ScanPosition())
-            }
-            position.from = lowest
+            let lowest = try outbox.find(
+                ["status": pending, "partition": mine], options: ["sort": ["sid": 1], "limit": 1, "projection": ["sid": 1]])
+            read.read += lowest.count
+            guard let from = lowest.first?["sid"]?.stringValue else { return (read, ScanPosition()) }
+            position.from = from
         }
         let now = Date()
         let nowSeconds = UInt32(now.timeIntervalSince1970)
-        var found: [Document] = []
+        func isDue(_ document: Document) -> Bool {
+            (document["nextAttemptAt"]?.dateValue).map { $0 <= now } ?? true
+        }
         for _ in 0..<16 {
             let lower = position.from!
-            // Ids that are not ObjectId hex cannot be windowed: read the rest of the backlog once.
+            // A scan id that is not ObjectId hex cannot be windowed: read the rest of the backlog once.
             let lowerSeconds = UInt32(lower.prefix(8), radix: 16).flatMap { lower.utf8.count == 24 ? $0 : nil }
-            var idRange: Document = ["$gte": .string(lower)]
+            var sidRange: Document = ["$gte": .string(lower)]
             var upperSeconds = UInt32.max
             if let lowerSeconds {
                 upperSeconds = lowerSeconds &+ position.seconds
-                idRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
+                sidRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
             }
             let window = try outbox.find(
-                ["status": .string(OutboxSchema.Status.pending), "_id": .document(idRange)],
-                options: ["sort": ["_id": 1], "limit": .int64(Int64(limit * 2))])
-            for document in window {
-                // A document without a usable partition is handled (parked) by partition 0's owner.
-                let partition = document["partition"]?.intValue.flatMap { (0..<partitions).contains($0) ? $0 : nil } ?? 0
-                guard owned.contains(partition) else { continue }
-                if let due = document["nextAttemptAt"]?.dateValue, due > now { continue }
-                found.append(document)
-            }
+                ["status": pending, "partition": mine, "sid": .document(sidRange)],
+                options: ["sort": ["sid": 1], "limit": .int64(Int64(limit * 2))])
+            read.read += window.count
+            read.documents += window.filter(isDue)
             if window.count >= limit * 2 {
                 // Dense: look at less next time.
                 position.seconds = max(position.seconds / 2, 1)
-                if found.count >= limit { break }  // stay here: this batch gets delivered
-                // What was read belongs mostly to other relays' partitions (or is not due):
-                // page on through the window from its last id.
-                position.from = window.last?["_id"]?.stringValue ?? lower
+                if read.documents.count >= limit { break }  // stay here: this batch gets delivered
+                // What was read is mostly not due: page on through the window from its last id.
+                position.from = window.last?["sid"]?.stringValue ?? lower
                 continue
             }
             if upperSeconds > nowSeconds || lowerSeconds == nil {
-                // Reached the newest events. Ids beyond the window (not ObjectId hex, or from a
-                // clock ahead of ours) are read once here; normally there are none.
-                if lowerSeconds != nil, let upper = idRange["$lt"], found.count < limit {
+                // Reached the newest events. Ids beyond the window (from a clock ahead of ours) are
+                // read once here; normally there are none.
+                if lowerSeconds != nil, let upper = sidRange["$lt"], read.documents.count < limit {
                     let tail = try outbox.find(
-                        ["status": .string(OutboxSchema.Status.pending), "_id": ["$gte": upper]],
-                        options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - found.count))])
-                    found += tail.filter { document in
-                        guard let partition = document["partition"]?.intValue else { return owned.contains(0) }
-                        return owned.contains(partition) && (document["nextAttemptAt"]?.dateValue).map { $0 <= now } ?? true
-                    }
+                        ["status": pending, "partition": mine, "sid": ["$gte": upper]],
+                        options: ["sort": ["sid": 1], "limit": .int64(Int64(limit - read.documents.count))])
+                    read.read += tail.count
+                    read.documents += tail.filter(isDue)
                 }
                 // Start again from the lowest pending id next time.
                 position = ScanPosition(from: nil, seconds: position.seconds)
                 break
             }
-            if found.count >= limit { break }
+            if read.documents.count >= limit { break }
             position.from = String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16)
             position.seconds = min(position.seconds * 2, 1 << 20)
         }
-        return (Array(found.prefix(limit)), position)
+        read.documents = Array(read.documents.prefix(limit))
+        return (read, position)
     }
 
-    /// Keeps, per aggregate, only its lowest pending version, so version n+1 is never published
-    /// before version n was confirmed or parked (I5). One query reads the pending versions of the
-    /// batch's aggregates.
-    static func headsOfAggregates(_ messages: [OutboxMessage], outbox: MongoCollection) throws -> [OutboxMessage] {
-        guard !messages.isEmpty else { return [] }
-        // Version 1 has no predecessor; only later versions need the check. The query reads the
-        // aggregates' earlier versions through the aggregate_version index; pending is checked
-        // here (a `status` condition in the query steers some planners to the status index and a
-        // scan of the whole backlog).
-        let later = messages.filter { ($0.aggregateVersion ?? 1) > 1 }
-        guard !later.isEmpty else { return Self.firstPerAggregate(messages) }
-        let newest = later.map { $0.aggregateVersion ?? 1 }.max()!
-        let earlier = try outbox.find(
-            ["aggregateId": ["$in": .array(Set(later.map(\.aggregateId)).map { .string($0) })], "aggregateVersion": ["$lt": .int64(Int64(newest))]],
-            options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1]])
-        var lowest: [AggregateKey: Int] = [:]
-        for message in messages {
-            let key = AggregateKey(type: message.aggregateType, id: message.aggregateId)
-            lowest[key] = min(lowest[key] ?? (message.aggregateVersion ?? 1), message.aggregateVersion ?? 1)
+    /// Where the scan of new documents goes on: a lower bound on `timestamp` (ms) and a window
+    /// length in ms.
+    struct NewScanPosition: Sendable {
+        var from: Int64?
+        var span: Int64 = 4000
+    }
+
+    /// Finds new documents (no `status`) in the order they were written: by `timestamp` windows,
+    /// the same way as `scanWindows`, then those without a timestamp by `_id`.
+    static func scanNew(_ outbox: MongoCollection, from position: NewScanPosition, limit: Int) throws -> (Read, NewScanPosition) {
+        var position = position
+        var read = Read()
+        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        if position.from == nil {
+            // A range on a date matches dates only: the lowest timestamp of a new document.
+            let lowest = try outbox.find(
+                ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]],
+                options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]])
+            read.read += lowest.count
+            if case .datetime(let ms)? = lowest.first?["timestamp"] { position.from = ms }
         }
-        for document in earlier where document["status"]?.stringValue == OutboxSchema.Status.pending {
-            guard let id = document["aggregateId"]?.stringValue, let version = document["aggregateVersion"]?.intValue else {
+        if var lower = position.from {
+            for _ in 0..<16 {
+                let upper = lower &+ position.span
+                let window = try outbox.find(
+                    ["status": .null, "timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]],
+                    options: ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit * 2))])
+                read.read += window.count
+                let taken = min(window.count, limit - read.documents.count)
+                read.documents += window.prefix(taken)
+                if window.count >= limit * 2 {
+                    position.span = max(position.span / 2, 1)
+                    break  // dense: this batch is full; it goes out and the next scan starts here again
+                }
+                if taken < window.count {
+                    // Full before the window's end: the next scan starts at the first one not taken.
+                    if case .datetime(let ms)? = window[taken]["timestamp"] { position.from = ms }
+                    break
+                }
+                if upper > nowMs {
+                    // Reached the newest: the next scan starts again from the lowest.
+                    position = NewScanPosition(from: nil, span: position.span)
+                    break
+                }
+                lower = upper
+                position.from = upper
+                position.span = min(position.span * 2, 1 << 40)
+            }
+        }
+        if read.documents.count < limit {
+            // Documents written without a timestamp: in `_id` order (an ObjectId's is its time).
+            let untimed = try outbox.find(
+                ["status": .null, "timestamp": .null], options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - read.documents.count))])
+            read.read += untimed.count
+            read.documents += untimed
+        }
+        return (read, position)
+    }
+
+    /// Documents no scan reaches, looked for every `sweepInterval` by the adopter: an unknown
+    /// `status`, a new document whose `timestamp` is not a date (parked, naming the field),
+    /// `status: pending` written without relay state (completed), and a partition out of range
+    /// (moved to its partition, e.g. after the partition count changed).
+    static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, options: Options, now: Date) throws {
+        let known: [BSON] = [.null, .string(OutboxSchema.Status.pending)] + OutboxSchema.Status.final.map { .string($0) }
+        let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000])
+        for document in unknownStatus {
+            let status = document["status"].map { ExtendedJSON.render($0) } ?? "?"
+            fetch.malformed.append((
+                document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
+                "status must be absent when an event is written (the relay sets it), found \(status)", true
+            ))
+        }
+        let badTimestamp = try outbox.find(
+            ["status": .null, "timestamp": ["$exists": true, "$ne": .null, "$not": ["$type": "date"]]], options: ["limit": 1000])
+        for document in badTimestamp {
+            fetch.malformed.append((
+                document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
+                "timestamp must be a date (BSON datetime), found \(typeName(document["timestamp"] ?? .null))", true
+            ))
+        }
+        let incomplete = try outbox.find(
+            ["status": .string(OutboxSchema.Status.pending), "$or": [["sid": ["$exists": false]], ["partition": ["$exists": false]]]],
+            options: ["limit": 1000])
+        for document in incomplete {
+            switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
+            case .success(let message): fetch.incomplete.append(message)
+            case .failure(let failure):
+                fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
+            }
+        }
+        let valid: [BSON] = (0..<options.partitions).map { .int32(Int32($0)) }
+        let outOfRange = try outbox.find(
+            ["status": .string(OutboxSchema.Status.pending), "sid": ["$exists": true], "partition": ["$exists": true, "$nin": .array(valid)]],
+            options: ["limit": 1000, "projection": ["aggregateId": 1, "partition": 1]])
+        for document in outOfRange {
+            fetch.rehome.append((
+                document["_id"] ?? .null, document["partition"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions)
+            ))
+        }
+        fetch.read += unknownStatus.count + badTimestamp.count + incomplete.count + outOfRange.count
+    }
+
+    /// Keeps, per aggregate, only the event that goes first, so event n+1 is never published
+    /// before event n was confirmed or parked (I5). Events with versions go in version order;
+    /// others in the order the relay first saw them: known events (in scan order) before new
+    /// documents (in the order they were written).
+    static func headsOfAggregates(_ candidates: [Candidate], outbox: MongoCollection) throws -> [Candidate] {
+        guard !candidates.isEmpty else { return [] }
+        // The first candidate per aggregate, in the order described above.
+        var first: [AggregateKey: Candidate] = [:]
+        var order: [AggregateKey] = []
+        for candidate in candidates {
+            let key = AggregateKey(candidate.message)
+            guard let current = first[key] else {
+                first[key] = candidate
+                order.append(key)
                 continue
             }
-            let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
-            lowest[key] = min(lowest[key] ?? version, version)
+            if let a = candidate.message.aggregateVersion, let b = current.message.aggregateVersion, a < b { first[key] = candidate }
         }
-        return firstPerAggregate(messages.filter { lowest[AggregateKey(type: $0.aggregateType, id: $0.aggregateId)] == $0.aggregateVersion })
-    }
+        var heads = order.map { first[$0]! }
 
-    /// At most one event per aggregate in a batch (its lowest version).
-    static func firstPerAggregate(_ messages: [OutboxMessage]) -> [OutboxMessage] {
-        var taken = Set<AggregateKey>()
-        return messages.filter { taken.insert(AggregateKey(type: $0.aggregateType, id: $0.aggregateId)).inserted }
+        // Earlier versions still pending (or new) block a versioned event. Version 1 has no
+        // predecessor; only later versions need the check, through the aggregate index. Pending is
+        // checked here (a `status` condition steers some planners to a scan of the whole backlog).
+        let later = heads.filter { ($0.message.aggregateVersion ?? 1) > 1 }
+        if !later.isEmpty {
+            let newest = later.compactMap(\.message.aggregateVersion).max()!
+            let earlier = try outbox.find(
+                ["aggregateId": ["$in": .array(Set(later.map(\.message.aggregateId)).map { .string($0) })], "aggregateVersion": ["$lt": .int64(Int64(newest))]],
+                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1]])
+            var lowest: [AggregateKey: Int] = [:]
+            for document in earlier {
+                let status = document["status"]?.stringValue
+                guard status == nil || status == OutboxSchema.Status.pending else { continue }
+                guard let id = document["aggregateId"]?.stringValue, let version = document["aggregateVersion"]?.intValue else { continue }
+                let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
+                lowest[key] = min(lowest[key] ?? version, version)
+            }
+            heads.removeAll { head in
+                guard let version = head.message.aggregateVersion, let lower = lowest[AggregateKey(head.message)] else { return false }
+                return lower < version
+            }
+        }
+
+        // Events without versions wait for known pending events of their aggregate seen before
+        // them: any such event for a new document, one with a lower scan id for a known event.
+        let unversioned = heads.filter { $0.message.aggregateVersion == nil }
+        if !unversioned.isEmpty {
+            let partitions = Set(unversioned.map(\.message.partition)).sorted().map { BSON.int32(Int32($0)) }
+            let pending = try outbox.find(
+                [
+                    "status": .string(OutboxSchema.Status.pending), "partition": ["$in": .array(partitions)],
+                    "aggregateId": ["$in": .array(Set(unversioned.map(\.message.aggregateId)).map { .string($0) })],
+                ],
+                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "sid": 1, "aggregateVersion": 1]])
+            var lowestSid: [AggregateKey: String] = [:]
+            for document in pending where document["aggregateVersion"] == nil {
+                guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue else { continue }
+                let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
+                lowestSid[key] = min(lowestSid[key] ?? sid, sid)
+            }
+            heads.removeAll { head in
+                guard head.message.aggregateVersion == nil, let lowest = lowestSid[AggregateKey(head.message)] else { return false }
+                guard let sid = head.sid else { return true }  // a new document: a known pending one goes first
+                return lowest < sid
+            }
+        }
+        return heads
     }
 
     public func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> {
@@ -204,56 +451,133 @@ public final class MongoOutboxStore: OutboxStore {
                     "attempts": ["$add": [["$ifNull": ["$attempts", 0]], 1]],
                 ]
             ],
-            ["$unset": ["lastError"]],
+            ["$unset": ["lastError", "nextAttemptAt"]],
         ]
-        return try await fencedUpdate(messages.map { (id: BSON.string($0.id), partition: $0.partition, update: update) }, leases: leases)
+        return try await fencedUpdate(messages.map { FencedWrite(message: $0, update: update) }, leases: leases)
     }
 
     public func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> {
         let now = Date()
-        let writes: [(id: BSON, partition: Int, update: BSON)] = failures.map { failure in
+        let writes: [FencedWrite] = failures.map { failure in
+            var fields: Document = ["attempts": .int32(Int32(failure.attempts)), "lastError": .string(failure.error)]
             switch failure.decision {
             case .retry(let delay):
-                let next = now.addingTimeInterval(Double(delay.milliseconds) / 1000)
-                return (.string(failure.id), failure.partition, ["$set": ["attempts": .int32(Int32(failure.attempts)), "lastError": .string(failure.error), "nextAttemptAt": .date(next)]])
+                fields["status"] = .string(OutboxSchema.Status.pending)
+                fields["nextAttemptAt"] = .date(now.addingTimeInterval(Double(delay.milliseconds) / 1000))
             case .park:
-                return (.string(failure.id), failure.partition, ["$set": [
-                    "status": .string(OutboxSchema.Status.parked), "attempts": .int32(Int32(failure.attempts)),
-                    "lastError": .string(failure.error), "parkedAt": .date(now),
-                ]])
+                fields["status"] = .string(OutboxSchema.Status.parked)
+                fields["parkedAt"] = .date(now)
             }
+            return FencedWrite(key: failure.storeKey, id: failure.id, partition: failure.partition, isNew: failure.isFirstSight, update: ["$set": .document(fields)])
         }
         return try await fencedUpdate(writes, leases: leases)
     }
 
     /// Parks documents the relay cannot publish, with the reason, so they never block the rest.
-    /// Orphans (no valid partition) are parked under partition 0's lease.
-    private func park(_ malformed: [(id: BSON, partition: Int, reason: String)], leases: [PartitionLease]) async throws {
-        for item in malformed {
+    /// New documents are parked by a conditional update on their still having no state.
+    private func park(_ malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)], leases: [PartitionLease]) async throws {
+        for item in malformed.prefix(20) {
             logger.error("parking malformed outbox document", metadata: ["outbox.event_id": "\(ExtendedJSON.render(item.id))", "reason": "\(item.reason)"])
         }
+        if malformed.count > 20 { logger.error("parking \(malformed.count - 20) more malformed outbox documents") }
+        let now = Date()
+        func fields(_ item: (id: BSON, partition: Int, reason: String, isNew: Bool)) -> Document {
+            [
+                "status": .string(OutboxSchema.Status.parked), "lastError": .string("malformed: \(item.reason)"), "parkedAt": .date(now),
+                "partition": .int32(Int32(item.partition)),
+            ]
+        }
+        let known = malformed.filter { !$0.isNew }
         _ = try await fencedUpdate(
-            malformed.map { item in
-                (item.id, item.partition, ["$set": ["status": .string(OutboxSchema.Status.parked), "lastError": .string("malformed: \(item.reason)"), "parkedAt": .date(Date())]])
-            }, leases: leases)
+            known.map { FencedWrite(id: $0.id, partition: $0.partition, isNew: false, update: ["$set": .document(fields($0))]) }, leases: leases)
+        let new = malformed.filter(\.isNew)
+        guard !new.isEmpty else { return }
+        let collection = options.collection
+        let statements: [(filter: Document, update: BSON)] = new.map { item in
+            // Whatever non-final status it was found with (none, unknown, or pending without state).
+            (["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })], "sid": ["$exists": false]], ["$set": .document(fields(item))])
+        }
+        _ = try await pool.withConnection { try $0.collection(collection).bulkUpdate(statements) }
     }
 
-    /// Applies each update to its pending event only while the event's `fence` is not above this
-    /// relay's epoch for the event's partition, and raises the fence to that epoch: the event
-    /// refuses any write with an older token than the newest it has seen. Once a relay that took
-    /// the partition over has written to an event, the previous owner's writes no longer match.
-    /// The check is the write itself, atomic, with no transaction (so no lock outlives a killed
-    /// relay). Returns the partitions for which writes were refused.
-    private func fencedUpdate(_ writes: [(id: BSON, partition: Int, update: BSON)], leases: [PartitionLease]) async throws -> Set<Int> {
+    /// Gives new documents of other relays' partitions (and pending ones written without state)
+    /// the relay's state, so their owners' scans find them, in the order they were read; moves
+    /// pending events whose partition is out of range to their partition.
+    private func stamp(handOver: [OutboxMessage], incomplete: [OutboxMessage], rehome: [(id: BSON, from: BSON, to: Int)]) async throws {
+        let now = Date()
+        var statements: [(filter: Document, update: BSON)] = []
+        for (message, isNew) in handOver.map({ ($0, true) }) + incomplete.map({ ($0, false) }) {
+            let id = try OutboxDocument.bson(storeKey: message.storeKey)
+            let filter: Document = isNew ? ["_id": id, "status": .null] : ["_id": id, "status": .string(OutboxSchema.Status.pending), "sid": ["$exists": false]]
+            statements.append((filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending))]))
+        }
+        for item in rehome {
+            statements.append((["_id": item.id, "status": .string(OutboxSchema.Status.pending), "partition": item.from], ["$set": ["partition": .int32(Int32(item.to))]]))
+        }
+        let collection = options.collection
+        let all = statements
+        let result = try await pool.withConnection { try $0.collection(collection).bulkUpdate(all) }
+        logger.debug("stamped outbox documents for their partitions", metadata: ["outbox.stamped": "\(result.matched)"])
+    }
+
+    /// The relay's state for a document seen for the first time: its partition and a scan id in
+    /// the order seen (an ObjectId, so it sorts with the ids `OutboxWriter` uses).
+    static func relayState(for message: OutboxMessage, now: Date, status: String) -> Document {
+        [
+            "status": .string(status), "partition": .int32(Int32(message.partition)), "sid": .string(ObjectId().hex),
+            "attempts": .int32(Int32(message.attempts)), "nextAttemptAt": .date(now), "seenAt": .date(now),
+        ]
+    }
+
+    struct FencedWrite {
+        var id: BSON
+        var partition: Int
+        var isNew: Bool
+        var update: BSON
+
+        init(id: BSON, partition: Int, isNew: Bool, update: BSON) {
+            self.id = id
+            self.partition = partition
+            self.isNew = isNew
+            self.update = update
+        }
+
+        /// The store key when there is one, else the message id as a string `_id`.
+        init(key: [UInt8], id: String, partition: Int, isNew: Bool, update: BSON) {
+            let raw = key.isEmpty ? nil : try? OutboxDocument.bson(storeKey: key)
+            self.init(id: raw ?? .string(id), partition: partition, isNew: isNew, update: update)
+        }
+
+        init(message: OutboxMessage, update: BSON) {
+            self.init(key: message.storeKey, id: message.id, partition: message.partition, isNew: message.isFirstSight, update: update)
+        }
+    }
+
+    /// Applies each update to its event only while the event's `fence` is not above this relay's
+    /// epoch for the event's partition, and raises the fence to that epoch: the event refuses any
+    /// write with an older token than the newest it has seen. Once a relay that took the
+    /// partition over has written to an event, the previous owner's writes no longer match. The
+    /// check is the write itself, atomic, with no transaction (so no lock outlives a killed
+    /// relay). A new document's write also gives it the relay's state (partition, scan id), and
+    /// applies only while it still has none. Returns the partitions for which writes were refused.
+    private func fencedUpdate(_ writes: [FencedWrite], leases: [PartitionLease]) async throws -> Set<Int> {
         guard !writes.isEmpty else { return [] }
         let epochs = Dictionary(leases.map { ($0.partition, $0.epoch) }, uniquingKeysWith: max)
         let refused = Set(writes.map(\.partition).filter { epochs[$0] == nil })
         let allowed = writes.filter { epochs[$0.partition] != nil }
         let collection = options.collection
+        let now = Date()
         let statements: [(filter: Document, update: BSON)] = allowed.map { write in
             let epoch = epochs[write.partition]!
-            let filter: Document = ["_id": write.id, "status": .string(OutboxSchema.Status.pending), "fence": ["$not": ["$gt": .int64(epoch)]]]
-            return (filter, Self.raisingFence(write.update, to: epoch))
+            var filter: Document = ["_id": write.id, "fence": ["$not": ["$gt": .int64(epoch)]]]
+            var update = write.update
+            if write.isNew {
+                filter["status"] = .null
+                update = Self.addingState(update, partition: write.partition, now: now)
+            } else {
+                filter["status"] = .string(OutboxSchema.Status.pending)
+            }
+            return (filter, Self.raisingFence(update, to: epoch))
         }
         let matched = try await pool.withConnection { try $0.collection(collection).bulkUpdate(statements).matched }
         guard matched < allowed.count else { return refused }
@@ -273,6 +597,22 @@ public final class MongoOutboxStore: OutboxStore {
         return lost
     }
 
+    /// Adds the relay's state of a first write (partition, scan id, first seen) to an update.
+    static func addingState(_ update: BSON, partition: Int, now: Date) -> BSON {
+        let state: Document = ["partition": .int32(Int32(partition)), "sid": .string(ObjectId().hex), "seenAt": .date(now)]
+        switch update {
+        case .array(let stages):
+            return .array(stages + [["$set": .document(state)]])
+        case .document(var document):
+            var set = document["$set"]?.documentValue ?? Document()
+            for (key, value) in state.fields { set[key] = value }
+            document["$set"] = .document(set)
+            return .document(document)
+        default:
+            return update
+        }
+    }
+
     /// Adds "fence := max(fence, epoch)" to an update document or pipeline.
     static func raisingFence(_ update: BSON, to epoch: Int64) -> BSON {
         switch update {
@@ -290,59 +630,217 @@ public final class MongoOutboxStore: OutboxStore {
 struct AggregateKey: Hashable {
     var type: String
     var id: String
+
+    init(type: String, id: String) {
+        self.type = type
+        self.id = id
+    }
+
+    init(_ message: OutboxMessage) {
+        self.init(type: message.aggregateType, id: message.aggregateId)
+    }
+}
+
+private func typeName(_ value: BSON) -> String {
+    switch value {
+    case .double: "double"
+    case .string: "string"
+    case .document: "document"
+    case .array: "array"
+    case .binary: "binary"
+    case .objectId: "objectId"
+    case .bool: "bool"
+    case .datetime: "date"
+    case .null: "null"
+    case .regex: "regex"
+    case .int32: "int"
+    case .timestamp: "timestamp"
+    case .int64: "long"
+    case .decimal128: "decimal"
+    case .minKey: "minKey"
+    case .maxKey: "maxKey"
+    }
 }
 
 /// Turns a stored outbox document into a publishable message, or says why it cannot be one.
+///
+/// The writer's contract (`schema/outbox-event.schema.json`): `type` (string), `aggregateId`
+/// (string) and `data` (document) are required. `_id` may be any of string, ObjectId, UUID (or
+/// other binary), integer; the message id is its text (a string as is, an ObjectId in hex, a UUID
+/// in its canonical form, an integer in decimal). `timestamp` defaults to the ObjectId's time or
+/// the time the relay first saw the event; `aggregateType` to none; `exchange` to the relay's
+/// routing; `routingKey` to the dotted form of the type.
 public enum OutboxDocument {
     public struct Malformed: Error, Equatable {
         public let reason: String
     }
 
-    public static func decode(
-        _ document: Document, maxBodyBytes: Int, partitions: Int = OutboxSchema.defaultPartitions, body: MessageBodyOptions = .init()
-    ) -> Result<OutboxMessage, Malformed> {
+    public struct Options: Sendable {
+        public var maxBodyBytes: Int
+        public var partitions: Int
+        public var routing: EventRouting
+        public var body: MessageBodyOptions
+
+        public init(
+            maxBodyBytes: Int = 1 << 20, partitions: Int = OutboxSchema.defaultPartitions, routing: EventRouting = EventRouting(),
+            body: MessageBodyOptions = MessageBodyOptions()
+        ) {
+            self.maxBodyBytes = maxBodyBytes
+            self.partitions = partitions
+            self.routing = routing
+            self.body = body
+        }
+    }
+
+    /// Decodes a document. `isNew`: the document has no relay state yet, so its partition is
+    /// computed here from the aggregate id (and `now` stands in for a missing timestamp).
+    public static func decode(_ document: Document, options: Options, isNew: Bool, now: Date = Date()) -> Result<OutboxMessage, Malformed> {
         func fail(_ reason: String) -> Result<OutboxMessage, Malformed> { .failure(Malformed(reason: reason)) }
-        guard let id = document["_id"]?.stringValue, !id.isEmpty else { return fail("_id must be a non-empty string") }
-        guard let type = document["type"]?.stringValue, !type.isEmpty else { return fail("type must be a non-empty string") }
-        guard let aggregateType = document["aggregateType"]?.stringValue else { return fail("aggregateType must be a string") }
+        guard let rawId = document["_id"] else { return fail("_id is missing") }
+        guard let id = messageId(of: rawId) else {
+            return fail("_id of type \(typeName(rawId)) cannot be a message id (use a string, ObjectId, UUID or integer)")
+        }
+        guard let type = document["type"]?.stringValue, !type.isEmpty, type.utf8.count <= 255 else {
+            return fail("type must be a non-empty string of at most 255 bytes, found \(describe(document["type"]))")
+        }
         guard let aggregateId = document["aggregateId"]?.stringValue, !aggregateId.isEmpty else {
-            return fail("aggregateId must be a non-empty string")
+            return fail("aggregateId must be a non-empty string, found \(describe(document["aggregateId"]))")
         }
-        guard let version = document["aggregateVersion"]?.intValue, version >= 1 else {
-            return fail("aggregateVersion must be a positive integer")
+        guard let data = document["data"]?.documentValue else { return fail("data must be a document, found \(describe(document["data"]))") }
+        var aggregateType = ""
+        if let raw = document["aggregateType"], raw != .null {
+            guard let value = raw.stringValue else { return fail("aggregateType must be a string, found \(typeName(raw))") }
+            aggregateType = value
         }
-        guard let data = document["data"]?.documentValue else { return fail("data must be a document") }
-        guard case .datetime(let timestamp) = document["timestamp"] else { return fail("timestamp must be a date") }
-        guard let exchange = document["exchange"]?.stringValue else { return fail("exchange must be a string") }
-        guard let routingKey = document["routingKey"]?.stringValue, routingKey.utf8.count <= 255 else {
-            return fail("routingKey must be a string of at most 255 bytes")
+        var version: Int?
+        if let raw = document["aggregateVersion"], raw != .null {
+            guard let value = raw.intValue, value >= 1 else { return fail("aggregateVersion must be a positive integer, found \(describe(raw))") }
+            version = value
         }
-        guard exchange.utf8.count <= 255 else { return fail("exchange must be at most 255 bytes") }
+        let timestamp: Int64
+        switch document["timestamp"] {
+        case .datetime(let ms)?: timestamp = ms
+        case nil, .null?:
+            if case .objectId(let oid) = rawId {
+                timestamp = Int64(oid.timestamp.timeIntervalSince1970 * 1000)
+            } else {
+                timestamp = Int64((document["seenAt"]?.dateValue ?? now).timeIntervalSince1970 * 1000)
+            }
+        case let other?: return fail("timestamp must be a date (BSON datetime), found \(typeName(other))")
+        }
+        let exchange: String
+        if let raw = document["exchange"], raw != .null {
+            guard let value = raw.stringValue, value.utf8.count <= 255 else { return fail("exchange must be a string of at most 255 bytes") }
+            exchange = value
+        } else {
+            exchange = options.routing.exchange(type: type, aggregateType: aggregateType)
+        }
+        let routingKey: String
+        if let raw = document["routingKey"], raw != .null {
+            guard let value = raw.stringValue, value.utf8.count <= 255 else { return fail("routingKey must be a string of at most 255 bytes") }
+            routingKey = value
+        } else {
+            routingKey = EventNaming.routingKey(forType: type)
+        }
         var headers: [String: HeaderValue] = [:]
-        if let raw = document["headers"] {
+        if let raw = document["headers"], raw != .null {
             guard let doc = raw.documentValue else { return fail("headers must be a document") }
             for (key, value) in doc.fields {
                 switch value {
                 case .string(let s): headers[key] = .string(s)
                 case .int32(let i): headers[key] = .int(Int64(i))
                 case .int64(let i): headers[key] = .int(i)
-                default: return fail("header \(key) must be a string or an integer")
+                default: return fail("headers.\(key) must be a string or an integer")
                 }
             }
         }
-        guard let partition = document["partition"]?.intValue, (0..<partitions).contains(partition) else {
-            return fail("partition must be an integer from 0 to \(partitions - 1)")
+        var correlationId: String?
+        if let raw = document["correlationId"], raw != .null {
+            guard let value = raw.stringValue else { return fail("correlationId must be a string") }
+            correlationId = value
         }
-        let attempts = document["attempts"]?.intValue ?? 0
+        let partition: Int
+        if isNew {
+            partition = EventNaming.partition(ofAggregate: aggregateId, partitions: options.partitions)
+        } else {
+            guard let stored = document["partition"]?.intValue, (0..<options.partitions).contains(stored) else {
+                return fail("partition must be an integer from 0 to \(options.partitions - 1)")
+            }
+            partition = stored
+        }
         var message = OutboxMessage(
             id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
-            exchange: exchange, routingKey: routingKey, occurredAt: timestamp,
-            correlationId: document["correlationId"]?.stringValue, headers: headers, body: [], attempts: attempts,
-            partition: partition)
-        MessageBody.render(&message, data: data, document: document, options: body)
-        guard message.body.count <= maxBodyBytes else {
-            return fail("body of \(message.body.count) bytes exceeds the limit of \(maxBodyBytes) bytes")
+            exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, headers: headers,
+            body: [], attempts: document["attempts"]?.intValue ?? 0, partition: partition, storeKey: storeKey(of: rawId),
+            isFirstSight: isNew && (document["status"] ?? .null) == .null)
+        MessageBody.render(&message, data: data, document: document, options: options.body)
+        guard message.body.count <= options.maxBodyBytes else {
+            return fail("body of \(message.body.count) bytes exceeds the limit of \(options.maxBodyBytes) bytes")
         }
         return .success(message)
+    }
+
+    /// The partition a document belongs to by its aggregate id (0 when it has none).
+    static func partition(of document: Document, partitions: Int) -> Int {
+        guard let aggregateId = document["aggregateId"]?.stringValue else { return 0 }
+        return EventNaming.partition(ofAggregate: aggregateId, partitions: partitions)
+    }
+
+    /// The message id of an `_id`: a string as is, an ObjectId in hex, a UUID in its canonical
+    /// form (other binary in hex), an integer in decimal. Nil for other types.
+    public static func messageId(of id: BSON) -> String? {
+        switch id {
+        case .string(let s): return s.isEmpty ? nil : s
+        case .objectId(let oid): return oid.hex
+        case .int32(let i): return String(i)
+        case .int64(let i): return String(i)
+        case .double(let d) where d.rounded() == d && abs(d) < 9.0e15: return String(Int64(d))
+        case .decimal128(let d): return d.description
+        case .binary(let subtype, let bytes) where (subtype == 3 || subtype == 4) && bytes.count == 16:
+            let hex = bytes.map { String(format: "%02x", $0) }.joined()
+            let parts = [hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20)]
+            return parts.joined(separator: "-")
+        case .binary(_, let bytes) where !bytes.isEmpty:
+            return bytes.map { String(format: "%02x", $0) }.joined()
+        default: return nil
+        }
+    }
+
+    /// The `_id` as opaque bytes for the core, and back.
+    static func storeKey(of id: BSON) -> [UInt8] { Document([("k", id)]).bsonBytes() }
+
+    static func bson(storeKey: [UInt8]) throws -> BSON {
+        guard let value = try Document(bsonBytes: storeKey)["k"] else { throw BSONError("empty store key") }
+        return value
+    }
+
+    /// The `_id` values an operator's text may mean: the string itself, and the ObjectId, integer
+    /// or UUID it spells.
+    public static func idCandidates(_ text: String) -> [BSON] {
+        var candidates: [BSON] = [.string(text)]
+        if text.utf8.count == 24, let oid = ObjectId(text) { candidates.append(.objectId(oid)) }
+        if let i = Int64(text) {
+            candidates.append(.int64(i))
+            if let small = Int32(exactly: i) { candidates.append(.int32(small)) }
+        }
+        let hex = text.replacingOccurrences(of: "-", with: "")
+        if text.utf8.count == 36, hex.utf8.count == 32, let bytes = hexBytes(hex) { candidates.append(.binary(subtype: 4, bytes: bytes)) }
+        return candidates
+    }
+
+    private static func hexBytes(_ hex: String) -> [UInt8]? {
+        var bytes: [UInt8] = []
+        var iterator = hex.makeIterator()
+        while let high = iterator.next() {
+            guard let low = iterator.next(), let byte = UInt8(String([high, low]), radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        return bytes
+    }
+
+    private static func describe(_ value: BSON?) -> String {
+        guard let value else { return "none" }
+        if case .string(let s) = value, s.isEmpty { return "an empty string" }
+        return typeName(value)
     }
 }

@@ -31,18 +31,6 @@ public struct NewEvent: Sendable {
     }
 }
 
-/// Field names and states of outbox documents, shared by the writer, the store and tools.
-public enum OutboxSchema {
-    public static let defaultCollection = "outbox"
-    public static let defaultPartitions = 16
-
-    public enum Status {
-        public static let pending = "pending"
-        public static let delivered = "delivered"
-        public static let parked = "parked"
-    }
-}
-
 /// Appends events to the outbox inside the caller's transaction, so they exist if and only if
 /// the business write they describe commits (I1).
 public struct OutboxWriter: Sendable {
@@ -57,6 +45,7 @@ public struct OutboxWriter: Sendable {
     /// The outbox document for `event`; its `_id` is a new ObjectId in hex, which is also the
     /// AMQP message id, so ids sort in creation order.
     public func document(for event: NewEvent, now: Date = Date()) -> Document {
+        let id = ObjectId().hex
         var headers = Document()
         for (key, value) in event.headers.sorted(by: { $0.key < $1.key }) {
             switch value {
@@ -65,7 +54,7 @@ public struct OutboxWriter: Sendable {
             }
         }
         var document: Document = [
-            "_id": .string(ObjectId().hex),
+            "_id": .string(id),
             "type": .string(event.type),
             "aggregateType": .string(event.aggregateType),
             "aggregateId": .string(event.aggregateId),
@@ -77,6 +66,8 @@ public struct OutboxWriter: Sendable {
             "headers": .document(headers),
             "partition": .int32(Int32(EventNaming.partition(ofAggregate: event.aggregateId, partitions: partitions))),
             "status": .string(OutboxSchema.Status.pending),
+            // The relay's scan order; for events written here it is the id itself.
+            "sid": .string(id),
             // The highest lease epoch that wrote to this event; relays write only with an epoch at least as high.
             "fence": .int64(0),
             "attempts": .int32(0),
@@ -84,6 +75,11 @@ public struct OutboxWriter: Sendable {
         ]
         if let correlationId = event.correlationId { document["correlationId"] = .string(correlationId) }
         return document
+    }
+
+    /// Creates the outbox indexes; idempotent. The relay creates them too at start.
+    public func ensureIndexes(using connection: MongoConnection) throws {
+        try connection.collection(collection).createIndexes(OutboxSchema.indexes)
     }
 
     /// Inserts the events with `connection` (pass the transaction's connection); returns their ids.

@@ -34,8 +34,11 @@ public struct EventFilter: Sendable, Equatable {
     /// The MongoDB query; `defaultStatus` applies when the filter names none.
     public func query(defaultStatus: String? = nil, now: Date = Date()) -> Document {
         var query = Document()
-        if !ids.isEmpty { query["_id"] = ["$in": .array(ids.map { .string($0) })] }
-        if let status = status ?? defaultStatus { query["status"] = .string(status) }
+        if !ids.isEmpty { query["_id"] = ["$in": .array(ids.flatMap { OutboxDocument.idCandidates($0) })] }
+        if let status = status ?? defaultStatus {
+            // Pending includes documents the relay has not seen yet (no status of their own).
+            query["status"] = status == OutboxSchema.Status.pending ? OutboxSchema.notFinal["status"]! : .string(status)
+        }
         if let type { query["type"] = .string(type) }
         if let aggregateId { query["aggregateId"] = .string(aggregateId) }
         var timestamp = Document()
@@ -64,7 +67,10 @@ public struct OutboxStatus: Sendable {
         public var expiresIn: Double
     }
 
+    /// Every document that is not delivered or parked.
     public var pending: Int
+    /// Of those, documents no relay has seen yet (written without relay state).
+    public var unseen: Int
     public var due: Int
     public var parked: Int
     public var delivered: Int
@@ -99,23 +105,22 @@ public struct OutboxAdmin: Sendable {
             let outbox = connection.collection(collection)
             // The database's clock, so ages and expiries do not depend on this machine's.
             let now = try connection.runCommand(["isMaster": 1], database: "admin")["localTime"]?.dateValue ?? Date()
-            let pending = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending)])
-            let due = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(now)]])
+            let pending = try outbox.countDocuments(OutboxSchema.notFinal)
+            let unseen = try outbox.countDocuments(OutboxSchema.unseen)
+            let due = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(now)]]) + unseen
             let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
             let delivered = try outbox.countDocuments(["status": .string(OutboxSchema.Status.delivered)])
             let lastMinute = try outbox.countDocuments([
                 "status": .string(OutboxSchema.Status.delivered), "deliveredAt": ["$gte": .date(now.addingTimeInterval(-60))],
             ])
-            let oldest = try outbox.find(
-                ["status": .string(OutboxSchema.Status.pending)], options: ["sort": ["_id": 1], "limit": 1, "projection": ["timestamp": 1]]
-            ).first?["timestamp"]?.dateValue
+            let oldest = try OutboxSchema.oldestPending(outbox)
             let leases = try connection.collection(MongoLeaseStore.leasesCollection).find([:], options: ["sort": ["_id": 1]]).map { lease in
                 OutboxStatus.Lease(
                     partition: lease["_id"]?.intValue ?? -1, owner: lease["owner"]?.stringValue, epoch: lease["epoch"]?.intValue ?? 0,
                     expiresIn: (lease["expiresAt"]?.dateValue ?? .distantPast).timeIntervalSince(now))
             }
             return OutboxStatus(
-                pending: pending, due: due, parked: parked, delivered: delivered, deliveredLastMinute: lastMinute,
+                pending: pending, unseen: unseen, due: due, parked: parked, delivered: delivered, deliveredLastMinute: lastMinute,
                 oldestPendingAge: oldest.map { now.timeIntervalSince($0) }, leases: leases, databaseTime: now)
         }
     }
@@ -130,7 +135,7 @@ public struct OutboxAdmin: Sendable {
 
     public func show(id: String) async throws -> Document? {
         let collection = self.collection
-        return try await pool.withConnection { try $0.collection(collection).findOne(["_id": .string(id)]) }
+        return try await pool.withConnection { try $0.collection(collection).findOne(["_id": ["$in": .array(OutboxDocument.idCandidates(id))]]) }
     }
 
     /// An aggregate's events in version order: the event-store view.
@@ -147,21 +152,22 @@ public struct OutboxAdmin: Sendable {
     /// Makes pending events due now (and resets their backoff). With `stuck`, the filter's
     /// `olderThan` selects pending events that have waited longer than that.
     public func retry(_ filter: EventFilter, dryRun: Bool) async throws -> ChangeResult {
-        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.Status.pending) { now in
+        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: .string(OutboxSchema.Status.pending)) { now in
             ["$set": ["nextAttemptAt": .date(now)]]
         }
     }
 
-    /// Parks pending events so the relay leaves them alone.
+    /// Parks pending events (including ones no relay has seen yet) so the relay leaves them alone.
     public func park(_ filter: EventFilter, reason: String, dryRun: Bool) async throws -> ChangeResult {
-        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.Status.pending) { now in
+        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.notFinal["status"]!) { now in
             ["$set": ["status": .string(OutboxSchema.Status.parked), "lastError": .string("parked by operator: \(reason)"), "parkedAt": .date(now)]]
         }
     }
 
-    /// Returns parked events to pending, due now, with a fresh attempt count.
+    /// Returns parked events to pending, due now, with a fresh attempt count. (One parked before a
+    /// relay gave it its state, e.g. as malformed, gets that state from the relay's next sweep.)
     public func unpark(_ filter: EventFilter, dryRun: Bool) async throws -> ChangeResult {
-        try await change(filter, defaultStatus: OutboxSchema.Status.parked, dryRun: dryRun, requiredStatus: OutboxSchema.Status.parked) { now in
+        try await change(filter, defaultStatus: OutboxSchema.Status.parked, dryRun: dryRun, requiredStatus: .string(OutboxSchema.Status.parked)) { now in
             ["$set": ["status": .string(OutboxSchema.Status.pending), "attempts": .int32(0), "nextAttemptAt": .date(now)], "$unset": ["parkedAt": ""]]
         }
     }
@@ -181,21 +187,22 @@ public struct OutboxAdmin: Sendable {
     }
 
     private func change(
-        _ filter: EventFilter, defaultStatus: String, dryRun: Bool, requiredStatus: String, update: @escaping @Sendable (Date) -> Document
+        _ filter: EventFilter, defaultStatus: String, dryRun: Bool, requiredStatus: BSON, update: @escaping @Sendable (Date) -> Document
     ) async throws -> ChangeResult {
         let collection = self.collection
         var query = filter.query(defaultStatus: defaultStatus)
         // The command's own precondition wins over a --status given by mistake.
-        query["status"] = .string(requiredStatus)
+        query["status"] = requiredStatus
         let selection = query
         return try await pool.withConnection { connection in
             let outbox = connection.collection(collection)
-            let ids = try outbox.find(selection, options: ["projection": ["_id": 1]]).compactMap { $0["_id"]?.stringValue }
-            guard !dryRun, !ids.isEmpty else { return ChangeResult(matched: ids.count, changed: 0, dryRun: dryRun, ids: ids) }
+            let raw = try outbox.find(selection, options: ["projection": ["_id": 1]]).compactMap { $0["_id"] }
+            let ids = raw.compactMap(OutboxDocument.messageId(of:))
+            guard !dryRun, !raw.isEmpty else { return ChangeResult(matched: raw.count, changed: 0, dryRun: dryRun, ids: ids) }
             var guarded = selection
-            guarded["_id"] = ["$in": .array(ids.map { .string($0) })]
+            guarded["_id"] = ["$in": .array(raw)]
             let result = try outbox.updateMany(guarded, update(Date()))
-            return ChangeResult(matched: ids.count, changed: result.modified, dryRun: false, ids: ids)
+            return ChangeResult(matched: raw.count, changed: result.modified, dryRun: false, ids: ids)
         }
     }
 
@@ -203,7 +210,7 @@ public struct OutboxAdmin: Sendable {
     /// `routingKey` (or each event's own). The outbox is not changed.
     public func replay(
         _ filter: EventFilter, exchange: String?, routingKey: String?, amqp: AMQPConfiguration, dryRun: Bool, logger: Logger,
-        limit: Int = 100_000
+        limit: Int = 100_000, decoding: OutboxDocument.Options = .init(maxBodyBytes: 128 << 20)
     ) async throws -> ChangeResult {
         let collection = self.collection
         let query = filter.query()
@@ -212,7 +219,7 @@ public struct OutboxAdmin: Sendable {
         }
         var messages: [OutboxMessage] = []
         for document in documents {
-            guard case .success(var message) = OutboxDocument.decode(document, maxBodyBytes: 128 << 20, partitions: Int(Int32.max)) else { continue }
+            guard case .success(var message) = OutboxDocument.decode(document, options: decoding, isNew: true) else { continue }
             if let exchange { message.exchange = exchange }
             if let routingKey { message.routingKey = routingKey }
             messages.append(message)

@@ -103,7 +103,7 @@ struct RelayIntegrationTests {
             let bad = try await f.find("outbox", ["status": "parked"])
             #expect(bad.count == 2)
             #expect(bad.allSatisfy { $0["lastError"]?.stringValue?.hasPrefix("malformed: ") == true })
-            #expect(bad.first { $0["_id"] == "bad-1" }?["lastError"] == "malformed: type must be a non-empty string")
+            #expect(bad.first { $0["_id"] == "bad-1" }?["lastError"] == "malformed: type must be a non-empty string of at most 255 bytes, found int")
         }
     }
 

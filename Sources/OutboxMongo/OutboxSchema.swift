@@ -1,0 +1,89 @@
+import Foundation
+
+/// Field names, states and indexes of outbox documents, shared by the writer, the relay's store
+/// and the operator tools.
+///
+/// A service writes `type`, `aggregateId` and `data` (and optionally the other contract fields,
+/// see `schema/outbox-event.schema.json`). Everything else is the relay's: `status`, `partition`,
+/// `sid`, `fence`, `attempts`, `nextAttemptAt`, `lastError`, `deliveredAt`, `parkedAt`, `seenAt`.
+public enum OutboxSchema {
+    public static let defaultCollection = "outbox"
+    public static let defaultPartitions = 16
+
+    public enum Status {
+        /// Known to the relay, waiting to be published (first attempt or a retry).
+        public static let pending = "pending"
+        public static let delivered = "delivered"
+        public static let parked = "parked"
+        /// Final states; every other document (including one without `status`, as a writer
+        /// leaves it) counts as pending.
+        public static let final: [String] = [delivered, parked]
+    }
+
+    /// The query for every document that is not delivered or parked: pending events and
+    /// documents the relay has not seen yet.
+    public static let notFinal: Document = ["status": ["$nin": .array(Status.final.map { .string($0) })]]
+
+    /// Documents no relay has seen yet: no status (as a writer leaves them) or one the relay does
+    /// not know (which the relay parks).
+    public static let unseen: Document = [
+        "status": ["$nin": [.string(Status.pending), .string(Status.delivered), .string(Status.parked)]]
+    ]
+
+    /// The earliest date a range needs to match every date (the year 1: servers and drivers
+    /// represent no earlier one). A range on a date matches dates only.
+    public static let anyDate = BSON.datetime(-62_135_596_800_000)
+
+    /// When the oldest event that is not delivered or parked was written (the time the relay
+    /// uses for it), if there is one.
+    public static func oldestPending(_ outbox: MongoCollection) throws -> Date? {
+        // A range on a date matches dates only; documents without a timestamp are dated by the
+        // relay when it first sees them (`seenAt`) or by their ObjectId.
+        let dated = try outbox.find(
+            ["status": notFinal["status"]!, "timestamp": ["$gte": OutboxSchema.anyDate]],
+            options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]]
+        ).first?["timestamp"]?.dateValue
+        let undated = try outbox.find(
+            ["status": notFinal["status"]!, "timestamp": .null], options: ["sort": ["_id": 1], "limit": 1, "projection": ["seenAt": 1]]
+        ).first.map { $0["seenAt"]?.dateValue ?? $0["_id"]?.objectIdValue?.timestamp ?? Date() }
+        return [dated, undated].compactMap { $0 }.min()
+    }
+
+    /// The indexes the relay's queries need. The relay creates them at start and `outboxctl init`
+    /// before; they are the same wherever they are created.
+    public static let indexes: [Document] = [
+        // Each relay's pending scan: its partitions, in scan order.
+        ["key": ["status": 1, "partition": 1, "sid": 1], "name": "status_partition_sid"],
+        // The oldest pending event; the scan's start.
+        ["key": ["status": 1, "sid": 1], "name": "status_sid"],
+        // Documents written without relay state, in the order they were written.
+        ["key": ["status": 1, "timestamp": 1, "_id": 1], "name": "status_timestamp_id"],
+        // One version of an aggregate once, where writers give versions.
+        [
+            "key": ["aggregateId": 1, "aggregateVersion": 1, "aggregateType": 1], "name": "aggregate_version_unique", "unique": true,
+            "partialFilterExpression": ["aggregateVersion": ["$exists": true]],
+        ],
+    ]
+
+    /// A `$jsonSchema` validator for the writer's contract (the same rules as
+    /// `schema/outbox-event.schema.json`): a writer's malformed insert then fails inside its own
+    /// transaction. Relay fields are allowed.
+    public static let validator: Document = [
+        "$jsonSchema": [
+            "bsonType": "object",
+            "required": ["type", "aggregateId", "data"],
+            "properties": [
+                "type": ["bsonType": "string", "minLength": 1, "maxLength": 255],
+                "aggregateId": ["bsonType": "string", "minLength": 1],
+                "data": ["bsonType": "object"],
+                "timestamp": ["bsonType": "date"],
+                "aggregateType": ["bsonType": "string"],
+                "aggregateVersion": ["bsonType": ["int", "long"], "minimum": 1],
+                "exchange": ["bsonType": "string", "maxLength": 255],
+                "routingKey": ["bsonType": "string", "maxLength": 255],
+                "headers": ["bsonType": "object"],
+                "correlationId": ["bsonType": "string"],
+            ],
+        ]
+    ]
+}
