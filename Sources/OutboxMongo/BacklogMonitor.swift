@@ -4,9 +4,11 @@ import Metrics
 import Outbox
 import ServiceLifecycle
 
-/// Samples the outbox every `interval` into gauges: the pending backlog, the age of the oldest
-/// pending event, parked events, stuck events (due for longer than `stuckAfter` and still not
-/// delivered) and partitions without a live owner; and whether the database answered.
+/// Samples the outbox every `interval` into gauges: the pending backlog (every document not
+/// delivered or parked, including those no relay has seen yet), the age of the oldest pending
+/// event, parked events, stuck events (due for longer than `stuckAfter` and still not delivered,
+/// or written that long ago and not seen by a relay) and partitions without a live owner; and
+/// whether the database answered.
 public final class BacklogMonitor: Service {
     private let pool: MongoClientPool
     private let collection: String
@@ -51,15 +53,14 @@ public final class BacklogMonitor: Service {
         let sample = try await pool.withConnection { connection -> Sample in
             let outbox = connection.collection(collection)
             let now = Date()
-            let pending = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending)])
-            let oldest = try outbox.find(
-                ["status": .string(OutboxSchema.Status.pending)], options: ["sort": ["_id": 1], "limit": 1, "projection": ["timestamp": 1]]
-            ).first?["timestamp"]?.dateValue
+            // Pending counts every document that is not delivered or parked, including those no
+            // relay has seen yet: nothing in the collection goes uncounted.
+            let pending = try outbox.countDocuments(OutboxSchema.notFinal)
+            let oldest = try OutboxSchema.oldestPending(outbox)
             let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
-            let stuck = try outbox.countDocuments([
-                "status": .string(OutboxSchema.Status.pending),
-                "nextAttemptAt": ["$lt": .date(now.addingTimeInterval(-Double(stuckAfter.milliseconds) / 1000))],
-            ])
+            let cutoff = now.addingTimeInterval(-Double(stuckAfter.milliseconds) / 1000)
+            let stuck = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lt": .date(cutoff)]])
+                + outbox.countDocuments(["status": OutboxSchema.unseen["status"]!, "timestamp": ["$gte": OutboxSchema.anyDate, "$lt": .date(cutoff)]])
             let live = try connection.collection(MongoLeaseStore.leasesCollection).countDocuments([
                 "owner": ["$ne": .null], "$expr": MongoLeaseStore.live,
             ])

@@ -89,6 +89,16 @@ public struct ChangeResult: Sendable, Equatable {
     public var ids: [String]
 }
 
+/// What `outboxctl init` did (or, with a dry run, would do).
+public struct InitResult: Sendable, Equatable {
+    /// One line per change, in order; empty when the database was ready.
+    public var actions: [String]
+    public var dryRun: Bool
+    /// With a validator: whether the server refused a document that breaks the contract (nil
+    /// when not checked).
+    public var validatorEnforced: Bool?
+}
+
 /// Operator actions on the outbox, used by `outboxctl` and its tests.
 public struct OutboxAdmin: Sendable {
     public let pool: MongoClientPool
@@ -97,6 +107,64 @@ public struct OutboxAdmin: Sendable {
     public init(pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection) {
         self.pool = pool
         self.collection = collection
+    }
+
+    /// Prepares a database for a service that writes the outbox: the collection, the relay's
+    /// indexes and, with `validator`, a `$jsonSchema` validator of the writer's contract, so that
+    /// a malformed insert fails inside the writer's own transaction. Idempotent; changes nothing
+    /// with `dryRun`. With a validator it checks, in a scratch collection, that the server
+    /// enforces it.
+    public func initialize(validator: Bool, dryRun: Bool) async throws -> InitResult {
+        let collection = self.collection
+        return try await pool.withConnection { connection in
+            var actions: [String] = []
+            let existing = try connection.runCommand(["listCollections": 1, "filter": ["name": .string(collection)]])
+            let info = existing["cursor"]?.documentValue?["firstBatch"]?.arrayValue?.first?.documentValue
+            let rules: Document = ["validator": .document(OutboxSchema.validator), "validationLevel": "strict", "validationAction": "error"]
+            if info == nil {
+                actions.append("create collection \(collection)" + (validator ? " with the contract's validator" : ""))
+                if !dryRun {
+                    var command: Document = ["create": .string(collection)]
+                    if validator { for (key, value) in rules.fields { command[key] = value } }
+                    try connection.runCommand(command)
+                }
+            } else if validator, info?["options"]?.documentValue?["validator"] != .document(OutboxSchema.validator) {
+                actions.append("set the contract's validator on \(collection)")
+                if !dryRun {
+                    var command: Document = ["collMod": .string(collection)]
+                    for (key, value) in rules.fields { command[key] = value }
+                    try connection.runCommand(command)
+                }
+            }
+            var present = Set<String>()
+            if info != nil {
+                let indexes = try connection.runCommand(["listIndexes": .string(collection)])
+                for index in indexes["cursor"]?.documentValue?["firstBatch"]?.arrayValue ?? [] {
+                    if let name = index.documentValue?["name"]?.stringValue { present.insert(name) }
+                }
+            }
+            let missing = OutboxSchema.indexes.filter { !present.contains($0["name"]?.stringValue ?? "") }
+            for index in missing { actions.append("create index \(index["name"]?.stringValue ?? "?") on \(collection)") }
+            if !dryRun, !missing.isEmpty { try connection.collection(collection).createIndexes(missing) }
+
+            var enforced: Bool?
+            if validator && !dryRun {
+                // Does the server enforce validators? Try a document the contract refuses, in a
+                // scratch collection with the same rules.
+                let scratch = "outboxctl_init_check_\(ObjectId().hex)"
+                var command: Document = ["create": .string(scratch)]
+                for (key, value) in rules.fields { command[key] = value }
+                try connection.runCommand(command)
+                defer { try? connection.collection(scratch).drop() }
+                do {
+                    try connection.collection(scratch).insertOne(["type": .int32(1)])
+                    enforced = false
+                } catch let error as MongoError where error.code == 121 {
+                    enforced = true
+                }
+            }
+            return InitResult(actions: actions, dryRun: dryRun, validatorEnforced: enforced)
+        }
     }
 
     public func status() async throws -> OutboxStatus {

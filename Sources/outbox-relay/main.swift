@@ -25,8 +25,14 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL amqp://user:pass@host:port/vhost (env AMQP_URL).")
     var amqpURL: String?
 
-    @Option(help: "Outbox collection (env OUTBOX_COLLECTION; default outbox).")
+    @Option(help: "Outbox collection; may be an existing event collection, whose delivered events stay as its history (env OUTBOX_COLLECTION; default outbox).")
     var collection: String?
+
+    @Option(help: "Exchange of events whose document names none (env RELAY_EXCHANGE; default orders).")
+    var exchange: String?
+
+    @Option(help: "Exchanges by event type or aggregate type for events whose document names none, e.g. 'Order=orders,InventoryReserved=inventory'; a type wins over an aggregate type (env RELAY_EXCHANGE_MAP; default none).")
+    var exchangeMap: String?
 
     @Option(help: "Events per batch, 1-10000 (env RELAY_BATCH_SIZE; default 500).")
     var batchSize: Int?
@@ -96,6 +102,15 @@ struct RelayCommand: AsyncParsableCommand {
             let database = try mongo.resolvedDatabase(settings)
             let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
             let collection = try settings.string(collection, env: "OUTBOX_COLLECTION", default: "outbox", flagName: "--collection")
+            let defaultExchange = try settings.string(exchange, env: "RELAY_EXCHANGE", default: "orders", flagName: "--exchange")
+            guard defaultExchange.utf8.count <= 255 else {
+                throw ConfigurationError(setting: "RELAY_EXCHANGE (--exchange)", reason: "must be at most 255 bytes")
+            }
+            let routing = EventRouting(
+                defaultExchange: defaultExchange,
+                exchangeByName: try EventRouting.parseMap(
+                    try settings.string(exchangeMap, env: "RELAY_EXCHANGE_MAP", default: "", flagName: "--exchange-map"),
+                    setting: "RELAY_EXCHANGE_MAP (--exchange-map)"))
             let configuration = RelayConfiguration(
                 batchSize: try settings.int(batchSize, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000),
                 pollInterval: try settings.duration(pollInterval, env: "RELAY_POLL_INTERVAL", default: "200ms", flagName: "--poll-interval"),
@@ -117,7 +132,7 @@ struct RelayCommand: AsyncParsableCommand {
             let owner = try settings.string(relayID, env: "RELAY_ID", default: Runtime.defaultInstanceName(), flagName: "--relay-id")
             let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")
             store = MongoOutboxStore(
-                pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount),
+                pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount, routing: routing),
                 logger: logger)
             leaseStore = MongoLeaseStore(pool: pool, partitions: partitionCount)
             leases = LeaseManager(store: leaseStore, configuration: .init(owner: owner, partitions: partitionCount, ttl: ttl), logger: logger)
@@ -142,6 +157,7 @@ struct RelayCommand: AsyncParsableCommand {
                 "configuration",
                 metadata: [
                     "mongodb.database": "\(database)", "outbox.collection": "\(collection)", "amqp.endpoint": "\(amqp.endpoint)",
+                    "outbox.default_exchange": "\(defaultExchange)",
                     "outbox.batch_size": "\(configuration.batchSize)", "amqp.max_in_flight": "\(options.maxInFlight)",
                     "relay.id": "\(owner)", "outbox.partitions": "\(partitionCount)", "relay.lease_ttl": "\(ttl)",
                     "relay.change_stream": "\(hint != nil)",

@@ -24,7 +24,7 @@ struct OutboxCtl: AsyncParsableCommand {
             Exit status: 0 done, 1 done in part, 64 bad arguments, 69 database or broker unreachable, \
             78 bad configuration.
             """,
-        subcommands: [Status.self, List.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self])
+        subcommands: [Init.self, Status.self, List.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self])
 }
 
 struct Common: ParsableArguments {
@@ -139,7 +139,7 @@ func age(_ date: Date?) -> String {
 func eventRows(_ documents: [Document]) -> [[String]] {
     documents.map { d in
         [
-            d["_id"]?.stringValue ?? ExtendedJSON.render(d["_id"] ?? .null), d["status"]?.stringValue ?? "-", d["type"]?.stringValue ?? "-",
+            d["_id"].flatMap(OutboxDocument.messageId(of:)) ?? ExtendedJSON.render(d["_id"] ?? .null), d["status"]?.stringValue ?? "new", d["type"]?.stringValue ?? "-",
             d["aggregateId"]?.stringValue ?? "-", d["aggregateVersion"].map { ExtendedJSON.render($0) } ?? "-", age(d["timestamp"]?.dateValue),
             d["attempts"].map { ExtendedJSON.render($0) } ?? "0", String((d["lastError"]?.stringValue ?? "").prefix(60)),
         ]
@@ -163,6 +163,42 @@ func report(_ result: ChangeResult, verb: String, json: Bool) {
 // MARK: - Commands
 
 extension OutboxCtl {
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Prepare a database for a service that writes the outbox: collection, indexes, optional validator.",
+            discussion: """
+                Creates the outbox collection (--collection) if it does not exist and the indexes the relay \
+                needs. With --validator it also sets a $jsonSchema validator of the writer's contract \
+                (schema/outbox-event.schema.json: type, aggregateId and data required, the rest optional and \
+                typed), so that a malformed insert fails inside the writer's own transaction instead of \
+                reaching the relay, and checks that the server enforces it. Safe to run again: it only adds \
+                what is missing.
+                """)
+        @OptionGroup var common: Common
+        @Flag(help: "Also set the contract's $jsonSchema validator on the collection.") var validator = false
+        @Flag(help: "Say what would be done; change nothing.") var dryRun = false
+
+        func run() async throws {
+            let result = try await common.run { admin, _ in try await admin.initialize(validator: validator, dryRun: dryRun) }
+            if common.json {
+                printJSON([
+                    "actions": .array(result.actions.map { .string($0) }), "dryRun": .bool(result.dryRun),
+                    "validatorEnforced": result.validatorEnforced.map { .bool($0) } ?? .null,
+                ])
+                return
+            }
+            if result.actions.isEmpty { print("nothing to do: the outbox is ready") }
+            for action in result.actions { print(result.dryRun ? "would \(action)" : action) }
+            if result.dryRun { print("dry run: nothing changed") }
+            switch result.validatorEnforced {
+            case true?: print("validator enforced: the server refuses documents that break the contract")
+            case false?:
+                print("validator NOT enforced by this server: malformed documents are accepted, and the relay parks them with a reason")
+            case nil: break
+            }
+        }
+    }
+
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Backlog, oldest pending age, parked count, deliveries in the last minute, partition leases.")
         @OptionGroup var common: Common
@@ -171,7 +207,7 @@ extension OutboxCtl {
             let status = try await common.run { admin, _ in try await admin.status() }
             if common.json {
                 printJSON([
-                    "pending": .int64(Int64(status.pending)), "due": .int64(Int64(status.due)), "parked": .int64(Int64(status.parked)),
+                    "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)), "parked": .int64(Int64(status.parked)),
                     "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
                     "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
                     "leases": .array(status.leases.map { lease in
@@ -180,7 +216,7 @@ extension OutboxCtl {
                 ])
                 return
             }
-            print("pending              \(status.pending) (\(status.due) due now)")
+            print("pending              \(status.pending) (\(status.due) due now, \(status.unseen) not yet seen by a relay)")
             print("oldest pending age   \(status.oldestPendingAge.map { String(format: "%.1f s", $0) } ?? "-")")
             print("parked               \(status.parked)")
             print("delivered            \(status.delivered) (\(status.deliveredLastMinute) in the last minute)")

@@ -5,10 +5,6 @@ import OutboxMongo
 import OutboxOps
 import Testing
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 @Suite("outboxctl on real data", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
 struct OutboxCtlTests {
     /// Sets fields of events directly, as a stuck or old event would have them.
@@ -119,23 +115,9 @@ struct OutboxCtlTests {
 
     @Test("bad arguments exit 64 with a message; an unreachable database exits 69")
     func exitCodes() throws {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("outboxctl").path
         func run(_ arguments: [String], environment: [String: String]) throws -> (Int32, String) {
-            let output = FileManager.default.temporaryDirectory.appendingPathComponent("outboxctl-\(UUID().uuidString).txt").path
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
-            let argv = ([binary] + arguments).map { strdup($0) } + [nil]
-            let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-            defer { (argv + envp).forEach { free($0) } }
-            var pid: pid_t = 0
-            #expect(posix_spawn(&pid, binary, &actions, nil, argv, envp) == 0)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-            let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-            return ((status >> 8) & 0xff, text)
+            let result = try Programs.product("outboxctl", arguments, environment: environment)
+            return (result.status, result.output + result.errors)
         }
         let environment = ["MONGODB_URI": Servers.mongoURI, "OUTBOX_DATABASE": "outboxctl_exit_codes"]
         for arguments in [["retry"], ["list", "--status", "lost"], ["purge", "--older-than", "soon"], ["park"], ["frobnicate"], ["list", "--since", "yesterday"]] {

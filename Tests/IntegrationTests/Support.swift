@@ -155,3 +155,66 @@ func eventually(timeout: Duration = .seconds(20), _ condition: () async throws -
     }
     return try await condition()
 }
+
+/// Runs programs the way a user would, from the tests: the project's executables (built next to
+/// the test bundle), and foreign clients (Python in the project's virtual environment, Node.js).
+enum Programs {
+    /// The repository's root.
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    /// Where `swift build` put the executables.
+    static let binaries = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    static let python = root.appendingPathComponent(".venv/bin/python").path
+    /// Debian's `node-mongodb` installs the driver here (ops/setup).
+    static let nodePath = "/usr/share/nodejs"
+
+    struct Result {
+        var status: Int32
+        /// Standard output.
+        var output: String
+        /// Standard error.
+        var errors: String
+    }
+
+    /// Runs `executable` to its end with exactly `environment`; bounded by `timeout`.
+    static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)
+    ) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = environment
+        let directory = FileManager.default.temporaryDirectory
+        let out = directory.appendingPathComponent("program-\(UUID().uuidString).out")
+        let err = directory.appendingPathComponent("program-\(UUID().uuidString).err")
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
+        defer {
+            try? FileManager.default.removeItem(at: out)
+            try? FileManager.default.removeItem(at: err)
+        }
+        process.standardOutput = try FileHandle(forWritingTo: out)
+        process.standardError = try FileHandle(forWritingTo: err)
+        try process.run()
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning && ContinuousClock.now < deadline { usleep(20_000) }
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        return Result(
+            status: process.terminationStatus, output: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
+            errors: (try? String(contentsOf: err, encoding: .utf8)) ?? "")
+    }
+
+    /// Runs one of the package's executables.
+    static func product(_ name: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)) throws -> Result {
+        try run(binaries.appendingPathComponent(name).path, arguments, environment: environment, timeout: timeout)
+    }
+
+    /// The environment of a program that talks to the fixture's database and broker.
+    static func environment(_ f: Fixture, _ extra: [String: String] = [:]) -> [String: String] {
+        var environment = ["MONGODB_URI": Servers.mongoURI, "AMQP_URL": Servers.amqpURL, "OUTBOX_DATABASE": f.database, "PATH": "/usr/bin:/bin"]
+        environment.merge(extra) { $1 }
+        return environment
+    }
+}
