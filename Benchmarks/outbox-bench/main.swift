@@ -64,6 +64,9 @@ struct BenchCommand: AsyncParsableCommand {
         report("relay drain of a \(backlog) backlog", "\(Int(drain.eventsPerSecond)) ev/s  (\(ratio(drain.eventsPerSecond, storeCeiling)) of store ceiling)")
         report("relay CPU time per event", String(format: "%.1f µs", drain.cpuMicrosPerEvent))
         report("relay peak RSS, \(backlog) backlog", "\(drain.peakRSSKiB / 1024) MiB")
+        let minimal = try await bench.drain(events: backlog, minimal: true)
+        report("relay drain of \(backlog) minimal documents (no relay fields)", "\(Int(minimal.eventsPerSecond)) ev/s  (\(ratio(minimal.eventsPerSecond, drain.eventsPerSecond)) of OutboxWriter documents)")
+        report("relay CPU time per minimal document", String(format: "%.1f µs", minimal.cpuMicrosPerEvent))
         let big = try await bench.drain(events: backlog * 5)
         report("relay peak RSS, \(backlog * 5) backlog", "\(big.peakRSSKiB / 1024) MiB  (\(Int(big.eventsPerSecond)) ev/s)")
 
@@ -157,18 +160,25 @@ struct Bench {
         return Double(count) / seconds
     }
 
-    /// Inserts `count` pending events into a fresh database; returns the pool.
-    func backlog(_ name: String, events count: Int, exchange: String) async throws -> MongoClientPool {
+    /// Inserts `count` pending events into a fresh database; returns the pool. `minimal`: documents
+    /// as a service in any language writes them by the contract (`type`, `aggregateId`, `data`,
+    /// `timestamp`; no relay fields), else documents made by `OutboxWriter`.
+    func backlog(_ name: String, events count: Int, exchange: String, minimal: Bool = false) async throws -> MongoClientPool {
         let pool = try database(name)
         _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
         try await MongoOutboxStore(pool: pool, owner: "bench", logger: logger).ensureIndexes()
         let writer = OutboxWriter()
+        let start = Int64(Date().timeIntervalSince1970 * 1000) - Int64(count)
         for chunk in stride(from: 0, to: count, by: 1000) {
-            let documents = (chunk..<min(chunk + 1000, count)).map { i in
-                writer.document(for: NewEvent(
-                    type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)",
-                    data: ["orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("12.50")!)],
-                    exchange: exchange))
+            let documents = (chunk..<min(chunk + 1000, count)).map { i -> Document in
+                let data: Document = ["orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("12.50")!)]
+                guard !minimal else {
+                    return [
+                        "_id": .objectId(ObjectId()), "type": "OrderCreated", "aggregateId": .string("order-\(i)"), "data": .document(data),
+                        "timestamp": .datetime(start + Int64(i)),
+                    ]
+                }
+                return writer.document(for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", data: data, exchange: exchange))
             }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
         }
@@ -200,11 +210,12 @@ struct Bench {
         return Double(marked) / seconds
     }
 
-    func drain(events count: Int) async throws -> DrainResult {
+    func drain(events count: Int, minimal: Bool = false) async throws -> DrainResult {
         let database = "bench_drain"
         let admin = try await sink("bench.drain")
-        let pool = try await backlog(database, events: count, exchange: "bench.drain")
-        let environment = relayEnvironment(database: database)
+        let pool = try await backlog(database, events: count, exchange: "bench.drain", minimal: minimal)
+        var environment = relayEnvironment(database: database)
+        environment["RELAY_EXCHANGE"] = "bench.drain"
         let started = ContinuousClock.now
         let usage = try runChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment)
         let seconds = (ContinuousClock.now - started).seconds

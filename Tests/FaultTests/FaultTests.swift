@@ -204,6 +204,26 @@ final class FaultFixture: @unchecked Sendable {
         return ids
     }
 
+    /// Inserts `count` documents as a service in any language writes them (no relay fields; ids
+    /// alternately ObjectIds and strings), `perAggregate` events per aggregate in timestamp order;
+    /// returns their message ids.
+    func appendMinimal(_ count: Int, perAggregate: Int) async throws -> [String] {
+        var ids: [String] = []
+        let start = Int64(Date().timeIntervalSince1970 * 1000) - Int64(count)
+        for chunk in stride(from: 0, to: count, by: 1000) {
+            let documents: [Document] = (chunk..<min(chunk + 1000, count)).map { index in
+                let id: BSON = index % 2 == 0 ? .objectId(ObjectId()) : .string("event-\(index)")
+                return [
+                    "_id": id, "type": "OrderCreated", "aggregateId": .string("min-\(index / perAggregate)"),
+                    "data": ["index": .int64(Int64(index))], "timestamp": .datetime(start + Int64(index)),
+                ]
+            }
+            ids += documents.compactMap { $0["_id"].flatMap(OutboxDocument.messageId(of:)) }
+            try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+        }
+        return ids
+    }
+
     func count(_ filter: Document) async -> Int? {
         try? await pool.withConnection { try $0.collection("outbox").countDocuments(filter) }
     }
@@ -276,6 +296,30 @@ struct FaultTests {
         #expect(relay.stop() == 0, "SIGTERM ends the relay cleanly")
         try await f.checkReceived(ids, test: "kill -9 ×5")
         #expect(await f.count(["status": "parked"]) == 0)
+        await f.cleanup()
+    }
+
+    @Test("SIGKILL of two relays while they adopt documents written without relay fields: every event delivered")
+    func killedWhileAdopting() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        let ids = try await f.appendMinimal(4000, perAggregate: 2)
+        let exchange = ["RELAY_EXCHANGE": f.exchange]
+        var relays = [try f.startRelay("relay-a0", extra: exchange), try f.startRelay("relay-b0", extra: exchange)]
+        var killsDuringRun = 0
+        for kill in 1...5 {
+            try await Task.sleep(for: .milliseconds(Int.random(in: 300...1200)))
+            let victim = Int.random(in: 0..<2)
+            relays[victim].kill()
+            if let open = await f.count(OutboxSchema.notFinal), open > 0 { killsDuringRun += 1 }
+            relays[victim] = try f.startRelay("relay-\(victim == 0 ? "a" : "b")\(kill)", extra: exchange)
+        }
+        #expect(killsDuringRun == 5, "every kill must land while events were still pending or unseen")
+        #expect(await f.waitUntilDelivered(ids.count))
+        for relay in relays { #expect(relay.stop() == 0) }
+        try await f.checkReceived(ids, test: "kill -9 ×5 while adopting")
+        #expect(await f.count(["status": "parked"]) == 0)
+        #expect(await f.count(OutboxSchema.notFinal) == 0)
         await f.cleanup()
     }
 
