@@ -11,13 +11,16 @@ public final class MongoOutboxStore: OutboxStore {
         public var maxBodyBytes: Int
         /// Number of partitions (must match the writers' and the lease store's).
         public var partitions: Int
+        /// How message bodies are made (format, decimals).
+        public var body: MessageBodyOptions
         public init(
             collection: String = OutboxSchema.defaultCollection, maxBodyBytes: Int = 1 << 20,
-            partitions: Int = OutboxSchema.defaultPartitions
+            partitions: Int = OutboxSchema.defaultPartitions, body: MessageBodyOptions = .init()
         ) {
             self.collection = collection
             self.maxBodyBytes = maxBodyBytes
             self.partitions = partitions
+            self.body = body
         }
     }
 
@@ -57,6 +60,7 @@ public final class MongoOutboxStore: OutboxStore {
         let collection = options.collection
         let maxBody = options.maxBodyBytes
         let partitions = options.partitions
+        let body = options.body
         let owned = Set(leases.map(\.partition))
         let start = scan.withLock { $0 }
         let (messages, malformed, next) = try await pool.withConnection { connection in
@@ -65,7 +69,7 @@ public final class MongoOutboxStore: OutboxStore {
             var valid: [OutboxMessage] = []
             var malformed: [(id: BSON, partition: Int, reason: String)] = []
             for document in candidates {
-                switch OutboxDocument.decode(document, maxBodyBytes: maxBody, partitions: partitions) {
+                switch OutboxDocument.decode(document, maxBodyBytes: maxBody, partitions: partitions, body: body) {
                 case .success(let message): valid.append(message)
                 case .failure(let failure):
                     // A document without a usable partition is parked under partition 0's lease.
@@ -339,7 +343,7 @@ public enum OutboxDocument {
             exchange: exchange, routingKey: routingKey, occurredAt: timestamp,
             correlationId: document["correlationId"]?.stringValue, headers: headers, body: [], attempts: attempts,
             partition: partition)
-        MessageBody.render(&message, data: data, document: document, options: body)
+        do { try MessageBody.render(&message, data: data, document: document, options: body) } catch { return .failure(error) }
         guard message.body.count <= maxBodyBytes else {
             return fail("body of \(message.body.count) bytes exceeds the limit of \(maxBodyBytes) bytes")
         }
