@@ -25,8 +25,10 @@ public struct InventoryHandler: InboxHandler {
     }
 
     public func handle(_ message: IncomingMessage, connection: MongoConnection) throws {
-        guard message.type == nil || message.type == OrderCreated.type else { return }
-        let order = try OrderCreated(message)
+        // Any body format the relay may use: the event's type and data read the same.
+        let received = try message.event()
+        guard received.type == nil || received.type == OrderCreated.type else { return }
+        let order = try OrderCreated(received)
 
         // The same SKU may appear on several lines: reserve the sum.
         var needed: [String: Int] = [:]

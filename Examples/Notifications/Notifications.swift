@@ -12,8 +12,10 @@ public struct NotificationHandler: InboxHandler {
     public init() {}
 
     public func handle(_ message: IncomingMessage, connection: MongoConnection) throws {
-        guard message.type == nil || message.type == OrderCreated.type else { return }
-        let order = try OrderCreated(message)
+        // Any body format the relay may use: the event's type and data read the same.
+        let event = try message.event()
+        guard event.type == nil || event.type == OrderCreated.type else { return }
+        let order = try OrderCreated(event)
         let lines = order.items.map { "\($0.quantity) × \($0.sku) at \($0.unitPrice)" }
         let text = "Thank you for your order \(order.orderId).\n" + lines.joined(separator: "\n") + "\nTotal: \(order.totalAmount)"
         try connection.collection(Self.collection).insertOne([

@@ -1,8 +1,10 @@
 import Outbox
 import OutboxConsumer
 
-/// The `OrderCreated` event as consumers read it from the message body
-/// (`{"id", "type", "aggregateId", ..., "data": {"orderId", "customerId", "totalAmount", "items"}}`).
+/// The `OrderCreated` event as consumers read it: its data `{"orderId", "customerId",
+/// "totalAmount", "items": [{"sku", "quantity", "unitPrice"}]}`, whatever body format the relay
+/// used (see `IncomingMessage.event()`). Amounts may arrive as strings (`"44.99"`) or number
+/// literals (`44.99`); either way their exact decimal text is kept, never a binary float.
 public struct OrderCreated: Sendable, Equatable {
     public struct Item: Sendable, Equatable {
         public var sku: String
@@ -13,6 +15,7 @@ public struct OrderCreated: Sendable, Equatable {
 
     public var orderId: String
     public var customerId: String
+    /// Exact decimal text, e.g. "44.99".
     public var totalAmount: String
     public var items: [Item]
 
@@ -20,9 +23,12 @@ public struct OrderCreated: Sendable, Equatable {
 
     /// Parses the event; a body that is not a valid `OrderCreated` is a permanent failure.
     public init(_ message: IncomingMessage) throws {
-        let json: JSONValue
-        do { json = try message.json() } catch { throw PermanentFailure("body is not JSON: \(error)") }
-        guard let data = json["data"] else { throw PermanentFailure("OrderCreated without data") }
+        try self.init(try message.event())
+    }
+
+    public init(_ event: IncomingEvent) throws {
+        let data = event.data
+        guard case .object = data else { throw PermanentFailure("OrderCreated data is \(data.typeName), not an object") }
         func string(_ value: JSONValue?, _ field: String) throws -> String {
             switch value {
             case .string(let s)?: return s

@@ -31,6 +31,8 @@ public struct AMQPDelivery: Sendable {
     public var messageId: String?
     public var type: String?
     public var correlationId: String?
+    /// The AMQP `content_type`, when the publisher set one.
+    public var contentType: String? = nil
     public var headers: [String: HeaderValue]
     public var body: [UInt8]
     /// The owner's connection generation that received it (acks go only to that connection).
@@ -328,6 +330,7 @@ final class AMQPConnection {
             messageId: optionalString(AMQP_BASIC_MESSAGE_ID_FLAG, props.message_id),
             type: optionalString(AMQP_BASIC_TYPE_FLAG, props.type),
             correlationId: optionalString(AMQP_BASIC_CORRELATION_ID_FLAG, props.correlation_id),
+            contentType: optionalString(AMQP_BASIC_CONTENT_TYPE_FLAG, props.content_type),
             headers: props._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 ? decodeTable(props.headers) : [:],
             body: [UInt8](amqpBytes: envelope.message.body), connectionGeneration: generation)
     }
@@ -359,7 +362,8 @@ final class AMQPConnection {
             exchange: String(amqpBytes: ok.exchange), routingKey: String(amqpBytes: ok.routing_key),
             messageId: props._flags & amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG) != 0 ? String(amqpBytes: props.message_id) : nil,
             type: props._flags & amqp_flags_t(AMQP_BASIC_TYPE_FLAG) != 0 ? String(amqpBytes: props.type) : nil,
-            correlationId: nil,
+            correlationId: props._flags & amqp_flags_t(AMQP_BASIC_CORRELATION_ID_FLAG) != 0 ? String(amqpBytes: props.correlation_id) : nil,
+            contentType: props._flags & amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG) != 0 ? String(amqpBytes: props.content_type) : nil,
             headers: props._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 ? decodeTable(props.headers) : [:],
             body: [UInt8](amqpBytes: message.body))
     }

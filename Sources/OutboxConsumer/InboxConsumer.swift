@@ -7,19 +7,6 @@ import OutboxMongo
 import ServiceLifecycle
 import Synchronization
 
-/// A message as a handler sees it.
-public struct IncomingMessage: Sendable {
-    public var messageId: String
-    public var type: String?
-    public var routingKey: String
-    public var headers: [String: HeaderValue]
-    public var body: [UInt8]
-    public var redelivered: Bool
-
-    /// The body parsed as JSON (numbers kept as exact text).
-    public func json() throws -> JSONValue { try JSONValue.parse(body) }
-}
-
 /// Applies a message's effect. Runs inside the MongoDB transaction that also records the
 /// message id in the consumer's inbox, so the effect and the record commit together or not at all.
 public protocol InboxHandler: Sendable {
@@ -149,7 +136,8 @@ public final class InboxConsumer: Service {
         }
         let message = IncomingMessage(
             messageId: messageId, type: delivery.type, routingKey: delivery.routingKey, headers: delivery.headers,
-            body: delivery.body, redelivered: delivery.redelivered)
+            contentType: delivery.contentType, correlationId: delivery.correlationId, body: delivery.body,
+            redelivered: delivery.redelivered)
         var attempts = 0
         while true {
             attempts += 1
@@ -255,10 +243,22 @@ public final class InboxConsumer: Service {
         headers["x-attempts"] = .int(Int64(attempts))
         headers["x-original-routing-key"] = .string(delivery.routingKey)
         headers["x-consumer"] = .string(configuration.name)
+        // The original content type, properties and headers go along, so the dead letter reads
+        // like the message did (whatever its body format); the aggregate and time are taken from
+        // its headers so that the publisher's own headers repeat them unchanged.
+        func header(_ name: String) -> HeaderValue? { delivery.headers[name] }
+        var aggregateVersion: Int?
+        if case .int(let version)? = header("x-aggregate-version") { aggregateVersion = Int(version) }
+        var occurredAt = Int64(Date().timeIntervalSince1970 * 1000)
+        if case .int(let ms)? = header("x-occurred-at") { occurredAt = ms }
+        var aggregateType = "", aggregateId = ""
+        if case .string(let s)? = header("x-aggregate-type") { aggregateType = s }
+        if case .string(let s)? = header("x-aggregate-id") { aggregateId = s }
         let message = OutboxMessage(
-            id: delivery.messageId ?? "", type: delivery.type ?? "", aggregateType: "", aggregateId: "", aggregateVersion: 0,
-            exchange: configuration.topology.deadLetterExchange, routingKey: delivery.routingKey,
-            occurredAt: Int64(Date().timeIntervalSince1970 * 1000), headers: headers, body: delivery.body)
+            id: delivery.messageId ?? "", type: delivery.type ?? "", aggregateType: aggregateType, aggregateId: aggregateId,
+            aggregateVersion: aggregateVersion, exchange: configuration.topology.deadLetterExchange, routingKey: delivery.routingKey,
+            occurredAt: occurredAt, correlationId: delivery.correlationId, headers: headers,
+            contentType: delivery.contentType ?? WireFormat.jsonContentType, body: delivery.body)
         let outcome = await deadLetters.publish([message]).first
         if outcome == .acked {
             counters.withLock { $0.deadLettered += 1 }

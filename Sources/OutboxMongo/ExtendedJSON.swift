@@ -1,24 +1,26 @@
 import Foundation
+import Outbox
 
 /// Renders BSON as the plain JSON that consumers read: ObjectIds as hex strings, dates as
-/// ISO 8601 strings, Decimal128 as decimal strings (exact, never a binary float).
+/// ISO 8601 strings, Decimal128 as decimal strings or, with `decimals: .number`, as JSON number
+/// literals with the same digits (exact either way, never through a binary float).
 public enum ExtendedJSON {
-    public static func render(_ value: BSON) -> String {
-        String(decoding: renderBytes(value), as: UTF8.self)
+    public static func render(_ value: BSON, decimals: DecimalFormat = .string) -> String {
+        String(decoding: renderBytes(value, decimals: decimals), as: UTF8.self)
     }
 
-    public static func renderBytes(_ document: Document) -> [UInt8] {
-        renderBytes(.document(document))
+    public static func renderBytes(_ document: Document, decimals: DecimalFormat = .string) -> [UInt8] {
+        renderBytes(.document(document), decimals: decimals)
     }
 
-    public static func renderBytes(_ value: BSON) -> [UInt8] {
+    public static func renderBytes(_ value: BSON, decimals: DecimalFormat = .string) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(256)
-        write(value, into: &out)
+        write(value, into: &out, decimals: decimals)
         return out
     }
 
-    static func write(_ value: BSON, into out: inout [UInt8]) {
+    static func write(_ value: BSON, into out: inout [UInt8], decimals: DecimalFormat = .string) {
         switch value {
         case .double(let v):
             out += Array((v.isFinite ? (v.rounded() == v && abs(v) < 1e15 ? String(Int64(v)) : String(v)) : "null").utf8)
@@ -29,14 +31,14 @@ public enum ExtendedJSON {
                 if index > 0 { out.append(UInt8(ascii: ",")) }
                 writeString(field.key, into: &out)
                 out.append(UInt8(ascii: ":"))
-                write(field.value, into: &out)
+                write(field.value, into: &out, decimals: decimals)
             }
             out.append(UInt8(ascii: "}"))
         case .array(let a):
             out.append(UInt8(ascii: "["))
             for (index, element) in a.enumerated() {
                 if index > 0 { out.append(UInt8(ascii: ",")) }
-                write(element, into: &out)
+                write(element, into: &out, decimals: decimals)
             }
             out.append(UInt8(ascii: "]"))
         case .binary(_, let bytes): writeString(Data(bytes).base64EncodedString(), into: &out)
@@ -48,8 +50,42 @@ public enum ExtendedJSON {
         case .int32(let v): out += Array(String(v).utf8)
         case .timestamp(_, let seconds): out += Array(String(seconds).utf8)
         case .int64(let v): out += Array(String(v).utf8)
-        case .decimal128(let d): writeString(d.description, into: &out)
+        case .decimal128(let d):
+            let text = d.description
+            if decimals == .number, isJSONNumber(text) {
+                out += Array(text.utf8)
+            } else {
+                writeString(text, into: &out)
+            }
         }
+    }
+
+    /// Whether `text` is a JSON number literal (RFC 8259). libbson writes every finite Decimal128
+    /// as one (`44.99`, `-0`, `1.5E+40`); `NaN`, `Infinity` and `-Infinity` are not.
+    static func isJSONNumber(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        var i = 0
+        func digits() -> Int {
+            let start = i
+            while i < bytes.count, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") { i += 1 }
+            return i - start
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "-") { i += 1 }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "0") {
+            i += 1
+        } else if digits() == 0 {
+            return false
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
+            i += 1
+            guard digits() > 0 else { return false }
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
+            i += 1
+            if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
+            guard digits() > 0 else { return false }
+        }
+        return i == bytes.count
     }
 
     private static let hex: [UInt8] = Array("0123456789abcdef".utf8)

@@ -773,7 +773,7 @@ public enum OutboxDocument {
             exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, headers: headers,
             body: [], attempts: document["attempts"]?.intValue ?? 0, partition: partition, storeKey: storeKey(of: rawId),
             isFirstSight: isNew && (document["status"] ?? .null) == .null)
-        MessageBody.render(&message, data: data, document: document, options: options.body)
+        do { try MessageBody.render(&message, data: data, document: document, options: options.body) } catch { return .failure(error) }
         guard message.body.count <= options.maxBodyBytes else {
             return fail("body of \(message.body.count) bytes exceeds the limit of \(options.maxBodyBytes) bytes")
         }

@@ -1,4 +1,5 @@
 import Foundation
+import Outbox
 
 /// Field names, states and indexes of outbox documents, shared by the writer, the relay's store
 /// and the operator tools.
@@ -83,6 +84,7 @@ public enum OutboxSchema {
                 "routingKey": ["bsonType": "string", "maxLength": 255],
                 "headers": ["bsonType": "object"],
                 "correlationId": ["bsonType": "string"],
+                "bodyFormat": ["enum": .array(BodyFormat.allCases.map { .string($0.rawValue) })],
             ],
         ]
     ]

@@ -58,6 +58,18 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Largest message body in bytes; larger events are parked (env RELAY_MAX_BODY_BYTES; default 1048576).")
     var maxBodyBytes: Int?
 
+    @Option(help: "Message body format: envelope, payload, cloudevents, cloudevents-binary or nestjs (env RELAY_BODY_FORMAT; default envelope). An event's bodyFormat field overrides it.")
+    var bodyFormat: String?
+
+    @Option(help: "Body formats per exchange, e.g. orders=payload,inventory=cloudevents (env RELAY_BODY_FORMAT_BY_EXCHANGE; default none).")
+    var bodyFormatByExchange: String?
+
+    @Option(help: "Decimal128 amounts as JSON strings or exact number literals: string or number (env RELAY_DECIMAL_FORMAT; default string).")
+    var decimalFormat: String?
+
+    @Option(name: .customLong("cloudevents-source"), help: "The CloudEvents source attribute (env RELAY_CLOUDEVENTS_SOURCE; default /outbox-relay).")
+    var cloudEventsSource: String?
+
     @Option(help: "Longest graceful shutdown before exiting anyway (env RELAY_SHUTDOWN_TIMEOUT; default 30s).")
     var shutdownTimeout: String?
 
@@ -123,6 +135,19 @@ struct RelayCommand: AsyncParsableCommand {
                 confirmTimeout: try settings.duration(confirmTimeout, env: "RELAY_CONFIRM_TIMEOUT", default: "10s", flagName: "--confirm-timeout"),
 )
             let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
+            let body = MessageBodyOptions(
+                format: try BodyFormat(
+                    parsing: try settings.string(bodyFormat, env: "RELAY_BODY_FORMAT", default: BodyFormat.default.rawValue, flagName: "--body-format"),
+                    setting: "RELAY_BODY_FORMAT (--body-format)"),
+                formatByExchange: try WireFormat.parseFormatByExchange(
+                    try settings.string(bodyFormatByExchange, env: "RELAY_BODY_FORMAT_BY_EXCHANGE", default: "", flagName: "--body-format-by-exchange"),
+                    setting: "RELAY_BODY_FORMAT_BY_EXCHANGE (--body-format-by-exchange)"),
+                decimals: try DecimalFormat(
+                    parsing: try settings.string(decimalFormat, env: "RELAY_DECIMAL_FORMAT", default: DecimalFormat.default.rawValue, flagName: "--decimal-format"),
+                    setting: "RELAY_DECIMAL_FORMAT (--decimal-format)"),
+                cloudEventsSource: try WireFormat.parseCloudEventsSource(
+                    try settings.string(cloudEventsSource, env: "RELAY_CLOUDEVENTS_SOURCE", default: WireFormat.defaultCloudEventsSource, flagName: "--cloudevents-source"),
+                    setting: "RELAY_CLOUDEVENTS_SOURCE (--cloudevents-source)"))
             shutdownTimeout = try settings.duration(self.shutdownTimeout, env: "RELAY_SHUTDOWN_TIMEOUT", default: "30s", flagName: "--shutdown-timeout")
             let partitionCount = try settings.int(partitions, env: "OUTBOX_PARTITIONS", default: 16, flagName: "--partitions", range: 1...1024)
             let ttl = try settings.duration(leaseTTL, env: "RELAY_LEASE_TTL", default: "10s", flagName: "--lease-ttl")
@@ -132,7 +157,7 @@ struct RelayCommand: AsyncParsableCommand {
             let owner = try settings.string(relayID, env: "RELAY_ID", default: Runtime.defaultInstanceName(), flagName: "--relay-id")
             let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")
             store = MongoOutboxStore(
-                pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount, routing: routing),
+                pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount, routing: routing, body: body),
                 logger: logger)
             leaseStore = MongoLeaseStore(pool: pool, partitions: partitionCount)
             leases = LeaseManager(store: leaseStore, configuration: .init(owner: owner, partitions: partitionCount, ttl: ttl), logger: logger)
@@ -160,7 +185,8 @@ struct RelayCommand: AsyncParsableCommand {
                     "outbox.default_exchange": "\(defaultExchange)",
                     "outbox.batch_size": "\(configuration.batchSize)", "amqp.max_in_flight": "\(options.maxInFlight)",
                     "relay.id": "\(owner)", "outbox.partitions": "\(partitionCount)", "relay.lease_ttl": "\(ttl)",
-                    "relay.change_stream": "\(hint != nil)",
+                    "relay.change_stream": "\(hint != nil)", "relay.body_format": "\(body.format)",
+                    "relay.decimal_format": "\(body.decimals)",
                 ])
         } catch {
             Runtime.failConfiguration(error, program: "outbox-relay")
