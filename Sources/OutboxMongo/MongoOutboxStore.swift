@@ -32,7 +32,7 @@ public final class MongoOutboxStore: OutboxStore {
         public init(
             collection: String = OutboxSchema.defaultCollection, maxBodyBytes: Int = 1 << 20,
             partitions: Int = OutboxSchema.defaultPartitions, routing: EventRouting = EventRouting(),
-            body: MessageBodyOptions = MessageBodyOptions(), sweepInterval: Duration = .seconds(10)
+            body: MessageBodyOptions = MessageBodyOptions(), sweepInterval: Duration = .seconds(60)
         ) {
             self.collection = collection
             self.maxBodyBytes = maxBodyBytes
@@ -132,8 +132,13 @@ public final class MongoOutboxStore: OutboxStore {
             switch OutboxDocument.decode(document, options: decoding, isNew: false) {
             case .success(let message): candidates.append(Candidate(message: message, sid: document["sid"]?.stringValue ?? ""))
             case .failure(let failure):
-                let partition = document["partition"]?.intValue ?? 0
-                fetch.malformed.append((document["_id"] ?? .null, partition, failure.reason, false))
+                let partition = document["partition"]?.intValue ?? -1
+                if (0..<options.partitions).contains(partition) {
+                    fetch.malformed.append((document["_id"] ?? .null, partition, failure.reason, false))
+                } else {
+                    // Written under another partition count: moved to its partition.
+                    fetch.rehome.append((document["_id"] ?? .null, document["partition"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions)))
+                }
             }
         }
 
@@ -212,13 +217,10 @@ public final class MongoOutboxStore: OutboxStore {
     ) throws -> (Read, ScanPosition) {
         var position = position
         var read = Read()
-        let mine: BSON = ["$in": .array(owned.sorted().map { .int32(Int32($0)) })]
-        let pending = BSON.string(OutboxSchema.Status.pending)
         if position.from == nil {
-            let lowest = try outbox.find(
-                ["status": pending, "partition": mine], options: ["sort": ["sid": 1], "limit": 1, "projection": ["sid": 1]])
-            read.read += lowest.count
-            guard let from = lowest.first?["sid"]?.stringValue else { return (read, ScanPosition()) }
+            let lowest = try findPending(outbox, owned: owned, partitions: partitions, limit: 1, projection: ["sid": 1])
+            read.read += lowest.read
+            guard let from = lowest.documents.first?["sid"]?.stringValue else { return (read, ScanPosition()) }
             position.from = from
         }
         let now = Date()
@@ -236,28 +238,24 @@ public final class MongoOutboxStore: OutboxStore {
                 upperSeconds = lowerSeconds &+ position.seconds
                 sidRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
             }
-            let window = try outbox.find(
-                ["status": pending, "partition": mine, "sid": .document(sidRange)],
-                options: ["sort": ["sid": 1], "limit": .int64(Int64(limit * 2))])
-            read.read += window.count
-            read.documents += window.filter(isDue)
-            if window.count >= limit * 2 {
+            let window = try findPending(outbox, owned: owned, partitions: partitions, sid: .document(sidRange), limit: limit * 2)
+            read.read += window.read
+            read.documents += window.documents.filter(isDue)
+            if window.full {
                 // Dense: look at less next time.
                 position.seconds = max(position.seconds / 2, 1)
                 if read.documents.count >= limit { break }  // stay here: this batch gets delivered
                 // What was read is mostly not due: page on through the window from its last id.
-                position.from = window.last?["sid"]?.stringValue ?? lower
+                position.from = window.documents.last?["sid"]?.stringValue ?? lower
                 continue
             }
             if upperSeconds > nowSeconds || lowerSeconds == nil {
                 // Reached the newest events. Ids beyond the window (from a clock ahead of ours) are
                 // read once here; normally there are none.
                 if lowerSeconds != nil, let upper = sidRange["$lt"], read.documents.count < limit {
-                    let tail = try outbox.find(
-                        ["status": pending, "partition": mine, "sid": ["$gte": upper]],
-                        options: ["sort": ["sid": 1], "limit": .int64(Int64(limit - read.documents.count))])
-                    read.read += tail.count
-                    read.documents += tail.filter(isDue)
+                    let tail = try findPending(outbox, owned: owned, partitions: partitions, sid: ["$gte": upper], limit: limit - read.documents.count)
+                    read.read += tail.read
+                    read.documents += tail.documents.filter(isDue)
                 }
                 // Start again from the lowest pending id next time.
                 position = ScanPosition(from: nil, seconds: position.seconds)
@@ -269,6 +267,39 @@ public final class MongoOutboxStore: OutboxStore {
         }
         read.documents = Array(read.documents.prefix(limit))
         return (read, position)
+    }
+
+    /// Pending events of the owned partitions (with `sid` in a range, if given), in `sid` order, at
+    /// most `limit`. One query when the relay owns every partition; otherwise one per owned
+    /// partition, each an equality on the partition index (which every server can use, where
+    /// some scan the whole collection for an `$in` or `$or` of partitions), merged. `full`: a
+    /// query was cut at its limit, so more may follow the last document returned.
+    static func findPending(
+        _ outbox: MongoCollection, owned: Set<Int>, partitions: Int, sid: BSON? = nil, limit: Int, projection: Document? = nil
+    ) throws -> (documents: [Document], full: Bool, read: Int) {
+        var options: Document = ["sort": ["sid": 1], "limit": .int64(Int64(limit))]
+        if let projection { options["projection"] = .document(projection) }
+        func query(_ partition: Int?) -> Document {
+            var filter: Document = ["status": .string(OutboxSchema.Status.pending)]
+            if let partition { filter["partition"] = .int32(Int32(partition)) }
+            if let sid { filter["sid"] = sid }
+            return filter
+        }
+        if owned.count >= partitions {
+            let documents = try outbox.find(query(nil), options: options)
+            return (documents, documents.count >= limit, documents.count)
+        }
+        var merged: [Document] = []
+        var cutoff: String?
+        for partition in owned.sorted() {
+            let documents = try outbox.find(query(partition), options: options)
+            if documents.count >= limit, let last = documents.last?["sid"]?.stringValue { cutoff = min(cutoff ?? last, last) }
+            merged += documents
+        }
+        let read = merged.count
+        merged.sort { ($0["sid"]?.stringValue ?? "") < ($1["sid"]?.stringValue ?? "") }
+        if let cutoff { merged.removeAll { ($0["sid"]?.stringValue ?? "") > cutoff } }
+        return (Array(merged.prefix(limit)), cutoff != nil || merged.count >= limit, read)
     }
 
     /// Where the scan of new documents goes on: a lower bound on `timestamp` (ms) and a window
@@ -352,9 +383,9 @@ public final class MongoOutboxStore: OutboxStore {
                 "timestamp must be a date (BSON datetime), found \(typeName(document["timestamp"] ?? .null))", true
             ))
         }
-        let incomplete = try outbox.find(
-            ["status": .string(OutboxSchema.Status.pending), "$or": [["sid": ["$exists": false]], ["partition": ["$exists": false]]]],
-            options: ["limit": 1000])
+        let incomplete =
+            try outbox.find(["status": .string(OutboxSchema.Status.pending), "sid": .null], options: ["limit": 1000])
+            + outbox.find(["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$exists": true]], options: ["limit": 1000])
         for document in incomplete {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
             case .success(let message): fetch.incomplete.append(message)
@@ -421,13 +452,16 @@ public final class MongoOutboxStore: OutboxStore {
         // them: any such event for a new document, one with a lower scan id for a known event.
         let unversioned = heads.filter { $0.message.aggregateVersion == nil }
         if !unversioned.isEmpty {
-            let partitions = Set(unversioned.map(\.message.partition)).sorted().map { BSON.int32(Int32($0)) }
-            let pending = try outbox.find(
-                [
-                    "status": .string(OutboxSchema.Status.pending), "partition": ["$in": .array(partitions)],
-                    "aggregateId": ["$in": .array(Set(unversioned.map(\.message.aggregateId)).map { .string($0) })],
-                ],
-                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "sid": 1, "aggregateVersion": 1]])
+            // Known pending events without versions of these partitions: normally only those that
+            // failed and wait for a retry, or were handed over (one equality query per partition).
+            let ids = Set(unversioned.map(\.message.aggregateId))
+            var pending: [Document] = []
+            for partition in Set(unversioned.map(\.message.partition)).sorted() {
+                pending += try outbox.find(
+                    ["status": .string(OutboxSchema.Status.pending), "partition": .int32(Int32(partition)), "aggregateVersion": .null],
+                    options: ["projection": ["aggregateType": 1, "aggregateId": 1, "sid": 1, "aggregateVersion": 1]]
+                ).filter { $0["aggregateId"]?.stringValue.map(ids.contains) ?? false }
+            }
             var lowestSid: [AggregateKey: String] = [:]
             for document in pending where document["aggregateVersion"] == nil {
                 guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue else { continue }

@@ -198,7 +198,16 @@ struct RelayCommand: AsyncParsableCommand {
             // The leases are kept renewed beside the drain, as in normal operation.
             try await leases.tick()
             let renewals = Task { try await leases.run() }
-            while try await relay.runOnce().fetched > 0 {}
+            // Done when a pass over held leases found nothing due; without leases (not yet taken,
+            // or lapsed while the store was slow) there is nothing to conclude: take them again.
+            while true {
+                if leases.current.isEmpty {
+                    try await leases.tick()
+                    try await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
+                if try await relay.runOnce().fetched == 0 { break }
+            }
             renewals.cancel()
             _ = try? await renewals.value
             await publisher.close()
