@@ -22,7 +22,7 @@ struct RelayCommand: AsyncParsableCommand {
 
     @OptionGroup var mongo: MongoOptions
 
-    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL amqp://user:pass@host:port/vhost (env AMQP_URL).")
+    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
     var amqpURL: String?
 
     @Option(help: "Outbox collection (env OUTBOX_COLLECTION; default outbox).")
@@ -94,7 +94,7 @@ struct RelayCommand: AsyncParsableCommand {
             let registry = OpsServer.bootstrapMetrics()
             let uri = try mongo.resolvedURI(settings)
             let database = try mongo.resolvedDatabase(settings)
-            let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+            let amqp = try settings.amqp(amqpURL)
             let collection = try settings.string(collection, env: "OUTBOX_COLLECTION", default: "outbox", flagName: "--collection")
             let configuration = RelayConfiguration(
                 batchSize: try settings.int(batchSize, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000),
@@ -116,6 +116,7 @@ struct RelayCommand: AsyncParsableCommand {
             }
             let owner = try settings.string(relayID, env: "RELAY_ID", default: Runtime.defaultInstanceName(), flagName: "--relay-id")
             let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")
+            await Runtime.checkLinks(program: "outbox-relay", mongo: pool, amqp: amqp, broker: .wait, logger: logger)
             store = MongoOutboxStore(
                 pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount),
                 logger: logger)
