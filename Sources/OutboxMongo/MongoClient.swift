@@ -13,6 +13,8 @@ private let mongocInitialised: Bool = {
         // After a write conflict the server has already aborted the transaction; libmongoc's own
         // abort then fails and says so. with_transaction retries; nothing is wrong.
         case MONGOC_LOG_LEVEL_WARNING where text.contains("Error in abortTransaction"): mongocLogger.debug("\(text)")
+        // The operation that needed the connection fails with the same cause and reports it.
+        case MONGOC_LOG_LEVEL_WARNING where text.contains("Failed authentication"): mongocLogger.debug("\(text)")
         case MONGOC_LOG_LEVEL_WARNING: mongocLogger.warning("\(text)")
         case MONGOC_LOG_LEVEL_MESSAGE, MONGOC_LOG_LEVEL_INFO: mongocLogger.info("\(text)")
         default: mongocLogger.trace("\(text)")
