@@ -275,7 +275,7 @@ public enum Runtime {
 struct LinkFailure: Error, CustomStringConvertible {
     let link: String
     let cause: String
-    var description: String { "\(link): \(cause)" }
+    var description: String { link.isEmpty ? cause : "\(link): \(cause)" }
 }
 
 extension Runtime {
@@ -323,7 +323,11 @@ extension Runtime {
                 if let brokerCheck { try await brokerCheck(admin) } else { try await admin.connect() }
             } catch let error as AMQPError {
                 // The error names the broker (without the password) and the cause.
-                let failure = error
+                let failure =
+                    error.cause == .inequivalent
+                    ? LinkFailure(
+                        link: "\(error)", cause: "a queue exists with another type or arguments: CONSUMER_QUEUE_TYPE (--queue-type) must match it (see docs/production-checklist.md)")
+                    : LinkFailure(link: "", cause: "\(error)")
                 if error.cause.isConfiguration { failConfiguration(failure, program: program) }
                 if broker == .exit { failUnavailable(failure, program: program) }
                 logger.warning("broker unreachable at start; waiting for it", metadata: ["error": "\(failure)"])
