@@ -220,6 +220,49 @@ struct SecureLinkTests {
         #expect(hits.isEmpty, "\(hits)")
     }
 
+    @Test("the broker refuses the password after a rotation: not ready, one clear error; back to ready when it accepts it again")
+    func passwordRotation() async throws {
+        // Node 2 is used by nobody else before the failover test, which runs later, alone.
+        let node2 = SecureStack.rabbitPort(node: 2)
+        let url = try Self.secretFile(SecureStack.amqpURL.replacingOccurrences(of: ":\(SecureStack.rabbitPort(node: 1))/", with: ":\(node2)/"))
+        let database = "secure_rotation_\(UUID().uuidString.prefix(8).lowercased())"
+        let port = unusedPort()
+        let relay = try Program(
+            "outbox-relay",
+            environment: SecureStack.programEnvironment([
+                "AMQP_URL_FILE": url, "OUTBOX_DATABASE": database, "RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)", "RELAY_POLL_INTERVAL": "100ms",
+            ]))
+        let rotated = "rotated-\(UUID().uuidString.replacingOccurrences(of: "-", with: ""))"
+        var restored = false
+        do {
+            #expect(await eventually(timeout: .seconds(60)) { await httpGet(port: port, "/health/ready")?.status == 200 }, "\(relay.output)")
+            let change = try await SecureStack.stack(["rabbitmqctl", "-q", "change_password", "outbox", rotated], node: 2)
+            #expect(change.status == 0, "\(change.output)")
+            let close = try await SecureStack.stack(["rabbitmqctl", "-q", "close_all_connections", "password rotation test"], node: 2)
+            #expect(close.status == 0, "\(close.output)")
+            let notReady = await eventually(timeout: .seconds(30)) {
+                guard let ready = await httpGet(port: port, "/health/ready") else { return false }
+                return ready.status == 503 && ready.body.contains(#""broker":"down""#)
+            }
+            #expect(notReady, "\(relay.output)")
+            try await Task.sleep(for: .seconds(2))
+            let refusals = relay.output.split(separator: "\n").filter { $0.contains("AMQP link down") }
+            #expect(refusals.count == 1, "one error for the refused password, not one per retry: \(relay.output)")
+            #expect(refusals.first?.contains("refused the user name or password") == true && refusals.first?.contains("error.cause=authentication") == true)
+            let back = try await SecureStack.stack(["rabbitmqctl", "-q", "change_password", "outbox", SecureStack.passwords[1]], node: 2)
+            #expect(back.status == 0, "\(back.output)")
+            restored = back.status == 0
+            #expect(await eventually(timeout: .seconds(30)) { await httpGet(port: port, "/health/ready")?.status == 200 }, "ready again: \(relay.output)")
+        } catch {
+            Issue.record(error)
+        }
+        if !restored { _ = try? await SecureStack.stack(["rabbitmqctl", "-q", "change_password", "outbox", SecureStack.passwords[1]], node: 2) }
+        #expect(await relay.terminate() == 0)
+        #expect(relay.output.components(separatedBy: "AMQP connection open").count - 1 == 2, "\(relay.output)")
+        let hits = LeakSearch(secrets: SecureStack.passwords + [rotated]).hits(in: [("relay", relay.output)])
+        #expect(hits.isEmpty, "\(hits)")
+    }
+
     @Test("several brokers: an address that never answers is given up after connection_timeout and the next one is used")
     func connectionTimeoutAndNextAddress() async throws {
         // A listener that never accepts: the TLS handshake waits until the deadline.
