@@ -75,6 +75,19 @@ struct SecureLinkTests {
         _ = try? await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
     }
 
+    @Test("the benchmark runs over TLS with authentication and prints the store without its password")
+    func benchmark() async throws {
+        let bench = try Program(
+            "outbox-bench",
+            ["--bin-directory", Program.binDirectory.path, "--backlog", "100", "--broker-messages", "200", "--rate", "20", "--latency-seconds", "1"],
+            environment: SecureStack.programEnvironment(["OUTBOX_DATABASE": "secure_bench"]))
+        #expect(await bench.wait(timeout: .seconds(180)) == 0, "\(bench.output.suffix(2000))")
+        #expect(bench.output.contains("store (MongoDB wire: mongodb://outbox@127.0.0.1:\(SecureStack.mongoPort))"), "\(bench.output)")
+        #expect(bench.output.contains("relay drain of a 100 backlog"))
+        let hits = LeakSearch(secrets: SecureStack.passwords).hits(in: [("outbox-bench", bench.output)])
+        #expect(hits.isEmpty, "\(hits)")
+    }
+
     /// One wrong setting and what it must produce.
     struct BadLink: Sendable, CustomStringConvertible {
         var name: String
