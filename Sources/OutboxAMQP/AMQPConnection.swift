@@ -410,9 +410,27 @@ final class AMQPConnection {
     /// Frees decoded-frame memory once nothing is buffered; call between batches.
     func releaseBuffers() { amqp_maybe_release_buffers(state) }
 
-    /// Lets rabbitmq-c answer heartbeats while the connection is otherwise idle.
+    /// Lets rabbitmq-c answer heartbeats while the connection is otherwise idle, and notices a
+    /// connection or channel the broker closed (a forced close, a node shutting down): without
+    /// that the connection would look open until the broker gave up waiting for close-ok.
     func keepAlive() throws {
-        while let _ = try waitFrame(timeout: .zero) {}
+        while let frame = try waitFrame(timeout: .zero) {
+            guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { continue }
+            let method = frame.payload.method
+            switch method.id {
+            case OUTBOX_AMQP_CONNECTION_CLOSE:
+                let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                let text = "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))"
+                var ok = amqp_connection_close_ok_t()
+                _ = amqp_send_method(state, 0, OUTBOX_AMQP_CONNECTION_CLOSE_OK, &ok)
+                throw failed("connection", text)
+            case OUTBOX_AMQP_CHANNEL_CLOSE:
+                let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                throw failed("channel", "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+            default:
+                continue
+            }
+        }
     }
 
     // MARK: Consuming
