@@ -21,7 +21,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     @OptionGroup var mongo: MongoOptions
 
-    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL (env AMQP_URL).")
+    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
     var amqpURL: String?
 
     @Option(help: "Folder with the release build of outbox-relay.")
@@ -43,8 +43,8 @@ struct BenchCommand: AsyncParsableCommand {
         let settings = Settings()
         let logger = Runtime.bootstrap(label: "outbox-bench", level: .error)
         let uri = try mongo.resolvedURI(settings)
-        let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
-        let bench = Bench(uri: uri, amqp: amqp, amqpURL: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"), bin: binDirectory, logger: logger)
+        let amqp = try settings.amqp(amqpURL)
+        let bench = Bench(uri: uri, amqp: amqp, amqpURL: try settings.secret(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"), bin: binDirectory, logger: logger)
         var rows: [(String, String)] = []
         func report(_ name: String, _ value: String) {
             rows.append((name, value))
@@ -57,7 +57,7 @@ struct BenchCommand: AsyncParsableCommand {
         let relayNoStore = try await bench.relayWithoutStore(messages: brokerMessages)
         report("relay, store taken out (in-memory events, real broker)", "\(Int(relayNoStore)) ev/s  (\(ratio(relayNoStore, brokerCeiling)) of broker ceiling)")
 
-        print("store (MongoDB wire: \(uri.split(separator: "?").first ?? "")), backlog \(backlog)")
+        print("store (MongoDB wire: \(Secrets.displayURI(uri, query: false))), backlog \(backlog)")
         let storeCeiling = try await bench.storeCeiling(events: backlog)
         report("store ceiling: find 500 pending + mark them, in a loop", "\(Int(storeCeiling)) ev/s")
         let drain = try await bench.drain(events: backlog)
@@ -98,6 +98,8 @@ struct Bench {
         var environment = ProcessInfo.processInfo.environment
         environment["MONGODB_URI"] = uri
         environment["AMQP_URL"] = amqpURL
+        // Resolved above: the files would now count as a second source of the same setting.
+        for name in ["MONGODB_URI_FILE", "MONGODB_PASSWORD_FILE", "AMQP_URL_FILE"] { environment[name] = nil }
         environment["OUTBOX_DATABASE"] = database
         environment["LOG_LEVEL"] = "warning"
         environment["RELAY_HTTP_ADDRESS"] = "off"

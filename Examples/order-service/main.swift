@@ -39,6 +39,7 @@ struct OrderServiceCommand: AsyncParsableCommand {
             let exchange = try settings.string(exchange, env: "ORDER_EXCHANGE", default: "orders", flagName: "--exchange")
             let pool = try settings.mongoPool(
                 uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "order-service", threads: 8)
+            await Runtime.checkLinks(program: "order-service", mongo: pool, amqp: nil, broker: .exit, logger: logger)
             store = OrderStore(pool: pool, exchange: exchange)
             app = Application(
                 router: OrderAPI(store: store).buildRouter(),

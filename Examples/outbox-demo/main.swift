@@ -28,7 +28,7 @@ struct DemoCommand: AsyncParsableCommand {
 
     @OptionGroup var mongo: MongoOptions
 
-    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL (env AMQP_URL).")
+    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
     var amqpURL: String?
 
     @Option(help: "Base URL of the order service.")
@@ -54,7 +54,7 @@ struct DemoCommand: AsyncParsableCommand {
         let settings = Settings()
         let logger = Runtime.bootstrap(label: "outbox-demo", level: .warning)
         let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outbox-demo")
-        let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+        let amqp = try settings.amqp(amqpURL)
         let started = ContinuousClock.now
 
         // Follow-up events from the inventory consumer go to the "inventory" exchange; a queue of

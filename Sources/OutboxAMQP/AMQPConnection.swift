@@ -4,12 +4,46 @@ import Outbox
 
 /// An AMQP failure. Any AMQPError means the connection is no longer usable.
 public struct AMQPError: Error, CustomStringConvertible, Sendable {
+    /// Why a connection failed, as far as the client can tell.
+    public enum Cause: Sendable, Equatable {
+        /// The broker could not be reached or went away (refused, timed out, closed, no route).
+        case unreachable
+        /// The broker refused the user name or password, or the user's access to the virtual host.
+        case authentication
+        /// The broker's certificate does not chain to a trusted CA.
+        case certificate
+        /// The broker's certificate does not name the host connected to.
+        case hostname
+        /// The TLS handshake failed (e.g. `amqps://` to a plain AMQP port, or no client certificate
+        /// where the broker requires one).
+        case tlsHandshake
+        /// The broker closed the connection before speaking AMQP (e.g. `amqp://` to a TLS port).
+        case protocolMismatch
+        /// A settings file (CA, certificate, key) could not be used.
+        case tlsSettings
+        /// A declaration differs from what exists on the broker (406 PRECONDITION_FAILED, e.g. a
+        /// classic queue declared as a quorum queue).
+        case inequivalent
+        /// Anything else (a channel error, a refused declaration, ...).
+        case other
+
+        /// True when retrying cannot help: the settings must change.
+        public var isConfiguration: Bool {
+            switch self {
+            case .authentication, .certificate, .hostname, .tlsHandshake, .protocolMismatch, .tlsSettings, .inequivalent: true
+            case .unreachable, .other: false
+            }
+        }
+    }
+
     public let operation: String
     public let message: String
+    public let cause: Cause
 
-    public init(operation: String, message: String) {
+    public init(operation: String, message: String, cause: Cause = .other) {
         self.operation = operation
         self.message = message
+        self.cause = cause
     }
 
     public var description: String { "AMQP \(operation) failed: \(message)" }
@@ -57,31 +91,120 @@ final class AMQPConnection {
     /// Which connection of its owner this is; delivery tags are only valid on the connection that issued them.
     let generation: Int
 
-    init(endpoint: AMQPEndpoint, heartbeatSeconds: Int32, connectTimeout: Duration, generation: Int = 0) throws {
+    init(
+        endpoint: AMQPEndpoint, address: AMQPEndpoint.Address, heartbeatSeconds: Int32, connectTimeout: Duration,
+        generation: Int = 0
+    ) throws {
         self.generation = generation
-        guard let state = amqp_new_connection() else { throw AMQPError(operation: "connect", message: "out of memory") }
+        let link = endpoint.link(address)
+        guard let state = amqp_new_connection() else { throw AMQPError(operation: "connect to \(link)", message: "out of memory") }
         // From here on every stored property is set, so a throw still runs deinit, which
         // destroys the state: the failure paths below must not destroy it themselves.
         self.state = state
-        guard let socket = amqp_tcp_socket_new(state) else {
-            throw AMQPError(operation: "connect", message: "cannot create socket")
-        }
+        let socket = try Self.socket(state, tls: endpoint.tls, link: link)
         var timeout = timeval(duration: connectTimeout)
-        let status = amqp_socket_open_noblock(socket, endpoint.host, Int32(endpoint.port), &timeout)
+        let status = amqp_socket_open_noblock(socket, address.host, Int32(address.port), &timeout)
         guard status == AMQP_STATUS_OK.rawValue else {
-            throw AMQPError(operation: "connect to \(endpoint.host):\(endpoint.port)", message: statusText(status))
+            throw AMQPError(operation: "connect to \(link)", message: Self.openFailure(status), cause: Self.openCause(status))
         }
         // Reads and writes give up after this long, so a dead peer never blocks a thread for ever.
         var rpcTimeout = timeval(duration: connectTimeout)
         amqp_set_rpc_timeout(state, &rpcTimeout)
+        amqp_set_handshake_timeout(state, &rpcTimeout)
         let login = outbox_amqp_login_plain(
             state, endpoint.virtualHost, 1, 131072, heartbeatSeconds, endpoint.user, endpoint.password)
         guard login.reply_type == AMQP_RESPONSE_NORMAL else {
-            throw AMQPError(operation: "login as \(endpoint.user)", message: replyText(login))
+            let (message, cause) = Self.loginFailure(login, tls: endpoint.tls != nil)
+            throw AMQPError(operation: "login to \(link)", message: message, cause: cause)
         }
         amqp_channel_open(state, channel)
         try check("channel.open")
         isOpen = true
+    }
+
+    /// A TCP socket, or a TLS socket set up from `tls`. The socket belongs to `state`.
+    private static func socket(_ state: amqp_connection_state_t, tls: AMQPTLSOptions?, link: String) throws -> OpaquePointer {
+        func fail(_ message: String, _ cause: AMQPError.Cause = .tlsSettings) -> AMQPError {
+            AMQPError(operation: "connect to \(link)", message: message, cause: cause)
+        }
+        guard let tls else {
+            guard let socket = amqp_tcp_socket_new(state) else { throw fail("cannot create socket", .other) }
+            return socket
+        }
+        guard let socket = amqp_ssl_socket_new(state) else { throw fail("cannot create TLS socket", .other) }
+        if let caFile = tls.caFile, amqp_ssl_socket_set_cacert(socket, caFile) != AMQP_STATUS_OK.rawValue {
+            throw fail("CA file \(caFile) holds no usable PEM certificate")
+        }
+        guard outbox_amqp_ssl_harden(socket, tls.caFile == nil ? 1 : 0) == 1 else {
+            throw fail("cannot set up TLS (minimum version TLS 1.2, system CA store)")
+        }
+        if let certFile = tls.certFile, let keyFile = tls.keyFile,
+            outbox_amqp_ssl_set_key(socket, certFile, keyFile) != AMQP_STATUS_OK.rawValue
+        {
+            throw fail("client certificate \(certFile) and key \(keyFile) cannot be used (PEM, matching, key not encrypted)")
+        }
+        amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
+        amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
+        return socket
+    }
+
+    private static func openCause(_ status: Int32) -> AMQPError.Cause {
+        switch status {
+        case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue: .certificate
+        case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue: .hostname
+        case AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue, AMQP_STATUS_SSL_ERROR.rawValue: .tlsHandshake
+        default: .unreachable
+        }
+    }
+
+    private static func openFailure(_ status: Int32) -> String {
+        switch status {
+        case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
+            "TLS: the broker's certificate is not signed by a trusted CA (AMQP_TLS_CA_FILE or the URL's cacertfile)"
+        case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
+            "TLS: the broker's certificate does not name this host (host name mismatch)"
+        case AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue, AMQP_STATUS_SSL_ERROR.rawValue:
+            "TLS handshake failed (is the port a TLS port? does the broker require a client certificate, AMQP_TLS_CERT_FILE?)"
+        case AMQP_STATUS_SOCKET_ERROR.rawValue:
+            "cannot connect: nothing accepted the connection (refused, unreachable or reset)"
+        case AMQP_STATUS_TIMEOUT.rawValue:
+            "cannot connect: timed out (connection_timeout)"
+        case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED.rawValue:
+            "cannot connect: host name not found"
+        default:
+            statusText(status)
+        }
+    }
+
+    /// Why `amqp_login` failed. The broker refuses a bad password with connection.close 403; a
+    /// TLS listener reached in plain text closes the connection before the AMQP handshake.
+    private static func loginFailure(_ reply: amqp_rpc_reply_t, tls: Bool) -> (String, AMQPError.Cause) {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_SERVER_EXCEPTION where reply.reply.id == OUTBOX_AMQP_CONNECTION_CLOSE:
+            let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            let text = "\(close.reply_code) \(String(amqpBytes: close.reply_text))"
+            switch close.reply_code {
+            case 403: return ("the broker refused the user name or password: \(text)", .authentication)
+            case 530: return ("the user may not use this virtual host: \(text)", .authentication)
+            default: return ("connection closed by broker: \(text)", .other)
+            }
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            switch reply.library_error {
+            case AMQP_STATUS_CONNECTION_CLOSED.rawValue, AMQP_STATUS_SOCKET_ERROR.rawValue, AMQP_STATUS_BAD_AMQP_DATA.rawValue,
+                AMQP_STATUS_INCOMPATIBLE_AMQP_VERSION.rawValue, AMQP_STATUS_SSL_ERROR.rawValue, AMQP_STATUS_UNEXPECTED_STATE.rawValue:
+                if tls {
+                    // TLS 1.3 reports a refused client certificate only at the first read.
+                    let text = "the broker closed the TLS connection before the AMQP handshake (does it require a client certificate, AMQP_TLS_CERT_FILE?)"
+                    return ("\(text): \(statusText(reply.library_error))", .tlsHandshake)
+                }
+                let text = "the broker closed the connection before the AMQP handshake (a TLS port needs amqps://)"
+                return ("\(text): \(statusText(reply.library_error))", .protocolMismatch)
+            default:
+                return (statusText(reply.library_error), .unreachable)
+            }
+        default:
+            return ("no reply to the login", .unreachable)
+        }
     }
 
     deinit {
@@ -104,7 +227,13 @@ final class AMQPConnection {
         let reply = amqp_get_rpc_reply(state)
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
             isOpen = false
-            throw AMQPError(operation: operation, message: replyText(reply))
+            var cause = AMQPError.Cause.other
+            if reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION, reply.reply.id == OUTBOX_AMQP_CHANNEL_CLOSE,
+                reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee.reply_code == 406
+            {
+                cause = .inequivalent
+            }
+            throw AMQPError(operation: operation, message: replyText(reply), cause: cause)
         }
     }
 
@@ -283,9 +412,27 @@ final class AMQPConnection {
     /// Frees decoded-frame memory once nothing is buffered; call between batches.
     func releaseBuffers() { amqp_maybe_release_buffers(state) }
 
-    /// Lets rabbitmq-c answer heartbeats while the connection is otherwise idle.
+    /// Lets rabbitmq-c answer heartbeats while the connection is otherwise idle, and notices a
+    /// connection or channel the broker closed (a forced close, a node shutting down): without
+    /// that the connection would look open until the broker gave up waiting for close-ok.
     func keepAlive() throws {
-        while let _ = try waitFrame(timeout: .zero) {}
+        while let frame = try waitFrame(timeout: .zero) {
+            guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { continue }
+            let method = frame.payload.method
+            switch method.id {
+            case OUTBOX_AMQP_CONNECTION_CLOSE:
+                let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                let text = "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))"
+                var ok = amqp_connection_close_ok_t()
+                _ = amqp_send_method(state, 0, OUTBOX_AMQP_CONNECTION_CLOSE_OK, &ok)
+                throw failed("connection", text)
+            case OUTBOX_AMQP_CHANNEL_CLOSE:
+                let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                throw failed("channel", "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+            default:
+                continue
+            }
+        }
     }
 
     // MARK: Consuming

@@ -8,13 +8,15 @@ public struct AMQPConfiguration: Sendable {
     public var endpoint: AMQPEndpoint
     /// Heartbeat interval negotiated with the broker; 0 turns heartbeats off.
     public var heartbeatSeconds: Int
-    /// Limit for connecting, logging in and each blocking read or write.
+    /// Limit for connecting (per broker address), logging in and each blocking read or write.
     public var connectTimeout: Duration
 
-    public init(endpoint: AMQPEndpoint, heartbeatSeconds: Int = 30, connectTimeout: Duration = .seconds(5)) {
+    /// Unless given here, `heartbeatSeconds` and `connectTimeout` come from the URL's `heartbeat`
+    /// and `connection_timeout` parameters, else 30 s and 5 s.
+    public init(endpoint: AMQPEndpoint, heartbeatSeconds: Int? = nil, connectTimeout: Duration? = nil) {
         self.endpoint = endpoint
-        self.heartbeatSeconds = heartbeatSeconds
-        self.connectTimeout = connectTimeout
+        self.heartbeatSeconds = heartbeatSeconds ?? endpoint.heartbeatSeconds ?? 30
+        self.connectTimeout = connectTimeout ?? endpoint.connectionTimeout ?? .seconds(5)
     }
 }
 
@@ -25,6 +27,9 @@ public struct AMQPConfiguration: Sendable {
 /// and after any failure (an `AMQPError` closes it; the next call reconnects and runs `setup`
 /// again, e.g. `confirm.select` and declarations).
 ///
+/// With several broker addresses, a connection attempt tries them in turn, starting after the one
+/// whose connection was lost, so a node that went away is tried last.
+///
 /// `@unchecked Sendable`: `connection` is read and written only on `thread`, which has exactly one
 /// thread, so no two calls ever touch it at once.
 public final class AMQPConnectionOwner: @unchecked Sendable {
@@ -34,6 +39,10 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
         didSet { connected.store(connection?.isOpen ?? false, ordering: .relaxed) }
     }
     private var generation = 0
+    /// Index of the address the last connection was open to.
+    private var lastAddress: Int?
+    /// The last connection failure logged, so that a broker that stays away is one error, not one per retry.
+    private var lastFailure: String?
     /// Mirrors whether a connection is open, readable from any thread without waiting for the owner's.
     private let connected = Atomic<Bool>(false)
 
@@ -89,13 +98,41 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
     private func openConnection() throws -> AMQPConnection {
         if let connection, connection.isOpen { return connection }
         connection = nil
-        generation += 1
-        let fresh = try AMQPConnection(
-            endpoint: configuration.endpoint, heartbeatSeconds: Int32(configuration.heartbeatSeconds),
-            connectTimeout: configuration.connectTimeout, generation: generation)
-        try setup(fresh)
-        logger.info("AMQP connection open", metadata: ["amqp.endpoint": "\(configuration.endpoint)"])
-        connection = fresh
-        return fresh
+        let endpoint = configuration.endpoint
+        let count = endpoint.addresses.count
+        let first = lastAddress.map { ($0 + 1) % count } ?? 0
+        var failures: [AMQPError] = []
+        for index in (0..<count).map({ (first + $0) % count }) {
+            generation += 1
+            do {
+                let fresh = try AMQPConnection(
+                    endpoint: endpoint, address: endpoint.addresses[index], heartbeatSeconds: Int32(configuration.heartbeatSeconds),
+                    connectTimeout: configuration.connectTimeout, generation: generation)
+                try setup(fresh)
+                logger.info("AMQP connection open", metadata: ["amqp.endpoint": "\(endpoint.link(endpoint.addresses[index]))"])
+                lastAddress = index
+                lastFailure = nil
+                connection = fresh
+                return fresh
+            } catch let error as AMQPError {
+                failures.append(error)
+            }
+        }
+        let error = Self.combine(failures)
+        if error.description != lastFailure {
+            lastFailure = error.description
+            logger.error(
+                "AMQP link down", metadata: ["amqp.endpoint": "\(endpoint)", "error": "\(error)", "error.cause": "\(error.cause)"])
+        }
+        throw error
+    }
+
+    /// One error for a failed attempt on every address: a configuration cause only when every
+    /// address failed for one (another node may just be restarting).
+    private static func combine(_ failures: [AMQPError]) -> AMQPError {
+        guard failures.count > 1 else { return failures[0] }
+        let cause = failures.allSatisfy(\.cause.isConfiguration) ? failures[0].cause : .unreachable
+        return AMQPError(
+            operation: "connect to any broker", message: failures.map(\.description).joined(separator: "; "), cause: cause)
     }
 }

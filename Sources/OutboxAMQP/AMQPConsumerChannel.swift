@@ -3,6 +3,15 @@ import Outbox
 
 /// Where a consumer's messages come from and where its failures go.
 public struct ConsumerTopology: Sendable {
+    /// RabbitMQ queue types (`x-queue-type`).
+    public enum QueueType: String, Sendable {
+        /// Replicated with Raft across the cluster's nodes; survives the loss of a minority of nodes.
+        /// RabbitMQ's recommendation for data safety (3.8+; works on a single node too).
+        case quorum
+        /// Kept on one node; lost with that node's disk.
+        case classic
+    }
+
     /// Topic exchange the events are published to.
     public var exchange: String
     /// The consumer's durable queue.
@@ -12,19 +21,42 @@ public struct ConsumerTopology: Sendable {
     /// The consumer's own dead-letter exchange (fanout) and queue.
     public var deadLetterExchange: String
     public var deadLetterQueue: String
+    /// Type of the queue and of the dead-letter queue.
+    public var queueType: QueueType
     /// Unacknowledged deliveries the broker sends ahead.
     public var prefetch: UInt16
 
     public init(
         exchange: String, queue: String, bindings: [String], deadLetterExchange: String? = nil,
-        deadLetterQueue: String? = nil, prefetch: UInt16 = 32
+        deadLetterQueue: String? = nil, queueType: QueueType = .quorum, prefetch: UInt16 = 32
     ) {
         self.exchange = exchange
         self.queue = queue
         self.bindings = bindings
         self.deadLetterExchange = deadLetterExchange ?? "\(queue).dlx"
         self.deadLetterQueue = deadLetterQueue ?? "\(queue).dlq"
+        self.queueType = queueType
         self.prefetch = prefetch
+    }
+
+    /// Declares exchanges, queues and bindings; idempotent. A queue that exists with another type
+    /// fails with an `AMQPError` whose cause is `.inequivalent`.
+    func declare(on connection: AMQPConnection) throws {
+        try connection.declareExchange(exchange)
+        try connection.declareExchange(deadLetterExchange, type: "fanout")
+        let typed = queueTypeArguments
+        try connection.declareQueue(deadLetterQueue, arguments: typed)
+        try connection.bindQueue(deadLetterQueue, exchange: deadLetterExchange, routingKey: "")
+        try connection.declareQueue(queue, arguments: typed.merging(["x-dead-letter-exchange": .string(deadLetterExchange)]) { $1 })
+        for key in bindings {
+            try connection.bindQueue(queue, exchange: exchange, routingKey: key)
+        }
+    }
+
+    /// Arguments that declare a queue of `queueType` (none for classic, so that queues declared
+    /// before queue types existed stay equivalent).
+    public var queueTypeArguments: [String: AMQPArgument] {
+        queueType == .classic ? [:] : ["x-queue-type": .string(queueType.rawValue)]
     }
 }
 
@@ -37,14 +69,7 @@ public final class AMQPConsumerChannel: Sendable {
     public init(configuration: AMQPConfiguration, topology: ConsumerTopology, logger: Logger) {
         self.topology = topology
         owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { connection in
-            try connection.declareExchange(topology.exchange)
-            try connection.declareExchange(topology.deadLetterExchange, type: "fanout")
-            try connection.declareQueue(topology.deadLetterQueue)
-            try connection.bindQueue(topology.deadLetterQueue, exchange: topology.deadLetterExchange, routingKey: "")
-            try connection.declareQueue(topology.queue, arguments: ["x-dead-letter-exchange": .string(topology.deadLetterExchange)])
-            for key in topology.bindings {
-                try connection.bindQueue(topology.queue, exchange: topology.exchange, routingKey: key)
-            }
+            try topology.declare(on: connection)
             try connection.qos(prefetch: topology.prefetch)
             try connection.consume(queue: topology.queue)
         }
@@ -99,6 +124,16 @@ public final class AMQPAdmin: Sendable {
         } catch is AMQPError {
             return try await owner.run(body)
         }
+    }
+
+    /// Opens the connection (trying every broker address); throws the reason when it cannot.
+    public func connect() async throws {
+        try await owner.run { _ in }
+    }
+
+    /// Declares a consumer's exchanges, queues and bindings, as its channel does on connecting.
+    public func declare(_ topology: ConsumerTopology) async throws {
+        try await run { try topology.declare(on: $0) }
     }
 
     public func declareExchange(_ name: String, type: String = "topic") async throws {

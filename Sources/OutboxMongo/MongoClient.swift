@@ -13,6 +13,8 @@ private let mongocInitialised: Bool = {
         // After a write conflict the server has already aborted the transaction; libmongoc's own
         // abort then fails and says so. with_transaction retries; nothing is wrong.
         case MONGOC_LOG_LEVEL_WARNING where text.contains("Error in abortTransaction"): mongocLogger.debug("\(text)")
+        // The operation that needed the connection fails with the same cause and reports it.
+        case MONGOC_LOG_LEVEL_WARNING where text.contains("Failed authentication"): mongocLogger.debug("\(text)")
         case MONGOC_LOG_LEVEL_WARNING: mongocLogger.warning("\(text)")
         case MONGOC_LOG_LEVEL_MESSAGE, MONGOC_LOG_LEVEL_INFO: mongocLogger.info("\(text)")
         default: mongocLogger.trace("\(text)")
@@ -75,6 +77,37 @@ public struct MongoError: Error, CustomStringConvertible, Sendable {
             || errorLabels.contains("RetryableWriteError") || errorLabels.contains("TransientTransactionError")
     }
 
+    /// The server or the client refused the credentials (SCRAM): retrying cannot help.
+    public var isAuthenticationFailure: Bool {
+        (domain == UInt32(MONGOC_ERROR_CLIENT.rawValue) && code == UInt32(MONGOC_ERROR_CLIENT_AUTHENTICATE.rawValue))
+            || code == 18  // AuthenticationFailed from the server
+    }
+
+    /// The TLS handshake failed (untrusted certificate, host name mismatch, no TLS on the port):
+    /// retrying cannot help.
+    public var isTLSFailure: Bool { message.contains("TLS handshake failed") }
+
+    /// A failure that the settings must fix, not the network: authentication or TLS.
+    public var isConfigurationFailure: Bool { isAuthenticationFailure || isTLSFailure }
+
+    /// What the failure means for the link, in words, for start-up errors.
+    public var linkExplanation: String {
+        if isAuthenticationFailure {
+            return "authentication failed: the user name or password is wrong, or authSource/authMechanism do not match the server (\(message))"
+        }
+        if message.contains("hostname mismatch") {
+            return "TLS: the server's certificate does not name this host (host name mismatch) (\(message))"
+        }
+        if message.contains("certificate verify failed") {
+            return "TLS: the server's certificate is not signed by a trusted CA (tlsCAFile in MONGODB_URI) (\(message))"
+        }
+        if isTLSFailure { return "TLS handshake failed (\(message))" }
+        if message.contains("Failed to read 4 bytes") {
+            return "the server closed the connection or did not answer; if the port is a TLS port, add tls=true to MONGODB_URI (\(message))"
+        }
+        return "unreachable (\(message))"
+    }
+
     public var description: String { "MongoDB \(operation) failed (domain \(domain), code \(code)): \(message)" }
 }
 
@@ -88,13 +121,26 @@ public struct MongoConfiguration: Sendable {
     public var threads: Int
     /// Application name reported to the server.
     public var appName: String
+    /// Sees the name and body of every command sent (libmongoc command monitoring), e.g. to
+    /// check which write concern a commit carries. Runs on a pool thread; keep it short.
+    public var commandObserver: (@Sendable (_ name: String, _ command: Document) -> Void)?
 
-    public init(uri: String, database: String = "outbox", threads: Int = 4, appName: String = "outbox") {
+    public init(
+        uri: String, database: String = "outbox", threads: Int = 4, appName: String = "outbox",
+        commandObserver: (@Sendable (_ name: String, _ command: Document) -> Void)? = nil
+    ) {
         self.uri = uri
         self.database = database
         self.threads = threads
         self.appName = appName
+        self.commandObserver = commandObserver
     }
+}
+
+/// Carries `MongoConfiguration.commandObserver` through libmongoc's C callback.
+private final class CommandObserverBox: Sendable {
+    let observe: @Sendable (String, Document) -> Void
+    init(_ observe: @escaping @Sendable (String, Document) -> Void) { self.observe = observe }
 }
 
 /// Owns a `mongoc_client_pool_t` and the threads that use it.
@@ -111,6 +157,9 @@ public final class MongoClientPool: @unchecked Sendable {
     private let uri: OpaquePointer
     let pool: OpaquePointer
     private let threadPool: NIOThreadPool
+    /// Options of every transaction: write concern majority (see `withTransaction`).
+    let transactionOptions: OpaquePointer
+    private let observer: Unmanaged<CommandObserverBox>?
 
     public init(_ configuration: MongoConfiguration) throws {
         _ = mongocInitialised
@@ -125,6 +174,33 @@ public final class MongoClientPool: @unchecked Sendable {
         }
         mongoc_client_pool_set_error_api(pool, Int32(MONGOC_ERROR_API_VERSION_2))
         mongoc_client_pool_set_appname(pool, configuration.appName)
+        if let observe = configuration.commandObserver {
+            let box = Unmanaged.passRetained(CommandObserverBox(observe))
+            let callbacks = mongoc_apm_callbacks_new()
+            mongoc_apm_set_command_started_cb(callbacks) { event in
+                guard let event, let context = mongoc_apm_command_started_get_context(event),
+                    let command = mongoc_apm_command_started_get_command(event),
+                    let name = mongoc_apm_command_started_get_command_name(event),
+                    let document = try? Document(copying: command)
+                else { return }
+                Unmanaged<CommandObserverBox>.fromOpaque(context).takeUnretainedValue().observe(String(cString: name), document)
+            }
+            mongoc_client_pool_set_apm_callbacks(pool, callbacks, box.toOpaque())
+            mongoc_apm_callbacks_destroy(callbacks)
+            observer = box
+        } else {
+            observer = nil
+        }
+        // Durable writes: a transaction commits with write concern "majority", so an acknowledged
+        // commit (an order and its event) is on a majority of the replica set and survives the
+        // failover of the primary. On a real replica set majority implies journaled
+        // (writeConcernMajorityJournalDefault). wtimeout bounds the wait when a majority is
+        // unavailable; the commit then fails with UnknownTransactionCommitResult and is retried.
+        let writeConcern = mongoc_write_concern_new()
+        mongoc_write_concern_set_wmajority(writeConcern, MongoClientPool.majorityTimeoutMilliseconds)
+        transactionOptions = mongoc_transaction_opts_new()
+        mongoc_transaction_opts_set_write_concern(transactionOptions, writeConcern)
+        mongoc_write_concern_destroy(writeConcern)
         // One client per pool thread, one for a change-stream watcher, one spare.
         mongoc_client_pool_max_size(pool, UInt32(max(configuration.threads, 1) + 2))
         self.uri = uri
@@ -137,7 +213,12 @@ public final class MongoClientPool: @unchecked Sendable {
         try? threadPool.syncShutdownGracefully()
         mongoc_client_pool_destroy(pool)
         mongoc_uri_destroy(uri)
+        mongoc_transaction_opts_destroy(transactionOptions)
+        observer?.release()
     }
+
+    /// How long a commit waits for a majority of the replica set to acknowledge it.
+    public static let majorityTimeoutMilliseconds: Int32 = 10_000
 
     /// The database named in the configuration.
     public var database: String { configuration.database }
@@ -148,7 +229,7 @@ public final class MongoClientPool: @unchecked Sendable {
         try await threadPool.runIfActive { [self] in
             let client = mongoc_client_pool_pop(pool)!
             defer { mongoc_client_pool_push(pool, client) }
-            return try body(MongoConnection(client: client, session: nil, database: database))
+            return try body(MongoConnection(client: client, session: nil, database: database, transactionOptions: transactionOptions))
         }
     }
 
@@ -177,6 +258,15 @@ public struct MongoConnection {
     let client: OpaquePointer
     let session: OpaquePointer?
     public let database: String
+    /// The pool's transaction options (write concern majority).
+    let transactionOptions: OpaquePointer?
+
+    init(client: OpaquePointer, session: OpaquePointer?, database: String, transactionOptions: OpaquePointer? = nil) {
+        self.client = client
+        self.session = session
+        self.database = database
+        self.transactionOptions = transactionOptions
+    }
 
     public func collection(_ name: String) -> MongoCollection {
         MongoCollection(connection: self, name: name)
@@ -219,7 +309,9 @@ public struct MongoConnection {
         defer { mongoc_client_session_destroy(session) }
 
         return try withoutActuallyEscaping(body) { body in
-            let context = TransactionContext(connection: MongoConnection(client: client, session: session, database: database)) {
+            let context = TransactionContext(
+                connection: MongoConnection(client: client, session: session, database: database, transactionOptions: transactionOptions)
+            ) {
                 try body($0)
             }
             let unmanaged = Unmanaged.passRetained(context)
@@ -232,7 +324,7 @@ public struct MongoConnection {
                     let context = Unmanaged<TransactionContext>.fromOpaque(ctx!).takeUnretainedValue()
                     return context.runOnce(replyOut: replyOut, errorOut: errorOut)
                 },
-                nil, unmanaged.toOpaque(), reply, &error)
+                transactionOptions, unmanaged.toOpaque(), reply, &error)
             if ok {
                 return context.result as! R
             }

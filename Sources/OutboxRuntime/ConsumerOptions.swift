@@ -9,7 +9,7 @@ import OutboxConsumer
 
 /// Options every consumer takes.
 public struct ConsumerOptions: ParsableArguments {
-    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL amqp://user:pass@host:port/vhost (env AMQP_URL).")
+    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
     public var amqpURL: String?
 
     @Option(help: "Exchange to consume from (env CONSUMER_EXCHANGE; default orders).")
@@ -17,6 +17,9 @@ public struct ConsumerOptions: ParsableArguments {
 
     @Option(help: "Queue name (env CONSUMER_QUEUE; default <consumer>.order-created).")
     public var queue: String?
+
+    @Option(help: "Type of the queue and its dead-letter queue: quorum (replicated, RabbitMQ's choice for data safety) or classic (env CONSUMER_QUEUE_TYPE; default quorum). An existing queue keeps its type; see docs/production-checklist.md to move one.")
+    public var queueType: String?
 
     @Option(help: "Unacknowledged messages in flight, 1-1000 (env CONSUMER_PREFETCH; default 32).")
     public var prefetch: Int?
@@ -45,7 +48,15 @@ public struct ConsumerOptions: ParsableArguments {
     }
 
     public func amqp(_ settings: Settings) throws -> AMQPConfiguration {
-        try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+        try settings.amqp(amqpURL)
+    }
+
+    func queueType(_ settings: Settings) throws -> ConsumerTopology.QueueType {
+        let raw = try settings.string(queueType, env: "CONSUMER_QUEUE_TYPE", default: "quorum", flagName: "--queue-type")
+        guard let type = ConsumerTopology.QueueType(rawValue: raw) else {
+            throw ConfigurationError(setting: "CONSUMER_QUEUE_TYPE (--queue-type)", reason: "'\(raw)' is not quorum or classic")
+        }
+        return type
     }
 
     public func configuration(_ settings: Settings, name: String) throws -> ConsumerConfiguration {
@@ -53,6 +64,7 @@ public struct ConsumerOptions: ParsableArguments {
         let topology = ConsumerTopology(
             exchange: try settings.string(exchange, env: "CONSUMER_EXCHANGE", default: "orders", flagName: "--exchange"),
             queue: queue, bindings: ["order.created"],
+            queueType: try queueType(settings),
             prefetch: UInt16(try settings.int(prefetch, env: "CONSUMER_PREFETCH", default: 32, flagName: "--prefetch", range: 1...1000)))
         return ConsumerConfiguration(
             name: name, topology: topology,

@@ -18,9 +18,12 @@ public enum ConsumerProgram {
             logger = Runtime.bootstrap(label: program, level: try settings.logLevel(mongo.logLevel))
             let registry = OpsServer.bootstrapMetrics()
             let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: program)
-            consumer = InboxConsumer(
-                configuration: try options.configuration(settings, name: name), pool: pool, amqp: try options.amqp(settings),
-                handler: try handler(settings), logger: logger)
+            let configuration = try options.configuration(settings, name: name)
+            let amqp = try options.amqp(settings)
+            let topology = configuration.topology
+            await Runtime.checkLinks(
+                program: program, mongo: pool, amqp: amqp, broker: .wait, brokerCheck: { try await $0.declare(topology) }, logger: logger)
+            consumer = InboxConsumer(configuration: configuration, pool: pool, amqp: amqp, handler: try handler(settings), logger: logger)
             services = try options.opsServices(settings, consumer: consumer, pool: pool, defaultPort: defaultHTTPPort, registry: registry, logger: logger)
         } catch {
             Runtime.failConfiguration(error, program: program)

@@ -22,7 +22,7 @@ struct RelayCommand: AsyncParsableCommand {
 
     @OptionGroup var mongo: MongoOptions
 
-    @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL amqp://user:pass@host:port/vhost (env AMQP_URL).")
+    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
     var amqpURL: String?
 
     @Option(help: "Outbox collection; may be an existing event collection, whose delivered events stay as its history (env OUTBOX_COLLECTION; default outbox).")
@@ -112,7 +112,7 @@ struct RelayCommand: AsyncParsableCommand {
             let registry = OpsServer.bootstrapMetrics()
             let uri = try mongo.resolvedURI(settings)
             let database = try mongo.resolvedDatabase(settings)
-            let amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"))
+            let amqp = try settings.amqp(amqpURL)
             let collection = try settings.string(collection, env: "OUTBOX_COLLECTION", default: "outbox", flagName: "--collection")
             let defaultExchange = try settings.string(exchange, env: "RELAY_EXCHANGE", default: "orders", flagName: "--exchange")
             guard defaultExchange.utf8.count <= 255 else {
@@ -156,6 +156,7 @@ struct RelayCommand: AsyncParsableCommand {
             }
             let owner = try settings.string(relayID, env: "RELAY_ID", default: Runtime.defaultInstanceName(), flagName: "--relay-id")
             let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")
+            await Runtime.checkLinks(program: "outbox-relay", mongo: pool, amqp: amqp, broker: .wait, logger: logger)
             store = MongoOutboxStore(
                 pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount, routing: routing, body: body),
                 logger: logger)

@@ -44,6 +44,7 @@ struct Common: ParsableArguments {
         do {
             logger = Runtime.bootstrap(label: "outboxctl", level: try settings.logLevel(mongo.logLevel ?? "error"))
             let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl", threads: 1)
+            await Runtime.checkLinks(program: "outboxctl", mongo: pool, amqp: nil, broker: .exit, logger: logger)
             admin = OutboxAdmin(pool: pool, collection: try settings.string(collection, env: "OUTBOX_COLLECTION", default: "outbox", flagName: "--collection"))
         } catch {
             Runtime.failConfiguration(error, program: "outboxctl")
@@ -339,7 +340,7 @@ extension OutboxCtl {
         @OptionGroup var common: Common
         @OptionGroup var filters: Filters
         @Option(help: "pending, delivered or parked (default: any).") var status: String?
-        @Option(name: .customLong("amqp-url"), help: "RabbitMQ URL (env AMQP_URL).") var amqpURL: String?
+        @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL)) var amqpURL: String?
         @Option(help: "Exchange to publish to (default: each event's own).") var exchange: String?
         @Option(help: "Routing key (default: each event's own).") var routingKey: String?
         @Flag(help: "Show what would be published; publish nothing.") var dryRun = false
@@ -355,11 +356,12 @@ extension OutboxCtl {
             let filter = try filters.filter(status: statusOption(status))
             let settings = Settings()
             let amqp: AMQPConfiguration
-            do { amqp = try settings.amqp(url: try settings.string(amqpURL, env: "AMQP_URL", flagName: "--amqp-url")) } catch {
+            do { amqp = try settings.amqp(amqpURL) } catch {
                 Runtime.failConfiguration(error, program: "outboxctl")
             }
             let result = try await common.run { admin, logger in
-                try await admin.replay(filter, exchange: exchange, routingKey: routingKey, amqp: amqp, dryRun: dryRun, logger: logger)
+                if !dryRun { await Runtime.checkLinks(program: "outboxctl", mongo: nil, amqp: amqp, broker: .exit, logger: logger) }
+                return try await admin.replay(filter, exchange: exchange, routingKey: routingKey, amqp: amqp, dryRun: dryRun, logger: logger)
             }
             report(result, verb: "republished (confirmed)", json: common.json)
             if !result.dryRun && result.changed < result.matched { throw ExitCode(Exit.partial) }
