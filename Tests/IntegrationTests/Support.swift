@@ -110,8 +110,9 @@ final class Fixture: Sendable {
 
     func makeStore(owner: String = "test-relay") -> MongoOutboxStore { MongoOutboxStore(pool: pool, owner: owner, logger: logger) }
 
-    /// A lease manager for `owner` that has taken its share of the partitions.
-    func makeLeases(owner: String = "test-relay", ttl: Duration = .seconds(30)) async throws -> LeaseManager {
+    /// A lease manager for `owner` that has taken its share of the partitions. Nothing renews
+    /// them, so the default lease outlives any test, also on a slow machine.
+    func makeLeases(owner: String = "test-relay", ttl: Duration = .seconds(600)) async throws -> LeaseManager {
         let store = MongoLeaseStore(pool: pool)
         try await store.ensurePartitions()
         let leases = LeaseManager(store: store, configuration: .init(owner: owner, ttl: ttl), logger: logger)
