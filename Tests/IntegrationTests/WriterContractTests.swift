@@ -9,7 +9,7 @@ import Testing
 /// The writer's contract on the real servers: documents as any service writes them (no relay
 /// fields) are delivered; a defective one is parked with a reason naming the field and counted;
 /// nothing in the collection goes unseen.
-@Suite("The outbox contract for writers in any language (issue: beside any service)", .enabled(if: Servers.enabled), .timeLimit(.minutes(3)))
+@Suite("The outbox contract for writers in any language", .enabled(if: Servers.enabled), .timeLimit(.minutes(3)))
 struct WriterContractTests {
     func store(_ f: Fixture, owner: String = "test-relay", collection: String = "outbox") -> MongoOutboxStore {
         MongoOutboxStore(
