@@ -57,6 +57,9 @@ public final class MongoOutboxStore: OutboxStore {
     /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
     /// of the relay per event.
     static let documentsRead = Counter(label: "outbox_documents_read_total")
+    private let documentsReadCount = Atomic<Int>(0)
+    /// What `outbox_documents_read_total` counted for this store (e.g. for a final summary).
+    public var documentsReadTotal: Int { documentsReadCount.load(ordering: .relaxed) }
 
     public init(pool: MongoClientPool, owner: String, options: Options = Options(), logger: Logger) {
         self.pool = pool
@@ -109,6 +112,7 @@ public final class MongoOutboxStore: OutboxStore {
         }
         scan.withLock { $0 = fetch.state }
         Self.documentsRead.increment(by: fetch.read)
+        documentsReadCount.add(fetch.read, ordering: .relaxed)
         if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
         if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
             try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
