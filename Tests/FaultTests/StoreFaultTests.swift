@@ -1,0 +1,94 @@
+import Foundation
+import Outbox
+import OutboxMongo
+import Testing
+
+/// Store faults on demand: mongod's `failCommand` fail point (SecantusDB with
+/// `--enable-test-commands`, which `ops/stack` sets for the test stack), aimed at the relays'
+/// connections only (`appName` outbox-relay), so the test's own reads are not disturbed.
+struct StoreFaults {
+    /// Commands the relay sends: fetch and fence checks (find), marks and lease renewals (update),
+    /// lease takeover (findAndModify), relay counts (aggregate).
+    static let commands: [BSON] = ["update", "find", "findAndModify", "aggregate"]
+
+    /// The faults a store can throw at a client: retryable write errors, transient transaction
+    /// errors, a dropped connection.
+    static func random() -> Document {
+        var data: Document = ["failCommands": .array(commands.shuffled().prefix(Int.random(in: 1...4)).map { $0 }), "appName": "outbox-relay"]
+        switch Int.random(in: 0..<4) {
+        case 0:
+            data["errorCode"] = .int32(11600)  // InterruptedAtShutdown
+            data["errorLabels"] = ["RetryableWriteError"]
+        case 1:
+            data["errorCode"] = .int32(91)  // ShutdownInProgress
+            data["errorLabels"] = ["RetryableWriteError"]
+        case 2:
+            data["errorCode"] = .int32(112)  // WriteConflict
+            data["errorLabels"] = ["TransientTransactionError"]
+        default:
+            data["closeConnection"] = .bool(true)
+        }
+        return data
+    }
+
+    static func set(_ pool: MongoClientPool, mode: BSON, data: Document = [:]) async throws {
+        var command: Document = ["configureFailPoint": "failCommand", "mode": mode]
+        if !data.fields.isEmpty { command["data"] = .document(data) }
+        let configure = command
+        _ = try await pool.withConnection { try $0.runCommand(configure, database: "admin") }
+    }
+}
+
+extension FaultTests {
+    @Test("two relays while the store fails or drops their updates, finds, findAndModifys and aggregates: 0 lost, order kept, duplicates ≤ 5 %")
+    func storeFaults() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        // 600 aggregates × 5 versions, in version order.
+        let aggregates = 600
+        let ids = try await f.appendEvents(3000, aggregates: aggregates)
+        var position: [String: (aggregate: Int, version: Int)] = [:]
+        for (index, id) in ids.enumerated() { position[id] = (index % aggregates, index / aggregates + 1) }
+        try await StoreFaults.set(f.pool, mode: "off")
+        let relays = [try f.startRelay("relay-a"), try f.startRelay("relay-b")]
+        let injected = Task { () -> Int in
+            var set = 0
+            while !Task.isCancelled {
+                if Int.random(in: 0..<4) == 0 {
+                    try? await StoreFaults.set(f.pool, mode: "off")
+                } else if (try? await StoreFaults.set(f.pool, mode: ["times": .int32(Int32.random(in: 1...4))], data: StoreFaults.random())) != nil {
+                    set += 1
+                }
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 100...400)))
+            }
+            return set
+        }
+        let delivered = await f.waitUntilDelivered(ids.count, timeout: .seconds(300))
+        injected.cancel()
+        let faults = await injected.value
+        try await StoreFaults.set(f.pool, mode: "off")
+        #expect(delivered, "every event delivered while the store failed")
+        #expect(faults >= 20, "fail points were set during the run (\(faults))")
+        for relay in relays { #expect(relay.stop() == 0) }
+
+        let received = try await f.receivedIds()
+        let unique = Set(received)
+        let missing = Set(ids).subtracting(unique)
+        #expect(missing.isEmpty, "events never reached the broker, e.g. \(missing.prefix(5).sorted())")
+        // I5: the first arrival of each version of an aggregate follows the first arrival of the one before.
+        var seen = Set<String>()
+        var lastVersion: [Int: Int] = [:]
+        var outOfOrder = 0
+        for id in received where seen.insert(id).inserted {
+            guard let (aggregate, version) = position[id] else { continue }
+            if version != (lastVersion[aggregate] ?? 0) + 1 { outOfOrder += 1 }
+            lastVersion[aggregate] = version
+        }
+        #expect(outOfOrder == 0, "versions of an aggregate arrived out of order \(outOfOrder) times")
+        let duplicates = received.count - unique.count
+        #expect(duplicates * 20 <= ids.count, "duplicate publishes \(duplicates) exceed 5 % of \(ids.count) events")
+        #expect(await f.count(["status": "parked"]) == 0)
+        print("store faults (\(faults) fail points, 2 relays): \(ids.count) events, \(received.count) messages received, \(duplicates) duplicate publishes")
+        await f.cleanup()
+    }
+}
