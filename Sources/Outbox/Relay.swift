@@ -22,13 +22,16 @@ public struct RelayConfiguration: Sendable {
     /// batch is cut at the budget (an event larger than the budget still goes out, alone). In
     /// flight there is at most one batch.
     public var batchMaxBytes: Int
+    /// The body size assumed before a batch was seen (e.g. the largest body allowed), so the first
+    /// fetch stays within the budget too; nil: the first fetch asks for `batchSize`.
+    public var assumedBytesPerEvent: Int?
 
     public static let defaultBatchMaxBytes = 16 << 20
 
     public init(
         batchSize: Int = 500, pollInterval: Duration = .milliseconds(200), maxErrorBackoff: Duration = .seconds(5),
         retryPolicy: RetryPolicy = RetryPolicy(), markAttempts: Int = 4, markRetryDelay: Duration = .milliseconds(25),
-        batchMaxBytes: Int = RelayConfiguration.defaultBatchMaxBytes
+        batchMaxBytes: Int = RelayConfiguration.defaultBatchMaxBytes, assumedBytesPerEvent: Int? = nil
     ) {
         self.batchSize = batchSize
         self.pollInterval = pollInterval
@@ -37,6 +40,7 @@ public struct RelayConfiguration: Sendable {
         self.markAttempts = max(markAttempts, 1)
         self.markRetryDelay = markRetryDelay
         self.batchMaxBytes = max(batchMaxBytes, 1)
+        self.assumedBytesPerEvent = assumedBytesPerEvent.map { max($0, 1) }
     }
 }
 
@@ -210,9 +214,9 @@ public final class Relay: Service {
     }
 
     /// Events to ask the store for: the batch size, or fewer if the byte budget holds fewer at the
-    /// size seen last. Before any batch was seen, a small first batch measures the size.
+    /// size seen last (before any batch, at the assumed size).
     func fetchLimit() -> Int {
-        guard let size = bytesPerEvent.withLock({ $0 }) else { return min(configuration.batchSize, 16) }
+        guard let size = bytesPerEvent.withLock({ $0 }) ?? configuration.assumedBytesPerEvent else { return configuration.batchSize }
         return min(configuration.batchSize, max(configuration.batchMaxBytes / size, 1))
     }
 

@@ -126,6 +126,7 @@ struct RelayCommand: AsyncParsableCommand {
                 exchangeByName: try EventRouting.parseMap(
                     try settings.string(exchangeMap, env: "RELAY_EXCHANGE_MAP", default: "", flagName: "--exchange-map"),
                     setting: "RELAY_EXCHANGE_MAP (--exchange-map)"))
+            let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
             let configuration = RelayConfiguration(
                 batchSize: try settings.int(batchSize, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000),
                 pollInterval: try settings.duration(pollInterval, env: "RELAY_POLL_INTERVAL", default: "200ms", flagName: "--poll-interval"),
@@ -135,12 +136,13 @@ struct RelayCommand: AsyncParsableCommand {
                     maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay")),
                 batchMaxBytes: try settings.int(
                     batchMaxBytes, env: "RELAY_BATCH_MAX_BYTES", default: RelayConfiguration.defaultBatchMaxBytes, flagName: "--batch-max-bytes",
-                    range: 1024...(1 << 30)))
+                    range: 1024...(1 << 30)),
+                // Until a batch was seen, events as large as allowed: the first fetch fits the budget too.
+                assumedBytesPerEvent: maxBody)
             let options = ConfirmPublisher.Options(
                 maxInFlight: try settings.int(maxInFlight, env: "RELAY_MAX_IN_FLIGHT", default: 1000, flagName: "--max-in-flight", range: 1...10_000),
                 confirmTimeout: try settings.duration(confirmTimeout, env: "RELAY_CONFIRM_TIMEOUT", default: "10s", flagName: "--confirm-timeout"),
 )
-            let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
             let body = MessageBodyOptions(
                 format: try BodyFormat(
                     parsing: try settings.string(bodyFormat, env: "RELAY_BODY_FORMAT", default: BodyFormat.default.rawValue, flagName: "--body-format"),

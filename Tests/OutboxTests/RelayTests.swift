@@ -193,7 +193,7 @@ struct RelayStoreFaultTests {
         }
         let store = MemoryStore([sized("big", 5000)] + (0..<20).map { sized("m\($0)", 1000) })
         let publisher = ScriptedPublisher { _ in .acked }
-        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(batchMaxBytes: 4000), logger: logger)
+        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(batchMaxBytes: 4000, assumedBytesPerEvent: 300), logger: logger)
         var batches: [Int] = []
         while true {
             let pass = try await relay.runOnce()
