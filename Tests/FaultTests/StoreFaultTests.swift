@@ -1,5 +1,6 @@
 import Foundation
 import Outbox
+import OutboxAMQP
 import OutboxMongo
 import Testing
 
@@ -13,8 +14,11 @@ struct StoreFaults {
 
     /// The faults a store can throw at a client: retryable write errors, transient transaction
     /// errors, a dropped connection.
-    static func random() -> Document {
-        var data: Document = ["failCommands": .array(commands.shuffled().prefix(Int.random(in: 1...4)).map { $0 }), "appName": "outbox-relay"]
+    /// What a consumer sends: its transaction (inbox insert, stock update, its own outbox insert, commit).
+    static let consumerCommands: [BSON] = ["insert", "update", "find", "commitTransaction"]
+
+    static func random(commands: [BSON] = commands, appName: String = "outbox-relay") -> Document {
+        var data: Document = ["failCommands": .array(commands.shuffled().prefix(Int.random(in: 1...commands.count)).map { $0 }), "appName": .string(appName)]
         switch Int.random(in: 0..<4) {
         case 0:
             data["errorCode"] = .int32(11600)  // InterruptedAtShutdown
@@ -29,6 +33,25 @@ struct StoreFaults {
             data["closeConnection"] = .bool(true)
         }
         return data
+    }
+
+    /// Sets random fail points on and off every 100–400 ms until cancelled; returns how many were set.
+    static func inject(_ pool: MongoClientPool, commands: [BSON] = commands, appName: String = "outbox-relay") -> Task<Int, Never> {
+        Task {
+            var set = 0
+            while !Task.isCancelled {
+                if Int.random(in: 0..<4) == 0 {
+                    try? await StoreFaults.set(pool, mode: "off")
+                } else if (try? await StoreFaults.set(
+                    pool, mode: ["times": .int32(Int32.random(in: 1...4))], data: random(commands: commands, appName: appName))) != nil
+                {
+                    set += 1
+                }
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 100...400)))
+            }
+            try? await StoreFaults.set(pool, mode: "off")
+            return set
+        }
     }
 
     static func set(_ pool: MongoClientPool, mode: BSON, data: Document = [:]) async throws {
@@ -51,18 +74,7 @@ extension FaultTests {
         for (index, id) in ids.enumerated() { position[id] = (index % aggregates, index / aggregates + 1) }
         try await StoreFaults.set(f.pool, mode: "off")
         let relays = [try f.startRelay("relay-a"), try f.startRelay("relay-b")]
-        let injected = Task { () -> Int in
-            var set = 0
-            while !Task.isCancelled {
-                if Int.random(in: 0..<4) == 0 {
-                    try? await StoreFaults.set(f.pool, mode: "off")
-                } else if (try? await StoreFaults.set(f.pool, mode: ["times": .int32(Int32.random(in: 1...4))], data: StoreFaults.random())) != nil {
-                    set += 1
-                }
-                try? await Task.sleep(for: .milliseconds(Int.random(in: 100...400)))
-            }
-            return set
-        }
+        let injected = StoreFaults.inject(f.pool)
         let delivered = await f.waitUntilDelivered(ids.count, timeout: .seconds(300))
         injected.cancel()
         let faults = await injected.value
@@ -89,6 +101,49 @@ extension FaultTests {
         #expect(duplicates * 20 <= ids.count, "duplicate publishes \(duplicates) exceed 5 % of \(ids.count) events")
         #expect(await f.count(["status": "parked"]) == 0)
         print("store faults (\(faults) fail points, 2 relays): \(ids.count) events, \(received.count) messages received, \(duplicates) duplicate publishes")
+        await f.cleanup()
+    }
+
+    @Test("an inventory consumer while the store fails or drops its transaction's commands applies every order once")
+    func consumerStoreFaults() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        try await StoreFaults.set(f.pool, mode: "off")
+        try await f.pool.withConnection {
+            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
+        }
+        let consumer = try f.startConsumer("consumer", extra: ["CONSUMER_MAX_ATTEMPTS": "100"])
+        try await Task.sleep(for: .seconds(2))  // the consumer declares its queue and bindings
+        let orders = 500
+        let messages: [OutboxMessage] = (0..<orders).map { i in
+            let data: Document = [
+                "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
+                "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
+            ]
+            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(data)]
+            return OutboxMessage(
+                id: "evt-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
+                exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(envelope))
+        }
+        let injected = StoreFaults.inject(f.pool, commands: StoreFaults.consumerCommands, appName: "inventory-consumer")
+        let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
+        #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
+        await publisher.close()
+        func applied() async -> Int {
+            (try? await f.pool.withConnection { try $0.collection("reservations").countDocuments() }) ?? -1
+        }
+        let deadline = ContinuousClock.now + .seconds(180)
+        while await applied() < orders && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(250)) }
+        injected.cancel()
+        let faults = await injected.value
+        consumer.stop()
+        #expect(await applied() == orders)
+        #expect(faults >= 5, "fail points were set during the run (\(faults))")
+        let stock = try await f.pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
+        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
+        #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
+        #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
+        print("consumer under store faults (\(faults) fail points): \(orders) orders applied exactly once")
         await f.cleanup()
     }
 }
