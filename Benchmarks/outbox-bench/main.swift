@@ -30,6 +30,12 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Backlog for the drain runs (the RSS comparison also runs 5× this).")
     var backlog = 10_000
 
+    @Option(help: "Large events for the peak-RSS run with large events.")
+    var largeEvents = 2000
+
+    @Option(help: "Payload bytes of each large event.")
+    var largeEventBytes = 400_000
+
     @Option(help: "Messages for the broker measurements.")
     var brokerMessages = 30_000
 
@@ -69,6 +75,18 @@ struct BenchCommand: AsyncParsableCommand {
         report("relay CPU time per minimal document", String(format: "%.1f µs", minimal.cpuMicrosPerEvent))
         let big = try await bench.drain(events: backlog * 5)
         report("relay peak RSS, \(backlog * 5) backlog", "\(big.peakRSSKiB / 1024) MiB  (\(Int(big.eventsPerSecond)) ev/s)")
+        let large = try await bench.drain(events: largeEvents, payloadBytes: largeEventBytes)
+        report(
+            "relay peak RSS, \(largeEvents) × \(largeEventBytes / 1000) KB events",
+            "\(large.peakRSSKiB / 1024) MiB  (\(Int(large.eventsPerSecond)) ev/s; small events: \(drain.peakRSSKiB / 1024) MiB)")
+        print("scale-out: the same \(backlog) backlog drained by 1 relay, then by 3 relays at once")
+        let one = try await bench.drain(events: backlog, relays: 1)
+        report("1 relay", String(format: "%d ev/s, %.2f documents read per event", Int(one.eventsPerSecond), one.documentsReadPerEvent))
+        let three = try await bench.drain(events: backlog, relays: 3)
+        report(
+            "3 relays",
+            "\(Int(three.eventsPerSecond)) ev/s (\(ratio(three.eventsPerSecond, one.eventsPerSecond)) of 1 relay), "
+                + String(format: "%.2f documents read per event", three.documentsReadPerEvent))
 
         print("latency: \(rate) events/s for \(latencySeconds) s, commit → consumer receipt")
         let withHint = try await bench.latency(rate: rate, seconds: latencySeconds, changeStream: true)
@@ -83,7 +101,10 @@ struct BenchCommand: AsyncParsableCommand {
 struct DrainResult {
     var eventsPerSecond: Double
     var cpuMicrosPerEvent: Double
+    /// The largest of the relays'.
     var peakRSSKiB: Int
+    /// Outbox documents the relays' fetches read, per event delivered (from their exit summaries).
+    var documentsReadPerEvent: Double = 0
 }
 
 struct Bench {
@@ -165,15 +186,19 @@ struct Bench {
     /// Inserts `count` pending events into a fresh database; returns the pool. `minimal`: documents
     /// as a service in any language writes them by the contract (`type`, `aggregateId`, `data`,
     /// `timestamp`; no relay fields), else documents made by `OutboxWriter`.
-    func backlog(_ name: String, events count: Int, exchange: String, minimal: Bool = false) async throws -> MongoClientPool {
+    func backlog(_ name: String, events count: Int, exchange: String, minimal: Bool = false, payloadBytes: Int = 0) async throws -> MongoClientPool {
         let pool = try database(name)
         _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
         try await MongoOutboxStore(pool: pool, owner: "bench", logger: logger).ensureIndexes()
         let writer = OutboxWriter()
         let start = Int64(Date().timeIntervalSince1970 * 1000) - Int64(count)
-        for chunk in stride(from: 0, to: count, by: 1000) {
-            let documents = (chunk..<min(chunk + 1000, count)).map { i -> Document in
-                let data: Document = ["orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("12.50")!)]
+        // Inserts of at most about 8 MB (a message holds 48 MB).
+        let chunkSize = payloadBytes > 0 ? max(1, min(1000, 8_000_000 / payloadBytes)) : 1000
+        let padding = String(repeating: "x", count: payloadBytes)
+        for chunk in stride(from: 0, to: count, by: chunkSize) {
+            let documents = (chunk..<min(chunk + chunkSize, count)).map { i -> Document in
+                var data: Document = ["orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("12.50")!)]
+                if payloadBytes > 0 { data["note"] = .string(padding) }
                 guard !minimal else {
                     return [
                         "_id": .objectId(ObjectId()), "type": "OrderCreated", "aggregateId": .string("order-\(i)"), "data": .document(data),
@@ -212,15 +237,28 @@ struct Bench {
         return Double(marked) / seconds
     }
 
-    func drain(events count: Int, minimal: Bool = false) async throws -> DrainResult {
+    /// Drains a fresh backlog with `relays` relay processes started at once, each exiting when idle.
+    func drain(events count: Int, minimal: Bool = false, payloadBytes: Int = 0, relays: Int = 1) async throws -> DrainResult {
         let database = "bench_drain"
         let admin = try await sink("bench.drain")
-        let pool = try await backlog(database, events: count, exchange: "bench.drain", minimal: minimal)
+        let pool = try await backlog(database, events: count, exchange: "bench.drain", minimal: minimal, payloadBytes: payloadBytes)
         var environment = relayEnvironment(database: database)
         environment["RELAY_EXCHANGE"] = "bench.drain"
+        let outputs = (0..<relays).map { FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-relay-\(getpid())-\($0).out").path }
         let started = ContinuousClock.now
-        let usage = try runChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment)
+        let pids = try outputs.map { try spawnChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment, stdout: $0) }
+        let usages = pids.map { waitChild($0) }
         let seconds = (ContinuousClock.now - started).seconds
+        var read = 0
+        for output in outputs {
+            let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+            try? FileManager.default.removeItem(atPath: output)
+            guard let field = text.split(whereSeparator: \.isWhitespace).first(where: { $0.hasPrefix("documents_read=") }),
+                let value = Int(field.dropFirst("documents_read=".count))
+            else { throw ValidationError("a relay printed no drain summary") }
+            read += value
+        }
+        let usage = ChildUsage(cpuSeconds: usages.reduce(0) { $0 + $1.cpuSeconds }, maxRSSKiB: usages.map(\.maxRSSKiB).max() ?? 0)
         let delivered = try await pool.withConnection { try $0.collection("outbox").countDocuments(["status": "delivered"]) }
         guard delivered == count else { throw ValidationError("drain delivered \(delivered) of \(count)") }
         _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
@@ -228,7 +266,7 @@ struct Bench {
         await admin.close()
         return DrainResult(
             eventsPerSecond: Double(count) / seconds, cpuMicrosPerEvent: usage.cpuSeconds * 1_000_000 / Double(count),
-            peakRSSKiB: usage.maxRSSKiB)
+            peakRSSKiB: usage.maxRSSKiB, documentsReadPerEvent: Double(read) / Double(count))
     }
 
     func latency(rate: Int, seconds: Int, changeStream: Bool) async throws -> (p50: Double, p99: Double) {
@@ -324,7 +362,11 @@ struct ChildUsage {
     var maxRSSKiB: Int
 }
 
-func spawnChild(_ arguments: [String], environment: [String: String]) throws -> pid_t {
+func spawnChild(_ arguments: [String], environment: [String: String], stdout: String? = nil) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    if let stdout { posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o644) }
     let argv = arguments.map { strdup($0) } + [nil]
     let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer {
@@ -332,7 +374,7 @@ func spawnChild(_ arguments: [String], environment: [String: String]) throws -> 
         envp.forEach { free($0) }
     }
     var pid: pid_t = 0
-    let status = posix_spawn(&pid, arguments[0], nil, nil, argv, envp)
+    let status = posix_spawn(&pid, arguments[0], &actions, nil, argv, envp)
     guard status == 0 else { throw ValidationError("cannot start \(arguments[0]): \(String(cString: strerror(status)))") }
     return pid
 }

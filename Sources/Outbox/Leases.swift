@@ -50,7 +50,9 @@ public enum LeaseBalancer {
 
 /// Keeps this relay's partition leases: renews them every `ttl / 3`, takes free or expired
 /// partitions up to a fair share, hands back extras when more relays join, and drops everything
-/// once it has not been able to renew for a whole TTL (another relay may own them by then).
+/// once it has not been able to renew for a whole TTL (another relay may own them by then). A
+/// failed round is tried again soon instead of a third of a TTL later, so a single failed renewal
+/// costs no lease.
 public final class LeaseManager: Service {
     public struct Configuration: Sendable {
         public var owner: String
@@ -133,16 +135,27 @@ public final class LeaseManager: Service {
 
     public func run() async throws {
         let interval = configuration.ttl / 3
+        var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
                 try await tick()
+                failures = 0
             } catch {
-                logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
+                failures += 1
+                logger.warning("lease renewal failed", metadata: ["error": "\(error)", "relay.failed_rounds": "\(failures)"])
             }
-            try? await Task.sleep(for: interval)
+            try? await Task.sleep(for: failures == 0 ? interval : Self.retryDelay(ttl: configuration.ttl, failures: failures))
         }
         // Released outside the (possibly cancelled) task, so the database calls still run.
         await Task { await self.resign() }.value
+    }
+
+    /// The wait before trying a failed round again: short (TTL/20, doubling, at most TTL/6), so
+    /// that one failed renewal, or a few, cost no lease; the leases stay usable until one TTL
+    /// after the last successful round.
+    static func retryDelay(ttl: Duration, failures: Int) -> Duration {
+        let first = max(ttl / 20, .milliseconds(20))
+        return min(first * (1 << min(max(failures - 1, 0), 4)), max(ttl / 6, first))
     }
 
     /// Releases every lease so another relay can take over at once.

@@ -1,6 +1,7 @@
 import Logging
 import Metrics
 import ServiceLifecycle
+import Synchronization
 
 /// Settings of the relay loop.
 public struct RelayConfiguration: Sendable {
@@ -11,15 +12,35 @@ public struct RelayConfiguration: Sendable {
     /// Longest wait after a failed poll (store or broker down); doubles from `pollInterval`.
     public var maxErrorBackoff: Duration
     public var retryPolicy: RetryPolicy
+    /// Tries of a mark (delivered or failed) before the pass gives up; the delay between them
+    /// starts at `markRetryDelay` and quadruples. Marks are idempotent and fenced, so trying again
+    /// is always safe, and it saves publishing confirmed events a second time.
+    public var markAttempts: Int
+    public var markRetryDelay: Duration
+    /// Message bodies per batch, in bytes, so memory stays bounded in bytes whatever the events'
+    /// size: the fetch asks for as many events as the budget holds at the size seen last, and a
+    /// batch is cut at the budget (an event larger than the budget still goes out, alone). In
+    /// flight there is at most one batch.
+    public var batchMaxBytes: Int
+    /// The body size assumed before a batch was seen (e.g. the largest body allowed), so the first
+    /// fetch stays within the budget too; nil: the first fetch asks for `batchSize`.
+    public var assumedBytesPerEvent: Int?
+
+    public static let defaultBatchMaxBytes = 16 << 20
 
     public init(
         batchSize: Int = 500, pollInterval: Duration = .milliseconds(200), maxErrorBackoff: Duration = .seconds(5),
-        retryPolicy: RetryPolicy = RetryPolicy()
+        retryPolicy: RetryPolicy = RetryPolicy(), markAttempts: Int = 4, markRetryDelay: Duration = .milliseconds(25),
+        batchMaxBytes: Int = RelayConfiguration.defaultBatchMaxBytes, assumedBytesPerEvent: Int? = nil
     ) {
         self.batchSize = batchSize
         self.pollInterval = pollInterval
         self.maxErrorBackoff = maxErrorBackoff
         self.retryPolicy = retryPolicy
+        self.markAttempts = max(markAttempts, 1)
+        self.markRetryDelay = markRetryDelay
+        self.batchMaxBytes = max(batchMaxBytes, 1)
+        self.assumedBytesPerEvent = assumedBytesPerEvent.map { max($0, 1) }
     }
 }
 
@@ -58,6 +79,13 @@ public final class Relay: Service {
     private let logger: Logger
     private let idle: @Sendable () async -> Void
     private let wake: WakeSignal?
+    /// Events the broker acked whose delivered mark failed even after retries, by partition
+    /// (bodies dropped). They are marked before the next fetch and never published again while
+    /// this relay holds their partition; once another relay owns it, they are forgotten (that relay
+    /// publishes them again: at least once).
+    private let unmarked = Mutex<[Int: [OutboxMessage]]>([:])
+    /// Mean body size of the last batch; nil before the first.
+    private let bytesPerEvent = Mutex<Int?>(nil)
 
     /// `idle` runs when a poll found nothing due (e.g. to let the broker connection answer heartbeats).
     /// `wake`, when given, cuts the wait between polls short (e.g. on a change-stream event); the
@@ -118,8 +146,14 @@ public final class Relay: Service {
         let held = leases.current
         RelayMetrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
-        let batch = try await store.fetchDue(limit: configuration.batchSize, leases: held)
-        guard !batch.isEmpty else { return RelayPassResult() }
+        let earlier = try await markRemembered(held: held)
+        var batch = try await store.fetchDue(limit: fetchLimit(), leases: held)
+        let remembered = unmarked.withLock { Set($0.values.joined().map(\.id)) }
+        if !remembered.isEmpty { batch.removeAll { remembered.contains($0.id) } }
+        guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
+        let bodies = batch.reduce(0) { $0 + $1.body.count }
+        bytesPerEvent.withLock { $0 = max(bodies / batch.count, 1) }
+        batch = Self.cut(batch, toBytes: configuration.batchMaxBytes)
         RelayMetrics.batchSize.record(batch.count)
         let started = ContinuousClock.now
         let outcomes = await publisher.publish(batch)
@@ -148,9 +182,18 @@ public final class Relay: Service {
             }
         }
         var fencedPartitions = Set<Int>()
-        if !delivered.isEmpty { fencedPartitions.formUnion(try await store.markDelivered(delivered, leases: held)) }
+        if !delivered.isEmpty {
+            do {
+                fencedPartitions.formUnion(try await retryingMark { [store, delivered] in try await store.markDelivered(delivered, leases: held) })
+            } catch {
+                // Confirmed, still pending in the store: remembered, marked before the next fetch.
+                remember(delivered)
+                throw error
+            }
+        }
         if !failed.isEmpty {
-            fencedPartitions.formUnion(try await store.markFailed(failed, leases: held))
+            // Not marked: they stay pending as they were and are published again (not confirmed anyway).
+            fencedPartitions.formUnion(try await retryingMark { [store, failed] in try await store.markFailed(failed, leases: held) })
             logFailures(failed)
         }
         if unsent > 0 {
@@ -166,8 +209,74 @@ public final class Relay: Service {
         }
         let parked = failed.filter { $0.decision == .park }.count
         return RelayPassResult(
-            fetched: batch.count, delivered: delivered.count, retried: failed.count - parked, parked: parked,
+            fetched: batch.count, delivered: earlier + delivered.count, retried: failed.count - parked, parked: parked,
             unsent: unsent, fenced: fenced)
+    }
+
+    /// Events to ask the store for: the batch size, or fewer if the byte budget holds fewer at the
+    /// size seen last (before any batch, at the assumed size).
+    func fetchLimit() -> Int {
+        guard let size = bytesPerEvent.withLock({ $0 }) ?? configuration.assumedBytesPerEvent else { return configuration.batchSize }
+        return min(configuration.batchSize, max(configuration.batchMaxBytes / size, 1))
+    }
+
+    /// The longest prefix of `batch` whose bodies fit in `budget` bytes, at least one event. The
+    /// rest stay pending and come again with the next fetch.
+    static func cut(_ batch: [OutboxMessage], toBytes budget: Int) -> [OutboxMessage] {
+        var total = 0
+        for (index, message) in batch.enumerated() {
+            total += message.body.count
+            if total > budget { return Array(batch.prefix(max(index, 1))) }
+        }
+        return batch
+    }
+
+    /// Runs a mark, trying again after a store error with a short, growing delay.
+    private func retryingMark(_ mark: @Sendable () async throws -> Set<Int>) async throws -> Set<Int> {
+        var delay = configuration.markRetryDelay
+        var attempt = 1
+        while true {
+            do {
+                return try await mark()
+            } catch {
+                guard attempt < configuration.markAttempts, !Task.isCancelled else { throw error }
+                RelayMetrics.markRetries.increment()
+                logger.debug("marking failed; trying again", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+                try? await Task.sleep(for: delay)
+                delay *= 4
+                attempt += 1
+            }
+        }
+    }
+
+    private func remember(_ confirmed: [OutboxMessage]) {
+        unmarked.withLock { state in
+            for var message in confirmed {
+                message.body = []
+                state[message.partition, default: []].append(message)
+            }
+        }
+        logger.warning("confirmed events could not be marked; marking them before the next fetch", metadata: ["outbox.unmarked": "\(confirmed.count)"])
+    }
+
+    /// Marks the events remembered as confirmed but unmarked whose partitions this relay still
+    /// holds, and forgets the others (another relay owns them now). Throws, keeping them, when
+    /// the store still fails: nothing is fetched until they are marked.
+    private func markRemembered(held: [PartitionLease]) async throws -> Int {
+        let owned = Set(held.map(\.partition))
+        let waiting = unmarked.withLock { state -> [OutboxMessage] in
+            state = state.filter { owned.contains($0.key) }
+            return Array(state.values.joined())
+        }
+        guard !waiting.isEmpty else { return 0 }
+        let fenced = try await retryingMark { [store] in try await store.markDelivered(waiting, leases: held) }
+        unmarked.withLock { state in
+            for partition in Set(waiting.map(\.partition)) { state[partition] = nil }
+        }
+        if !fenced.isEmpty { leases.lost(fenced) }
+        let marked = waiting.filter { !fenced.contains($0.partition) }.count
+        logger.info("marked events confirmed in an earlier pass", metadata: ["outbox.marked": "\(marked)"])
+        return marked
     }
 
     private func logFailures(_ failed: [FailedDelivery]) {
@@ -196,6 +305,8 @@ public enum RelayMetrics {
     public static let confirmDuration = Timer(label: "outbox_confirm_duration_seconds")
     public static let batchSize = Recorder(label: "outbox_batch_size", aggregate: true)
     public static let partitionsOwned = Gauge(label: "outbox_partitions_owned")
+    /// Marks tried again after a store error.
+    public static let markRetries = Counter(label: "outbox_mark_retries_total")
 }
 
 extension Duration {

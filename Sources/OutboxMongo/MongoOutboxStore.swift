@@ -57,6 +57,9 @@ public final class MongoOutboxStore: OutboxStore {
     /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
     /// of the relay per event.
     static let documentsRead = Counter(label: "outbox_documents_read_total")
+    private let documentsReadCount = Atomic<Int>(0)
+    /// What `outbox_documents_read_total` counted for this store (e.g. for a final summary).
+    public var documentsReadTotal: Int { documentsReadCount.load(ordering: .relaxed) }
 
     public init(pool: MongoClientPool, owner: String, options: Options = Options(), logger: Logger) {
         self.pool = pool
@@ -109,6 +112,7 @@ public final class MongoOutboxStore: OutboxStore {
         }
         scan.withLock { $0 = fetch.state }
         Self.documentsRead.increment(by: fetch.read)
+        documentsReadCount.add(fetch.read, ordering: .relaxed)
         if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
         if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
             try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
@@ -238,7 +242,8 @@ public final class MongoOutboxStore: OutboxStore {
                 upperSeconds = lowerSeconds &+ position.seconds
                 sidRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
             }
-            let window = try findPending(outbox, owned: owned, partitions: partitions, sid: .document(sidRange), limit: limit * 2)
+            // One more than a batch tells a dense window without reading (and re-reading) a second batch.
+            let window = try findPending(outbox, owned: owned, partitions: partitions, sid: .document(sidRange), limit: limit + 1)
             read.read += window.read
             read.documents += window.documents.filter(isDue)
             if window.full {
@@ -328,11 +333,11 @@ public final class MongoOutboxStore: OutboxStore {
                 let upper = lower &+ position.span
                 let window = try outbox.find(
                     ["status": .null, "timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]],
-                    options: ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit * 2))])
+                    options: ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit + 1))])
                 read.read += window.count
                 let taken = min(window.count, limit - read.documents.count)
                 read.documents += window.prefix(taken)
-                if window.count >= limit * 2 {
+                if window.count > limit {
                     position.span = max(position.span / 2, 1)
                     break  // dense: this batch is full; it goes out and the next scan starts here again
                 }

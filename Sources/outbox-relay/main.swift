@@ -37,6 +37,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Events per batch, 1-10000 (env RELAY_BATCH_SIZE; default 500).")
     var batchSize: Int?
 
+    @Option(help: "Message bytes per batch (and so in flight), at least 1024; an event larger than it goes out alone (env RELAY_BATCH_MAX_BYTES; default 16777216).")
+    var batchMaxBytes: Int?
+
     @Option(help: "Unconfirmed publishes at once, 1-10000 (env RELAY_MAX_IN_FLIGHT; default 1000).")
     var maxInFlight: Int?
 
@@ -123,18 +126,23 @@ struct RelayCommand: AsyncParsableCommand {
                 exchangeByName: try EventRouting.parseMap(
                     try settings.string(exchangeMap, env: "RELAY_EXCHANGE_MAP", default: "", flagName: "--exchange-map"),
                     setting: "RELAY_EXCHANGE_MAP (--exchange-map)"))
+            let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
             let configuration = RelayConfiguration(
                 batchSize: try settings.int(batchSize, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000),
                 pollInterval: try settings.duration(pollInterval, env: "RELAY_POLL_INTERVAL", default: "200ms", flagName: "--poll-interval"),
                 retryPolicy: RetryPolicy(
                     maxAttempts: try settings.int(maxAttempts, env: "RELAY_MAX_ATTEMPTS", default: 10, flagName: "--max-attempts", range: 1...1000),
                     baseDelay: try settings.duration(retryBaseDelay, env: "RELAY_RETRY_BASE_DELAY", default: "500ms", flagName: "--retry-base-delay"),
-                    maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay")))
+                    maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay")),
+                batchMaxBytes: try settings.int(
+                    batchMaxBytes, env: "RELAY_BATCH_MAX_BYTES", default: RelayConfiguration.defaultBatchMaxBytes, flagName: "--batch-max-bytes",
+                    range: 1024...(1 << 30)),
+                // Until a batch was seen, events as large as allowed: the first fetch fits the budget too.
+                assumedBytesPerEvent: maxBody)
             let options = ConfirmPublisher.Options(
                 maxInFlight: try settings.int(maxInFlight, env: "RELAY_MAX_IN_FLIGHT", default: 1000, flagName: "--max-in-flight", range: 1...10_000),
                 confirmTimeout: try settings.duration(confirmTimeout, env: "RELAY_CONFIRM_TIMEOUT", default: "10s", flagName: "--confirm-timeout"),
 )
-            let maxBody = try settings.int(maxBodyBytes, env: "RELAY_MAX_BODY_BYTES", default: 1 << 20, flagName: "--max-body-bytes", range: 1...(128 << 20))
             let body = MessageBodyOptions(
                 format: try BodyFormat(
                     parsing: try settings.string(bodyFormat, env: "RELAY_BODY_FORMAT", default: BodyFormat.default.rawValue, flagName: "--body-format"),
@@ -184,7 +192,8 @@ struct RelayCommand: AsyncParsableCommand {
                 metadata: [
                     "mongodb.database": "\(database)", "outbox.collection": "\(collection)", "amqp.endpoint": "\(amqp.endpoint)",
                     "outbox.default_exchange": "\(defaultExchange)",
-                    "outbox.batch_size": "\(configuration.batchSize)", "amqp.max_in_flight": "\(options.maxInFlight)",
+                    "outbox.batch_size": "\(configuration.batchSize)", "outbox.batch_max_bytes": "\(configuration.batchMaxBytes)",
+                    "amqp.max_in_flight": "\(options.maxInFlight)",
                     "relay.id": "\(owner)", "outbox.partitions": "\(partitionCount)", "relay.lease_ttl": "\(ttl)",
                     "relay.change_stream": "\(hint != nil)", "relay.body_format": "\(body.format)",
                     "relay.decimal_format": "\(body.decimals)",
@@ -201,17 +210,32 @@ struct RelayCommand: AsyncParsableCommand {
             let renewals = Task { try await leases.run() }
             // Done when a pass over held leases found nothing due; without leases (not yet taken,
             // or lapsed while the store was slow) there is nothing to conclude: take them again.
+            // A failing store is waited out as in normal operation (the pass is tried again).
+            var delivered = 0
+            var failures = 0
             while true {
-                if leases.current.isEmpty {
-                    try await leases.tick()
-                    try await Task.sleep(for: .milliseconds(100))
-                    continue
+                do {
+                    if leases.current.isEmpty {
+                        try await leases.tick()
+                        try await Task.sleep(for: .milliseconds(100))
+                        continue
+                    }
+                    let pass = try await relay.runOnce()
+                    delivered += pass.delivered
+                    failures = 0
+                    if pass.fetched == 0 && pass.delivered == 0 { break }
+                } catch {
+                    failures += 1
+                    guard failures < 50 else { throw error }
+                    logger.warning("drain pass failed; retrying", metadata: ["error": "\(error)"])
+                    try await Task.sleep(for: .milliseconds(100 * min(failures, 10)))
                 }
-                if try await relay.runOnce().fetched == 0 { break }
             }
             renewals.cancel()
             _ = try? await renewals.value
             await publisher.close()
+            // One line for batch jobs and benchmarks: what this relay delivered and what it read for it.
+            print("outbox-relay drained: events_delivered=\(delivered) documents_read=\(store.documentsReadTotal)")
             return
         }
         // Shut down in reverse order: the relay finishes its batch, then the leases are released.

@@ -171,10 +171,10 @@ final class FaultFixture: @unchecked Sendable {
         try await admin.bindQueue(queue, exchange: exchange, routingKey: "#")
     }
 
-    func startConsumer(_ name: String) throws -> RelayProcess {
+    func startConsumer(_ name: String, extra: [String: String] = [:]) throws -> RelayProcess {
         let consumer = try RelayProcess(
             database: database, name: name, logDirectory: logs, executable: "inventory-consumer",
-            extra: ["CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": "\(exchange).inventory", "INVENTORY_EXCHANGE": exchange])
+            extra: ["CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": "\(exchange).inventory", "INVENTORY_EXCHANGE": exchange].merging(extra) { $1 })
         relays.append(consumer)
         return consumer
     }

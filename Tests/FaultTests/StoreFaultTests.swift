@@ -1,0 +1,149 @@
+import Foundation
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import Testing
+
+/// Store faults on demand: mongod's `failCommand` fail point (SecantusDB with
+/// `--enable-test-commands`, which `ops/stack` sets for the test stack), aimed at the relays'
+/// connections only (`appName` outbox-relay), so the test's own reads are not disturbed.
+struct StoreFaults {
+    /// Commands the relay sends: fetch and fence checks (find), marks and lease renewals (update),
+    /// lease takeover (findAndModify), relay counts (aggregate).
+    static let commands: [BSON] = ["update", "find", "findAndModify", "aggregate"]
+
+    /// The faults a store can throw at a client: retryable write errors, transient transaction
+    /// errors, a dropped connection.
+    /// What a consumer sends: its transaction (inbox insert, stock update, its own outbox insert, commit).
+    static let consumerCommands: [BSON] = ["insert", "update", "find", "commitTransaction"]
+
+    static func random(commands: [BSON] = commands, appName: String = "outbox-relay") -> Document {
+        var data: Document = ["failCommands": .array(commands.shuffled().prefix(Int.random(in: 1...commands.count)).map { $0 }), "appName": .string(appName)]
+        switch Int.random(in: 0..<4) {
+        case 0:
+            data["errorCode"] = .int32(11600)  // InterruptedAtShutdown
+            data["errorLabels"] = ["RetryableWriteError"]
+        case 1:
+            data["errorCode"] = .int32(91)  // ShutdownInProgress
+            data["errorLabels"] = ["RetryableWriteError"]
+        case 2:
+            data["errorCode"] = .int32(112)  // WriteConflict
+            data["errorLabels"] = ["TransientTransactionError"]
+        default:
+            data["closeConnection"] = .bool(true)
+        }
+        return data
+    }
+
+    /// Sets random fail points on and off every 100–400 ms until cancelled; returns how many were set.
+    static func inject(_ pool: MongoClientPool, commands: [BSON] = commands, appName: String = "outbox-relay") -> Task<Int, Never> {
+        Task {
+            var set = 0
+            while !Task.isCancelled {
+                if Int.random(in: 0..<4) == 0 {
+                    try? await StoreFaults.set(pool, mode: "off")
+                } else if (try? await StoreFaults.set(
+                    pool, mode: ["times": .int32(Int32.random(in: 1...4))], data: random(commands: commands, appName: appName))) != nil
+                {
+                    set += 1
+                }
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 100...400)))
+            }
+            try? await StoreFaults.set(pool, mode: "off")
+            return set
+        }
+    }
+
+    static func set(_ pool: MongoClientPool, mode: BSON, data: Document = [:]) async throws {
+        var command: Document = ["configureFailPoint": "failCommand", "mode": mode]
+        if !data.fields.isEmpty { command["data"] = .document(data) }
+        let configure = command
+        _ = try await pool.withConnection { try $0.runCommand(configure, database: "admin") }
+    }
+}
+
+extension FaultTests {
+    @Test("two relays while the store fails or drops their updates, finds, findAndModifys and aggregates: 0 lost, order kept, duplicates ≤ 5 %")
+    func storeFaults() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        // 600 aggregates × 5 versions, in version order.
+        let aggregates = 600
+        let ids = try await f.appendEvents(3000, aggregates: aggregates)
+        var position: [String: (aggregate: Int, version: Int)] = [:]
+        for (index, id) in ids.enumerated() { position[id] = (index % aggregates, index / aggregates + 1) }
+        try await StoreFaults.set(f.pool, mode: "off")
+        let relays = [try f.startRelay("relay-a"), try f.startRelay("relay-b")]
+        let injected = StoreFaults.inject(f.pool)
+        let delivered = await f.waitUntilDelivered(ids.count, timeout: .seconds(300))
+        injected.cancel()
+        let faults = await injected.value
+        try await StoreFaults.set(f.pool, mode: "off")
+        #expect(delivered, "every event delivered while the store failed")
+        #expect(faults >= 20, "fail points were set during the run (\(faults))")
+        for relay in relays { #expect(relay.stop() == 0) }
+
+        let received = try await f.receivedIds()
+        let unique = Set(received)
+        let missing = Set(ids).subtracting(unique)
+        #expect(missing.isEmpty, "events never reached the broker, e.g. \(missing.prefix(5).sorted())")
+        // I5: the first arrival of each version of an aggregate follows the first arrival of the one before.
+        var seen = Set<String>()
+        var lastVersion: [Int: Int] = [:]
+        var outOfOrder = 0
+        for id in received where seen.insert(id).inserted {
+            guard let (aggregate, version) = position[id] else { continue }
+            if version != (lastVersion[aggregate] ?? 0) + 1 { outOfOrder += 1 }
+            lastVersion[aggregate] = version
+        }
+        #expect(outOfOrder == 0, "versions of an aggregate arrived out of order \(outOfOrder) times")
+        let duplicates = received.count - unique.count
+        #expect(duplicates * 20 <= ids.count, "duplicate publishes \(duplicates) exceed 5 % of \(ids.count) events")
+        #expect(await f.count(["status": "parked"]) == 0)
+        print("store faults (\(faults) fail points, 2 relays): \(ids.count) events, \(received.count) messages received, \(duplicates) duplicate publishes")
+        await f.cleanup()
+    }
+
+    @Test("an inventory consumer while the store fails or drops its transaction's commands applies every order once")
+    func consumerStoreFaults() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        try await StoreFaults.set(f.pool, mode: "off")
+        try await f.pool.withConnection {
+            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
+        }
+        let consumer = try f.startConsumer("consumer", extra: ["CONSUMER_MAX_ATTEMPTS": "100"])
+        try await Task.sleep(for: .seconds(2))  // the consumer declares its queue and bindings
+        let orders = 500
+        let messages: [OutboxMessage] = (0..<orders).map { i in
+            let data: Document = [
+                "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
+                "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
+            ]
+            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(data)]
+            return OutboxMessage(
+                id: "evt-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
+                exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(envelope))
+        }
+        let injected = StoreFaults.inject(f.pool, commands: StoreFaults.consumerCommands, appName: "inventory-consumer")
+        let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
+        #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
+        await publisher.close()
+        func applied() async -> Int {
+            (try? await f.pool.withConnection { try $0.collection("reservations").countDocuments() }) ?? -1
+        }
+        let deadline = ContinuousClock.now + .seconds(180)
+        while await applied() < orders && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(250)) }
+        injected.cancel()
+        let faults = await injected.value
+        consumer.stop()
+        #expect(await applied() == orders)
+        #expect(faults >= 5, "fail points were set during the run (\(faults))")
+        let stock = try await f.pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
+        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
+        #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
+        #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
+        print("consumer under store faults (\(faults) fail points): \(orders) orders applied exactly once")
+        await f.cleanup()
+    }
+}
