@@ -68,6 +68,17 @@ public final class MongoOutboxStore: OutboxStore {
         self.logger = logger
     }
 
+    /// Events due now in the whole outbox, whoever's partition they are in: pending ones whose
+    /// retry time has come, and documents no relay has seen yet.
+    public func dueCount() async throws -> Int {
+        let collection = options.collection
+        return try await pool.withConnection { connection in
+            let outbox = connection.collection(collection)
+            return try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(Date())]])
+                + outbox.countDocuments(OutboxSchema.unseen)
+        }
+    }
+
     /// Creates the indexes the relay's queries need; idempotent.
     public func ensureIndexes() async throws {
         let name = options.collection

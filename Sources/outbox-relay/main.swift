@@ -208,7 +208,8 @@ struct RelayCommand: AsyncParsableCommand {
             // The leases are kept renewed beside the drain, as in normal operation.
             try await leases.tick()
             let renewals = Task { try await leases.run() }
-            // Done when a pass over held leases found nothing due; without leases (not yet taken,
+            // Done when a pass over held leases found nothing due and nothing is due anywhere in the
+            // outbox; without leases (not yet taken,
             // or lapsed while the store was slow) there is nothing to conclude: take them again.
             // A failing store is waited out as in normal operation (the pass is tried again).
             var delivered = 0
@@ -223,7 +224,12 @@ struct RelayCommand: AsyncParsableCommand {
                     let pass = try await relay.runOnce()
                     delivered += pass.delivered
                     failures = 0
-                    if pass.fetched == 0 && pass.delivered == 0 { break }
+                    guard pass.fetched == 0 && pass.delivered == 0 else { continue }
+                    // Nothing due in this relay's partitions. With other relays draining beside it,
+                    // it stays (and takes over what they hand back or leave) until nothing is due
+                    // anywhere in the outbox.
+                    if try await store.dueCount() == 0 { break }
+                    try await Task.sleep(for: .milliseconds(100))
                 } catch {
                     failures += 1
                     guard failures < 50 else { throw error }

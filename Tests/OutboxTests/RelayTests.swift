@@ -226,14 +226,15 @@ struct LeaseManagerTests {
     func survivesFailedRenewal() async throws {
         let store = FlakyLeaseStore()
         let manager = LeaseManager(
-            store: store, configuration: .init(owner: "r", partitions: 1, ttl: .milliseconds(900)), logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            store: store, configuration: .init(owner: "r", partitions: 1, ttl: .seconds(6)), logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         try await manager.tick()
         #expect(manager.current.count == 1)
         store.failuresLeft.withLock { $0 = 4 }
         let renewals = Task { try await manager.run() }
-        // Four failed rounds, then a good one, within one TTL of the last good one (one round every
-        // TTL/3 would have let the lease lapse): the lease is held throughout.
-        for _ in 0..<20 {
+        // Four failed rounds, then a good one, within one TTL of the last good one (retried after
+        // TTL/20, doubling up to TTL/6: about 3 s of the 6 s TTL; one round every TTL/3 would have
+        // let the lease lapse): the lease is held throughout. The TTL leaves room for a loaded machine.
+        for _ in 0..<90 {
             #expect(manager.current.count == 1)
             try await Task.sleep(for: .milliseconds(50))
         }
