@@ -7,11 +7,26 @@
 #include <amqp_ssl_socket.h>
 #include <openssl/ssl.h>
 
-/* amqp_login is variadic, which Swift cannot call. PLAIN mechanism only. */
+/* amqp_login is variadic, which Swift cannot call. PLAIN mechanism only. Advertises the
+   connection.blocked capability (merged with rabbitmq-c's own), so that a broker under a resource
+   alarm says so with connection.blocked / connection.unblocked instead of silently not reading. */
 static inline amqp_rpc_reply_t outbox_amqp_login_plain(amqp_connection_state_t state, const char *vhost,
                                                        int channel_max, int frame_max, int heartbeat,
                                                        const char *user, const char *password) {
-    return amqp_login(state, vhost, channel_max, frame_max, heartbeat, AMQP_SASL_METHOD_PLAIN, user, password);
+    amqp_table_entry_t capability;
+    capability.key = amqp_cstring_bytes("connection.blocked");
+    capability.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    capability.value.value.boolean = 1;
+    amqp_table_entry_t capabilities;
+    capabilities.key = amqp_cstring_bytes("capabilities");
+    capabilities.value.kind = AMQP_FIELD_KIND_TABLE;
+    capabilities.value.value.table.num_entries = 1;
+    capabilities.value.value.table.entries = &capability;
+    amqp_table_t properties;
+    properties.num_entries = 1;
+    properties.entries = &capabilities;
+    return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat, &properties,
+                                      AMQP_SASL_METHOD_PLAIN, user, password);
 }
 
 /* TLS hardening rabbitmq-c 0.11 does not offer: at least TLS 1.2, and the system's CA store when
@@ -39,5 +54,7 @@ static const amqp_method_number_t OUTBOX_AMQP_CHANNEL_CLOSE = AMQP_CHANNEL_CLOSE
 static const amqp_method_number_t OUTBOX_AMQP_CONNECTION_CLOSE = AMQP_CONNECTION_CLOSE_METHOD;
 static const amqp_method_number_t OUTBOX_AMQP_CHANNEL_CLOSE_OK = AMQP_CHANNEL_CLOSE_OK_METHOD;
 static const amqp_method_number_t OUTBOX_AMQP_CONNECTION_CLOSE_OK = AMQP_CONNECTION_CLOSE_OK_METHOD;
+static const amqp_method_number_t OUTBOX_AMQP_CONNECTION_BLOCKED = AMQP_CONNECTION_BLOCKED_METHOD;
+static const amqp_method_number_t OUTBOX_AMQP_CONNECTION_UNBLOCKED = AMQP_CONNECTION_UNBLOCKED_METHOD;
 
 #endif

@@ -85,8 +85,30 @@ public enum PublishOutcome: Sendable, Hashable {
     case timedOut
     /// The channel or connection closed (or could not be opened) before the confirm arrived.
     case connectionLost(String)
+    /// The broker blocked publishing (`connection.blocked`: a memory or disk alarm); not sent, or
+    /// sent and not confirmed before the confirm timeout while blocked.
+    case blocked(String)
 
     public var isDelivered: Bool { self == .acked }
+
+    /// Time will fix it: the broker was unreachable, blocked, slow to confirm, or refused the
+    /// message for now (a nack: a full queue that rejects publishes). Transient failures are
+    /// retried with capped backoff and never parked unless the relay is told to
+    /// (`RetryPolicy.parkTransientAfter`). A return (unroutable) is permanent: it needs a binding.
+    public var isTransient: Bool {
+        switch self {
+        case .acked, .returned: false
+        case .nacked, .timedOut, .connectionLost, .blocked: true
+        }
+    }
+
+    /// Not the event's doing and no attempt made on it: it stays pending exactly as it was.
+    public var leavesEventUntouched: Bool {
+        switch self {
+        case .connectionLost, .blocked: true
+        case .acked, .nacked, .returned, .timedOut: false
+        }
+    }
 
     /// Short stable label for metrics and logs.
     public var label: String {
@@ -96,6 +118,7 @@ public enum PublishOutcome: Sendable, Hashable {
         case .returned: "returned"
         case .timedOut: "timed_out"
         case .connectionLost: "connection_lost"
+        case .blocked: "blocked"
         }
     }
 
@@ -106,6 +129,7 @@ public enum PublishOutcome: Sendable, Hashable {
         case .returned(let text): "unroutable (basic.return: \(text))"
         case .timedOut: "no confirm within the confirm timeout"
         case .connectionLost(let text): "connection lost before confirm: \(text)"
+        case .blocked(let text): "broker blocked publishing: \(text)"
         }
     }
 }

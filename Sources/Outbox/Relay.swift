@@ -170,15 +170,16 @@ public final class Relay: Service {
         for (message, outcome) in zip(batch, outcomes) {
             if outcome.isDelivered {
                 delivered.append(message)
-            } else if case .connectionLost = outcome {
-                // Not the event's fault: it stays pending as it is, no attempt counted.
+            } else if outcome.leavesEventUntouched {
+                // Broker gone or blocked: not the event's fault; it stays pending as it is, no attempt counted.
                 unsent += 1
             } else {
+                // Transient outcomes count for the backoff only; they park only if parkTransientAfter says so.
                 let attempts = message.attempts + 1
                 failed.append(
                     FailedDelivery(
                         message, attempts: attempts, error: outcome.reason,
-                        decision: configuration.retryPolicy.decision(afterAttempts: attempts)))
+                        decision: configuration.retryPolicy.decision(afterAttempts: attempts, transient: outcome.isTransient)))
             }
         }
         var fencedPartitions = Set<Int>()
@@ -197,7 +198,7 @@ public final class Relay: Service {
             logFailures(failed)
         }
         if unsent > 0 {
-            logger.warning("broker connection lost; events stay pending", metadata: ["outbox.unsent": "\(unsent)"])
+            logger.warning("broker connection lost or blocked; events stay pending", metadata: ["outbox.unsent": "\(unsent)"])
         }
         var fenced = 0
         if !fencedPartitions.isEmpty {
@@ -294,9 +295,9 @@ public final class Relay: Service {
 }
 
 /// The relay's metrics (swift-metrics; exported by whatever backend the process bootstraps).
-/// Labels are bounded: the publish result is one of five values.
+/// Labels are bounded: the publish result is one of six values.
 public enum RelayMetrics {
-    public static let publishResults = ["acked", "nacked", "returned", "timed_out", "connection_lost"]
+    public static let publishResults = ["acked", "nacked", "returned", "timed_out", "connection_lost", "blocked"]
     private static let publishCounters = Dictionary(
         uniqueKeysWithValues: publishResults.map { ($0, Counter(label: "outbox_publishes_total", dimensions: [("result", $0)])) })
 
@@ -307,6 +308,8 @@ public enum RelayMetrics {
     public static let partitionsOwned = Gauge(label: "outbox_partitions_owned")
     /// Marks tried again after a store error.
     public static let markRetries = Counter(label: "outbox_mark_retries_total")
+    /// 1 while the broker blocks this relay's publishing (`connection.blocked`, a resource alarm).
+    public static let brokerBlocked = Gauge(label: "outbox_broker_blocked")
 }
 
 extension Duration {

@@ -1,6 +1,7 @@
 /// When to try a failed delivery again, and when to give up and park it.
 public struct RetryPolicy: Sendable, Equatable {
-    /// Attempts (publishes) before an event is parked.
+    /// Attempts (publishes) before an event is parked when its last failure was permanent
+    /// (unroutable); transient failures never park it.
     public var maxAttempts: Int
     /// Delay after the first failure; doubles with each further failure.
     public var baseDelay: Duration
@@ -18,11 +19,24 @@ public struct RetryPolicy: Sendable, Equatable {
         case park
     }
 
+    /// The decision after `attempts` failed attempts of which the last was `transient` (a nack, a
+    /// confirm timeout): the same capped backoff, but never parked, since time will fix it.
+    public func decision(afterAttempts attempts: Int, transient: Bool) -> Decision {
+        guard transient else { return decision(afterAttempts: attempts) }
+        var generator = SystemRandomNumberGenerator()
+        return backoff(afterAttempts: attempts, using: &generator)
+    }
+
     /// The decision after `attempts` failed attempts (1 after the first failure).
     /// The delay is exponential with "equal jitter": half fixed, half random, so retries of
     /// events that failed together spread out instead of hitting the broker at once.
     public func decision<G: RandomNumberGenerator>(afterAttempts attempts: Int, using generator: inout G) -> Decision {
         guard attempts < maxAttempts else { return .park }
+        return backoff(afterAttempts: attempts, using: &generator)
+    }
+
+    /// A retry after exponential, capped delay with equal jitter.
+    public func backoff<G: RandomNumberGenerator>(afterAttempts attempts: Int, using generator: inout G) -> Decision {
         let exponent = min(max(attempts - 1, 0), 30)
         let base = baseDelay * (1 << exponent)
         let capped = min(base, maxDelay)

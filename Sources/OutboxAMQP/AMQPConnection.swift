@@ -86,6 +86,10 @@ final class AMQPConnection {
     /// Next publish sequence number on a confirm channel (RabbitMQ numbers from 1).
     private(set) var nextDeliveryTag: UInt64 = 1
     private(set) var confirmMode = false
+    /// Why the broker blocked this connection (`connection.blocked`, e.g. a memory or disk alarm);
+    /// nil while it accepts publishes. Set and cleared by the frames read here.
+    private(set) var blockedReason: String?
+    var isBlocked: Bool { blockedReason != nil }
     /// Exchanges declared on this connection so far.
     private(set) var declaredExchanges: Set<String> = []
     /// Which connection of its owner this is; delivery tags are only valid on the connection that issued them.
@@ -351,6 +355,10 @@ final class AMQPConnection {
         case nack(tag: UInt64, multiple: Bool)
         /// A mandatory message came back unroutable; identified by its `message_id`.
         case returned(messageId: String?, replyText: String)
+        /// `connection.blocked`: the broker stopped reading publishes (resource alarm).
+        case blocked(reason: String)
+        /// `connection.unblocked`: publishes flow again.
+        case unblocked
     }
 
     /// Waits up to `timeout` for the next confirm-related frame; nil on timeout. Throws when the
@@ -390,8 +398,33 @@ final class AMQPConnection {
         case OUTBOX_AMQP_CONNECTION_CLOSE:
             let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
             throw failed("connection", "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+        case OUTBOX_AMQP_CONNECTION_BLOCKED, OUTBOX_AMQP_CONNECTION_UNBLOCKED:
+            return noteFlow(method)
         default:
             return nil
+        }
+    }
+
+    /// Records `connection.blocked` / `connection.unblocked`.
+    private func noteFlow(_ method: amqp_method_t) -> ConfirmEvent {
+        guard method.id == OUTBOX_AMQP_CONNECTION_BLOCKED else {
+            blockedReason = nil
+            return .unblocked
+        }
+        let blocked = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
+        let reason = String(amqpBytes: blocked.reason)
+        blockedReason = reason.isEmpty ? "blocked" : reason
+        return .blocked(reason: blockedReason!)
+    }
+
+    /// Reads frames for up to `timeout` while the connection is blocked; returns at once when it
+    /// is not or once `connection.unblocked` arrives. Confirms read meanwhile belong to no batch.
+    func waitWhileBlocked(timeout: Duration) throws {
+        let deadline = ContinuousClock.now + timeout
+        while isBlocked {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return }
+            _ = try nextConfirmEvent(timeout: left)
         }
     }
 
@@ -429,6 +462,8 @@ final class AMQPConnection {
             case OUTBOX_AMQP_CHANNEL_CLOSE:
                 let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
                 throw failed("channel", "closed by broker: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+            case OUTBOX_AMQP_CONNECTION_BLOCKED, OUTBOX_AMQP_CONNECTION_UNBLOCKED:
+                _ = noteFlow(method)
             default:
                 continue
             }

@@ -36,7 +36,10 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
     public let configuration: AMQPConfiguration
     private let thread = NIOThreadPool(numberOfThreads: 1)
     private var connection: AMQPConnection? {
-        didSet { connected.store(connection?.isOpen ?? false, ordering: .relaxed) }
+        didSet {
+            connected.store(connection?.isOpen ?? false, ordering: .relaxed)
+            noteFlow()
+        }
     }
     private var generation = 0
     /// Index of the address the last connection was open to.
@@ -48,10 +51,20 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
 
     /// Whether the last call left a connection open; never waits (for health checks).
     public var isConnectedNow: Bool { connected.load(ordering: .relaxed) }
+    /// Mirrors whether the open connection is blocked by the broker (`connection.blocked`).
+    private let blocked = Atomic<Bool>(false)
+    /// Whether the broker has blocked the open connection (a resource alarm); never waits.
+    public var isBlockedNow: Bool { blocked.load(ordering: .relaxed) }
+    /// Called on the owner's thread whenever the blocked state changes.
+    private let onBlockedChange: (@Sendable (Bool) -> Void)?
     private let setup: (AMQPConnection) throws -> Void
     private let logger: Logger
 
-    init(configuration: AMQPConfiguration, logger: Logger, setup: @escaping (AMQPConnection) throws -> Void) {
+    init(
+        configuration: AMQPConfiguration, logger: Logger, onBlockedChange: (@Sendable (Bool) -> Void)? = nil,
+        setup: @escaping (AMQPConnection) throws -> Void
+    ) {
+        self.onBlockedChange = onBlockedChange
         self.configuration = configuration
         self.logger = logger
         self.setup = setup
@@ -75,6 +88,7 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
                 let result = try body(open)
                 if !open.isOpen { connection = nil }
                 connected.store(connection?.isOpen ?? false, ordering: .relaxed)
+                noteFlow()
                 return result
             } catch {
                 if !open.isOpen || error is AMQPError {
@@ -82,9 +96,28 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
                     connection = nil
                 }
                 connected.store(connection?.isOpen ?? false, ordering: .relaxed)
+                noteFlow()
                 throw error
             }
         }
+    }
+
+    /// Mirrors the connection's blocked state and logs each transition. A connection that is gone
+    /// is not blocked (it is down, which `isConnectedNow` reports).
+    private func noteFlow() {
+        let reason = connection.flatMap { $0.isOpen ? $0.blockedReason : nil }
+        let now = reason != nil
+        guard blocked.exchange(now, ordering: .relaxed) != now else { return }
+        if let reason {
+            logger.warning(
+                "broker blocked publishing (resource alarm); events stay pending until it unblocks",
+                metadata: ["amqp.blocked_reason": "\(reason)"])
+        } else if connection?.isOpen == true {
+            logger.notice("broker unblocked publishing")
+        } else {
+            logger.notice("broker connection closed while blocked")
+        }
+        onBlockedChange?(now)
     }
 
     /// Closes the connection, if any.

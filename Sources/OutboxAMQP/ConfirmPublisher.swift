@@ -4,6 +4,12 @@ import Outbox
 /// Publishes outbox messages on a confirm channel: pipelined, `mandatory`, persistent, with at
 /// most `maxInFlight` unconfirmed messages, acks and nacks correlated by delivery tag (honouring
 /// `multiple`), and a `basic.return` counted as a failure even though an ack follows it.
+///
+/// A connection the broker blocked (`connection.blocked`, a memory or disk alarm) publishes
+/// nothing new: its messages come back `.blocked`, which the relay leaves pending without counting
+/// an attempt. Confirms still outstanding are waited for; once it unblocks, each gets a fresh
+/// confirm timeout, and what is still unconfirmed when blocked at the deadline is `.blocked` too
+/// (the connection stays open, so late confirms cannot be mistaken for those of a later batch).
 public final class ConfirmPublisher: ConfirmingPublisher {
     public struct Options: Sendable {
         /// Unconfirmed publishes allowed at once.
@@ -37,7 +43,11 @@ public final class ConfirmPublisher: ConfirmingPublisher {
     public init(configuration: AMQPConfiguration, options: Options = Options(), logger: Logger) {
         self.options = options
         self.logger = logger
-        owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { connection in
+        RelayMetrics.brokerBlocked.record(0)
+        owner = AMQPConnectionOwner(
+            configuration: configuration, logger: logger,
+            onBlockedChange: { RelayMetrics.brokerBlocked.record($0 ? 1 : 0) }
+        ) { connection in
             try connection.confirmSelect()
             for exchange in options.declareExchanges {
                 try connection.declareExchange(exchange, type: options.exchangeType)
@@ -49,6 +59,9 @@ public final class ConfirmPublisher: ConfirmingPublisher {
 
     /// Whether the broker connection is open right now (no waiting; for readiness checks).
     public var isConnectedNow: Bool { owner.isConnectedNow }
+
+    /// Whether the broker has blocked publishing on the connection (a resource alarm); no waiting.
+    public var isBlockedNow: Bool { owner.isBlockedNow }
 
     public func close() async { await owner.close() }
 
@@ -80,14 +93,27 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                 var batch = ConfirmBatch(count: messages.count, messageIds: messages.map(\.id))
                 defer { connection.releaseBuffers() }
                 do {
+                    // Blocked: publish nothing new (the broker would only buffer it unconfirmed);
+                    // give it a moment to unblock, else hand the batch back untouched.
+                    try connection.waitWhileBlocked(timeout: min(options.confirmTimeout, .seconds(1)))
+                    if let reason = connection.blockedReason { return batch.outcomes(orElse: .blocked(reason)) }
                     for (index, message) in messages.enumerated() {
                         while batch.outstanding >= options.maxInFlight {
                             guard let event = try connection.nextConfirmEvent(timeout: options.confirmTimeout) else {
+                                if let reason = connection.blockedReason {
+                                    batch.settleOutstanding(.blocked(reason))
+                                    return batch.outcomes(orElse: .blocked(reason))
+                                }
                                 batch.settleOutstanding(.timedOut)
                                 connection.abandon()
                                 return batch.outcomes(orElse: .timedOut)
                             }
                             batch.apply(event)
+                        }
+                        if let reason = connection.blockedReason {
+                            // Blocked mid-batch: wait for the confirms of what was sent, send no more.
+                            try awaitConfirms(&batch, connection, options.confirmTimeout)
+                            return batch.outcomes(orElse: .blocked(reason))
                         }
                         let tag = try connection.publish(
                             exchange: message.exchange, routingKey: message.routingKey, body: message.body,
@@ -97,18 +123,7 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                             headers: message.wireHeaders, appId: options.appId)
                         batch.published(index: index, tag: tag)
                     }
-                    let deadline = ContinuousClock.now + options.confirmTimeout
-                    while batch.outstanding > 0 {
-                        let left = deadline - ContinuousClock.now
-                        guard left > .zero, let event = try connection.nextConfirmEvent(timeout: left) else {
-                            // Confirms that never came: nothing outstanding counts as delivered, and
-                            // the channel's tag sequence can no longer be trusted, so start afresh.
-                            batch.settleOutstanding(.timedOut)
-                            connection.abandon()
-                            break
-                        }
-                        batch.apply(event)
-                    }
+                    try awaitConfirms(&batch, connection, options.confirmTimeout)
                 } catch {
                     batch.settleOutstanding(.connectionLost("\(error)"))
                     return batch.outcomes(orElse: .connectionLost("\(error)"))
@@ -119,6 +134,30 @@ public final class ConfirmPublisher: ConfirmingPublisher {
             logger.warning("publish failed", metadata: ["error": "\(error)", "outbox.batch_size": "\(messages.count)"])
             return Array(repeating: .connectionLost("\(error)"), count: messages.count)
         }
+    }
+}
+
+/// Waits for the outstanding confirms of `batch`, up to `timeout` after the last publish, or after
+/// the connection was unblocked if the broker blocked it meanwhile.
+private func awaitConfirms(_ batch: inout ConfirmBatch, _ connection: AMQPConnection, _ timeout: Duration) throws {
+    var deadline = ContinuousClock.now + timeout
+    while batch.outstanding > 0 {
+        let left = deadline - ContinuousClock.now
+        guard left > .zero, let event = try connection.nextConfirmEvent(timeout: left) else {
+            if let reason = connection.blockedReason {
+                // Still blocked: these may yet be confirmed, but not in time for this batch. They
+                // stay pending; the connection stays, so its tag sequence stays trustworthy.
+                batch.settleOutstanding(.blocked(reason))
+                return
+            }
+            // Confirms that never came: nothing outstanding counts as delivered, and
+            // the channel's tag sequence can no longer be trusted, so start afresh.
+            batch.settleOutstanding(.timedOut)
+            connection.abandon()
+            return
+        }
+        if case .unblocked = event { deadline = ContinuousClock.now + timeout }
+        batch.apply(event)
     }
 }
 
@@ -173,6 +212,7 @@ struct ConfirmBatch {
         case .nack(let tag, let multiple): settle(tag: tag, multiple: multiple, nacked: true)
         case .returned(let messageId, let text):
             if let messageId, let index = indexById[messageId] { returned[index] = text }
+        case .blocked, .unblocked: break
         }
     }
 

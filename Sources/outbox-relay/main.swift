@@ -14,8 +14,10 @@ struct RelayCommand: AsyncParsableCommand {
         discussion: """
             Polls the outbox collection for pending events, publishes them to their exchange \
             (persistent, mandatory, message_id = event id) on a confirm channel, and marks an event \
-            delivered only after the broker acked it. Nacked, returned (unroutable) and timed-out \
-            publishes are retried with exponential backoff and parked after --max-attempts. \
+            delivered only after the broker acked it. Nacked and timed-out publishes are retried with \
+            capped exponential backoff and stay pending (time fixes them); returned (unroutable) ones \
+            are parked after --max-attempts. While the broker blocks publishing (a resource alarm) \
+            nothing is sent and no attempt is counted. \
             Every option can also be set by the environment variable named in its help. \
             SIGTERM or SIGINT stops fetching, finishes the batch in flight and exits.
             """)
@@ -49,7 +51,7 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "How long to wait for broker confirms of a batch (env RELAY_CONFIRM_TIMEOUT; default 10s).")
     var confirmTimeout: String?
 
-    @Option(help: "Delivery attempts before an event is parked, 1-1000 (env RELAY_MAX_ATTEMPTS; default 10).")
+    @Option(help: "Delivery attempts before an unroutable (returned) event is parked, 1-1000; nacks and confirm timeouts never park (env RELAY_MAX_ATTEMPTS; default 10).")
     var maxAttempts: Int?
 
     @Option(help: "First retry delay; doubles per attempt, with jitter (env RELAY_RETRY_BASE_DELAY; default 500ms).")
@@ -184,7 +186,8 @@ struct RelayCommand: AsyncParsableCommand {
                 extraServices.append(
                     OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) { [publisher, pool] in
                         let database = (try? await pool.ping()) != nil
-                        return ["database": database, "broker": publisher.isConnectedNow]
+                        // broker_flow is down while the broker blocks publishing (connection.blocked).
+                        return ["database": database, "broker": publisher.isConnectedNow, "broker_flow": !publisher.isBlockedNow]
                     })
             }
             logger.info(

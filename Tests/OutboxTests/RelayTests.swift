@@ -85,7 +85,7 @@ func event(_ id: String, aggregate: String = "a", version: Int = 1) -> OutboxMes
 struct RelayEngineTests {
     let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    @Test("acked events are delivered; nacked, returned and timed-out ones are retried, then parked")
+    @Test("acked events are delivered; returned ones are retried, then parked; nacked and timed-out ones are retried, never parked")
     func outcomes() async throws {
         let store = MemoryStore([event("ok", aggregate: "1"), event("nack", aggregate: "2"), event("ret", aggregate: "3"), event("slow", aggregate: "4")])
         let publisher = ScriptedPublisher { message in
@@ -101,9 +101,18 @@ struct RelayEngineTests {
         #expect(store.status("ok") == "delivered")
         #expect(store.status("nack") == "pending" && store.attempts("nack") == 1)
         _ = try await relay.runOnce()
-        #expect(try await relay.runOnce() == RelayPassResult(fetched: 3, delivered: 0, retried: 0, parked: 3))
-        for id in ["nack", "ret", "slow"] { #expect(store.status(id) == "parked") }
-        #expect(try await relay.runOnce() == RelayPassResult())
+        #expect(try await relay.runOnce() == RelayPassResult(fetched: 3, delivered: 0, retried: 2, parked: 1))
+        #expect(store.status("ret") == "parked")
+        for _ in 0..<10 { _ = try await relay.runOnce() }
+        for id in ["nack", "slow"] { #expect(store.status(id) == "pending" && store.attempts(id) == 13) }
+    }
+
+    @Test("a blocked broker leaves events pending with no attempt counted, however long it lasts")
+    func blocked() async throws {
+        let store = MemoryStore([event("x")])
+        let relay = Relay(store: store, publisher: ScriptedPublisher { _ in .blocked("low on memory") }, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
+        for _ in 0..<5 { #expect(try await relay.runOnce() == RelayPassResult(fetched: 1, unsent: 1)) }
+        #expect(store.status("x") == "pending" && store.attempts("x") == 0)
     }
 
     @Test("a lost connection leaves events pending with no attempt counted")
@@ -258,6 +267,19 @@ struct RetryPolicyTests {
             #expect(capped <= .seconds(4))
         }
         #expect(policy.decision(afterAttempts: 5) == .park)
+    }
+
+    @Test("transient failures keep the capped backoff and never park")
+    func transient() {
+        let policy = RetryPolicy(maxAttempts: 5, baseDelay: .seconds(1), maxDelay: .seconds(4))
+        #expect(policy.decision(afterAttempts: 5, transient: false) == .park)
+        for attempts in [5, 50, 5000] {
+            guard case .retry(let delay) = policy.decision(afterAttempts: attempts, transient: true) else {
+                Issue.record("a transient failure parked after \(attempts) attempts")
+                return
+            }
+            #expect(delay >= .seconds(2) && delay <= .seconds(4))
+        }
     }
 }
 
