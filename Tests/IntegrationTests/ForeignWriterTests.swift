@@ -20,16 +20,16 @@ struct ForeignWriterTests {
 
     struct Output: Decodable { let events: [Written] }
 
-    func python(_ f: Fixture, _ arguments: [String], collection: String = "outbox") throws -> [Written] {
-        let result = try Programs.run(
+    func python(_ f: Fixture, _ arguments: [String], collection: String = "outbox") async throws -> [Written] {
+        let result = try await Programs.run(
             Programs.python, [Programs.root.appendingPathComponent("Examples/python-writer/writer.py").path] + arguments + ["--collection", collection],
             environment: Programs.environment(f))
         #expect(result.status == 0, "python writer: \(result.errors)")
         return try JSONDecoder().decode(Output.self, from: Data(result.output.utf8)).events
     }
 
-    func node(_ f: Fixture, _ arguments: [String]) throws -> [Written] {
-        let result = try Programs.run(
+    func node(_ f: Fixture, _ arguments: [String]) async throws -> [Written] {
+        let result = try await Programs.run(
             "/usr/bin/node", [Programs.root.appendingPathComponent("Examples/node-writer/writer.js").path] + arguments,
             environment: Programs.environment(f, ["NODE_PATH": Programs.nodePath]))
         #expect(result.status == 0, "node writer: \(result.errors)")
@@ -37,8 +37,8 @@ struct ForeignWriterTests {
     }
 
     /// Runs `outbox-relay --exit-when-idle` over the fixture's database: it drains what is due and exits.
-    func relay(_ f: Fixture, _ arguments: [String] = []) throws {
-        let result = try Programs.product(
+    func relay(_ f: Fixture, _ arguments: [String] = []) async throws {
+        let result = try await Programs.product(
             "outbox-relay", ["--exit-when-idle", "--http-address", "off", "--no-change-stream", "--exchange", f.exchange] + arguments,
             environment: Programs.environment(f, ["LOG_LEVEL": "warning"]), timeout: .seconds(180))
         #expect(result.status == 0, "outbox-relay exited \(result.status): \(result.errors.suffix(2000))")
@@ -66,10 +66,10 @@ struct ForeignWriterTests {
     func pythonIdKinds() async throws {
         try await Fixture.with { f in
             let queue = try await f.queue("all")
-            let written = try python(f, ["--orders", "200", "--id-kind", "mixed", "--first-int-id", "1000"])
+            let written = try await python(f, ["--orders", "200", "--id-kind", "mixed", "--first-int-id", "1000"])
             #expect(written.count == 200)
             #expect(Dictionary(grouping: written, by: { $0.kind ?? "" }).mapValues(\.count) == ["default": 50, "objectid": 50, "uuid": 50, "int": 50])
-            try relay(f)
+            try await relay(f)
             try await check(f, written, queue: queue)
         }
     }
@@ -78,8 +78,8 @@ struct ForeignWriterTests {
     func pythonOrder() async throws {
         try await Fixture.with { f in
             let queue = try await f.queue("all")
-            let written = try python(f, ["--orders", "20", "--events-per-order", "5", "--id-kind", "uuid"])
-            try relay(f)
+            let written = try await python(f, ["--orders", "20", "--events-per-order", "5", "--id-kind", "uuid"])
+            try await relay(f)
             try await check(f, written, queue: queue)
         }
     }
@@ -88,10 +88,10 @@ struct ForeignWriterTests {
     func nodeWriter() async throws {
         try await Fixture.with { f in
             let queue = try await f.queue("all")
-            let written = try node(f, ["--orders", "40", "--events-per-order", "3"])
+            let written = try await node(f, ["--orders", "40", "--events-per-order", "3"])
             #expect(written.count == 120)
             #expect(try await f.count("orders") == 40)
-            try relay(f)
+            try await relay(f)
             try await check(f, written, queue: queue)
         }
     }
@@ -100,8 +100,8 @@ struct ForeignWriterTests {
     func eventCollection() async throws {
         try await Fixture.with { f in
             let queue = try await f.queue("all")
-            let written = try python(f, ["--orders", "10", "--events-per-order", "2"], collection: "events")
-            try relay(f, ["--collection", "events"])
+            let written = try await python(f, ["--orders", "10", "--events-per-order", "2"], collection: "events")
+            try await relay(f, ["--collection", "events"])
             try await check(f, written, queue: queue, collection: "events")
             #expect(try await f.count("outbox") == 0)
             // The history is still there, in the writer's shape.

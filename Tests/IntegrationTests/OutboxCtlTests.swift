@@ -114,22 +114,22 @@ struct OutboxCtlTests {
     }
 
     @Test("bad arguments exit 64 with a message; an unreachable database exits 69")
-    func exitCodes() throws {
-        func run(_ arguments: [String], environment: [String: String]) throws -> (Int32, String) {
-            let result = try Programs.product("outboxctl", arguments, environment: environment)
+    func exitCodes() async throws {
+        func run(_ arguments: [String], environment: [String: String]) async throws -> (Int32, String) {
+            let result = try await Programs.product("outboxctl", arguments, environment: environment)
             return (result.status, result.output + result.errors)
         }
         let environment = ["MONGODB_URI": Servers.mongoURI, "OUTBOX_DATABASE": "outboxctl_exit_codes"]
         for arguments in [["retry"], ["list", "--status", "lost"], ["purge", "--older-than", "soon"], ["park"], ["frobnicate"], ["list", "--since", "yesterday"]] {
-            let (code, text) = try run(arguments, environment: environment)
+            let (code, text) = try await run(arguments, environment: environment)
             #expect(code == 64, "\(arguments) exited \(code)")
             #expect(text.contains("Error:"), "\(arguments): \(text)")
         }
-        let (unreachable, text) = try run(["status"], environment: ["MONGODB_URI": "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"])
+        let (unreachable, text) = try await run(["status"], environment: ["MONGODB_URI": "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"])
         #expect(unreachable == 69, "\(text)")
-        let (noURI, message) = try run(["status"], environment: [:])
+        let (noURI, message) = try await run(["status"], environment: [:])
         #expect(noURI == 78 && message.contains("MONGODB_URI"))
-        let (ok, _) = try run(["status", "--json"], environment: environment)
+        let (ok, _) = try await run(["status", "--json"], environment: environment)
         #expect(ok == 0)
     }
 }

@@ -176,10 +176,11 @@ enum Programs {
         var errors: String
     }
 
-    /// Runs `executable` to its end with exactly `environment`; bounded by `timeout`.
+    /// Runs `executable` to its end with exactly `environment`; bounded by `timeout`. It waits
+    /// with `Task.sleep`, never blocking a thread of the shared pool that other tests run on.
     static func run(
         _ executable: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)
-    ) throws -> Result {
+    ) async throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -197,10 +198,10 @@ enum Programs {
         process.standardError = try FileHandle(forWritingTo: err)
         try process.run()
         let deadline = ContinuousClock.now + timeout
-        while process.isRunning && ContinuousClock.now < deadline { usleep(20_000) }
+        while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         if process.isRunning {
             process.terminate()
-            process.waitUntilExit()
+            while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
         }
         return Result(
             status: process.terminationStatus, output: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
@@ -208,8 +209,8 @@ enum Programs {
     }
 
     /// Runs one of the package's executables.
-    static func product(_ name: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)) throws -> Result {
-        try run(binaries.appendingPathComponent(name).path, arguments, environment: environment, timeout: timeout)
+    static func product(_ name: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)) async throws -> Result {
+        try await run(binaries.appendingPathComponent(name).path, arguments, environment: environment, timeout: timeout)
     }
 
     /// The environment of a program that talks to the fixture's database and broker.
