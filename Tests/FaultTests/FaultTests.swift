@@ -224,6 +224,20 @@ final class FaultFixture: @unchecked Sendable {
         return ids
     }
 
+    /// `count` OrderCreated messages of one item of SKU-A each, as the relay would publish them.
+    func orderCreatedMessages(_ count: Int) -> [OutboxMessage] {
+        (0..<count).map { i in
+            let data: Document = [
+                "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
+                "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
+            ]
+            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(data)]
+            return OutboxMessage(
+                id: "evt-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
+                exchange: exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(envelope))
+        }
+    }
+
     func count(_ filter: Document) async -> Int? {
         try? await pool.withConnection { try $0.collection("outbox").countDocuments(filter) }
     }
@@ -401,16 +415,7 @@ struct FaultTests {
         // The consumer declares its queue and bindings when it connects.
         try await Task.sleep(for: .seconds(2))
         let orders = 1000
-        let messages: [OutboxMessage] = (0..<orders).map { i in
-            let data: Document = [
-                "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
-                "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
-            ]
-            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(data)]
-            return OutboxMessage(
-                id: "evt-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
-                exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(envelope))
-        }
+        let messages = f.orderCreatedMessages(orders)
         let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
         #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
         await publisher.close()

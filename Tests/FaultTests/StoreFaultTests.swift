@@ -115,16 +115,7 @@ extension FaultTests {
         let consumer = try f.startConsumer("consumer", extra: ["CONSUMER_MAX_ATTEMPTS": "100"])
         try await Task.sleep(for: .seconds(2))  // the consumer declares its queue and bindings
         let orders = 500
-        let messages: [OutboxMessage] = (0..<orders).map { i in
-            let data: Document = [
-                "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
-                "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
-            ]
-            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(data)]
-            return OutboxMessage(
-                id: "evt-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
-                exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(envelope))
-        }
+        let messages = f.orderCreatedMessages(orders)
         let injected = StoreFaults.inject(f.pool, commands: StoreFaults.consumerCommands, appName: "inventory-consumer")
         let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
         #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
