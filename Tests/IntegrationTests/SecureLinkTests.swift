@@ -79,7 +79,10 @@ struct SecureLinkTests {
     func benchmark() async throws {
         let bench = try Program(
             "outbox-bench",
-            ["--bin-directory", Program.binDirectory.path, "--backlog", "100", "--broker-messages", "200", "--rate", "20", "--latency-seconds", "1"],
+            [
+                "--bin-directory", Program.binDirectory.path, "--backlog", "100", "--broker-messages", "200", "--rate", "20", "--latency-seconds", "1",
+                "--large-events", "10", "--large-event-bytes", "10000",
+            ],
             environment: SecureStack.programEnvironment(["OUTBOX_DATABASE": "secure_bench"]))
         #expect(await bench.wait(timeout: .seconds(180)) == 0, "\(bench.output.suffix(2000))")
         #expect(bench.output.contains("store (MongoDB wire: mongodb://outbox@127.0.0.1:\(SecureStack.mongoPort))"), "\(bench.output)")
