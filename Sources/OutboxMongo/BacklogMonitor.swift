@@ -53,14 +53,15 @@ public final class BacklogMonitor: Service {
         let sample = try await pool.withConnection { connection -> Sample in
             let outbox = connection.collection(collection)
             let now = Date()
-            // Pending counts every document that is not delivered or parked, including those no
-            // relay has seen yet: nothing in the collection goes uncounted.
-            let pending = try outbox.countDocuments(OutboxSchema.notFinal)
+            // Pending counts the pending events and the documents no relay has seen yet (no
+            // status), by equality on `status` (indexed everywhere). A document with a status the
+            // relay does not know is parked by the relay's sweep within a minute.
+            let pending = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending)]) + outbox.countDocuments(["status": .null])
             let oldest = try OutboxSchema.oldestPending(outbox)
             let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
             let cutoff = now.addingTimeInterval(-Double(stuckAfter.milliseconds) / 1000)
             let stuck = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lt": .date(cutoff)]])
-                + outbox.countDocuments(["status": OutboxSchema.unseen["status"]!, "timestamp": ["$gte": OutboxSchema.anyDate, "$lt": .date(cutoff)]])
+                + outbox.countDocuments(["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate, "$lt": .date(cutoff)]])
             let live = try connection.collection(MongoLeaseStore.leasesCollection).countDocuments([
                 "owner": ["$ne": .null], "$expr": MongoLeaseStore.live,
             ])

@@ -75,7 +75,7 @@ public final class MongoOutboxStore: OutboxStore {
         return try await pool.withConnection { connection in
             let outbox = connection.collection(collection)
             return try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(Date())]])
-                + outbox.countDocuments(OutboxSchema.unseen)
+                + outbox.countDocuments(["status": .null])
         }
     }
 

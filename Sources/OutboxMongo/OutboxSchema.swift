@@ -35,19 +35,19 @@ public enum OutboxSchema {
     /// represent no earlier one). A range on a date matches dates only.
     public static let anyDate = BSON.datetime(-62_135_596_800_000)
 
-    /// When the oldest event that is not delivered or parked was written (the time the relay
-    /// uses for it), if there is one.
+    /// When the oldest pending event, or the oldest document no relay has seen yet, was written,
+    /// if there is one. Equality queries on `status` only (they use its indexes everywhere; a
+    /// `$nin` is a collection scan on some servers, too costly for a gauge sampled every few
+    /// seconds by every relay).
     public static func oldestPending(_ outbox: MongoCollection) throws -> Date? {
-        // A range on a date matches dates only; documents without a timestamp are dated by the
-        // relay when it first sees them (`seenAt`) or by their ObjectId.
-        let dated = try outbox.find(
-            ["status": notFinal["status"]!, "timestamp": ["$gte": OutboxSchema.anyDate]],
-            options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]]
+        let known = try outbox.find(
+            ["status": .string(Status.pending)], options: ["sort": ["sid": 1], "limit": 1, "projection": ["timestamp": 1, "seenAt": 1]]
+        ).first.flatMap { $0["timestamp"]?.dateValue ?? $0["seenAt"]?.dateValue }
+        // A range on a date matches dates only.
+        let new = try outbox.find(
+            ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]], options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]]
         ).first?["timestamp"]?.dateValue
-        let undated = try outbox.find(
-            ["status": notFinal["status"]!, "timestamp": .null], options: ["sort": ["_id": 1], "limit": 1, "projection": ["seenAt": 1]]
-        ).first.map { $0["seenAt"]?.dateValue ?? $0["_id"]?.objectIdValue?.timestamp ?? Date() }
-        return [dated, undated].compactMap { $0 }.min()
+        return [known, new].compactMap { $0 }.min()
     }
 
     /// The indexes the relay's queries need. The relay creates them at start and `outboxctl init`
