@@ -387,13 +387,14 @@ struct FaultTests {
         await f.cleanup()
     }
 
-    @Test("three relays on one outbox, 10,000 events: nothing lost, duplicates counted")
+    @Test("three relays on one outbox, 10,000 events: nothing lost, duplicates counted", .timeLimit(.minutes(12)))
     func threeRelays() async throws {
         let f = try FaultFixture()
         try await f.prepare()
         let ids = try await f.appendEvents(10_000, aggregates: 5000)
         let relays = try (0..<3).map { try f.startRelay("relay-\($0)") }
-        #expect(await f.waitUntilDelivered(ids.count))
+        // No loss is what this test proves; three relays drain slower than one on this store (see the closing note), so it waits longer.
+        #expect(await f.waitUntilDelivered(ids.count, timeout: .seconds(600)))
         // All three took part.
         let owners = try await f.pool.withConnection {
             try $0.collection(MongoLeaseStore.leasesCollection).find().compactMap { $0["owner"]?.stringValue }
