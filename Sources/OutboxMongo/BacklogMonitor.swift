@@ -26,7 +26,7 @@ public final class BacklogMonitor: Service {
 
     public init(
         pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, partitions: Int = OutboxSchema.defaultPartitions,
-        interval: Duration = .seconds(5), stuckAfter: Duration = .seconds(60), logger: Logger
+        interval: Duration = .seconds(15), stuckAfter: Duration = .seconds(60), logger: Logger
     ) {
         self.pool = pool
         self.collection = collection

@@ -442,14 +442,10 @@ public final class MongoOutboxStore: OutboxStore {
         var heads = order.map { first[$0]! }
 
         // Earlier versions still pending (or new) block a versioned event. Version 1 has no
-        // predecessor; only later versions need the check, through the aggregate index. Pending is
-        // checked here (a `status` condition steers some planners to a scan of the whole backlog).
+        // predecessor; only later versions need the check.
         let later = heads.filter { ($0.message.aggregateVersion ?? 1) > 1 }
         if !later.isEmpty {
-            let newest = later.compactMap(\.message.aggregateVersion).max()!
-            let earlier = try outbox.find(
-                ["aggregateId": ["$in": .array(Set(later.map(\.message.aggregateId)).map { .string($0) })], "aggregateVersion": ["$lt": .int64(Int64(newest))]],
-                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1]])
+            let earlier = try eventsOf(aggregates: later.map(\.message.aggregateId), outbox: outbox)
             var lowest: [AggregateKey: Int] = [:]
             for document in earlier {
                 let status = document["status"]?.stringValue
@@ -468,15 +464,10 @@ public final class MongoOutboxStore: OutboxStore {
         // them: any such event for a new document, one with a lower scan id for a known event.
         let unversioned = heads.filter { $0.message.aggregateVersion == nil }
         if !unversioned.isEmpty {
-            // Known pending events without versions of these partitions: normally only those that
-            // failed and wait for a retry, or were handed over (one equality query per partition).
-            let ids = Set(unversioned.map(\.message.aggregateId))
-            var pending: [Document] = []
-            for partition in Set(unversioned.map(\.message.partition)).sorted() {
-                pending += try outbox.find(
-                    ["status": .string(OutboxSchema.Status.pending), "partition": .int32(Int32(partition)), "aggregateVersion": .null],
-                    options: ["projection": ["aggregateType": 1, "aggregateId": 1, "sid": 1, "aggregateVersion": 1]]
-                ).filter { $0["aggregateId"]?.stringValue.map(ids.contains) ?? false }
+            // Known pending events without versions of these aggregates: normally only those that
+            // failed and wait for a retry, or were handed over.
+            let pending = try eventsOf(aggregates: unversioned.map(\.message.aggregateId), outbox: outbox).filter {
+                $0["status"]?.stringValue == OutboxSchema.Status.pending
             }
             var lowestSid: [AggregateKey: String] = [:]
             for document in pending where document["aggregateVersion"] == nil {
@@ -491,6 +482,21 @@ public final class MongoOutboxStore: OutboxStore {
             }
         }
         return heads
+    }
+
+    /// Every event of the given aggregates (order fields and `status` only), through the aggregate
+    /// index: an `$in` of aggregate ids alone, in small groups. Versions and `status` are compared
+    /// by the caller, as a condition beside the `$in` (or a long `$in`) turns some servers to a
+    /// scan of the whole collection, delivered events included.
+    static func eventsOf(aggregates: [String], outbox: MongoCollection) throws -> [Document] {
+        let ids = Set(aggregates).sorted()
+        var events: [Document] = []
+        for start in stride(from: 0, to: ids.count, by: 40) {
+            events += try outbox.find(
+                ["aggregateId": ["$in": .array(ids[start..<min(start + 40, ids.count)].map { .string($0) })]],
+                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1, "sid": 1]])
+        }
+        return events
     }
 
     public func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> {

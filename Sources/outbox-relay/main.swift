@@ -93,7 +93,7 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Address of /metrics, /health/live and /health/ready, host:port; 'off' for none (env RELAY_HTTP_ADDRESS; default 127.0.0.1:9400).")
     var httpAddress: String?
 
-    @Option(help: "How often the backlog gauges are sampled (env RELAY_METRICS_INTERVAL; default 5s).")
+    @Option(help: "How often the backlog gauges are sampled; each sample counts the backlog (env RELAY_METRICS_INTERVAL; default 15s, a usual scrape interval).")
     var metricsInterval: String?
 
     @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
@@ -179,7 +179,7 @@ struct RelayCommand: AsyncParsableCommand {
             relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger, wake: wake) {
                 [publisher] in await publisher.keepAlive()
             }
-            let sampleEvery = try settings.duration(metricsInterval, env: "RELAY_METRICS_INTERVAL", default: "5s", flagName: "--metrics-interval")
+            let sampleEvery = try settings.duration(metricsInterval, env: "RELAY_METRICS_INTERVAL", default: "15s", flagName: "--metrics-interval")
             extraServices.append(BacklogMonitor(pool: pool, collection: collection, partitions: partitionCount, interval: sampleEvery, logger: logger))
             extraServices.append(ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]))
             if let endpoint {

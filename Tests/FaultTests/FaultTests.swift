@@ -242,12 +242,16 @@ final class FaultFixture: @unchecked Sendable {
         try? await pool.withConnection { try $0.collection("outbox").countDocuments(filter) }
     }
 
-    /// Waits until no event is pending (or parked); false on timeout.
+    /// Waits until `total` events are delivered; false on timeout. It counts what is left (pending
+    /// or unseen), which shrinks as the relays work, once a second: a count reads every document it
+    /// counts, and the relays share the store with it.
     func waitUntilDelivered(_ total: Int, timeout: Duration = .seconds(240)) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if await count(["status": "delivered"]) == total { return true }
-            try? await Task.sleep(for: .milliseconds(200))
+            if let pending = await count(["status": "pending"]), let unseen = await count(["status": .null]), pending + unseen == 0 {
+                if await count(["status": "delivered"]) == total { return true }
+            }
+            try? await Task.sleep(for: .seconds(1))
         }
         return false
     }
@@ -387,14 +391,14 @@ struct FaultTests {
         await f.cleanup()
     }
 
-    @Test("three relays on one outbox, 10,000 events: nothing lost, duplicates counted", .timeLimit(.minutes(12)))
+    @Test("three relays on one outbox, 10,000 events: nothing lost, duplicates counted")
     func threeRelays() async throws {
         let f = try FaultFixture()
         try await f.prepare()
         let ids = try await f.appendEvents(10_000, aggregates: 5000)
         let relays = try (0..<3).map { try f.startRelay("relay-\($0)") }
-        // No loss is what this test proves; three relays drain slower than one on this store (see the closing note), so it waits longer.
-        #expect(await f.waitUntilDelivered(ids.count, timeout: .seconds(600)))
+        // Three debug-built relays share one single-threaded store here: about four minutes.
+        #expect(await f.waitUntilDelivered(ids.count, timeout: .seconds(480)))
         // All three took part.
         let owners = try await f.pool.withConnection {
             try $0.collection(MongoLeaseStore.leasesCollection).find().compactMap { $0["owner"]?.stringValue }
