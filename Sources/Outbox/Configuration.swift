@@ -265,7 +265,7 @@ private func percentDecode(_ s: Substring) -> String? {
 /// Reads typed settings from flags and environment with errors that name the setting.
 public enum Setting {
     public static func duration(_ value: String, setting: String) throws -> Duration {
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
         for (suffix, scale) in units where value.hasSuffix(suffix) {
             // "ms" comes before "s" and "m", so "250ms" never reads as seconds or minutes.
             let number = value.dropLast(suffix.count)
@@ -273,7 +273,7 @@ public enum Setting {
                 return .milliseconds(Int64((n * scale * 1000).rounded()))
             }
         }
-        throw ConfigurationError(setting: setting, reason: "'\(value)' is not a duration (e.g. 250ms, 5s, 2m, 1h)")
+        throw ConfigurationError(setting: setting, reason: "'\(value)' is not a duration (e.g. 250ms, 5s, 2m, 1h, 30d)")
     }
 
     public static func positiveInt(_ value: Int, setting: String, max: Int = Int.max) throws -> Int {

@@ -87,6 +87,14 @@ public final class MongoOutboxStore: OutboxStore {
         }
     }
 
+    /// Sets how long delivered events are kept (`nil`: for ever); see `OutboxSchema.applyRetention`.
+    public func applyRetention(seconds: Int?) async throws -> OutboxSchema.RetentionChange {
+        let name = options.collection
+        return try await pool.withConnection { connection in
+            try OutboxSchema.applyRetention(seconds: seconds, collection: name, connection: connection)
+        }
+    }
+
     struct ScanState: Sendable {
         var known = ScanPosition()
         var new = NewScanPosition()

@@ -69,6 +69,49 @@ public enum OutboxSchema {
         ],
     ]
 
+    /// The TTL index that deletes delivered events some time after delivery
+    /// (`--delivered-retention`); it covers delivered events only.
+    public static let retentionIndex = "delivered_retention"
+
+    /// What `applyRetention` did.
+    public enum RetentionChange: Equatable, Sendable {
+        case unchanged
+        case created(seconds: Int)
+        case changed(fromSeconds: Int, toSeconds: Int)
+        case removed(seconds: Int)
+    }
+
+    /// Makes the retention of delivered events what is asked: `seconds` after `deliveredAt` (a TTL
+    /// index whose filter holds delivered events only, so nothing pending or parked is ever
+    /// deleted), or kept for ever (`nil`: no such index). The server deletes expired documents in
+    /// the background (MongoDB about once a minute).
+    public static func applyRetention(seconds: Int?, collection: String, connection: MongoConnection) throws -> RetentionChange {
+        let indexes = try connection.runCommand(["listIndexes": .string(collection)])["cursor"]?.documentValue?["firstBatch"]?.arrayValue ?? []
+        let current = indexes.compactMap(\.documentValue).first { $0["name"]?.stringValue == retentionIndex }
+        let currentSeconds = current?["expireAfterSeconds"]?.intValue
+        switch (currentSeconds, seconds) {
+        case (nil, nil):
+            return .unchanged
+        case (let old?, nil):
+            try connection.runCommand(["dropIndexes": .string(collection), "index": .string(retentionIndex)])
+            return .removed(seconds: old)
+        case (nil, let new?):
+            try connection.collection(collection).createIndexes([
+                [
+                    "key": ["deliveredAt": 1], "name": .string(retentionIndex), "expireAfterSeconds": .int64(Int64(new)),
+                    "partialFilterExpression": ["status": .string(Status.delivered)],
+                ]
+            ])
+            return .created(seconds: new)
+        case (let old?, let new?):
+            guard old != new else { return .unchanged }
+            try connection.runCommand([
+                "collMod": .string(collection), "index": ["name": .string(retentionIndex), "expireAfterSeconds": .int64(Int64(new))],
+            ])
+            return .changed(fromSeconds: old, toSeconds: new)
+        }
+    }
+
     /// A `$jsonSchema` validator for the writer's contract (the same rules as
     /// `schema/outbox-event.schema.json`): a writer's malformed insert then fails inside its own
     /// transaction. Relay fields are allowed.

@@ -93,6 +93,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Address of /metrics, /health/live and /health/ready, host:port; 'off' for none (env RELAY_HTTP_ADDRESS; default 127.0.0.1:9400).")
     var httpAddress: String?
 
+    @Option(help: "Delete delivered events this long after delivery (a TTL index on deliveredAt that holds delivered events only), e.g. 30d; 'off' keeps them for ever. Unset leaves the collection's retention as it is (env RELAY_DELIVERED_RETENTION; default unset, and a new outbox keeps everything).")
+    var deliveredRetention: String?
+
     @Option(help: "How often the backlog gauges are sampled; each sample counts the backlog (env RELAY_METRICS_INTERVAL; default 15s, a usual scrape interval).")
     var metricsInterval: String?
 
@@ -110,6 +113,8 @@ struct RelayCommand: AsyncParsableCommand {
         let publisher: ConfirmPublisher
         let store: MongoOutboxStore
         let shutdownTimeout: Duration
+        /// Seconds to keep delivered events, `.some(nil)` for ever; `nil` when not set (left as is).
+        let retention: Int??
         do {
             logger = Runtime.bootstrap(label: "outbox-relay", level: try settings.logLevel(mongo.logLevel))
             let http = try settings.string(httpAddress, env: "RELAY_HTTP_ADDRESS", default: "127.0.0.1:9400", flagName: "--http-address")
@@ -179,6 +184,17 @@ struct RelayCommand: AsyncParsableCommand {
             relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger, wake: wake) {
                 [publisher] in await publisher.keepAlive()
             }
+            let retentionSetting = try settings.string(deliveredRetention, env: "RELAY_DELIVERED_RETENTION", default: "", flagName: "--delivered-retention")
+            switch retentionSetting.lowercased() {
+            case "": retention = nil
+            case "off": retention = .some(nil)
+            default:
+                let keep = try Setting.duration(retentionSetting, setting: "RELAY_DELIVERED_RETENTION (--delivered-retention)")
+                guard keep >= .seconds(1) else {
+                    throw ConfigurationError(setting: "RELAY_DELIVERED_RETENTION (--delivered-retention)", reason: "must be at least 1s, or 'off'")
+                }
+                retention = .some(Int(keep.components.seconds))
+            }
             let sampleEvery = try settings.duration(metricsInterval, env: "RELAY_METRICS_INTERVAL", default: "15s", flagName: "--metrics-interval")
             extraServices.append(BacklogMonitor(pool: pool, collection: collection, partitions: partitionCount, interval: sampleEvery, logger: logger))
             extraServices.append(ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]))
@@ -206,6 +222,16 @@ struct RelayCommand: AsyncParsableCommand {
         }
 
         try await store.ensureIndexes()
+        if let retention {
+            switch try await store.applyRetention(seconds: retention) {
+            case .unchanged: logger.info("delivered events kept", metadata: ["outbox.delivered_retention": "\(retention.map { "\($0)s" } ?? "forever")"])
+            case .created(let seconds): logger.notice("delivered events now deleted after retention", metadata: ["outbox.delivered_retention": "\(seconds)s"])
+            case .changed(let from, let to):
+                logger.notice("delivered-event retention changed", metadata: ["outbox.delivered_retention": "\(to)s", "outbox.previous_retention": "\(from)s"])
+            case .removed(let seconds):
+                logger.notice("delivered events now kept for ever", metadata: ["outbox.previous_retention": "\(seconds)s"])
+            }
+        }
         try await leaseStore.ensurePartitions()
         if exitWhenIdle {
             // The leases are kept renewed beside the drain, as in normal operation.
