@@ -21,6 +21,14 @@ public final class MongoLeaseStore: LeaseStore {
         self.partitions = partitions
     }
 
+    /// How many partitions the outbox is set up for: the lease documents there are (nil before
+    /// the first relay made them). Every relay must use this count; `outboxctl repartition`
+    /// changes it.
+    public func configuredPartitions() async throws -> Int? {
+        let count = try await pool.withConnection { try $0.collection(Self.leasesCollection).countDocuments() }
+        return count == 0 ? nil : count
+    }
+
     /// Creates the lease documents that do not exist yet; idempotent.
     public func ensurePartitions() async throws {
         let documents: [Document] = (0..<partitions).map {
@@ -40,7 +48,8 @@ public final class MongoLeaseStore: LeaseStore {
     // same meaning as comparing the dates, and it also holds on servers whose date comparison
     // against `$$NOW` is unreliable (seen on SecantusDB, where it is false both ways).
     static let expired: BSON = ["$lt": [["$toLong": "$expiresAt"], ["$toLong": "$$NOW"]]]
-    static let live: BSON = ["$gt": [["$toLong": "$expiresAt"], ["$toLong": "$$NOW"]]]
+    /// True for a lease or heartbeat that has not run out (an `$expr`).
+    public static let live: BSON = ["$gt": [["$toLong": "$expiresAt"], ["$toLong": "$$NOW"]]]
 
     public func round(owner: String, held: [PartitionLease], release: [PartitionLease], want: Int, ttl: Duration) async throws -> LeaseRound {
         let total = partitions

@@ -305,3 +305,71 @@ public struct OutboxAdmin: Sendable {
         return ChangeResult(matched: messages.count, changed: acked, dryRun: false, ids: messages.map(\.id))
     }
 }
+
+/// What `outboxctl repartition` did (or, with a dry run, would do).
+public struct RepartitionResult: Sendable, Equatable {
+    /// The partition count the outbox was set up for (nil: no relay has run on it yet).
+    public var from: Int?
+    public var to: Int
+    /// Pending and parked events whose partition changes.
+    public var moved: Int
+    /// The epoch every partition's lease starts from: above every fence an event carries.
+    public var epoch: Int64
+    public var dryRun: Bool
+}
+
+/// `outboxctl repartition` refused: relays are running.
+public struct RelaysRunning: Error, CustomStringConvertible {
+    public var relays: [String]
+    public var description: String {
+        "\(relays.count) relay(s) are running (\(relays.joined(separator: ", "))): stop every relay first; "
+            + "a stopped relay's heartbeat is gone at once, a killed one's within twice its lease TTL"
+    }
+}
+
+extension OutboxAdmin {
+    /// Changes the number of partitions while no relay runs: every pending and parked event moves to
+    /// the partition of its aggregate under the new count (all of one aggregate's events stay
+    /// together, so per-aggregate order holds), and the lease collection gets exactly `partitions`
+    /// free leases whose epoch is above every fence in the outbox (the first owner of each fences
+    /// out anything older). Then start the relays with the new `--partitions`. New documents (no
+    /// state yet) and delivered events need nothing. Safe to run again after an interruption.
+    public func repartition(to partitions: Int, dryRun: Bool) async throws -> RepartitionResult {
+        let collection = self.collection
+        return try await pool.withConnection { connection in
+            let relays = connection.collection(MongoLeaseStore.relaysCollection)
+            let live = try relays.find(["$expr": MongoLeaseStore.live], options: ["projection": ["_id": 1]]).compactMap { $0["_id"]?.stringValue }
+            if !live.isEmpty && !dryRun { throw RelaysRunning(relays: live.sorted()) }
+
+            let leases = connection.collection(MongoLeaseStore.leasesCollection)
+            let existing = try leases.find([:], options: ["projection": ["epoch": 1]])
+            let from = existing.isEmpty ? nil : existing.count
+            // Fences never exceed the epoch of the lease that wrote them; events moved here from
+            // any partition carry at most the highest epoch of all.
+            let epoch = (existing.compactMap { $0["epoch"]?.intValue }.max()).map { Int64($0) + 1 } ?? 0
+
+            let outbox = connection.collection(collection)
+            var moves: [(filter: Document, update: BSON)] = []
+            for status in [OutboxSchema.Status.pending, OutboxSchema.Status.parked] {
+                let events = try outbox.find(["status": .string(status)], options: ["projection": ["aggregateId": 1, "partition": 1]])
+                for event in events {
+                    guard let id = event["_id"], let aggregateId = event["aggregateId"]?.stringValue else { continue }
+                    let target = EventNaming.partition(ofAggregate: aggregateId, partitions: partitions)
+                    guard event["partition"]?.intValue != target else { continue }
+                    moves.append((["_id": id, "status": .string(status)], ["$set": ["partition": .int32(Int32(target))]]))
+                }
+            }
+            guard !dryRun else { return RepartitionResult(from: from, to: partitions, moved: moves.count, epoch: epoch, dryRun: true) }
+
+            for start in stride(from: 0, to: moves.count, by: 1000) {
+                _ = try outbox.bulkUpdate(Array(moves[start..<min(start + 1000, moves.count)]))
+            }
+            _ = try leases.deleteMany(["_id": ["$gte": .int32(Int32(partitions))]])
+            for partition in 0..<partitions {
+                _ = try leases.updateOne(
+                    ["_id": .int32(Int32(partition))], ["$set": ["owner": .null, "expiresAt": .datetime(0), "epoch": .int64(epoch)]], upsert: true)
+            }
+            return RepartitionResult(from: from, to: partitions, moved: moves.count, epoch: epoch, dryRun: false)
+        }
+    }
+}

@@ -232,6 +232,15 @@ struct RelayCommand: AsyncParsableCommand {
                 logger.notice("delivered events now kept for ever", metadata: ["outbox.previous_retention": "\(seconds)s"])
             }
         }
+        if let configured = try await leaseStore.configuredPartitions(), configured != leaseStore.partitions {
+            // Relays with different counts would move each other's events between partitions.
+            Runtime.failConfiguration(
+                ConfigurationError(
+                    setting: "OUTBOX_PARTITIONS (--partitions)",
+                    reason: "the outbox is set up for \(configured) partitions, got \(leaseStore.partitions); use \(configured), "
+                        + "or change the count with 'outboxctl repartition --partitions \(leaseStore.partitions)' while no relay runs"),
+                program: "outbox-relay")
+        }
         try await leaseStore.ensurePartitions()
         if exitWhenIdle {
             // The leases are kept renewed beside the drain, as in normal operation.

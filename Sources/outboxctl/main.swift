@@ -24,7 +24,7 @@ struct OutboxCtl: AsyncParsableCommand {
             Exit status: 0 done, 1 done in part, 64 bad arguments, 69 database or broker unreachable, \
             78 bad configuration.
             """,
-        subcommands: [Init.self, Status.self, List.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self])
+        subcommands: [Init.self, Status.self, List.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self, Repartition.self])
 }
 
 struct Common: ParsableArguments {
@@ -365,6 +365,48 @@ extension OutboxCtl {
             }
             report(result, verb: "republished (confirmed)", json: common.json)
             if !result.dryRun && result.changed < result.matched { throw ExitCode(Exit.partial) }
+        }
+    }
+
+    struct Repartition: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change the number of partitions the relays share, while no relay runs.",
+            discussion: """
+                Stop every relay, run this, then start the relays with --partitions (OUTBOX_PARTITIONS) set \
+                to the new count; a relay started with another count than the outbox's refuses to start. \
+                Pending and parked events move to their aggregate's partition under the new count (one \
+                aggregate's events stay together, so their order holds) and every partition's lease is freed \
+                with an epoch above every fence in the outbox. Nothing is published or lost; running it \
+                again is harmless. Refuses while a relay's heartbeat is live.
+                """)
+        @OptionGroup var common: Common
+        @Option(help: "The new number of partitions, 1-1024.") var partitions: Int
+        @Flag(help: "Show what would change; change nothing (also while relays run).") var dryRun = false
+
+        func validate() throws {
+            guard (1...1024).contains(partitions) else { throw ValidationError("--partitions must be between 1 and 1024, got \(partitions)") }
+        }
+
+        func run() async throws {
+            let result: RepartitionResult
+            do {
+                result = try await common.run { admin, _ in try await admin.repartition(to: partitions, dryRun: dryRun) }
+            } catch let error as RelaysRunning {
+                FileHandle.standardError.write(Data("outboxctl: \(error)\n".utf8))
+                throw ExitCode(Exit.partial)
+            }
+            let from = result.from.map(String.init) ?? "none yet"
+            if common.json {
+                printJSON([
+                    "from": result.from.map { .int64(Int64($0)) } ?? .null, "to": .int64(Int64(result.to)), "moved": .int64(Int64(result.moved)),
+                    "epoch": .int64(result.epoch), "dryRun": .bool(result.dryRun),
+                ])
+            } else if result.dryRun {
+                print("dry run: partitions \(from) → \(result.to); \(result.moved) pending or parked event(s) would move; nothing changed")
+            } else {
+                print("partitions \(from) → \(result.to); \(result.moved) pending or parked event(s) moved; leases free from epoch \(result.epoch)")
+                print("start the relays with --partitions \(result.to) (OUTBOX_PARTITIONS=\(result.to))")
+            }
         }
     }
 
