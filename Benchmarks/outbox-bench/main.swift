@@ -281,7 +281,14 @@ struct Bench {
         try await admin.purgeQueue("bench.latency.q")
         let environment = relayEnvironment(database: database)
         let pid = try spawnChild(["\(bin)/outbox-relay", changeStream ? "--change-stream" : "--no-change-stream"], environment: environment)
-        defer { _ = (kill(pid, SIGTERM), waitChild(pid)) }
+        var relayRunning = true
+        func stopRelay() {
+            guard relayRunning else { return }
+            relayRunning = false
+            kill(pid, SIGTERM)
+            _ = waitChild(pid)
+        }
+        defer { stopRelay() }
         try await Task.sleep(for: .seconds(2))  // leases taken, watch open
 
         let total = rate * seconds
@@ -314,6 +321,10 @@ struct Bench {
         let deadline = ContinuousClock.now + .seconds(30)
         while latencies.withLock({ $0.count }) < total && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
         receiver.cancel()
+        // Before its database is dropped: a change stream whose database is dropped under it cannot
+        // resume (the server's last resume token then names the database's command namespace), and
+        // the relay would log it.
+        stopRelay()
         await consumer.close()
         try await admin.deleteQueue("bench.latency.q")
         await admin.close()
