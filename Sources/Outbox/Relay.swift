@@ -26,13 +26,19 @@ public struct RelayConfiguration: Sendable {
     /// fetch stays within the budget too; nil: the first fetch asks for `batchSize`.
     public var assumedBytesPerEvent: Int?
 
+    /// Milliseconds since the epoch, for the age of events (`RetryPolicy.parkTransientAfter`); nil:
+    /// ages are unknown and transient failures never park.
+    public var wallClock: (@Sendable () -> Int64)?
+
     public static let defaultBatchMaxBytes = 16 << 20
 
     public init(
         batchSize: Int = 500, pollInterval: Duration = .milliseconds(200), maxErrorBackoff: Duration = .seconds(5),
         retryPolicy: RetryPolicy = RetryPolicy(), markAttempts: Int = 4, markRetryDelay: Duration = .milliseconds(25),
-        batchMaxBytes: Int = RelayConfiguration.defaultBatchMaxBytes, assumedBytesPerEvent: Int? = nil
+        batchMaxBytes: Int = RelayConfiguration.defaultBatchMaxBytes, assumedBytesPerEvent: Int? = nil,
+        wallClock: (@Sendable () -> Int64)? = nil
     ) {
+        self.wallClock = wallClock
         self.batchSize = batchSize
         self.pollInterval = pollInterval
         self.maxErrorBackoff = maxErrorBackoff
@@ -176,10 +182,11 @@ public final class Relay: Service {
             } else {
                 // Transient outcomes count for the backoff only; they park only if parkTransientAfter says so.
                 let attempts = message.attempts + 1
+                let age = configuration.wallClock.map { Duration.milliseconds($0() - message.occurredAt) }
                 failed.append(
                     FailedDelivery(
                         message, attempts: attempts, error: outcome.reason,
-                        decision: configuration.retryPolicy.decision(afterAttempts: attempts, transient: outcome.isTransient)))
+                        decision: configuration.retryPolicy.decision(afterAttempts: attempts, transient: outcome.isTransient, age: age)))
             }
         }
         var fencedPartitions = Set<Int>()

@@ -7,11 +7,17 @@ public struct RetryPolicy: Sendable, Equatable {
     public var baseDelay: Duration
     /// Upper bound for the delay.
     public var maxDelay: Duration
+    /// Transient failures park an event once it is this old (since it was written); nil, the
+    /// default: never, the event stays pending until the broker takes it.
+    public var parkTransientAfter: Duration?
 
-    public init(maxAttempts: Int = 10, baseDelay: Duration = .milliseconds(500), maxDelay: Duration = .seconds(300)) {
+    public init(
+        maxAttempts: Int = 10, baseDelay: Duration = .milliseconds(500), maxDelay: Duration = .seconds(300), parkTransientAfter: Duration? = nil
+    ) {
         self.maxAttempts = maxAttempts
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay
+        self.parkTransientAfter = parkTransientAfter
     }
 
     public enum Decision: Sendable, Equatable {
@@ -20,9 +26,11 @@ public struct RetryPolicy: Sendable, Equatable {
     }
 
     /// The decision after `attempts` failed attempts of which the last was `transient` (a nack, a
-    /// confirm timeout): the same capped backoff, but never parked, since time will fix it.
-    public func decision(afterAttempts attempts: Int, transient: Bool) -> Decision {
+    /// confirm timeout): the same capped backoff, but not parked, since time will fix it, unless
+    /// the event's `age` reached `parkTransientAfter`.
+    public func decision(afterAttempts attempts: Int, transient: Bool, age: Duration? = nil) -> Decision {
         guard transient else { return decision(afterAttempts: attempts) }
+        if let limit = parkTransientAfter, let age, age >= limit { return .park }
         var generator = SystemRandomNumberGenerator()
         return backoff(afterAttempts: attempts, using: &generator)
     }

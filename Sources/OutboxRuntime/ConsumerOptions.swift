@@ -42,7 +42,7 @@ public struct ConsumerOptions: ParsableArguments {
         guard text != "off" else { return services }
         let endpoint = try OpsServer.address(text, setting: "CONSUMER_HTTP_ADDRESS (--http-address)")
         services.append(OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) {
-            ["database": (try? await pool.ping()) != nil, "broker": consumer.isConnectedNow]
+            ["database": .init(up: (try? await pool.ping()) != nil), "broker": .init(up: consumer.isConnectedNow)]
         })
         return services
     }

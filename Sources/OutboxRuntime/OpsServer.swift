@@ -31,10 +31,19 @@ public enum OpsServer {
         return (String(text[..<colon]), port)
     }
 
-    /// The HTTP service. `ready` reports named checks; ready means all pass.
+    /// The state of one readiness check, as `/health/ready` names it.
+    public enum Check: String, Sendable {
+        case up, down
+        /// Connected, but the broker blocks publishing (`connection.blocked`: a resource alarm).
+        case blocked
+
+        public init(up: Bool) { self = up ? .up : .down }
+    }
+
+    /// The HTTP service. `ready` reports named checks; ready means all are up.
     public static func make(
         host: String, port: Int, registry: PrometheusCollectorRegistry, logger: Logger,
-        ready: @escaping @Sendable () async -> [String: Bool]
+        ready: @escaping @Sendable () async -> [String: Check]
     ) -> some Service {
         let router = Router()
         router.get("/metrics") { _, _ in
@@ -45,8 +54,8 @@ public enum OpsServer {
         router.get("/health/live") { _, _ in json(.ok, #"{"status":"live"}"#) }
         router.get("/health/ready") { _, _ in
             let checks = await ready()
-            let ok = checks.values.allSatisfy { $0 }
-            let fields = checks.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value ? "up" : "down")\"" }.joined(separator: ",")
+            let ok = checks.values.allSatisfy { $0 == .up }
+            let fields = checks.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value.rawValue)\"" }.joined(separator: ",")
             return json(ok ? .ok : .serviceUnavailable, #"{"status":"\#(ok ? "ready" : "not ready")",\#(fields)}"#)
         }
         return Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "outbox-ops"), logger: logger)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import Outbox
 import OutboxAMQP
@@ -93,6 +94,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Address of /metrics, /health/live and /health/ready, host:port; 'off' for none (env RELAY_HTTP_ADDRESS; default 127.0.0.1:9400).")
     var httpAddress: String?
 
+    @Option(help: "Park an event that still fails for a reason time may fix (nack, confirm timeout) once it is this old, e.g. 1h; 'off' never parks them (env RELAY_PARK_TRANSIENT_AFTER; default off).")
+    var parkTransientAfter: String?
+
     @Option(help: "Delete delivered events this long after delivery (a TTL index on deliveredAt that holds delivered events only), e.g. 30d; 'off' keeps them for ever. Unset leaves the collection's retention as it is (env RELAY_DELIVERED_RETENTION; default unset, and a new outbox keeps everything).")
     var deliveredRetention: String?
 
@@ -101,6 +105,12 @@ struct RelayCommand: AsyncParsableCommand {
 
     @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
     var exitWhenIdle = false
+
+    func parkTransientAfterSetting(_ settings: Settings) throws -> Duration? {
+        let raw = try settings.string(parkTransientAfter, env: "RELAY_PARK_TRANSIENT_AFTER", default: "off", flagName: "--park-transient-after")
+        guard raw.lowercased() != "off" else { return nil }
+        return try Setting.duration(raw, setting: "RELAY_PARK_TRANSIENT_AFTER (--park-transient-after)")
+    }
 
     func run() async throws {
         let settings = Settings()
@@ -140,12 +150,14 @@ struct RelayCommand: AsyncParsableCommand {
                 retryPolicy: RetryPolicy(
                     maxAttempts: try settings.int(maxAttempts, env: "RELAY_MAX_ATTEMPTS", default: 10, flagName: "--max-attempts", range: 1...1000),
                     baseDelay: try settings.duration(retryBaseDelay, env: "RELAY_RETRY_BASE_DELAY", default: "500ms", flagName: "--retry-base-delay"),
-                    maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay")),
+                    maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay"),
+                    parkTransientAfter: try parkTransientAfterSetting(settings)),
                 batchMaxBytes: try settings.int(
                     batchMaxBytes, env: "RELAY_BATCH_MAX_BYTES", default: RelayConfiguration.defaultBatchMaxBytes, flagName: "--batch-max-bytes",
                     range: 1024...(1 << 30)),
                 // Until a batch was seen, events as large as allowed: the first fetch fits the budget too.
-                assumedBytesPerEvent: maxBody)
+                assumedBytesPerEvent: maxBody,
+                wallClock: { Int64(Date().timeIntervalSince1970 * 1000) })
             let options = ConfirmPublisher.Options(
                 maxInFlight: try settings.int(maxInFlight, env: "RELAY_MAX_IN_FLIGHT", default: 1000, flagName: "--max-in-flight", range: 1...10_000),
                 confirmTimeout: try settings.duration(confirmTimeout, env: "RELAY_CONFIRM_TIMEOUT", default: "10s", flagName: "--confirm-timeout"),
@@ -202,8 +214,8 @@ struct RelayCommand: AsyncParsableCommand {
                 extraServices.append(
                     OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) { [publisher, pool] in
                         let database = (try? await pool.ping()) != nil
-                        // broker_flow is down while the broker blocks publishing (connection.blocked).
-                        return ["database": database, "broker": publisher.isConnectedNow, "broker_flow": !publisher.isBlockedNow]
+                        let broker: OpsServer.Check = !publisher.isConnectedNow ? .down : publisher.isBlockedNow ? .blocked : .up
+                        return ["database": .init(up: database), "broker": broker]
                     })
             }
             logger.info(
@@ -214,6 +226,7 @@ struct RelayCommand: AsyncParsableCommand {
                     "outbox.batch_size": "\(configuration.batchSize)", "outbox.batch_max_bytes": "\(configuration.batchMaxBytes)",
                     "amqp.max_in_flight": "\(options.maxInFlight)",
                     "relay.id": "\(owner)", "outbox.partitions": "\(partitionCount)", "relay.lease_ttl": "\(ttl)",
+                    "relay.park_transient_after": "\(configuration.retryPolicy.parkTransientAfter.map { "\($0)" } ?? "off")",
                     "relay.change_stream": "\(hint != nil)", "relay.body_format": "\(body.format)",
                     "relay.decimal_format": "\(body.decimals)",
                 ])

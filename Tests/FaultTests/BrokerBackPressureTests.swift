@@ -53,7 +53,7 @@ extension FaultTests {
         }
         #expect(state.ready == 503, "/health/ready turns false while the broker blocks publishing")
         #expect(state.blocked == 1, "outbox_broker_blocked is 1 while the broker blocks publishing")
-        #expect(await get(port: port, "/health/ready")?.body.contains(#""broker_flow":"down""#) == true)
+        #expect(await get(port: port, "/health/ready")?.body.contains(#""broker":"blocked""#) == true)
         // Let the aggressive retry settings run for a while under the alarm.
         try await Task.sleep(for: .seconds(4))
         #expect(await f.count(["status": "parked"]) == 0, "a blocked broker parks nothing")

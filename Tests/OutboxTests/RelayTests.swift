@@ -107,6 +107,31 @@ struct RelayEngineTests {
         for id in ["nack", "slow"] { #expect(store.status(id) == "pending" && store.attempts(id) == 13) }
     }
 
+    @Test("--park-transient-after parks a nacked or timed-out event once it is that old; a blocked broker still parks nothing")
+    func parkTransientAfter() async throws {
+        // Events written at 0 ms; the clock says an hour later.
+        let store = MemoryStore([event("nack", aggregate: "1"), event("slow", aggregate: "2"), event("young", aggregate: "3")])
+        let young = Mutex(true)
+        let publisher = ScriptedPublisher { message in
+            switch message.id {
+            case "nack": .nacked
+            case "slow": .timedOut
+            default: young.withLock { $0 } ? .blocked("alarm") : .nacked
+            }
+        }
+        let configuration = RelayConfiguration(
+            retryPolicy: .init(maxAttempts: 100, baseDelay: .zero, parkTransientAfter: .seconds(3600)), wallClock: { 3_600_000 })
+        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: configuration, logger: logger)
+        #expect(try await relay.runOnce() == RelayPassResult(fetched: 3, parked: 2, unsent: 1))
+        #expect(store.status("nack") == "parked" && store.status("slow") == "parked")
+        #expect(store.status("young") == "pending" && store.attempts("young") == 0, "no attempt, no parking while blocked")
+
+        let younger = Relay(
+            store: MemoryStore([event("x")]), publisher: ScriptedPublisher { _ in .nacked }, leases: StaticLeases(),
+            configuration: .init(retryPolicy: .init(baseDelay: .zero, parkTransientAfter: .seconds(3601)), wallClock: { 3_600_000 }), logger: logger)
+        #expect(try await younger.runOnce() == RelayPassResult(fetched: 1, retried: 1), "younger than the limit: retried")
+    }
+
     @Test("a blocked broker leaves events pending with no attempt counted, however long it lasts")
     func blocked() async throws {
         let store = MemoryStore([event("x")])
@@ -280,6 +305,17 @@ struct RetryPolicyTests {
             }
             #expect(delay >= .seconds(2) && delay <= .seconds(4))
         }
+    }
+}
+
+extension RetryPolicyTests {
+    @Test("with parkTransientAfter, a transient failure parks an event that old, not a younger one")
+    func parkTransientAfter() {
+        let policy = RetryPolicy(maxAttempts: 5, baseDelay: .seconds(1), maxDelay: .seconds(4), parkTransientAfter: .seconds(3600))
+        #expect(policy.decision(afterAttempts: 2, transient: true, age: .seconds(3600)) == .park)
+        #expect(policy.decision(afterAttempts: 2, transient: true, age: .seconds(3599)) != .park)
+        #expect(policy.decision(afterAttempts: 2, transient: true, age: nil) != .park, "an unknown age never parks")
+        #expect(RetryPolicy().decision(afterAttempts: 2, transient: true, age: .seconds(86_400 * 365)) != .park, "off by default")
     }
 }
 
