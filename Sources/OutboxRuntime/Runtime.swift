@@ -233,6 +233,18 @@ public enum Runtime {
     /// send logs to standard error at `level`.
     public static func bootstrap(label: String, level: Logger.Level) -> Logger {
         signal(SIGPIPE, SIG_IGN)
+        // Message bodies can be large and live for one batch. glibc raises its mmap threshold to
+        // the size of the first large block freed, after which such blocks come from heaps that
+        // keep their pages: peak memory then grows with every size seen. A fixed threshold
+        // (which also fixes the trim threshold) gives large blocks back to the system when freed.
+        #if canImport(Glibc)
+        // `mallopt` is in malloc.h, which the Glibc module leaves out.
+        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+        let M_MMAP_THRESHOLD: Int32 = -3
+        if let symbol = dlsym(dlopen(nil, RTLD_NOW), "mallopt") {
+            _ = unsafeBitCast(symbol, to: Mallopt.self)(M_MMAP_THRESHOLD, 128 * 1024)
+        }
+        #endif
         LoggingSystem.bootstrap { label in
             var handler = RedactingLogHandler(StreamLogHandler.standardError(label: label))
             handler.logLevel = level
