@@ -296,8 +296,9 @@ public final class MongoOutboxStore: OutboxStore {
     /// Pending events of the owned partitions (with `sid` in a range, if given), in `sid` order, at
     /// most `limit`. One query when the relay owns every partition; otherwise one per owned
     /// partition, each an equality on the partition index (which every server can use, where
-    /// some scan the whole collection for an `$in` or `$or` of partitions), merged. `full`: a
-    /// query was cut at its limit, so more may follow the last document returned.
+    /// some scan the whole collection for an `$in` or `$or` of partitions), merged up to the
+    /// lowest last `sid` of a partition that had more. `full`: more may follow the last document
+    /// returned.
     static func findPending(
         _ outbox: MongoCollection, owned: Set<Int>, partitions: Int, sid: BSON? = nil, limit: Int, projection: Document? = nil
     ) throws -> (documents: [Document], full: Bool, read: Int) {
@@ -313,11 +314,15 @@ public final class MongoOutboxStore: OutboxStore {
             let documents = try outbox.find(query(nil), options: options)
             return (documents, documents.count >= limit, documents.count)
         }
+        // Each partition is asked for its share of the batch and one more (which tells that it has
+        // more), so the documents read stay about one batch whatever the number of partitions.
+        let share = (limit + owned.count - 1) / owned.count + 1
+        options["limit"] = .int64(Int64(share))
         var merged: [Document] = []
         var cutoff: String?
         for partition in owned.sorted() {
             let documents = try outbox.find(query(partition), options: options)
-            if documents.count >= limit, let last = documents.last?["sid"]?.stringValue { cutoff = min(cutoff ?? last, last) }
+            if documents.count >= share, let last = documents.last?["sid"]?.stringValue { cutoff = min(cutoff ?? last, last) }
             merged += documents
         }
         let read = merged.count

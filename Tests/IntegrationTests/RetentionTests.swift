@@ -45,7 +45,8 @@ struct RetentionTests {
             let first = try await relay(f, ["--delivered-retention", "1s"])
             #expect(first.errors.contains("delivered events now deleted after retention"), "the relay says what it set: \(first.errors.suffix(1000))")
             #expect(try await retentionSeconds(f) == 1)
-            #expect(try await f.count("outbox", ["_id": ["$in": .array(delivered.map { .string($0) })], "status": "delivered"]) == delivered.count)
+            // (The server may already have deleted them: its expiry runs at any moment.)
+            #expect(first.output.contains("events_delivered=\(delivered.count) "), "\(first.output)")
 
             // The server's expiry runs about once a minute.
             let expired = try await eventually(timeout: .seconds(150)) {
