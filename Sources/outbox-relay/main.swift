@@ -245,7 +245,19 @@ struct RelayCommand: AsyncParsableCommand {
                 logger.notice("delivered events now kept for ever", metadata: ["outbox.previous_retention": "\(seconds)s"])
             }
         }
-        if let configured = try await leaseStore.configuredPartitions(), configured != leaseStore.partitions {
+        // The store may fail a command now and then; the relay rides that out here as in operation.
+        var configuredPartitions: Int?
+        for attempt in 1...50 {
+            do {
+                configuredPartitions = try await leaseStore.configuredPartitions()
+                break
+            } catch {
+                guard attempt < 50 else { throw error }
+                logger.warning("reading the partition count failed; retrying", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .milliseconds(100 * min(attempt, 10)))
+            }
+        }
+        if let configured = configuredPartitions, configured != leaseStore.partitions {
             // Relays with different counts would move each other's events between partitions.
             Runtime.failConfiguration(
                 ConfigurationError(
