@@ -74,6 +74,14 @@ public struct Settings: Sendable {
         return try Setting.duration(raw, setting: "\(env) (\(flagName))")
     }
 
+    /// A duration that may also be `off`: nil when neither flag nor environment gives one,
+    /// `.some(nil)` for `off`, else the duration.
+    public func durationOrOff(_ flag: String?, env: String, flagName: String) throws -> Duration?? {
+        guard let raw = (flag?.isEmpty == false ? flag : nil) ?? Setting.fromEnvironment(env, environment) else { return nil }
+        guard raw.lowercased() != "off" else { return .some(nil) }
+        return .some(try Setting.duration(raw, setting: "\(env) (\(flagName))"))
+    }
+
     public func bool(env: String, default value: Bool, flagName: String) throws -> Bool {
         guard let raw = Setting.fromEnvironment(env, environment) else { return value }
         switch raw.lowercased() {
@@ -259,6 +267,22 @@ public enum Runtime {
     public static func defaultInstanceName() -> String {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "relay"
         return "\(host)-\(getpid())-\(UUID().uuidString.prefix(6).lowercased())"
+    }
+
+    /// Runs a start-up step on the database again while it fails (up to 50 times, backing off to a
+    /// second), as the relay rides out store failures in operation; the last failure is thrown.
+    public static func retryingAtStart<R>(_ step: String, logger: Logger, _ body: () async throws -> R) async throws -> R {
+        var attempt = 1
+        while true {
+            do {
+                return try await body()
+            } catch {
+                guard attempt < 50 else { throw error }
+                logger.warning("\(step) failed; retrying", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .milliseconds(100 * min(attempt, 10)))
+                attempt += 1
+            }
+        }
     }
 
     /// Exit status for bad configuration (EX_CONFIG): restarting cannot help.

@@ -106,12 +106,6 @@ struct RelayCommand: AsyncParsableCommand {
     @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
     var exitWhenIdle = false
 
-    func parkTransientAfterSetting(_ settings: Settings) throws -> Duration? {
-        let raw = try settings.string(parkTransientAfter, env: "RELAY_PARK_TRANSIENT_AFTER", default: "off", flagName: "--park-transient-after")
-        guard raw.lowercased() != "off" else { return nil }
-        return try Setting.duration(raw, setting: "RELAY_PARK_TRANSIENT_AFTER (--park-transient-after)")
-    }
-
     func run() async throws {
         let settings = Settings()
         let logger: Logger
@@ -151,7 +145,7 @@ struct RelayCommand: AsyncParsableCommand {
                     maxAttempts: try settings.int(maxAttempts, env: "RELAY_MAX_ATTEMPTS", default: 10, flagName: "--max-attempts", range: 1...1000),
                     baseDelay: try settings.duration(retryBaseDelay, env: "RELAY_RETRY_BASE_DELAY", default: "500ms", flagName: "--retry-base-delay"),
                     maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay"),
-                    parkTransientAfter: try parkTransientAfterSetting(settings)),
+                    parkTransientAfter: try settings.durationOrOff(parkTransientAfter, env: "RELAY_PARK_TRANSIENT_AFTER", flagName: "--park-transient-after") ?? nil),
                 batchMaxBytes: try settings.int(
                     batchMaxBytes, env: "RELAY_BATCH_MAX_BYTES", default: RelayConfiguration.defaultBatchMaxBytes, flagName: "--batch-max-bytes",
                     range: 1024...(1 << 30)),
@@ -196,17 +190,11 @@ struct RelayCommand: AsyncParsableCommand {
             relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger, wake: wake) {
                 [publisher] in await publisher.keepAlive()
             }
-            let retentionSetting = try settings.string(deliveredRetention, env: "RELAY_DELIVERED_RETENTION", default: "", flagName: "--delivered-retention")
-            switch retentionSetting.lowercased() {
-            case "": retention = nil
-            case "off": retention = .some(nil)
-            default:
-                let keep = try Setting.duration(retentionSetting, setting: "RELAY_DELIVERED_RETENTION (--delivered-retention)")
-                guard keep >= .seconds(1) else {
-                    throw ConfigurationError(setting: "RELAY_DELIVERED_RETENTION (--delivered-retention)", reason: "must be at least 1s, or 'off'")
-                }
-                retention = .some(Int(keep.components.seconds))
+            let keep = try settings.durationOrOff(deliveredRetention, env: "RELAY_DELIVERED_RETENTION", flagName: "--delivered-retention")
+            if let keep = keep ?? nil, keep < .seconds(1) {
+                throw ConfigurationError(setting: "RELAY_DELIVERED_RETENTION (--delivered-retention)", reason: "must be at least 1s, or 'off'")
             }
+            retention = keep.map { $0.map { Int($0.components.seconds) } }
             let sampleEvery = try settings.duration(metricsInterval, env: "RELAY_METRICS_INTERVAL", default: "15s", flagName: "--metrics-interval")
             extraServices.append(BacklogMonitor(pool: pool, collection: collection, partitions: partitionCount, interval: sampleEvery, logger: logger))
             extraServices.append(ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]))
@@ -234,9 +222,10 @@ struct RelayCommand: AsyncParsableCommand {
             Runtime.failConfiguration(error, program: "outbox-relay")
         }
 
-        try await store.ensureIndexes()
+        // The store may fail a command now and then; start-up rides that out as operation does.
+        try await Runtime.retryingAtStart("creating the outbox indexes", logger: logger) { try await store.ensureIndexes() }
         if let retention {
-            switch try await store.applyRetention(seconds: retention) {
+            switch try await Runtime.retryingAtStart("setting the retention", logger: logger, { try await store.applyRetention(seconds: retention) }) {
             case .unchanged: logger.info("delivered events kept", metadata: ["outbox.delivered_retention": "\(retention.map { "\($0)s" } ?? "forever")"])
             case .created(let seconds): logger.notice("delivered events now deleted after retention", metadata: ["outbox.delivered_retention": "\(seconds)s"])
             case .changed(let from, let to):
@@ -245,17 +234,8 @@ struct RelayCommand: AsyncParsableCommand {
                 logger.notice("delivered events now kept for ever", metadata: ["outbox.previous_retention": "\(seconds)s"])
             }
         }
-        // The store may fail a command now and then; the relay rides that out here as in operation.
-        var configuredPartitions: Int?
-        for attempt in 1...50 {
-            do {
-                configuredPartitions = try await leaseStore.configuredPartitions()
-                break
-            } catch {
-                guard attempt < 50 else { throw error }
-                logger.warning("reading the partition count failed; retrying", metadata: ["error": "\(error)"])
-                try await Task.sleep(for: .milliseconds(100 * min(attempt, 10)))
-            }
+        let configuredPartitions = try await Runtime.retryingAtStart("reading the partition count", logger: logger) {
+            try await leaseStore.configuredPartitions()
         }
         if let configured = configuredPartitions, configured != leaseStore.partitions {
             // Relays with different counts would move each other's events between partitions.
@@ -266,7 +246,7 @@ struct RelayCommand: AsyncParsableCommand {
                         + "or change the count with 'outboxctl repartition --partitions \(leaseStore.partitions)' while no relay runs"),
                 program: "outbox-relay")
         }
-        try await leaseStore.ensurePartitions()
+        try await Runtime.retryingAtStart("creating the partition leases", logger: logger) { try await leaseStore.ensurePartitions() }
         if exitWhenIdle {
             // The leases are kept renewed beside the drain, as in normal operation.
             try await leases.tick()
