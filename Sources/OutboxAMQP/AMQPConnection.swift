@@ -265,6 +265,15 @@ final class AMQPConnection {
         return Int(ok?.pointee.message_count ?? 0)
     }
 
+    /// Messages ready in an existing queue (a passive declare: whatever its arguments). A queue
+    /// that does not exist closes the channel with NOT_FOUND.
+    func messageCount(queue name: String) throws -> Int {
+        let arena = CArena()
+        let ok = amqp_queue_declare(state, channel, arena.bytes(name), 1, 0, 0, 0, amqp_empty_table)
+        try check("queue.declare (passive) \(name)")
+        return Int(ok?.pointee.message_count ?? 0)
+    }
+
     func bindQueue(_ queue: String, exchange: String, routingKey: String) throws {
         let arena = CArena()
         amqp_queue_bind(state, channel, arena.bytes(queue), arena.bytes(exchange), arena.bytes(routingKey), amqp_empty_table)
@@ -517,8 +526,9 @@ final class AMQPConnection {
             body: [UInt8](amqpBytes: envelope.message.body), connectionGeneration: generation)
     }
 
-    func ack(_ deliveryTag: UInt64) throws {
-        let status = amqp_basic_ack(state, channel, deliveryTag, 0)
+    /// Acks `deliveryTag`, and with `multiple` every unacknowledged delivery up to it.
+    func ack(_ deliveryTag: UInt64, multiple: Bool = false) throws {
+        let status = amqp_basic_ack(state, channel, deliveryTag, multiple ? 1 : 0)
         guard status == AMQP_STATUS_OK.rawValue else { throw failed("basic.ack", statusText(status)) }
     }
 

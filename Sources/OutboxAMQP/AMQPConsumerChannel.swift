@@ -97,6 +97,15 @@ public final class AMQPConsumerChannel: Sendable {
         }
     }
 
+    /// Acks `delivery` and every earlier delivery of its connection not yet acked or rejected, in
+    /// one frame. Like `ack`, does nothing for a delivery of an earlier connection.
+    public func ack(upTo delivery: AMQPDelivery) async throws {
+        try await owner.run { connection in
+            guard connection.generation == delivery.connectionGeneration else { return }
+            try connection.ack(delivery.deliveryTag, multiple: true)
+        }
+    }
+
     /// Rejects a delivery; without requeue it goes to the dead-letter exchange.
     public func reject(_ delivery: AMQPDelivery, requeue: Bool) async throws {
         try await owner.run { connection in
@@ -144,6 +153,11 @@ public final class AMQPAdmin: Sendable {
     @discardableResult
     public func declareQueue(_ name: String, arguments: [String: AMQPArgument] = [:]) async throws -> Int {
         try await run { try $0.declareQueue(name, arguments: arguments) }
+    }
+
+    /// Messages ready (not delivered to a consumer) in an existing queue, whatever its arguments.
+    public func messageCount(_ queue: String) async throws -> Int {
+        try await run { try $0.messageCount(queue: queue) }
     }
 
     public func bindQueue(_ queue: String, exchange: String, routingKey: String) async throws {

@@ -409,14 +409,15 @@ struct FaultTests {
         await f.cleanup()
     }
 
-    @Test("an inventory consumer killed with SIGKILL mid-stream and restarted applies every order once")
+    @Test("an inventory consumer in batches of 32 killed with SIGKILL mid-stream and restarted applies every order once")
     func killedConsumer() async throws {
         let f = try FaultFixture()
         try await f.prepare()
         try await f.pool.withConnection {
             try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
         }
-        var consumer = try f.startConsumer("consumer-0")
+        let batches = ["CONSUMER_BATCH_SIZE": "32"]
+        var consumer = try f.startConsumer("consumer-0", extra: batches)
         // The consumer declares its queue and bindings when it connects.
         try await Task.sleep(for: .seconds(2))
         let orders = 1000
@@ -435,7 +436,7 @@ struct FaultTests {
             while await applied() < orders * kill / 4 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
             consumer.kill()
             if await applied() < orders { killsMidStream += 1 }
-            consumer = try f.startConsumer("consumer-\(kill)")
+            consumer = try f.startConsumer("consumer-\(kill)", extra: batches)
         }
         #expect(killsMidStream == 3, "every kill must land while messages were still being applied")
         let deadline = ContinuousClock.now + .seconds(180)
@@ -447,6 +448,42 @@ struct FaultTests {
         #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
         #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
         print("consumer kill -9 ×3: \(orders) orders applied exactly once")
+        await f.cleanup()
+    }
+
+    @Test("SecantusDB stopped and started while an inventory consumer applies batches of 32: every order applied once")
+    func databaseRestartMidBatch() async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        try await f.pool.withConnection {
+            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
+        }
+        let consumer = try f.startConsumer("consumer", extra: ["CONSUMER_BATCH_SIZE": "32"])
+        try await Task.sleep(for: .seconds(2))  // the consumer declares its queue and bindings
+        let orders = 1000
+        let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
+        #expect(await publisher.publish(f.orderCreatedMessages(orders)).allSatisfy { $0 == .acked })
+        await publisher.close()
+        func applied() async -> Int {
+            (try? await f.pool.withConnection { try $0.collection("reservations").countDocuments() }) ?? -1
+        }
+        var deadline = ContinuousClock.now + .seconds(120)
+        while await applied() < orders / 4 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        try stack("stop-mongo")
+        try await Task.sleep(for: .seconds(3))
+        try stack("start-mongo")
+        let before = await applied()
+        #expect(before < orders, "the database must come back while orders are still to be applied (\(before))")
+        deadline = ContinuousClock.now + .seconds(240)
+        while await applied() < orders && ContinuousClock.now < deadline { try await Task.sleep(for: .seconds(1)) }
+        consumer.stop()
+        #expect(await applied() == orders)
+        let stock = try await f.pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
+        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
+        #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
+        #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
+        #expect(try await f.admin.messageCount("\(f.exchange).inventory") == 0, "every message was acked")
+        print("database restart under a batching consumer: \(orders) orders applied exactly once")
         await f.cleanup()
     }
 

@@ -21,13 +21,91 @@ struct ConsumerIntegrationTests {
             exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(body))
     }
 
-    func consumer(_ f: Fixture, name: String, handler: any InboxHandler, maxAttempts: Int = 3) -> InboxConsumer {
-        let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).\(name)", bindings: ["order.created"])
+    func consumer(
+        _ f: Fixture, name: String, handler: any InboxHandler, maxAttempts: Int = 3, batchSize: Int = 32,
+        batchWait: Duration = .milliseconds(20)
+    ) -> InboxConsumer {
+        let topology = ConsumerTopology(
+            exchange: f.exchange, queue: "\(f.exchange).\(name)", bindings: ["order.created"], prefetch: UInt16(max(2 * batchSize, 32)))
         f.track(queue: topology.queue)
         f.track(queue: topology.deadLetterQueue)
         return InboxConsumer(
-            configuration: .init(name: name, topology: topology, maxAttempts: maxAttempts, retryDelay: .milliseconds(10)),
+            configuration: .init(
+                name: name, topology: topology, maxAttempts: maxAttempts, retryDelay: .milliseconds(10), batchSize: batchSize,
+                batchWait: batchWait),
             pool: f.pool, amqp: f.amqp, handler: handler, logger: f.logger)
+    }
+
+    @Test("batches: duplicates inside a batch and across batches change stock once, in few commits, all acked")
+    func batchDuplicates() async throws {
+        try await Fixture.with { f in
+            try await InventoryHandler.setStock(["A": 1000], pool: f.pool)
+            // A long batch wait: whole batches of 32 even though the publisher is slow.
+            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange), batchWait: .milliseconds(500))
+            let running = Task { try await inventory.run() }
+            #expect(await eventually { await inventory.isConnected })
+            let orders = (0..<64).map { orderCreated(f, orderId: "o-\($0)", items: [("A", 1)]) }
+            let publisher = f.makePublisher()
+            // Each message twice in a row: the copy lands in the same batch as the original.
+            #expect(await publisher.publish(orders.flatMap { [$0, $0] }).allSatisfy { $0 == .acked })
+            #expect(await eventually { inventory.stats.processed + inventory.stats.duplicates == 128 })
+            // Then 40 of them again: known already, skipped from later batches.
+            #expect(await publisher.publish(Array(orders.prefix(40))).allSatisfy { $0 == .acked })
+            await publisher.close()
+            #expect(await eventually { inventory.stats.processed + inventory.stats.duplicates == 168 })
+            let stats = inventory.stats
+            #expect(stats.processed == 64)
+            #expect(stats.duplicates == 104)
+            #expect(stats.commits <= 8, "64 orders in batches of up to 32 take a few transactions, not 64 (\(stats.commits))")
+            #expect(try await f.find("stock").first?["available"]?.intValue == 1000 - 64)
+            #expect(try await f.count("inbox") == 64)
+            #expect(try await f.count("reservations") == 64)
+            #expect(try await f.count("outbox") == 64)
+            running.cancel()
+            _ = try? await running.value
+            // Unacked deliveries would be back in the queue now that the consumer is gone.
+            #expect(try await f.admin.messageCount(inventory.configuration.topology.queue) == 0, "every delivery was acked")
+        }
+    }
+
+    /// Applies a whole batch or nothing, and cannot tell which message failed: the consumer has to
+    /// narrow the failure down itself.
+    struct OpaqueBatchHandler: InboxHandler {
+        struct Boom: Error {}
+        func handle(_ message: IncomingMessage, connection: MongoConnection) throws {
+            try handle(batch: [message], connection: connection)
+        }
+        func handle(batch messages: [IncomingMessage], connection: MongoConnection) throws {
+            try connection.collection("applied").insertMany(messages.map { ["_id": .string($0.messageId)] })
+            if messages.contains(where: { $0.messageId == "evt-poison" }) { throw Boom() }
+        }
+    }
+
+    @Test(
+        "a poison message in a batch is dead-lettered after its attempts; every other message of the batch commits once",
+        arguments: ["names the failing message", "fails the batch as a whole"])
+    func poisonInBatch(handlerKind: String) async throws {
+        try await Fixture.with { f in
+            let handler: any InboxHandler = handlerKind == "names the failing message" ? FlakyHandler() : OpaqueBatchHandler()
+            let service = consumer(f, name: "poison", handler: handler, maxAttempts: 3, batchWait: .milliseconds(500))
+            let running = Task { try await service.run() }
+            defer { running.cancel() }
+            #expect(await eventually { await service.isConnected })
+            var messages = (0..<24).map { orderCreated(f, orderId: "m-\($0)", items: [("A", 1)]) }
+            messages.insert(orderCreated(f, orderId: "poison", items: [("A", 1)]), at: 9)
+            let publisher = f.makePublisher()
+            #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
+            await publisher.close()
+            #expect(await eventually { service.stats.processed == 24 && service.stats.deadLettered == 1 })
+            let applied = try await f.find("applied").compactMap { $0["_id"]?.stringValue }
+            #expect(applied.count == 24)
+            #expect(Set(applied) == Set((0..<24).map { "evt-m-\($0)" }), "the poison message's effect was rolled back")
+            #expect(try await f.count("inbox") == 24)
+            #expect(service.stats.handlerFailures == 3, "the poison message alone was tried maxAttempts times")
+            let dead = try await f.admin.drain(service.configuration.topology.deadLetterQueue)
+            #expect(dead.map(\.messageId) == ["evt-poison"])
+            #expect(dead.first?.headers["x-attempts"] == .int(3))
+        }
     }
 
     @Test("a message delivered twice or three times changes stock once")

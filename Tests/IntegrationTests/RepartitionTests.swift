@@ -69,7 +69,7 @@ struct RepartitionTests {
             let expected = ids.filter { $0 != parkedId }
             #expect(received.count == expected.count, "each event once")
             #expect(Set(received) == Set(expected))
-            let versionOf = Dictionary(uniqueKeysWithValues: zip(ids, events.map { ($0.aggregateId, $0.aggregateVersion ?? 0) }))
+            let versionOf = Dictionary(uniqueKeysWithValues: zip(ids, events.map { ($0.aggregateId, $0.aggregateVersion) }))
             var last: [String: Int] = [:]
             for id in received {
                 guard let (aggregate, version) = versionOf[id] else { continue }
