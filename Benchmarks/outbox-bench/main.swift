@@ -45,6 +45,15 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Seconds of the latency run.")
     var latencySeconds = 10
 
+    @Option(help: "OrderCreated messages queued for each consumer run (batch size 1, then 32).")
+    var consumerMessages = 2000
+
+    @Option(help: "Orders created over HTTP for the end-to-end run (order service, relay, both consumers).")
+    var flowOrders = 3000
+
+    @Option(help: "Port of the order service in the end-to-end run (ops/bench passes a free one).")
+    var flowPort = 8090
+
     func run() async throws {
         let settings = Settings()
         let logger = Runtime.bootstrap(label: "outbox-bench", level: .error)
@@ -87,6 +96,17 @@ struct BenchCommand: AsyncParsableCommand {
             "3 relays",
             "\(Int(three.eventsPerSecond)) ev/s (\(ratio(three.eventsPerSecond, one.eventsPerSecond)) of 1 relay), "
                 + String(format: "%.2f documents read per event", three.documentsReadPerEvent))
+
+        print("consumers: \(consumerMessages) queued OrderCreated applied by one inventory-consumer")
+        let single = try await bench.consumer(messages: consumerMessages, batchSize: 1)
+        report("inventory-consumer, batch size 1 (one transaction each)", "\(Int(single)) msg/s")
+        let batched = try await bench.consumer(messages: consumerMessages, batchSize: 32)
+        report("inventory-consumer, batch size 32", "\(Int(batched)) msg/s  (\(ratio(batched, single))× batch size 1)")
+
+        print("end to end: \(flowOrders) orders over HTTP until both consumers applied them and their follow-ups are delivered")
+        let flow = try await bench.flow(orders: flowOrders, port: flowPort)
+        report("order service → relay → both consumers → relay", flow.rate)
+        report("slowest stage", flow.slowest)
 
         print("latency: \(rate) events/s for \(latencySeconds) s, commit → consumer receipt")
         let withHint = try await bench.latency(rate: rate, seconds: latencySeconds, changeStream: true)
@@ -335,6 +355,100 @@ struct Bench {
     }
 }
 
+extension Bench {
+    /// The environment of a product's process: the bench's servers, its database, logs quiet.
+    func productEnvironment(database: String, _ extra: [String: String] = [:]) -> [String: String] {
+        relayEnvironment(database: database).merging(extra) { $1 }
+    }
+
+    /// `count` OrderCreated messages of distinct orders, one item of SKU A each.
+    func orderCreated(_ count: Int, exchange: String) -> [OutboxMessage] {
+        (0..<count).map { i in
+            let body = Array(#"{"id":"m-\#(i)","type":"OrderCreated","data":{"orderId":"order-\#(i)","customerId":"c","totalAmount":"12.50","items":[{"sku":"A","quantity":1,"unitPrice":"12.50"}]}}"#.utf8)
+            return OutboxMessage(
+                id: "m-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
+                exchange: exchange, routingKey: "order.created", occurredAt: 0, body: body)
+        }
+    }
+
+    /// Queues `count` OrderCreated messages, then starts one `inventory-consumer` with
+    /// `batchSize` and times it until every reservation is written; messages per second.
+    func consumer(messages count: Int, batchSize: Int) async throws -> Double {
+        let database = "bench_consumer"
+        let exchange = "bench.consumer"
+        let pool = try self.database(database)
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        try await pool.withConnection {
+            try $0.collection("stock").insertOne(["_id": "A", "available": .int64(Int64(count)), "reserved": 0])
+        }
+        let topology = ConsumerTopology(exchange: exchange, queue: "\(exchange).inventory", bindings: ["order.created"])
+        let admin = AMQPAdmin(configuration: amqp, logger: logger)
+        try await admin.declare(topology)
+        try await admin.purgeQueue(topology.queue)
+        let publisher = ConfirmPublisher(configuration: amqp, options: .init(maxInFlight: 1000), logger: logger)
+        guard await publisher.publish(orderCreated(count, exchange: exchange)).allSatisfy(\.isDelivered) else {
+            throw ValidationError("the broker refused messages for the consumer run")
+        }
+        await publisher.close()
+        let environment = productEnvironment(database: database, [
+            "CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": topology.queue, "CONSUMER_BATCH_SIZE": "\(batchSize)",
+            "CONSUMER_HTTP_ADDRESS": "off", "INVENTORY_EXCHANGE": "\(exchange).events",
+        ])
+        let started = ContinuousClock.now
+        let pid = try spawnChild(["\(bin)/inventory-consumer"], environment: environment)
+        var applied = 0
+        let deadline = started + .seconds(600)
+        while applied < count && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(250))
+            applied = try await pool.withConnection { try $0.collection("reservations").countDocuments() }
+        }
+        let seconds = (ContinuousClock.now - started).seconds
+        kill(pid, SIGTERM)
+        _ = waitChild(pid)
+        guard applied == count else { throw ValidationError("the consumer applied \(applied) of \(count)") }
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        try await admin.deleteQueue(topology.queue)
+        try await admin.deleteQueue(topology.deadLetterQueue)
+        await admin.close()
+        return Double(count) / seconds
+    }
+
+    /// The whole flow with default settings: order service, relay and both consumers as processes,
+    /// `outbox-demo` creating `orders` orders over HTTP and timing each stage.
+    func flow(orders: Int, port: Int) async throws -> (rate: String, slowest: String) {
+        let database = "bench_flow"
+        let pool = try self.database(database)
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        let environment = productEnvironment(database: database, ["CONSUMER_HTTP_ADDRESS": "off"])
+        var pids: [pid_t] = []
+        defer {
+            for pid in pids { kill(pid, SIGTERM) }
+            for pid in pids { _ = waitChild(pid) }
+        }
+        pids.append(try spawnChild(["\(bin)/order-service", "--port", "\(port)"], environment: environment))
+        pids.append(try spawnChild(["\(bin)/outbox-relay"], environment: environment))
+        pids.append(try spawnChild(["\(bin)/inventory-consumer"], environment: environment))
+        pids.append(try spawnChild(["\(bin)/notification-consumer"], environment: environment))
+        try await Task.sleep(for: .seconds(2))  // listening, queues declared, leases taken
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-flow-\(getpid()).out").path
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let demo = try spawnChild(
+            ["\(bin)/outbox-demo", "--service-url", "http://127.0.0.1:\(port)", "--orders", "\(orders)", "--duplicate-every", "0",
+             "--timeout", "900"],
+            environment: environment, stdout: output)
+        let status = waitChild(demo)
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        func line(_ prefix: String) -> String? {
+            text.split(separator: "\n").first { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)) }
+        }
+        guard status.exitStatus == 0, let rate = line("end-to-end: "), let slowest = line("slowest stage: ") else {
+            throw ValidationError("the end-to-end run failed:\n\(text.suffix(2000))")
+        }
+        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+        return (rate, slowest)
+    }
+}
+
 /// Events in memory, for the relay with the store taken out.
 final class InMemoryStore: OutboxStore {
     private let state: Mutex<(messages: [OutboxMessage], next: Int, delivered: Int)>
@@ -371,6 +485,8 @@ extension Duration {
 struct ChildUsage {
     var cpuSeconds: Double
     var maxRSSKiB: Int
+    /// The exit status, or 128 + the signal that ended it.
+    var exitStatus: Int32 = 0
 }
 
 func spawnChild(_ arguments: [String], environment: [String: String], stdout: String? = nil) throws -> pid_t {
@@ -396,7 +512,8 @@ func waitChild(_ pid: pid_t) -> ChildUsage {
     var usage = rusage()
     while wait4(pid, &status, 0, &usage) == -1 && errno == EINTR {}
     let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-    return ChildUsage(cpuSeconds: cpu, maxRSSKiB: usage.ru_maxrss)
+    let exit = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return ChildUsage(cpuSeconds: cpu, maxRSSKiB: usage.ru_maxrss, exitStatus: exit)
 }
 
 /// Runs a child to completion; its CPU time and peak RSS from wait4.

@@ -7,6 +7,7 @@ import OutboxAMQP
 import OutboxConsumer
 import OutboxMongo
 import OutboxRuntime
+import Synchronization
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -68,7 +69,11 @@ struct DemoCommand: AsyncParsableCommand {
         print("stock seeded: \(Self.initialStock.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
 
         print("creating \(orders) orders through \(serviceURL)/orders (\(concurrency) at a time)")
+        let stages = Stages(expected: orders, started: started)
+        let watching = Task { await stages.watch(pool: pool) }
+        defer { watching.cancel() }
         let created = try await createOrders()
+        stages.finished(.created)
         let quantities = created.reduce(into: [String: Int]()) { totals, order in
             for (sku, quantity) in order.items { totals[sku, default: 0] += quantity }
         }
@@ -119,6 +124,8 @@ struct DemoCommand: AsyncParsableCommand {
         print("items requested / stock checked  \(requested) / \(stockErrors.isEmpty ? "exact" : "MISMATCH")")
         print("parked events                    \(report.parked)")
         print("elapsed                          \(formatted(elapsed))")
+        watching.cancel()
+        if let flow = stages.report() { print(flow) }
         if problems.isEmpty {
             print("result: OK — every order's event was delivered and applied exactly once")
         } else {
@@ -264,6 +271,79 @@ struct DemoCommand: AsyncParsableCommand {
 
     func formatted(_ duration: Duration) -> String {
         String(format: "%.1f s", Double(duration.milliseconds) / 1000)
+    }
+}
+
+/// When each stage of the flow had handled every order, sampled once a second while the orders
+/// are created and flow: which stage held the flow back, and the flow's rate end to end.
+final class Stages: Sendable {
+    enum Stage: String, CaseIterable, Sendable {
+        case created = "orders created over HTTP"
+        case delivered = "OrderCreated delivered by the relay"
+        case inventory = "inventory consumer applied"
+        case notifications = "notification consumer applied"
+        case followUps = "follow-up events delivered by the relay"
+
+        /// The stage whose output this one consumes.
+        var input: Stage? {
+            switch self {
+            case .created: nil
+            case .delivered: .created
+            case .inventory, .notifications: .delivered
+            case .followUps: .inventory
+            }
+        }
+    }
+
+    let expected: Int
+    let started: ContinuousClock.Instant
+    private let done = Mutex<[Stage: Duration]>([:])
+
+    init(expected: Int, started: ContinuousClock.Instant) {
+        self.expected = expected
+        self.started = started
+    }
+
+    func finished(_ stage: Stage) {
+        let now = ContinuousClock.now - started
+        done.withLock { if $0[stage] == nil { $0[stage] = now } }
+    }
+
+    func watch(pool: MongoClientPool) async {
+        let expected = Int64(expected)
+        while !Task.isCancelled {
+            let counts = try? await pool.withConnection { connection -> [Stage: Int] in
+                let outbox = connection.collection("outbox")
+                return [
+                    .delivered: try outbox.countDocuments(["type": "OrderCreated", "status": "delivered"]),
+                    .inventory: try connection.collection(InventoryHandler.reservationsCollection).countDocuments(),
+                    .notifications: try connection.collection("notifications").countDocuments(),
+                    .followUps: try outbox.countDocuments(["aggregateType": .string(InventoryHandler.aggregateType), "status": "delivered"]),
+                ]
+            }
+            for (stage, count) in counts ?? [:] where count >= expected { finished(stage) }
+            if done.withLock({ $0.count }) == Stage.allCases.count { return }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    /// The stages in the order they finished, each with the time it took after its input was
+    /// complete; the one that took longest is the slowest.
+    func report() -> String? {
+        let times = done.withLock { $0 }
+        guard times.count == Stage.allCases.count, let end = times.values.max() else { return nil }
+        func seconds(_ d: Duration) -> Double { Double(d.milliseconds) / 1000 }
+        func lag(_ stage: Stage) -> Duration { times[stage]! - (stage.input.map { times[$0]! } ?? .zero) }
+        var lines = ["──────── flow (sampled every second) ────────"]
+        for stage in Stage.allCases.sorted(by: { times[$0]! < times[$1]! }) {
+            lines.append(
+                stage.rawValue.padding(toLength: 40, withPad: " ", startingAt: 0)
+                    + String(format: " %6.1f s  (+%.1f s after its input)", seconds(times[stage]!), seconds(lag(stage))))
+        }
+        let slowest = Stage.allCases.max { lag($0) < lag($1) }!
+        lines.append(String(format: "end-to-end: %.1f orders/s (%d orders in %.1f s)", Double(expected) / seconds(end), expected, seconds(end)))
+        lines.append("slowest stage: \(slowest.rawValue)")
+        return lines.joined(separator: "\n")
     }
 }
 
