@@ -74,7 +74,7 @@ public struct ConsumerConfiguration: Sendable {
     public init(
         name: String, topology: ConsumerTopology, maxAttempts: Int = 5, retryDelay: Duration = .milliseconds(100),
         inboxCollection: String = "inbox", inboxRetention: Duration? = .seconds(7 * 24 * 3600),
-        batchSize: Int = 32, batchWait: Duration = .milliseconds(20)
+        batchSize: Int = 32, batchWait: Duration = .milliseconds(100)
     ) {
         self.batchSize = max(batchSize, 1)
         self.batchWait = batchWait
@@ -173,15 +173,16 @@ public final class InboxConsumer: Service {
         logger.info("consumer stopped", metadata: ["consumer.processed": "\(stats.processed)"])
     }
 
-    /// Takes what has arrived, up to the batch size, waiting at most `batchWait` for more. A
-    /// connection that fails meanwhile ends the batch: what was received is processed (its acks
-    /// will not reach the broker, which redelivers it) and the next read reconnects.
+    /// Takes what has arrived, up to the batch size, waiting at most `batchWait` for more (after
+    /// it, what has already arrived is still taken). A connection that fails meanwhile ends the
+    /// batch: what was received is processed (its acks will not reach the broker, which
+    /// redelivers it) and the next read reconnects.
     private func fillBatch(startingWith first: AMQPDelivery) async throws -> [AMQPDelivery] {
         var batch = [first]
         let deadline = ContinuousClock.now + configuration.batchWait
         while batch.count < configuration.batchSize {
-            let left = deadline - ContinuousClock.now
-            guard left > .zero, let delivery = try? await channel.next(timeout: left),
+            let left = max(deadline - ContinuousClock.now, .zero)
+            guard let delivery = try? await channel.next(timeout: left),
                 delivery.connectionGeneration == first.connectionGeneration
             else { break }
             batch.append(delivery)

@@ -27,7 +27,7 @@ public struct ConsumerOptions: ParsableArguments {
     @Option(help: "Most messages applied in one transaction and acked together, 1-1000; 1 applies them one by one (env CONSUMER_BATCH_SIZE; default 32).")
     public var batchSize: Int?
 
-    @Option(help: "How long a batch waits for more messages once it has one, e.g. 20ms; bounds the latency batching adds under light load (env CONSUMER_BATCH_WAIT; default 20ms).")
+    @Option(help: "How long a batch waits for more messages once it has one, e.g. 100ms; bounds the latency batching adds to a lone message, and under a steady trickle makes batches of more than one (env CONSUMER_BATCH_WAIT; default 100ms; 0 takes only what has arrived).")
     public var batchWait: String?
 
     @Option(help: "Handler tries before a message is dead-lettered, 1-100 (env CONSUMER_MAX_ATTEMPTS; default 5).")
@@ -97,6 +97,6 @@ public struct ConsumerOptions: ParsableArguments {
             maxAttempts: try settings.int(maxAttempts, env: "CONSUMER_MAX_ATTEMPTS", default: 5, flagName: "--max-attempts", range: 1...100),
             inboxRetention: try settings.duration(inboxRetention, env: "CONSUMER_INBOX_RETENTION", default: "168h", flagName: "--inbox-retention"),
             batchSize: batchSize,
-            batchWait: try settings.duration(batchWait, env: "CONSUMER_BATCH_WAIT", default: "20ms", flagName: "--batch-wait"))
+            batchWait: try settings.duration(batchWait, env: "CONSUMER_BATCH_WAIT", default: "100ms", flagName: "--batch-wait"))
     }
 }
