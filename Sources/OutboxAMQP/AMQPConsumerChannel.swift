@@ -110,7 +110,7 @@ public final class AMQPConsumerChannel: Sendable {
 
 /// Broker administration for tools and tests: declare, bind, purge, inspect queues.
 public final class AMQPAdmin: Sendable {
-    private let owner: AMQPConnectionOwner
+    let owner: AMQPConnectionOwner
 
     public init(configuration: AMQPConfiguration, logger: Logger) {
         owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { _ in }
