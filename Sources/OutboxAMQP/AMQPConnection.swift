@@ -601,6 +601,7 @@ extension AMQPConnection {
     /// nil when the queue is empty. Without `autoAck` the message stays this channel's until it
     /// is acked, nacked or the connection closes.
     func get(queue: String, autoAck: Bool) throws -> AMQPMessage? {
+        releaseBuffers()
         let arena = CArena()
         let reply = amqp_basic_get(state, channel, arena.bytes(queue), autoAck ? 1 : 0)
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("basic.get", replyText(reply)) }
@@ -643,9 +644,8 @@ extension AMQPConnection {
         var returned: String?
         while true {
             let left = deadline - ContinuousClock.now
-            guard left > .zero, let event = try nextConfirmEvent(timeout: left) else {
-                return blockedReason.map { .blocked($0) } ?? .timedOut
-            }
+            guard left > .zero else { return blockedReason.map { .blocked($0) } ?? .timedOut }
+            guard let event = try nextConfirmEvent(timeout: left) else { continue }
             switch event {
             case .ack(let acked, let multiple) where acked == tag || (multiple && acked > tag):
                 return returned.map { .returned($0) } ?? .acked

@@ -81,6 +81,20 @@ public struct AMQPMessage: Sendable {
     public var body: [UInt8]
     /// The owner's connection generation that holds it: only that connection can ack or return it.
     public var connectionGeneration: Int
+
+    public init(
+        deliveryTag: UInt64 = 0, redelivered: Bool = false, exchange: String = "", routingKey: String = "", messagesLeft: Int = 0,
+        properties: AMQPProperties, body: [UInt8], connectionGeneration: Int = 0
+    ) {
+        self.deliveryTag = deliveryTag
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.messagesLeft = messagesLeft
+        self.properties = properties
+        self.body = body
+        self.connectionGeneration = connectionGeneration
+    }
 }
 
 // MARK: - Converting to and from rabbitmq-c

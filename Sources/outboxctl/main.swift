@@ -594,6 +594,7 @@ func report(_ result: DeadLetterResult, options: DeadLetterOptions, verb: String
     }
     if result.dryRun {
         print("dry run: \(result.selected.count) of \(result.scanned) dead letter(s) in \(queue) would be \(verb); nothing changed")
+        guard !result.selected.isEmpty else { return }
         printTable(["ID", "TYPE", "CONSUMER", "ATTEMPTS", "AGE", "REASON"], deadLetterRows(Array(result.selected.prefix(20))))
         if result.selected.count > 20 { print("… \(result.selected.count - 20) more") }
         return
@@ -642,8 +643,12 @@ extension OutboxCtl.Dlq {
                 printJSON(.array(letters.map { .document($0.record) }))
                 return
             }
+            guard scanned > 0 else {
+                print("no dead letters in \(options.deadLetterQueueName)")
+                return
+            }
             printTable(["ID", "TYPE", "CONSUMER", "ATTEMPTS", "AGE", "REASON"], deadLetterRows(letters))
-            print("\(letters.count) of \(scanned) dead letter(s) read from \(options.deadLetterQueueName) listed; the queue is unchanged")
+            print("\(letters.count) of \(scanned) dead letter(s) in \(options.deadLetterQueueName) listed; the queue is unchanged")
         }
     }
 
