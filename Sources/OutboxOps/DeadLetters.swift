@@ -259,10 +259,11 @@ public struct DeadLetters: Sendable {
                     held.append(message)
                     continue
                 }
-                let step = dryRun ? nil : try await act(admin, message, letter)
+                let body = letter.body
                 if !keepBodies { letter.body = [] }
                 result.selected.append(letter)
-                guard let step else {
+                letter.body = body
+                guard !dryRun, let step = try await act(admin, message, letter) else {
                     held.append(message)
                     continue
                 }
