@@ -119,7 +119,7 @@ public final class AMQPConsumerChannel: Sendable {
 
 /// Broker administration for tools and tests: declare, bind, purge, inspect queues.
 public final class AMQPAdmin: Sendable {
-    private let owner: AMQPConnectionOwner
+    let owner: AMQPConnectionOwner
 
     public init(configuration: AMQPConfiguration, logger: Logger) {
         owner = AMQPConnectionOwner(configuration: configuration, logger: logger) { _ in }
@@ -153,11 +153,6 @@ public final class AMQPAdmin: Sendable {
     @discardableResult
     public func declareQueue(_ name: String, arguments: [String: AMQPArgument] = [:]) async throws -> Int {
         try await run { try $0.declareQueue(name, arguments: arguments) }
-    }
-
-    /// Messages ready (not delivered to a consumer) in an existing queue, whatever its arguments.
-    public func messageCount(_ queue: String) async throws -> Int {
-        try await run { try $0.messageCount(queue: queue) }
     }
 
     public func bindQueue(_ queue: String, exchange: String, routingKey: String) async throws {

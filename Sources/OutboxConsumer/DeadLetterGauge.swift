@@ -22,10 +22,10 @@ public final class DeadLetterGauge: Service {
         self.logger = logger
     }
 
-    /// Reads the depth once and records it.
+    /// Reads the depth once and records it; nil (nothing recorded) while the queue does not exist.
     @discardableResult
-    public func sample() async throws -> Int {
-        let depth = try await admin.messageCount(queue)
+    public func sample() async throws -> Int? {
+        guard let depth = try await admin.messageCount(queue) else { return nil }
         gauge.record(depth)
         return depth
     }

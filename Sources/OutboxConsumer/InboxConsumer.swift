@@ -427,6 +427,7 @@ public final class InboxConsumer: Service {
         headers["x-attempts"] = .int(Int64(attempts))
         headers["x-original-routing-key"] = .string(delivery.routingKey)
         headers["x-consumer"] = .string(configuration.name)
+        headers["x-dead-lettered-at"] = .int(Int64(Date().timeIntervalSince1970 * 1000))
         // The original content type, properties and headers go along, so the dead letter reads
         // like the message did (whatever its body format); the aggregate and time are taken from
         // its headers so that the publisher's own headers repeat them unchanged.
