@@ -16,31 +16,20 @@ enum SecureEnv {
     static let tls = ["AMQP_TLS_CA_FILE", "AMQP_TLS_CERT_FILE", "AMQP_TLS_KEY_FILE"].map { ($0, setting($0)) }
     static let mongoURIFile = setting("MONGODB_URI_FILE")
     static let enabled = Env.required || !directory.isEmpty
+    static let nodes = SideStack(name: "secure", directory: directory)
 
     static func read(_ path: String) -> String {
         ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").trimmingCharacters(in: .newlines)
     }
 
-    static func port(node: Int) -> Int { Int(read("\(directory)/\(node == 1 ? "rabbit" : "rabbit\(node)")/port")) ?? 0 }
-
     /// An in-process link to one node.
     static func amqp(node: Int) throws -> AMQPConfiguration {
-        let url = read("\(directory)/secrets/amqp_url").replacingOccurrences(of: ":\(port(node: 1))/", with: ":\(port(node: node))/")
+        let url = read("\(directory)/secrets/amqp_url").replacingOccurrences(of: ":\(nodes.port(node: 1))/", with: ":\(nodes.port(node: node))/")
         var endpoint = try AMQPEndpoint(url: url)
         endpoint.tls?.caFile = setting("AMQP_TLS_CA_FILE")
         endpoint.tls?.certFile = setting("AMQP_TLS_CERT_FILE")
         endpoint.tls?.keyFile = setting("AMQP_TLS_KEY_FILE")
         return AMQPConfiguration(endpoint: endpoint, connectTimeout: .seconds(5))
-    }
-
-    /// Runs `ops/stack ACTION` for one node of the secure stack.
-    static func stack(_ arguments: [String], node: Int) -> Int32 {
-        var env = environment
-        env["STACK_NAME"] = "secure"
-        env["STACK_DIR"] = directory
-        env["RABBIT_NODE"] = "\(node)"
-        guard let pid = try? spawn(["/bin/bash", Env.stackScript] + arguments, environment: env) else { return -1 }
-        return wait(pid: pid)
     }
 }
 
@@ -109,7 +98,7 @@ struct BrokerFailoverTests {
         #expect(await waitDelivered(100), "relay log: \(SecureEnv.read(log))")
         #expect(try await admins[0].declareQueue(queue) == 100, "node 1 got the first 100")
         #expect(try await admins[1].declareQueue(queue) == 0)
-        let connections = try await SecureEnv.stackOutput(["rabbitmqctl", "-q", "list_connections", "timeout"], node: 1)
+        let connections = try await SecureEnv.nodes.run(["rabbitmqctl", "-q", "list_connections", "timeout"], node: 1).output
         #expect(connections.split(separator: "\n").contains("5"), "the relay's connection negotiated the URL's heartbeat=5: \(connections)")
 
         // 2. Events keep coming while node 1 is killed.
@@ -122,13 +111,13 @@ struct BrokerFailoverTests {
             return written
         }
         try await Task.sleep(for: .milliseconds(300))
-        #expect(SecureEnv.stack(["kill-rabbit"], node: 1) == 0)
+        #expect(try await SecureEnv.nodes.run(["kill-rabbit"], node: 1).status == 0)
         ids += try await more.value
         #expect(await waitDelivered(300), "every event is delivered through node 2; relay log: \(SecureEnv.read(log).suffix(3000))")
         let parked = try await pool.withConnection { try $0.collection("outbox").countDocuments(["status": "parked"]) }
         #expect(parked == 0)
         let relayLog = SecureEnv.read(log)
-        #expect(relayLog.contains("AMQP connection open") && relayLog.contains(":\(SecureEnv.port(node: 2))/"), "the relay moved to node 2: \(relayLog.suffix(3000))")
+        #expect(relayLog.contains("AMQP connection open") && relayLog.contains(":\(SecureEnv.nodes.port(node: 2))/"), "the relay moved to node 2: \(relayLog.suffix(3000))")
         kill(relay, SIGTERM)
         #expect(wait(pid: relay) == 0, "SIGTERM ends the relay cleanly")
         relayStopped = true
@@ -137,7 +126,7 @@ struct BrokerFailoverTests {
         //    queue, persistent messages: what node 1 confirmed survived the kill).
         var received = try await admins[1].drain(queue).compactMap(\.messageId)
         let onNode2 = received.count
-        #expect(SecureEnv.stack(["start-rabbit"], node: 1) == 0)
+        #expect(try await SecureEnv.nodes.run(["start-rabbit"], node: 1).status == 0)
         var fromNode1: [String] = []
         for _ in 0..<50 {
             do {
@@ -158,20 +147,5 @@ struct BrokerFailoverTests {
             await admin.close()
         }
         _ = try? await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
-    }
-}
-
-extension SecureEnv {
-    /// Runs `ops/stack ARGS` for one node and returns what it printed.
-    static func stackOutput(_ arguments: [String], node: Int) async throws -> String {
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("stack-\(UUID().uuidString).txt").path
-        var env = environment
-        env["STACK_NAME"] = "secure"
-        env["STACK_DIR"] = directory
-        env["RABBIT_NODE"] = "\(node)"
-        let pid = try spawn(["/bin/bash", Env.stackScript] + arguments, environment: env, log: file)
-        wait(pid: pid)
-        defer { try? FileManager.default.removeItem(atPath: file) }
-        return read(file)
     }
 }

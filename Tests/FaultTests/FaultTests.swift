@@ -94,6 +94,22 @@ func spawn(_ arguments: [String], environment: [String: String], log: String? = 
 func wait(pid: pid_t) -> Int32 {
     var status: Int32 = 0
     while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+    return exitStatus(status)
+}
+
+/// Waits for `pid` to exit without holding a thread of the shared pool (starting a RabbitMQ node
+/// takes tens of seconds on two cores); returns its exit status (or 128 + signal).
+func exited(pid: pid_t) async -> Int32 {
+    var status: Int32 = 0
+    while true {
+        let result = waitpid(pid, &status, WNOHANG)
+        if result == pid { return exitStatus(status) }
+        if result == -1 && errno != EINTR { return -1 }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+private func exitStatus(_ status: Int32) -> Int32 {
     let signal = status & 0x7f
     return signal == 0 ? (status >> 8) & 0xff : 128 + signal
 }
@@ -105,9 +121,44 @@ func stack(_ action: String) throws {
     #expect(status == 0, "ops/stack \(action) failed with status \(status)")
 }
 
+/// A stack `ops/test` starts beside the test stack (the secure one, the cluster), named and in its
+/// folder; `ops/stack` runs against one of its RabbitMQ nodes.
+struct SideStack: Sendable {
+    let name: String
+    let directory: String
+
+    /// The AMQP port of node `node` (1, 2, ...).
+    func port(node: Int) -> Int {
+        let text = (try? String(contentsOfFile: "\(directory)/\(node == 1 ? "rabbit" : "rabbit\(node)")/port", encoding: .utf8)) ?? ""
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+    }
+
+    /// Runs `ops/stack ARGS` for one node; returns its exit status and what it printed.
+    func run(_ arguments: [String], node: Int) async throws -> (status: Int32, output: String) {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("stack-\(UUID().uuidString).txt").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        var environment = Env.environment
+        environment["STACK_NAME"] = name
+        environment["STACK_DIR"] = directory
+        environment["RABBIT_NODE"] = "\(node)"
+        let status = await exited(pid: try spawn(["/bin/bash", Env.stackScript] + arguments, environment: environment, log: file))
+        return (status, (try? String(contentsOfFile: file, encoding: .utf8)) ?? "")
+    }
+}
+
+/// The broker ports of a program's "AMQP connection open" log lines, in order.
+func connectionPorts(_ log: Substring) -> [Int] {
+    log.split(separator: "\n").filter { $0.contains("AMQP connection open") }.compactMap { line in
+        guard let host = line.range(of: "@127.0.0.1:") else { return nil }
+        return Int(line[host.upperBound...].prefix(while: \.isNumber))
+    }
+}
+
 /// A real `outbox-relay` process.
 final class RelayProcess: @unchecked Sendable {
     let pid: pid_t
+    /// Where its standard output and error go.
+    let logPath: String
     private var exited = false
 
     init(database: String, name: String, logDirectory: URL, executable: String = "outbox-relay", extra: [String: String] = [:]) throws {
@@ -124,10 +175,12 @@ final class RelayProcess: @unchecked Sendable {
         environment["RELAY_HTTP_ADDRESS"] = environment["RELAY_HTTP_ADDRESS"] ?? "127.0.0.1:0"
         environment["CONSUMER_HTTP_ADDRESS"] = environment["CONSUMER_HTTP_ADDRESS"] ?? "127.0.0.1:0"
         environment.merge(extra) { $1 }
-        pid = try spawn(
-            [Env.binDirectory.appendingPathComponent(executable).path], environment: environment,
-            log: logDirectory.appendingPathComponent("\(name).log").path)
+        logPath = logDirectory.appendingPathComponent("\(name).log").path
+        pid = try spawn([Env.binDirectory.appendingPathComponent(executable).path], environment: environment, log: logPath)
     }
+
+    /// What it logged so far.
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// SIGKILL: no shutdown, no lease release, confirms outstanding.
     func kill() {
@@ -147,46 +200,58 @@ final class RelayProcess: @unchecked Sendable {
     }
 }
 
-/// A database, exchange and queue of one fault test, and the relays it starts.
+/// A database, exchange and queue of one fault test, and the relays and consumers it starts.
 final class FaultFixture: @unchecked Sendable {
     let database = "fault_\(UUID().uuidString.prefix(8).lowercased())"
     lazy var exchange = "fault.\(database)"
     lazy var queue = "\(exchange).all"
+    /// The consumers a test may start: each executable is `<kind>-consumer`, its queue `<exchange>.<kind>`.
+    static let consumerKinds = ["inventory", "notification"]
     let pool: MongoClientPool
     let admin: AMQPAdmin
+    /// The broker the relays, consumers and `admin` use: the test stack's unless given.
+    let amqpURL: String
     let logs: URL
     var relays: [RelayProcess] = []
 
-    init() throws {
+    init(amqpURL: String = Env.amqpURL) throws {
         #expect(Env.enabled, "MONGODB_URI, AMQP_URL and OUTBOX_STACK_SCRIPT must be set (ops/test sets them)")
+        self.amqpURL = amqpURL
         pool = try MongoClientPool(MongoConfiguration(uri: Env.mongoURI, database: database, appName: "fault-tests"))
-        admin = AMQPAdmin(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
+        admin = AMQPAdmin(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: amqpURL)), logger: Env.logger)
         logs = FileManager.default.temporaryDirectory.appendingPathComponent(database)
         try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
     }
 
-    func prepare() async throws {
+    /// Declares the exchange and the queue that records every message (`arguments` e.g. its type).
+    func prepare(queueArguments: [String: AMQPArgument] = [:]) async throws {
         try await admin.declareExchange(exchange)
-        try await admin.declareQueue(queue)
+        try await admin.declareQueue(queue, arguments: queueArguments)
         try await admin.bindQueue(queue, exchange: exchange, routingKey: "#")
     }
 
-    func startConsumer(_ name: String, extra: [String: String] = [:]) throws -> RelayProcess {
+    /// Starts an `inventory-consumer` (or another of `consumerKinds`) on the fixture's exchange;
+    /// the inventory consumer's follow-up events go to that exchange too.
+    func startConsumer(_ name: String, kind: String = "inventory", extra: [String: String] = [:]) throws -> RelayProcess {
         let consumer = try RelayProcess(
-            database: database, name: name, logDirectory: logs, executable: "inventory-consumer",
-            extra: ["CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": "\(exchange).inventory", "INVENTORY_EXCHANGE": exchange].merging(extra) { $1 })
+            database: database, name: name, logDirectory: logs, executable: "\(kind)-consumer",
+            extra: ["AMQP_URL": amqpURL, "CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": "\(exchange).\(kind)", "INVENTORY_EXCHANGE": exchange]
+                .merging(extra) { $1 })
         relays.append(consumer)
         return consumer
     }
 
     func startRelay(_ name: String, extra: [String: String] = [:]) throws -> RelayProcess {
-        let relay = try RelayProcess(database: database, name: name, logDirectory: logs, extra: extra)
+        let relay = try RelayProcess(database: database, name: name, logDirectory: logs, extra: ["AMQP_URL": amqpURL].merging(extra) { $1 })
         relays.append(relay)
         return relay
     }
 
-    /// Inserts `count` pending events over `aggregates` aggregates (versions in order); returns their ids.
-    func appendEvents(_ count: Int, aggregates: Int, prefix: String = "agg") async throws -> [String] {
+    /// Inserts `count` pending events over `aggregates` aggregates (versions in order), the data of
+    /// each made by `data` from its index; returns their ids.
+    func appendEvents(
+        _ count: Int, aggregates: Int, prefix: String = "agg", data: (Int) -> Document = { ["index": .int64(Int64($0))] }
+    ) async throws -> [String] {
         let writer = OutboxWriter()
         var ids: [String] = []
         var version: [Int: Int] = [:]
@@ -196,7 +261,7 @@ final class FaultFixture: @unchecked Sendable {
                 version[aggregate, default: 0] += 1
                 return writer.document(for: NewEvent(
                     type: "OrderCreated", aggregateType: "Order", aggregateId: "\(prefix)-\(aggregate)",
-                    aggregateVersion: version[aggregate]!, data: ["index": .int64(Int64(index))], exchange: exchange))
+                    aggregateVersion: version[aggregate]!, data: data(index), exchange: exchange))
             }
             ids += documents.compactMap { $0["_id"]?.stringValue }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
@@ -224,14 +289,18 @@ final class FaultFixture: @unchecked Sendable {
         return ids
     }
 
+    /// The data of OrderCreated number `i`: order `order-i`, one item of SKU-A.
+    func orderData(_ i: Int) -> Document {
+        [
+            "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
+            "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
+        ]
+    }
+
     /// `count` OrderCreated messages of one item of SKU-A each, as the relay would publish them.
     func orderCreatedMessages(_ count: Int) -> [OutboxMessage] {
         (0..<count).map { i in
-            let data: Document = [
-                "orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": "1.00",
-                "items": [["sku": "SKU-A", "quantity": .int64(1), "unitPrice": "1.00"]],
-            ]
-            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(data)]
+            let envelope: Document = ["id": .string("evt-\(i)"), "type": "OrderCreated", "data": .document(orderData(i))]
             return OutboxMessage(
                 id: "evt-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
                 exchange: exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(envelope))
@@ -275,8 +344,10 @@ final class FaultFixture: @unchecked Sendable {
     func cleanup() async {
         for relay in relays { relay.stop() }
         if ProcessInfo.processInfo.environment["KEEP_FAULT_DATA"] == "1" { return }
-        for extra in ["\(exchange).inventory", "\(exchange).inventory.dlq"] { try? await admin.deleteQueue(extra) }
-        try? await admin.deleteExchange("\(exchange).inventory.dlx")
+        for kind in Self.consumerKinds {
+            for extra in ["\(exchange).\(kind)", "\(exchange).\(kind).dlq"] { try? await admin.deleteQueue(extra) }
+            try? await admin.deleteExchange("\(exchange).\(kind).dlx")
+        }
         try? await admin.deleteQueue(queue)
         try? await admin.deleteExchange(exchange)
         await admin.close()
