@@ -125,6 +125,8 @@ struct DemoCommand: AsyncParsableCommand {
         print("parked events                    \(report.parked)")
         print("elapsed                          \(formatted(elapsed))")
         watching.cancel()
+        // The flow may have completed since the watcher's last look.
+        await stages.sample(pool: pool)
         if let flow = stages.report() { print(flow) }
         if problems.isEmpty {
             print("result: OK — every order's event was delivered and applied exactly once")
@@ -313,21 +315,26 @@ final class Stages: Sendable {
     }
 
     func watch(pool: MongoClientPool) async {
-        let expected = Int64(expected)
         while !Task.isCancelled {
-            let counts = try? await pool.withConnection { connection -> [Stage: Int] in
-                let outbox = connection.collection("outbox")
-                return [
-                    .delivered: try outbox.countDocuments(["type": "OrderCreated", "status": "delivered"]),
-                    .inventory: try connection.collection(InventoryHandler.reservationsCollection).countDocuments(),
-                    .notifications: try connection.collection("notifications").countDocuments(),
-                    .followUps: try outbox.countDocuments(["aggregateType": .string(InventoryHandler.aggregateType), "status": "delivered"]),
-                ]
-            }
-            for (stage, count) in counts ?? [:] where count >= expected { finished(stage) }
-            if done.withLock({ $0.count }) == Stage.allCases.count { return }
+            if await sample(pool: pool) { return }
             try? await Task.sleep(for: .seconds(1))
         }
+    }
+
+    /// Counts once and notes the stages that are complete; true when all are.
+    @discardableResult
+    func sample(pool: MongoClientPool) async -> Bool {
+        let counts = try? await pool.withConnection { connection -> [Stage: Int] in
+            let outbox = connection.collection("outbox")
+            return [
+                .delivered: try outbox.countDocuments(["type": "OrderCreated", "status": "delivered"]),
+                .inventory: try connection.collection(InventoryHandler.reservationsCollection).countDocuments(),
+                .notifications: try connection.collection("notifications").countDocuments(),
+                .followUps: try outbox.countDocuments(["aggregateType": .string(InventoryHandler.aggregateType), "status": "delivered"]),
+            ]
+        }
+        for (stage, count) in counts ?? [:] where count >= expected { finished(stage) }
+        return done.withLock { $0.count } == Stage.allCases.count
     }
 
     /// The stages in the order they finished, each with the time it took after its input was

@@ -114,11 +114,16 @@ extension FaultTests {
         }
         let consumer = try f.startConsumer("consumer", extra: ["CONSUMER_MAX_ATTEMPTS": "100"])
         try await Task.sleep(for: .seconds(2))  // the consumer declares its queue and bindings
-        let orders = 500
+        let orders = 2000
         let messages = f.orderCreatedMessages(orders)
         let injected = StoreFaults.inject(f.pool, commands: StoreFaults.consumerCommands, appName: "inventory-consumer")
         let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
-        #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
+        // In four waves a second apart: a consumer applying batches would otherwise be done before
+        // many fail points were set.
+        for wave in stride(from: 0, to: orders, by: orders / 4) {
+            #expect(await publisher.publish(Array(messages[wave..<wave + orders / 4])).allSatisfy { $0 == .acked })
+            try await Task.sleep(for: .seconds(1))
+        }
         await publisher.close()
         func applied() async -> Int {
             (try? await f.pool.withConnection { try $0.collection("reservations").countDocuments() }) ?? -1
