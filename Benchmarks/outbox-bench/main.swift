@@ -45,10 +45,10 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Seconds of the latency run.")
     var latencySeconds = 10
 
-    @Option(help: "OrderCreated messages queued for each consumer run (batch size 1, then 32).")
+    @Option(help: "OrderCreated messages queued for each consumer run (batch size 1, then 32); 0 skips them.")
     var consumerMessages = 2000
 
-    @Option(help: "Orders created over HTTP for the end-to-end run (order service, relay, both consumers).")
+    @Option(help: "Orders created over HTTP for the end-to-end run (order service, relay, both consumers); 0 skips it.")
     var flowOrders = 3000
 
     @Option(help: "Port of the order service in the end-to-end run (ops/bench passes a free one).")
@@ -97,16 +97,19 @@ struct BenchCommand: AsyncParsableCommand {
             "\(Int(three.eventsPerSecond)) ev/s (\(ratio(three.eventsPerSecond, one.eventsPerSecond)) of 1 relay), "
                 + String(format: "%.2f documents read per event", three.documentsReadPerEvent))
 
-        print("consumers: \(consumerMessages) queued OrderCreated applied by one inventory-consumer")
-        let single = try await bench.consumer(messages: consumerMessages, batchSize: 1)
-        report("inventory-consumer, batch size 1 (one transaction each)", "\(Int(single)) msg/s")
-        let batched = try await bench.consumer(messages: consumerMessages, batchSize: 32)
-        report("inventory-consumer, batch size 32", "\(Int(batched)) msg/s  (\(ratio(batched, single))× batch size 1)")
-
-        print("end to end: \(flowOrders) orders over HTTP until both consumers applied them and their follow-ups are delivered")
-        let flow = try await bench.flow(orders: flowOrders, port: flowPort)
-        report("order service → relay → both consumers → relay", flow.rate)
-        report("slowest stage", flow.slowest)
+        if consumerMessages > 0 {
+            print("consumers: \(consumerMessages) queued OrderCreated applied by one inventory-consumer")
+            let single = try await bench.consumer(messages: consumerMessages, batchSize: 1)
+            report("inventory-consumer, batch size 1 (one transaction each)", "\(Int(single)) msg/s")
+            let batched = try await bench.consumer(messages: consumerMessages, batchSize: 32)
+            report("inventory-consumer, batch size 32", "\(Int(batched)) msg/s  (\(ratio(batched, single))× batch size 1)")
+        }
+        if flowOrders > 0 {
+            print("end to end: \(flowOrders) orders over HTTP until both consumers applied them and their follow-ups are delivered")
+            let flow = try await bench.flow(orders: flowOrders, port: flowPort)
+            report("order service → relay → both consumers → relay", flow.rate)
+            report("slowest stage", flow.slowest)
+        }
 
         print("latency: \(rate) events/s for \(latencySeconds) s, commit → consumer receipt")
         let withHint = try await bench.latency(rate: rate, seconds: latencySeconds, changeStream: true)

@@ -4,6 +4,10 @@ import NIOPosix
 
 /// One-time libmongoc initialisation for the whole process (mongoc_cleanup is left to process exit).
 private let mongocInitialised: Bool = {
+    // No shared-memory counters (only external diagnostics read them): a process killed with
+    // SIGKILL leaves its segment in /dev/shm, and a later process with the same pid then gets
+    // libmongoc's "Falling back to malloc for counters" on stderr, before any handler is set.
+    setenv("MONGOC_DISABLE_SHM", "1", 1)
     mongoc_init()
     // libmongoc's own log lines go through swift-log instead of straight to stderr.
     mongoc_log_set_handler({ level, domain, message, _ in

@@ -307,6 +307,16 @@ final class FaultFixture: @unchecked Sendable {
         }
     }
 
+    /// Checks that the inventory consumer applied each of `orders` orders of
+    /// `orderCreatedMessages` exactly once: stock (1,000,000 of SKU-A at the start) down by one per
+    /// order, one inbox entry and one `InventoryReserved` each.
+    func expectAppliedOnce(_ orders: Int) async throws {
+        let stock = try await pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
+        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
+        #expect(try await pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
+        #expect(try await pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
+    }
+
     func count(_ filter: Document) async -> Int? {
         try? await pool.withConnection { try $0.collection("outbox").countDocuments(filter) }
     }
@@ -514,10 +524,7 @@ struct FaultTests {
         while await applied() < orders && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(250)) }
         consumer.stop()
         #expect(await applied() == orders)
-        let stock = try await f.pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
-        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
-        #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
-        #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
+        try await f.expectAppliedOnce(orders)
         print("consumer kill -9 ×3: \(orders) orders applied exactly once")
         await f.cleanup()
     }
@@ -549,10 +556,7 @@ struct FaultTests {
         while await applied() < orders && ContinuousClock.now < deadline { try await Task.sleep(for: .seconds(1)) }
         consumer.stop()
         #expect(await applied() == orders)
-        let stock = try await f.pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
-        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
-        #expect(try await f.pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
-        #expect(try await f.pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
+        try await f.expectAppliedOnce(orders)
         #expect(try await f.admin.messageCount("\(f.exchange).inventory") == 0, "every message was acked")
         print("database restart under a batching consumer: \(orders) orders applied exactly once")
         await f.cleanup()
