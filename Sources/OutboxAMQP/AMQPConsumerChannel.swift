@@ -127,7 +127,7 @@ public final class AMQPAdmin: Sendable {
 
     /// Admin operations are idempotent: one that fails on a connection that went stale while idle
     /// (the broker closed it, or restarted) is tried once more on a fresh one.
-    private func run<R: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> R) async throws -> R {
+    func run<R: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> R) async throws -> R {
         do {
             return try await owner.run(body)
         } catch is AMQPError {

@@ -255,9 +255,10 @@ extension CArena {
 extension AMQPAdmin {
     /// The ready messages in `queue`, or nil when there is no such queue (`queue.declare`
     /// passive: never creates one). Ask before getting messages without ack: a missing queue
-    /// closes the channel, which gives back every message it holds.
+    /// closes the channel, which gives back every message it holds. Like the other admin reads,
+    /// tried once more on a fresh connection when the one it had went stale (a broker node gone).
     public func messageCount(_ queue: String) async throws -> Int? {
-        try await owner.run { try $0.inspectQueue(queue)?.messages }
+        try await run { try $0.inspectQueue(queue)?.messages }
     }
 
     /// Takes the next message off `queue` without acknowledging it; nil when the queue is empty.
