@@ -97,11 +97,19 @@ public struct MongoCollection {
             upserted: upserted)
     }
 
-    /// One `update` command carrying many statements (each with its own filter and update).
+    /// One `update` command carrying many statements (each with its own filter and update, each
+    /// updating one document).
     @discardableResult
     public func bulkUpdate(_ statements: [(filter: Document, update: BSON)], ordered: Bool = false) throws -> UpdateResult {
+        try bulkUpdate(statements.map { (filter: $0.filter, update: $0.update, multi: false) }, ordered: ordered)
+    }
+
+    /// One `update` command carrying many statements; `multi` ones update every document that
+    /// matches their filter. `matched` counts the documents matched by all of them.
+    @discardableResult
+    public func bulkUpdate(_ statements: [(filter: Document, update: BSON, multi: Bool)], ordered: Bool = false) throws -> UpdateResult {
         guard !statements.isEmpty else { return UpdateResult(matched: 0, modified: 0, upserted: 0) }
-        let updates: [BSON] = statements.map { .document(["q": .document($0.filter), "u": $0.update, "multi": false]) }
+        let updates: [BSON] = statements.map { .document(["q": .document($0.filter), "u": $0.update, "multi": .bool($0.multi)]) }
         let reply = try connection.runCommand(["update": .string(name), "updates": .array(updates), "ordered": .bool(ordered)])
         try Self.checkWriteErrors(reply, operation: "update \(name)")
         return UpdateResult(matched: reply["n"]?.intValue ?? 0, modified: reply["nModified"]?.intValue ?? 0, upserted: 0)

@@ -96,9 +96,16 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     struct ScanState: Sendable {
-        var known = ScanPosition()
+        /// Where the scan of known events goes on, by partition; `allPartitions` while the relay
+        /// owns every partition (one scan for all of them).
+        var known: [Int: ScanPosition] = [:]
+        /// The partition the last fetch ended on: the next one starts with the partition after it.
+        var lastPartition = -1
         var new = NewScanPosition()
         var lastSweep: ContinuousClock.Instant?
+
+        /// The key of `known` for the one scan over every partition.
+        static let allPartitions = -1
     }
 
     /// What one fetch found and what it has to write besides publishing.
@@ -148,9 +155,8 @@ public final class MongoOutboxStore: OutboxStore {
         var candidates: [Candidate] = []
 
         // Known pending events of the owned partitions, due now.
-        let (known, nextKnown) = try scanWindows(outbox, from: start.known, limit: limit, owned: owned, partitions: options.partitions)
+        let known = try scanKnown(outbox, state: &fetch.state, limit: limit, owned: owned, partitions: options.partitions)
         fetch.read += known.read
-        fetch.state.known = nextKnown
         for document in known.documents {
             switch OutboxDocument.decode(document, options: decoding, isNew: false) {
             case .success(let message): candidates.append(Candidate(message: message, sid: document["sid"]?.stringValue ?? ""))
@@ -201,7 +207,7 @@ public final class MongoOutboxStore: OutboxStore {
         // lie behind the scan position): start again from the lowest pending id, or the scan
         // could stay stuck.
         if heads.allSatisfy(\.message.isFirstSight) {
-            fetch.state.known = ScanPosition(from: nil, seconds: fetch.state.known.seconds)
+            fetch.state.known = fetch.state.known.mapValues { ScanPosition(from: nil, seconds: $0.seconds) }
         }
         return fetch
     }
@@ -227,23 +233,57 @@ public final class MongoOutboxStore: OutboxStore {
         var seconds: UInt32 = 4
     }
 
-    /// Finds due pending events of the owned partitions by walking `sid` windows.
+    /// Finds due pending events of the owned partitions, at most `limit`: with one scan when the
+    /// relay owns every partition; otherwise partition by partition, each with a scan position of
+    /// its own, starting after the partition the last fetch ended on, until the batch is full.
     ///
-    /// A query bounded on both sides of `sid` (with `status` and the owned partitions) reads only
-    /// that window's documents, whatever the backlog, where an open-ended "pending, sorted,
-    /// limited" query may read every pending document first. `sid` is an ObjectId in hex (the
-    /// event id for events written by `OutboxWriter`, made by the relay for others), so windows are
-    /// spans of ObjectId time. The window adapts to the density of events; at the end of the
-    /// backlog the scan rewinds to the lowest pending id, so rescheduled events are seen again.
-    static func scanWindows(
-        _ outbox: MongoCollection, from position: ScanPosition, limit: Int, owned: Set<Int>, partitions: Int
-    ) throws -> (Read, ScanPosition) {
+    /// So a relay asks only for its own partitions, each query an equality on the partition
+    /// (which every server serves from the partition index), and with a backlog a batch usually
+    /// comes from one partition in one query: the store's work per event stays the same whatever
+    /// the number of relays.
+    static func scanKnown(_ outbox: MongoCollection, state: inout ScanState, limit: Int, owned: Set<Int>, partitions: Int) throws -> Read {
+        guard owned.count < partitions else {
+            let key = ScanState.allPartitions
+            let (read, next) = try scanWindows(outbox, from: state.known[key] ?? ScanPosition(), limit: limit, partition: nil)
+            state.known = [key: next]
+            return read
+        }
+        // A partition taken again later starts from its lowest pending event.
+        state.known = state.known.filter { owned.contains($0.key) }
+        let order = owned.sorted()
+        let first = order.firstIndex { $0 > state.lastPartition } ?? 0
+        var read = Read()
+        for step in 0..<order.count {
+            let partition = order[(first + step) % order.count]
+            let (found, next) = try scanWindows(
+                outbox, from: state.known[partition] ?? ScanPosition(), limit: limit - read.documents.count, partition: partition)
+            state.known[partition] = next
+            state.lastPartition = partition
+            read.read += found.read
+            read.documents += found.documents
+            if read.documents.count >= limit { break }
+        }
+        return read
+    }
+
+    /// Finds due pending events (of one partition, or of all) by walking `sid` windows.
+    ///
+    /// A query bounded on both sides of `sid` (with `status`, and the partition) reads only that
+    /// window's documents, whatever the backlog, where an open-ended "pending, sorted, limited"
+    /// query may read every pending document first. `sid` is an ObjectId in hex (the event id for
+    /// events written by `OutboxWriter`, made by the relay for others), so windows are spans of
+    /// ObjectId time. The window adapts to the density of events; at the end of the backlog the
+    /// scan rewinds to the lowest pending id, so rescheduled events are seen again. Each window is
+    /// asked for what the batch still lacks and one more (which tells a dense window), so what is
+    /// read is what is published, and one document per query.
+    static func scanWindows(_ outbox: MongoCollection, from position: ScanPosition, limit: Int, partition: Int?) throws -> (Read, ScanPosition) {
         var position = position
         var read = Read()
+        guard limit > 0 else { return (read, position) }
         if position.from == nil {
-            let lowest = try findPending(outbox, owned: owned, partitions: partitions, limit: 1, projection: ["sid": 1])
-            read.read += lowest.read
-            guard let from = lowest.documents.first?["sid"]?.stringValue else { return (read, ScanPosition()) }
+            let lowest = try findPending(outbox, partition: partition, limit: 1, projection: ["sid": 1])
+            read.read += lowest.count
+            guard let from = lowest.first?["sid"]?.stringValue else { return (read, ScanPosition(seconds: position.seconds)) }
             position.from = from
         }
         let now = Date()
@@ -252,6 +292,7 @@ public final class MongoOutboxStore: OutboxStore {
             (document["nextAttemptAt"]?.dateValue).map { $0 <= now } ?? true
         }
         for _ in 0..<16 {
+            let wanted = limit - read.documents.count
             let lower = position.from!
             // A scan id that is not ObjectId hex cannot be windowed: read the rest of the backlog once.
             let lowerSeconds = UInt32(lower.prefix(8), radix: 16).flatMap { lower.utf8.count == 24 ? $0 : nil }
@@ -261,25 +302,24 @@ public final class MongoOutboxStore: OutboxStore {
                 upperSeconds = lowerSeconds &+ position.seconds
                 sidRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
             }
-            // One more than a batch tells a dense window without reading (and re-reading) a second batch.
-            let window = try findPending(outbox, owned: owned, partitions: partitions, sid: .document(sidRange), limit: limit + 1)
-            read.read += window.read
-            read.documents += window.documents.filter(isDue)
-            if window.full {
+            let window = try findPending(outbox, partition: partition, sid: .document(sidRange), limit: wanted + 1)
+            read.read += window.count
+            read.documents += window.prefix(wanted).filter(isDue)
+            if window.count > wanted {
                 // Dense: look at less next time.
                 position.seconds = max(position.seconds / 2, 1)
                 if read.documents.count >= limit { break }  // stay here: this batch gets delivered
-                // What was read is mostly not due: page on through the window from its last id.
-                position.from = window.documents.last?["sid"]?.stringValue ?? lower
+                // What was read is mostly not due: page on through the window from the first one not taken.
+                position.from = window[wanted]["sid"]?.stringValue ?? lower
                 continue
             }
             if upperSeconds > nowSeconds || lowerSeconds == nil {
                 // Reached the newest events. Ids beyond the window (from a clock ahead of ours) are
                 // read once here; normally there are none.
                 if lowerSeconds != nil, let upper = sidRange["$lt"], read.documents.count < limit {
-                    let tail = try findPending(outbox, owned: owned, partitions: partitions, sid: ["$gte": upper], limit: limit - read.documents.count)
-                    read.read += tail.read
-                    read.documents += tail.documents.filter(isDue)
+                    let tail = try findPending(outbox, partition: partition, sid: ["$gte": upper], limit: limit - read.documents.count)
+                    read.read += tail.count
+                    read.documents += tail.filter(isDue)
                 }
                 // Start again from the lowest pending id next time.
                 position = ScanPosition(from: nil, seconds: position.seconds)
@@ -289,46 +329,20 @@ public final class MongoOutboxStore: OutboxStore {
             position.from = String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16)
             position.seconds = min(position.seconds * 2, 1 << 20)
         }
-        read.documents = Array(read.documents.prefix(limit))
         return (read, position)
     }
 
-    /// Pending events of the owned partitions (with `sid` in a range, if given), in `sid` order, at
-    /// most `limit`. One query when the relay owns every partition; otherwise one per owned
-    /// partition, each an equality on the partition index (which every server can use, where
-    /// some scan the whole collection for an `$in` or `$or` of partitions), merged up to the
-    /// lowest last `sid` of a partition that had more. `full`: more may follow the last document
-    /// returned.
+    /// Pending events (of one partition, or of all; with `sid` in a range, if given), in `sid`
+    /// order, at most `limit`.
     static func findPending(
-        _ outbox: MongoCollection, owned: Set<Int>, partitions: Int, sid: BSON? = nil, limit: Int, projection: Document? = nil
-    ) throws -> (documents: [Document], full: Bool, read: Int) {
+        _ outbox: MongoCollection, partition: Int?, sid: BSON? = nil, limit: Int, projection: Document? = nil
+    ) throws -> [Document] {
+        var filter: Document = ["status": .string(OutboxSchema.Status.pending)]
+        if let partition { filter["partition"] = .int32(Int32(partition)) }
+        if let sid { filter["sid"] = sid }
         var options: Document = ["sort": ["sid": 1], "limit": .int64(Int64(limit))]
         if let projection { options["projection"] = .document(projection) }
-        func query(_ partition: Int?) -> Document {
-            var filter: Document = ["status": .string(OutboxSchema.Status.pending)]
-            if let partition { filter["partition"] = .int32(Int32(partition)) }
-            if let sid { filter["sid"] = sid }
-            return filter
-        }
-        if owned.count >= partitions {
-            let documents = try outbox.find(query(nil), options: options)
-            return (documents, documents.count >= limit, documents.count)
-        }
-        // Each partition is asked for its share of the batch and one more (which tells that it has
-        // more), so the documents read stay about one batch whatever the number of partitions.
-        let share = (limit + owned.count - 1) / owned.count + 1
-        options["limit"] = .int64(Int64(share))
-        var merged: [Document] = []
-        var cutoff: String?
-        for partition in owned.sorted() {
-            let documents = try outbox.find(query(partition), options: options)
-            if documents.count >= share, let last = documents.last?["sid"]?.stringValue { cutoff = min(cutoff ?? last, last) }
-            merged += documents
-        }
-        let read = merged.count
-        merged.sort { ($0["sid"]?.stringValue ?? "") < ($1["sid"]?.stringValue ?? "") }
-        if let cutoff { merged.removeAll { ($0["sid"]?.stringValue ?? "") > cutoff } }
-        return (Array(merged.prefix(limit)), cutoff != nil || merged.count >= limit, read)
+        return try outbox.find(filter, options: options)
     }
 
     /// Where the scan of new documents goes on: a lower bound on `timestamp` (ms) and a window
@@ -513,14 +527,11 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     public func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> {
+        // An update document, not a pipeline: the same for every event, so the events of a
+        // partition are marked by one statement; `$currentDate` is the database's clock.
         let update: BSON = [
-            [
-                "$set": [
-                    "status": .string(OutboxSchema.Status.delivered), "deliveredAt": "$$NOW",
-                    "attempts": ["$add": [["$ifNull": ["$attempts", 0]], 1]],
-                ]
-            ],
-            ["$unset": ["lastError", "nextAttemptAt"]],
+            "$set": ["status": .string(OutboxSchema.Status.delivered)], "$currentDate": ["deliveredAt": true],
+            "$inc": ["attempts": 1], "$unset": ["lastError": "", "nextAttemptAt": ""],
         ]
         return try await fencedUpdate(messages.map { FencedWrite(message: $0, update: update) }, leases: leases)
     }
@@ -635,19 +646,7 @@ public final class MongoOutboxStore: OutboxStore {
         let refused = Set(writes.map(\.partition).filter { epochs[$0] == nil })
         let allowed = writes.filter { epochs[$0.partition] != nil }
         let collection = options.collection
-        let now = Date()
-        let statements: [(filter: Document, update: BSON)] = allowed.map { write in
-            let epoch = epochs[write.partition]!
-            var filter: Document = ["_id": write.id, "fence": ["$not": ["$gt": .int64(epoch)]]]
-            var update = write.update
-            if write.isNew {
-                filter["status"] = .null
-                update = Self.addingState(update, partition: write.partition, now: now)
-            } else {
-                filter["status"] = .string(OutboxSchema.Status.pending)
-            }
-            return (filter, Self.raisingFence(update, to: epoch))
-        }
+        let statements = Self.fencedStatements(allowed, epochs: epochs, now: Date())
         let matched = try await pool.withConnection { try $0.collection(collection).bulkUpdate(statements).matched }
         guard matched < allowed.count else { return refused }
         // Some writes did not apply: those whose fence is above our epoch were fenced out (the
@@ -664,6 +663,41 @@ public final class MongoOutboxStore: OutboxStore {
             lost.insert(partition)
         }
         return lost
+    }
+
+    /// The statements of fenced writes: known events that get the same update under the same
+    /// epoch share one statement on their ids (a mark of a whole batch is one write per
+    /// partition, which costs the store far less than a statement per event); a new document's
+    /// write, which also gives it its own scan id, is a statement of its own.
+    static func fencedStatements(_ writes: [FencedWrite], epochs: [Int: Int64], now: Date) -> [(filter: Document, update: BSON, multi: Bool)] {
+        struct Shared: Hashable {
+            var epoch: Int64
+            var update: BSON
+        }
+        var statements: [(filter: Document, update: BSON, multi: Bool)] = []
+        var shared: [Shared: [BSON]] = [:]
+        var order: [Shared] = []
+        for write in writes {
+            let epoch = epochs[write.partition]!
+            guard write.isNew else {
+                let key = Shared(epoch: epoch, update: write.update)
+                if shared[key] == nil { order.append(key) }
+                shared[key, default: []].append(write.id)
+                continue
+            }
+            let filter: Document = ["_id": write.id, "status": .null, "fence": ["$not": ["$gt": .int64(epoch)]]]
+            statements.append((filter, Self.raisingFence(Self.addingState(write.update, partition: write.partition, now: now), to: epoch), false))
+        }
+        for key in order {
+            let ids = shared[key]!
+            // `_id` first: the clause every server looks the documents up by.
+            let filter: Document = [
+                "_id": ids.count == 1 ? ids[0] : ["$in": .array(ids)], "status": .string(OutboxSchema.Status.pending),
+                "fence": ["$not": ["$gt": .int64(key.epoch)]],
+            ]
+            statements.append((filter, Self.raisingFence(key.update, to: key.epoch), ids.count > 1))
+        }
+        return statements
     }
 
     /// Adds the relay's state of a first write (partition, scan id, first seen) to an update.

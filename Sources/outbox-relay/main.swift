@@ -257,6 +257,9 @@ struct RelayCommand: AsyncParsableCommand {
             // A failing store is waited out as in normal operation (the pass is tried again).
             var delivered = 0
             var failures = 0
+            // How long to wait before looking again while other relays still drain: it grows, as
+            // counting what is due anywhere reads every pending event on some servers.
+            var idleWait = Duration.milliseconds(100)
             while true {
                 do {
                     if leases.current.isEmpty {
@@ -267,12 +270,16 @@ struct RelayCommand: AsyncParsableCommand {
                     let pass = try await relay.runOnce()
                     delivered += pass.delivered
                     failures = 0
-                    guard pass.fetched == 0 && pass.delivered == 0 else { continue }
+                    guard pass.fetched == 0 && pass.delivered == 0 else {
+                        idleWait = .milliseconds(100)
+                        continue
+                    }
                     // Nothing due in this relay's partitions. With other relays draining beside it,
                     // it stays (and takes over what they hand back or leave) until nothing is due
                     // anywhere in the outbox.
                     if try await store.dueCount() == 0 { break }
-                    try await Task.sleep(for: .milliseconds(100))
+                    try await Task.sleep(for: idleWait)
+                    idleWait = min(idleWait * 2, .seconds(1))
                 } catch {
                     failures += 1
                     guard failures < 50 else { throw error }
