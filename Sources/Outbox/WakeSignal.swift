@@ -12,6 +12,9 @@ public final class WakeSignal: Sendable {
 
     public init() {}
 
+    /// True while someone waits (and no signal is pending): a wake-up now would be used at once.
+    public var isWaiting: Bool { state.withLock { $0.waiter != nil } }
+
     public func signal() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             if let waiter = state.waiter {

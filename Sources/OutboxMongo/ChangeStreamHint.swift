@@ -5,12 +5,16 @@ import Outbox
 import ServiceLifecycle
 import Synchronization
 
-/// Watches the outbox with a change stream and signals `wake` whenever an event is inserted, so
-/// the relay polls at once instead of at the end of its poll interval.
+/// Watches the outbox with a change stream and signals `wake` when events were inserted, so the
+/// relay polls at once instead of at the end of its poll interval.
 ///
 /// Only a hint: the relay's poll stays the source of truth, so a lost or restarted change stream
-/// (no resume token is kept) loses nothing but latency. The watch blocks in libmongoc, so it runs
-/// on a thread of its own with a client of its own, and checks for shutdown every `maxAwait`.
+/// (no resume token is kept) loses nothing but latency. It asks the server for changes only while
+/// the relay waits for work: a relay that is busy finds new events with its next fetch anyway,
+/// and every wait for changes is a command that the store serves once per batch of writes. What
+/// was inserted meanwhile comes in one batch with the next ask. The asks block in libmongoc, so
+/// they run on a thread of their own with a client and a session of their own, each for at most
+/// `maxAwait`, so that shutdown is noticed.
 public final class ChangeStreamHint: Service {
     private let pool: MongoClientPool
     private let collection: String
@@ -39,12 +43,14 @@ public final class ChangeStreamHint: Service {
         }
     }
 
+    private var isStopping: Bool { stopping.load(ordering: .relaxed) || Task.isCancelled }
+
     private func watchUntilStopped() async {
         await withGracefulShutdownHandler {
             var failures = 0
-            while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
+            while !isStopping {
                 do {
-                    try await thread.runIfActive { [self] in try watch() }
+                    try await watch()
                     failures = 0
                 } catch {
                     failures += 1
@@ -58,27 +64,88 @@ public final class ChangeStreamHint: Service {
     }
 
     /// One change stream, until shutdown or an error.
-    private func watch() throws {
-        let client = mongoc_client_pool_pop(pool.pool)!
-        defer { mongoc_client_pool_push(pool.pool, client) }
-        let handle = mongoc_client_get_collection(client, pool.database, collection)!
-        defer { mongoc_collection_destroy(handle) }
-        let pipeline: Document = ["pipeline": [["$match": ["operationType": "insert"]], ["$project": ["_id": 1]]]]
-        let options: Document = ["maxAwaitTimeMS": .int64(maxAwait.milliseconds)]
-        let stream = pipeline.withBSONPointer { p in options.withBSONPointer { o in mongoc_collection_watch(handle, p, o) } }!
-        defer { mongoc_change_stream_destroy(stream) }
+    private func watch() async throws {
+        let stream = try await thread.runIfActive { [pool, collection] in try Stream(pool: pool, collection: collection) }
         logger.debug("change stream open", metadata: ["outbox.collection": "\(collection)"])
-        var document: OpaquePointer? = nil
-        while !stopping.load(ordering: .relaxed) {
-            if mongoc_change_stream_next(stream, &document) {
+        do {
+            try await follow(stream)
+        } catch {
+            try? await thread.runIfActive { stream.close() }
+            throw error
+        }
+        try? await thread.runIfActive { stream.close() }
+    }
+
+    private func follow(_ stream: Stream) async throws {
+        while !isStopping {
+            // Changes matter only to a relay that waits for work.
+            while !wake.isWaiting {
+                guard !isStopping else { return }
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+            let maxAwait = self.maxAwait
+            if try await thread.runIfActive({ try stream.next(maxAwait: maxAwait) }) > 0 {
                 wake.signal()
-                continue
             }
+        }
+    }
+
+    /// A `$changeStream` cursor of inserts, read batch by batch with `getMore`, on one client and
+    /// one explicit session. Used on the hint's thread only.
+    final class Stream: @unchecked Sendable {  // confined to the hint's one thread
+        private let pool: MongoClientPool
+        private let client: OpaquePointer
+        private let session: OpaquePointer
+        private let collection: String
+        private var cursorId: Int64
+
+        init(pool: MongoClientPool, collection: String) throws {
+            self.pool = pool
+            self.collection = collection
+            client = mongoc_client_pool_pop(pool.pool)!
             var error = bson_error_t()
-            var reply: OpaquePointer? = nil
-            if mongoc_change_stream_error_document(stream, &error, &reply) {
-                throw MongoError(operation: "change stream", error: error, reply: reply)
+            guard let session = mongoc_client_start_session(client, nil, &error) else {
+                mongoc_client_pool_push(pool.pool, client)
+                throw MongoError(operation: "start session", error: error, reply: nil)
             }
+            self.session = session
+            cursorId = 0
+            do {
+                let reply = try connection.runCommand([
+                    "aggregate": .string(collection),
+                    "pipeline": [["$changeStream": [:]], ["$match": ["operationType": "insert"]], ["$project": ["_id": 1]]],
+                    "cursor": [:],
+                ])
+                cursorId = Int64(reply["cursor"]?.documentValue?["id"]?.intValue ?? 0)
+            } catch {
+                release()
+                throw error
+            }
+        }
+
+        private var connection: MongoConnection { MongoConnection(client: client, session: session, database: pool.database) }
+
+        /// Waits up to `maxAwait` for changes; returns how many came.
+        func next(maxAwait: Duration) throws -> Int {
+            guard cursorId != 0 else { throw BSONError("the change stream's cursor was closed by the server") }
+            let reply = try connection.runCommand([
+                "getMore": .int64(cursorId), "collection": .string(collection), "maxTimeMS": .int64(maxAwait.milliseconds),
+            ])
+            let cursor = reply["cursor"]?.documentValue
+            cursorId = Int64(cursor?["id"]?.intValue ?? 0)
+            return cursor?["nextBatch"]?.arrayValue?.count ?? 0
+        }
+
+        func close() {
+            if cursorId != 0 {
+                _ = try? connection.runCommand(["killCursors": .string(collection), "cursors": [.int64(cursorId)]])
+            }
+            release()
+        }
+
+        private func release() {
+            mongoc_client_session_destroy(session)
+            mongoc_client_pool_push(pool.pool, client)
         }
     }
 }

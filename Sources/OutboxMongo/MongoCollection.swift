@@ -166,6 +166,13 @@ public struct MongoCollection {
         }
     }
 
+    /// The number of documents in the collection, from the collection's metadata where the
+    /// server keeps it (the `count` command without a filter): no document is read, where
+    /// `countDocuments` reads every match.
+    public func estimatedCount() throws -> Int {
+        try connection.runCommand(["count": .string(name)])["n"]?.intValue ?? 0
+    }
+
     public func aggregate(_ pipeline: [BSON]) throws -> [Document] {
         try withHandle { handle in
             try connection.withOptions(nil) { opts in

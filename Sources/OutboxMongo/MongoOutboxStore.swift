@@ -300,7 +300,11 @@ public final class MongoOutboxStore: OutboxStore {
             var upperSeconds = UInt32.max
             if let lowerSeconds {
                 upperSeconds = lowerSeconds &+ position.seconds
-                sidRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
+                // A window that reaches past now is left open at the top, so ids from a clock
+                // ahead of ours are read with it (normally there are none).
+                if upperSeconds <= nowSeconds {
+                    sidRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
+                }
             }
             let window = try findPending(outbox, partition: partition, sid: .document(sidRange), limit: wanted + 1)
             read.read += window.count
@@ -313,15 +317,8 @@ public final class MongoOutboxStore: OutboxStore {
                 position.from = window[wanted]["sid"]?.stringValue ?? lower
                 continue
             }
-            if upperSeconds > nowSeconds || lowerSeconds == nil {
-                // Reached the newest events. Ids beyond the window (from a clock ahead of ours) are
-                // read once here; normally there are none.
-                if lowerSeconds != nil, let upper = sidRange["$lt"], read.documents.count < limit {
-                    let tail = try findPending(outbox, partition: partition, sid: ["$gte": upper], limit: limit - read.documents.count)
-                    read.read += tail.count
-                    read.documents += tail.filter(isDue)
-                }
-                // Start again from the lowest pending id next time.
+            if sidRange["$lt"] == nil {
+                // Reached the newest events. Start again from the lowest pending id next time.
                 position = ScanPosition(from: nil, seconds: position.seconds)
                 break
             }
@@ -359,6 +356,10 @@ public final class MongoOutboxStore: OutboxStore {
         var read = Read()
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
         if position.from == nil {
+            // Usually there is none: one look for any tells, before the scan's own queries.
+            let any = try outbox.find(["status": .null], options: ["limit": 1, "projection": ["_id": 1]])
+            read.read += any.count
+            guard !any.isEmpty else { return (read, position) }
             // A range on a date matches dates only: the lowest timestamp of a new document.
             let lowest = try outbox.find(
                 ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]],
