@@ -56,7 +56,8 @@ public enum AMQPArgument: Sendable, Hashable {
     case bool(Bool)
 }
 
-/// A message received from a queue.
+/// A message received from a queue, with the properties and the string and integer headers the
+/// relay sets (`AMQPMessage` carries every property and header type).
 public struct AMQPDelivery: Sendable {
     public var deliveryTag: UInt64
     public var redelivered: Bool
@@ -71,6 +72,29 @@ public struct AMQPDelivery: Sendable {
     public var body: [UInt8]
     /// The owner's connection generation that received it (acks go only to that connection).
     public var connectionGeneration: Int = 0
+
+    init(
+        deliveryTag: UInt64, redelivered: Bool, exchange: String, routingKey: String, properties: AMQPProperties, body: [UInt8],
+        connectionGeneration: Int
+    ) {
+        self.deliveryTag = deliveryTag
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routingKey = routingKey
+        messageId = properties.messageId
+        type = properties.type
+        correlationId = properties.correlationId
+        contentType = properties.contentType
+        headers = properties.headers.compactMapValues { field in
+            switch field {
+            case .string(let s): .string(s)
+            case .int(let i): .int(i)
+            default: nil
+            }
+        }
+        self.body = body
+        self.connectionGeneration = connectionGeneration
+    }
 }
 
 /// The confirm-mode channel number used by every connection here (one channel per connection).
@@ -499,21 +523,9 @@ final class AMQPConnection {
         }
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("consume", replyText(reply)) }
         defer { amqp_destroy_envelope(&envelope) }
-        let props = envelope.message.properties
-        let generation = self.generation
-        func optionalString(_ flag: Int32, _ bytes: amqp_bytes_t) -> String? {
-            props._flags & amqp_flags_t(flag) != 0 ? String(amqpBytes: bytes) : nil
-        }
         return AMQPDelivery(
-            deliveryTag: envelope.delivery_tag,
-            redelivered: envelope.redelivered != 0,
-            exchange: String(amqpBytes: envelope.exchange),
-            routingKey: String(amqpBytes: envelope.routing_key),
-            messageId: optionalString(AMQP_BASIC_MESSAGE_ID_FLAG, props.message_id),
-            type: optionalString(AMQP_BASIC_TYPE_FLAG, props.type),
-            correlationId: optionalString(AMQP_BASIC_CORRELATION_ID_FLAG, props.correlation_id),
-            contentType: optionalString(AMQP_BASIC_CONTENT_TYPE_FLAG, props.content_type),
-            headers: props._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 ? decodeTable(props.headers) : [:],
+            deliveryTag: envelope.delivery_tag, redelivered: envelope.redelivered != 0, exchange: String(amqpBytes: envelope.exchange),
+            routingKey: String(amqpBytes: envelope.routing_key), properties: AMQPProperties(envelope.message.properties),
             body: [UInt8](amqpBytes: envelope.message.body), connectionGeneration: generation)
     }
 
@@ -528,27 +540,14 @@ final class AMQPConnection {
         guard status == AMQP_STATUS_OK.rawValue else { throw failed("basic.reject", statusText(status)) }
     }
 
-    /// Fetches one message with `basic.get` (used by tests and tools); nil when the queue is empty.
+    /// Fetches one message with `basic.get` and acks it at once (used by tests and tools); nil when
+    /// the queue is empty.
     func get(queue: String) throws -> AMQPDelivery? {
-        let arena = CArena()
-        let reply = amqp_basic_get(state, channel, arena.bytes(queue), 1)
-        guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("basic.get", replyText(reply)) }
-        guard reply.reply.id == AMQP_BASIC_GET_OK_METHOD_ID else { return nil }
-        let ok = reply.reply.decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
-        var message = amqp_message_t()
-        let read = amqp_read_message(state, channel, &message, 0)
-        guard read.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("basic.get", replyText(read)) }
-        defer { amqp_destroy_message(&message) }
-        let props = message.properties
-        return AMQPDelivery(
-            deliveryTag: ok.delivery_tag, redelivered: ok.redelivered != 0,
-            exchange: String(amqpBytes: ok.exchange), routingKey: String(amqpBytes: ok.routing_key),
-            messageId: props._flags & amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG) != 0 ? String(amqpBytes: props.message_id) : nil,
-            type: props._flags & amqp_flags_t(AMQP_BASIC_TYPE_FLAG) != 0 ? String(amqpBytes: props.type) : nil,
-            correlationId: props._flags & amqp_flags_t(AMQP_BASIC_CORRELATION_ID_FLAG) != 0 ? String(amqpBytes: props.correlation_id) : nil,
-            contentType: props._flags & amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG) != 0 ? String(amqpBytes: props.content_type) : nil,
-            headers: props._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 ? decodeTable(props.headers) : [:],
-            body: [UInt8](amqpBytes: message.body))
+        try get(queue: queue, autoAck: true).map {
+            AMQPDelivery(
+                deliveryTag: $0.deliveryTag, redelivered: $0.redelivered, exchange: $0.exchange, routingKey: $0.routingKey,
+                properties: $0.properties, body: $0.body, connectionGeneration: $0.connectionGeneration)
+        }
     }
 
     private func replyText(_ reply: amqp_rpc_reply_t) -> String {
@@ -664,24 +663,6 @@ extension AMQPConnection {
 
 private func statusText(_ status: Int32) -> String {
     String(cString: amqp_error_string2(status))
-}
-
-private func decodeTable(_ table: amqp_table_t) -> [String: HeaderValue] {
-    var result: [String: HeaderValue] = [:]
-    guard let entries = table.entries else { return result }
-    for i in 0..<Int(table.num_entries) {
-        let entry = entries[i]
-        let key = String(amqpBytes: entry.key)
-        switch Character(UnicodeScalar(entry.value.kind)) {
-        case "S": result[key] = .string(String(amqpBytes: entry.value.value.bytes))
-        case "l": result[key] = .int(entry.value.value.i64)
-        case "L": result[key] = .int(Int64(bitPattern: entry.value.value.u64))
-        case "I": result[key] = .int(Int64(entry.value.value.i32))
-        case "i": result[key] = .int(Int64(entry.value.value.u32))
-        default: break
-        }
-    }
-    return result
 }
 
 extension timeval {

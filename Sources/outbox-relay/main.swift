@@ -256,6 +256,7 @@ struct RelayCommand: AsyncParsableCommand {
             // or lapsed while the store was slow) there is nothing to conclude: take them again.
             // A failing store is waited out as in normal operation (the pass is tried again).
             var delivered = 0
+            var lastDelivery: Date?
             var failures = 0
             // How long to wait before looking again while other relays still drain: it grows, as
             // counting what is due anywhere reads every pending event on some servers.
@@ -269,6 +270,7 @@ struct RelayCommand: AsyncParsableCommand {
                     }
                     let pass = try await relay.runOnce()
                     delivered += pass.delivered
+                    if pass.delivered > 0 { lastDelivery = Date() }
                     failures = 0
                     guard pass.fetched == 0 && pass.delivered == 0 else {
                         idleWait = .milliseconds(100)
@@ -290,8 +292,10 @@ struct RelayCommand: AsyncParsableCommand {
             renewals.cancel()
             _ = try? await renewals.value
             await publisher.close()
-            // One line for batch jobs and benchmarks: what this relay delivered and what it read for it.
-            print("outbox-relay drained: events_delivered=\(delivered) documents_read=\(store.documentsReadTotal)")
+            // One line for batch jobs and benchmarks: what this relay delivered, what it read for
+            // it, and when it marked its last event delivered (milliseconds since the epoch; 0: none).
+            let last = lastDelivery.map { Int64($0.timeIntervalSince1970 * 1000) } ?? 0
+            print("outbox-relay drained: events_delivered=\(delivered) documents_read=\(store.documentsReadTotal) last_delivery_ms=\(last)")
             return
         }
         // Shut down in reverse order: the relay finishes its batch, then the leases are released.

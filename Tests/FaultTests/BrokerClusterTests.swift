@@ -84,9 +84,7 @@ extension FaultTests {
             // Records every message (OrderCreated and the inventory consumer's follow-ups): the relay
             // publishes as mandatory, and the follow-ups have no other queue.
             try await f.prepare(queueArguments: ["x-queue-type": .string("quorum")])
-            try await f.pool.withConnection {
-                try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
-            }
+            try await f.seedStock()
             // Two backlogs of half the orders each: the first drains while the relay's node dies; the
             // second is written once that node is back, so the leader's death lands mid-stream however
             // fast the consumers are.
@@ -172,7 +170,7 @@ extension FaultTests {
             #expect(await count("outbox", ["type": "InventoryReserved", "status": "delivered"]) == orders)
             #expect(await count("outbox", ["status": "parked"]) == 0)
             let stock = try await f.pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
-            #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
+            #expect(stock?["available"]?.intValue == Int(FaultFixture.initialStock) - orders, "each order decremented stock exactly once")
             for queue in queues {
                 #expect(try await f.admin.messageCount(queue) == 0, "every message of \(queue) was acked")
                 #expect(try await f.admin.messageCount("\(queue).dlq") == 0, "nothing dead-lettered from \(queue)")

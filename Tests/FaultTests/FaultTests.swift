@@ -307,12 +307,22 @@ final class FaultFixture: @unchecked Sendable {
         }
     }
 
+    /// The stock of SKU-A before a consumer test; `expectAppliedOnce` checks against it.
+    static let initialStock: Int64 = 1_000_000
+
+    /// Stocks SKU-A with `initialStock` units, so no order of `orderCreatedMessages` fails for lack of stock.
+    func seedStock() async throws {
+        try await pool.withConnection {
+            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(Self.initialStock), "reserved": .int64(0)])
+        }
+    }
+
     /// Checks that the inventory consumer applied each of `orders` orders of
-    /// `orderCreatedMessages` exactly once: stock (1,000,000 of SKU-A at the start) down by one per
-    /// order, one inbox entry and one `InventoryReserved` each.
+    /// `orderCreatedMessages` exactly once: stock (`seedStock`) down by one per order, one inbox
+    /// entry and one `InventoryReserved` each.
     func expectAppliedOnce(_ orders: Int) async throws {
         let stock = try await pool.withConnection { try $0.collection("stock").findOne(["_id": "SKU-A"]) }
-        #expect(stock?["available"]?.intValue == 1_000_000 - orders, "each order decremented stock exactly once")
+        #expect(stock?["available"]?.intValue == Int(Self.initialStock) - orders, "each order decremented stock exactly once")
         #expect(try await pool.withConnection { try $0.collection("inbox").countDocuments() } == orders)
         #expect(try await pool.withConnection { try $0.collection("outbox").countDocuments(["type": "InventoryReserved"]) } == orders)
     }
@@ -494,9 +504,7 @@ struct FaultTests {
     func killedConsumer() async throws {
         let f = try FaultFixture()
         try await f.prepare()
-        try await f.pool.withConnection {
-            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
-        }
+        try await f.seedStock()
         let batches = ["CONSUMER_BATCH_SIZE": "32"]
         var consumer = try f.startConsumer("consumer-0", extra: batches)
         // The consumer declares its queue and bindings when it connects.
@@ -533,9 +541,7 @@ struct FaultTests {
     func databaseRestartMidBatch() async throws {
         let f = try FaultFixture()
         try await f.prepare()
-        try await f.pool.withConnection {
-            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
-        }
+        try await f.seedStock()
         let consumer = try f.startConsumer("consumer", extra: ["CONSUMER_BATCH_SIZE": "32"])
         try await Task.sleep(for: .seconds(2))  // the consumer declares its queue and bindings
         let orders = 2000

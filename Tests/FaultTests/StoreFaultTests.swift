@@ -109,9 +109,7 @@ extension FaultTests {
         let f = try FaultFixture()
         try await f.prepare()
         try await StoreFaults.set(f.pool, mode: "off")
-        try await f.pool.withConnection {
-            try $0.collection("stock").insertOne(["_id": "SKU-A", "available": .int64(1_000_000), "reserved": .int64(0)])
-        }
+        try await f.seedStock()
         let consumer = try f.startConsumer("consumer", extra: ["CONSUMER_MAX_ATTEMPTS": "100"])
         try await Task.sleep(for: .seconds(2))  // the consumer declares its queue and bindings
         let orders = 2000
