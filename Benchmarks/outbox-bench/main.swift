@@ -64,11 +64,11 @@ struct BenchCommand: AsyncParsableCommand {
     var phases: [Phase] = Phase.allCases
 
     @Option(help: "Rounds of the scale-out comparison (1 relay, then 3); each figure is the best of its rounds.")
-    var scaleOutRounds = 2
+    var scaleOutRounds = 3
 
     @Option(
         help: ArgumentHelp(
-            "Script that restarts the store (`SCRIPT stop-mongo`, `SCRIPT start-mongo`; ops/bench passes ops/stack) before each measured phase, as SecantusDB slows down after long runs of writes; none: the store runs on.",
+            "Script that gives the store a fresh start (`SCRIPT reset-mongo`: stopped, data removed, started; ops/bench passes ops/stack) before each measured phase, as SecantusDB slows down once its oplog is full; none: the store runs on.",
             valueName: "script"))
     var stackScript: String?
 
@@ -95,7 +95,7 @@ struct BenchCommand: AsyncParsableCommand {
             report("relay, store taken out (in-memory events, real broker)", "\(Int(relayNoStore)) ev/s  (\(ratio(relayNoStore, brokerCeiling)) of broker ceiling)")
         }
 
-        print("store (MongoDB wire: \(Secrets.displayURI(uri, query: false))), backlog \(backlog)\(stackScript == nil ? "" : "; a fresh store process for each phase")")
+        print("store (MongoDB wire: \(Secrets.displayURI(uri, query: false))), backlog \(backlog)\(stackScript == nil ? "" : "; a new store for each phase")")
         if run.contains(.store) {
             try await bench.freshStore()
             let storeCeiling = try await bench.storeCeiling(events: backlog)
@@ -105,11 +105,14 @@ struct BenchCommand: AsyncParsableCommand {
             report("relay drain of a \(backlog) backlog", "\(Int(drain.eventsPerSecond)) ev/s  (\(ratio(drain.eventsPerSecond, storeCeiling)) of store ceiling)")
             report("relay CPU time per event", String(format: "%.1f µs", drain.cpuMicrosPerEvent))
             report("relay peak RSS, \(backlog) backlog", "\(drain.peakRSSKiB / 1024) MiB")
+            try await bench.freshStore()
             let minimal = try await bench.drain(events: backlog, minimal: true)
             report("relay drain of \(backlog) minimal documents (no relay fields)", "\(Int(minimal.eventsPerSecond)) ev/s  (\(ratio(minimal.eventsPerSecond, drain.eventsPerSecond)) of OutboxWriter documents)")
             report("relay CPU time per minimal document", String(format: "%.1f µs", minimal.cpuMicrosPerEvent))
+            try await bench.freshStore()
             let big = try await bench.drain(events: backlog * 5)
             report("relay peak RSS, \(backlog * 5) backlog", "\(big.peakRSSKiB / 1024) MiB  (\(Int(big.eventsPerSecond)) ev/s)")
+            try await bench.freshStore()
             let large = try await bench.drain(events: largeEvents, payloadBytes: largeEventBytes)
             report(
                 "relay peak RSS, \(largeEvents) × \(largeEventBytes / 1000) KB events",
@@ -158,6 +161,7 @@ struct BenchCommand: AsyncParsableCommand {
         try await bench.freshStore()
         let withHint = try await bench.latency(rate: rate, seconds: latencySeconds, changeStream: true)
         report("latency with change-stream wake-up  p50 / p99", String(format: "%.1f / %.1f ms", withHint.p50, withHint.p99))
+        try await bench.freshStore()
         let pollOnly = try await bench.latency(rate: rate, seconds: latencySeconds, changeStream: false)
         report("latency polling only (200 ms)        p50 / p99", String(format: "%.1f / %.1f ms", pollOnly.p50, pollOnly.p99))
     }
@@ -182,14 +186,13 @@ struct Bench {
     let stackScript: String?
     let logger: Logger
 
-    /// Restarts the store through the stack script (same port, same data), so that a phase does
-    /// not run on a server slowed down by the phases before it; waits until it answers.
+    /// A new store through the stack script (stopped, its data removed, started on the same
+    /// port), so that a phase does not run on a server slowed down by the phases before it (a full
+    /// oplog makes SecantusDB prune on every write); waits until it answers.
     func freshStore() async throws {
         guard let stackScript else { return }
-        for command in ["stop-mongo", "start-mongo"] {
-            let usage = try runChild(["/usr/bin/env", "bash", stackScript, command], environment: ProcessInfo.processInfo.environment)
-            guard usage.exitStatus == 0 else { throw ValidationError("'\(stackScript) \(command)' failed with status \(usage.exitStatus)") }
-        }
+        let usage = try runChild(["/usr/bin/env", "bash", stackScript, "reset-mongo"], environment: ProcessInfo.processInfo.environment)
+        guard usage.exitStatus == 0 else { throw ValidationError("'\(stackScript) reset-mongo' failed with status \(usage.exitStatus)") }
         let pool = try database("admin")
         for attempt in 1...50 {
             do {
