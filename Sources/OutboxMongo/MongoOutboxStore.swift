@@ -281,9 +281,9 @@ public final class MongoOutboxStore: OutboxStore {
     /// events written by `OutboxWriter`, made by the relay for others), so windows are spans of
     /// ObjectId time. The window adapts to the density of events; at the end of the backlog the
     /// scan rewinds to the lowest pending id (at most once per `rewindInterval`), so rescheduled
-    /// events are seen again. Each window is
-    /// asked for what the batch still lacks and one more (which tells a dense window), so what is
-    /// read is what is published, and one document per query.
+    /// events are seen again. Each window is asked for what the batch still lacks and one more
+    /// (which tells a dense window), so what is read is what is published, and one document per
+    /// query.
     static func scanWindows(_ outbox: MongoCollection, from position: ScanPosition, limit: Int, partition: Int?) throws -> (Read, ScanPosition) {
         var position = position
         var read = Read()
