@@ -127,16 +127,16 @@ struct BenchCommand: AsyncParsableCommand {
                     try await bench.freshStore()
                     runs[relays, default: []].append(try await bench.drain(events: backlog, relays: relays))
                 }
-        }
-        func best(_ relays: Int) -> DrainResult { runs[relays]!.max { $0.eventsPerSecond < $1.eventsPerSecond }! }
-        func all(_ relays: Int) -> String { runs[relays]!.map { "\(Int($0.eventsPerSecond))" }.joined(separator: ", ") }
-        let one = best(1)
-        let three = best(3)
-        report("1 relay", String(format: "%d ev/s, %.2f documents read per event", Int(one.eventsPerSecond), one.documentsReadPerEvent) + "  (rounds: \(all(1)))")
-        report(
-            "3 relays",
-            "\(Int(three.eventsPerSecond)) ev/s (\(ratio(three.eventsPerSecond, one.eventsPerSecond)) of 1 relay), "
-                + String(format: "%.2f documents read per event", three.documentsReadPerEvent) + "  (rounds: \(all(3)))")
+            }
+            func best(_ relays: Int) -> DrainResult { runs[relays]!.max { $0.eventsPerSecond < $1.eventsPerSecond }! }
+            func all(_ relays: Int) -> String { runs[relays]!.map { "\(Int($0.eventsPerSecond))" }.joined(separator: ", ") }
+            let one = best(1)
+            let three = best(3)
+            report("1 relay", String(format: "%d ev/s, %.2f documents read per event", Int(one.eventsPerSecond), one.documentsReadPerEvent) + "  (rounds: \(all(1)))")
+            report(
+                "3 relays",
+                "\(Int(three.eventsPerSecond)) ev/s (\(ratio(three.eventsPerSecond, one.eventsPerSecond)) of 1 relay), "
+                    + String(format: "%.2f documents read per event", three.documentsReadPerEvent) + "  (rounds: \(all(3)))")
         }
 
         if consumerMessages > 0 && run.contains(.consumers) {
