@@ -23,10 +23,13 @@ public struct LeaseRound: Sendable, Equatable {
     public var held: [PartitionLease]
     /// Relays that heartbeated within their TTL, this one included.
     public var activeRelays: Int
+    /// Partitions other relays hold live leases on (after this round).
+    public var heldByOthers: Int
 
-    public init(held: [PartitionLease], activeRelays: Int) {
+    public init(held: [PartitionLease], activeRelays: Int, heldByOthers: Int = 0) {
         self.held = held
         self.activeRelays = activeRelays
+        self.heldByOthers = heldByOthers
     }
 }
 
@@ -53,6 +56,12 @@ public enum LeaseBalancer {
 /// once it has not been able to renew for a whole TTL (another relay may own them by then). A
 /// failed round is tried again soon instead of a third of a TTL later, so a single failed renewal
 /// costs no lease.
+///
+/// Partitions move within a few rounds when relays start together, and within a third of a TTL
+/// when one joins running relays: extras are handed back as soon as the relay has started a pass
+/// without them (so no batch of theirs is in flight), and a relay below its share while another
+/// holds more than one tries again every `ttl / 20` until it has it (so do all in their first
+/// third of a TTL, when they may not have seen one another yet).
 public final class LeaseManager: Service {
     public struct Configuration: Sendable {
         public var owner: String
@@ -76,6 +85,12 @@ public final class LeaseManager: Service {
         /// Partitions to hand back: no longer fetched, released at the next round (so a batch
         /// in flight can still be marked).
         var draining: Set<Int> = []
+        /// A pass has started since `draining` was set: none of those partitions is in flight.
+        var drainedPassStarted = false
+        /// Partitions are moving (below the fair share while other relays hold more than theirs,
+        /// or in the first third of a TTL): rounds come every TTL/20.
+        var rebalancing = false
+        var firstRound: ContinuousClock.Instant?
         var lastRenewal: ContinuousClock.Instant?
         var activeRelays = 1
     }
@@ -96,6 +111,15 @@ public final class LeaseManager: Service {
 
     public var activeRelays: Int { state.withLock { $0.activeRelays } }
 
+    /// The leases for the pass that starts now. The relay runs one pass at a time, so partitions
+    /// set aside before this call are in no batch any more and can be handed back at once.
+    public func leasesForPass() -> [PartitionLease] {
+        state.withLock { state in
+            if !state.draining.isEmpty { state.drainedPassStarted = true }
+        }
+        return current
+    }
+
     /// Forgets partitions whose fenced write was refused (another relay owns them now).
     public func lost(_ partitions: Set<Int>) {
         guard !partitions.isEmpty else { return }
@@ -103,7 +127,8 @@ public final class LeaseManager: Service {
         logger.warning("lease lost: writes were fenced", metadata: ["outbox.partitions": "\(partitions.sorted())"])
     }
 
-    /// One heartbeat / renew / balance round.
+    /// One heartbeat / renew / balance round. Rounds run one at a time: by `run()`, or (before
+    /// it runs, and in tests) by the caller.
     public func tick() async throws {
         let (held, draining, active) = state.withLock { ($0.held, $0.draining, $0.activeRelays) }
         let share = LeaseBalancer.fairShare(partitions: configuration.partitions, activeRelays: active)
@@ -119,9 +144,17 @@ public final class LeaseManager: Service {
             $0.activeRelays = round.activeRelays
             // Measured from before the round: the store's expiry started no later than that.
             $0.lastRenewal = started
-            // More than a fair share (a relay joined): stop fetching the extras now, release them next round.
+            // More than a fair share (a relay joined): stop fetching the extras now, hand them back
+            // at the next round, which comes once a pass has started without them.
             let fair = LeaseBalancer.fairShare(partitions: configuration.partitions, activeRelays: round.activeRelays)
             $0.draining = Set($0.held.suffix(max($0.held.count - fair, 0)).map(\.partition))
+            $0.drainedPassStarted = false
+            // Relays started together may not see one another in their first round: the rounds of
+            // the first third of a TTL come often too.
+            let firstRound = $0.firstRound ?? started
+            $0.firstRound = firstRound
+            $0.rebalancing = started - firstRound < configuration.ttl / 3
+                || $0.held.count < fair && round.heldByOthers > (round.activeRelays - 1) * fair
         }
         if before != after {
             logger.info(
@@ -134,7 +167,6 @@ public final class LeaseManager: Service {
     }
 
     public func run() async throws {
-        let interval = configuration.ttl / 3
         var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
@@ -144,10 +176,29 @@ public final class LeaseManager: Service {
                 failures += 1
                 logger.warning("lease renewal failed", metadata: ["error": "\(error)", "relay.failed_rounds": "\(failures)"])
             }
-            try? await Task.sleep(for: failures == 0 ? interval : Self.retryDelay(ttl: configuration.ttl, failures: failures))
+            await waitForNextRound(failures == 0 ? roundInterval : Self.retryDelay(ttl: configuration.ttl, failures: failures))
         }
         // Released outside the (possibly cancelled) task, so the database calls still run.
         await Task { await self.resign() }.value
+    }
+
+    /// A third of the TTL; a twentieth (at least 100 ms) while partitions move between relays.
+    var roundInterval: Duration {
+        state.withLock { $0.rebalancing } ? max(configuration.ttl / 20, .milliseconds(100)) : configuration.ttl / 3
+    }
+
+    /// Extras set aside by the last round that no pass holds any more: the next round can hand
+    /// them back now.
+    var handBackReady: Bool { state.withLock { !$0.draining.isEmpty && $0.drainedPassStarted } }
+
+    /// Sleeps `delay`, or less: with extras to hand back, until the relay has started a pass
+    /// without them.
+    private func waitForNextRound(_ delay: Duration) async {
+        let deadline = ContinuousClock.now + delay
+        while !Task.isCancelled && ContinuousClock.now < deadline && !handBackReady {
+            let handingBack = state.withLock { !$0.draining.isEmpty }
+            try? await Task.sleep(until: handingBack ? min(deadline, .now + .milliseconds(20)) : deadline)
+        }
     }
 
     /// The wait before trying a failed round again: short (TTL/20, doubling, at most TTL/6), so

@@ -48,8 +48,15 @@ public protocol OutboxStore: Sendable {
 /// The leases a relay works under.
 public protocol LeaseProvider: Sendable {
     var current: [PartitionLease] { get }
+    /// The leases for a pass that starts now (the relay runs one pass at a time); by default
+    /// `current`.
+    func leasesForPass() -> [PartitionLease]
     /// Called with partitions whose fenced writes were refused.
     func lost(_ partitions: Set<Int>)
+}
+
+extension LeaseProvider {
+    public func leasesForPass() -> [PartitionLease] { current }
 }
 
 extension LeaseManager: LeaseProvider {}

@@ -149,7 +149,7 @@ public final class Relay: Service {
     /// rescheduled events.
     @discardableResult
     public func runOnce() async throws -> RelayPassResult {
-        let held = leases.current
+        let held = leases.leasesForPass()
         RelayMetrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
         let earlier = try await markRemembered(held: held)

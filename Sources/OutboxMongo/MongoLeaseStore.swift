@@ -102,7 +102,8 @@ public final class MongoLeaseStore: LeaseStore {
                     kept.append(PartitionLease(partition: partition, epoch: Int64(newEpoch)))
                 }
             }
-            return LeaseRound(held: kept, activeRelays: active)
+            let heldByOthers = try leases.countDocuments(["owner": ["$nin": [.null, .string(owner)]], "$expr": Self.live])
+            return LeaseRound(held: kept, activeRelays: active, heldByOthers: heldByOthers)
         }
     }
 

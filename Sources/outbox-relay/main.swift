@@ -248,13 +248,12 @@ struct RelayCommand: AsyncParsableCommand {
         }
         try await Runtime.retryingAtStart("creating the partition leases", logger: logger) { try await leaseStore.ensurePartitions() }
         if exitWhenIdle {
-            // The leases are kept renewed beside the drain, as in normal operation.
-            try await leases.tick()
+            // The leases are taken and kept renewed beside the drain, as in normal operation.
             let renewals = Task { try await leases.run() }
             // Done when a pass over held leases found nothing due and nothing is due anywhere in the
-            // outbox; without leases (not yet taken,
-            // or lapsed while the store was slow) there is nothing to conclude: take them again.
-            // A failing store is waited out as in normal operation (the pass is tried again).
+            // outbox; without leases (not yet taken, or lapsed while the store was slow) there is
+            // nothing to conclude: the renewals take them. A failing store is waited out as in
+            // normal operation (the pass is tried again).
             var delivered = 0
             var lastDelivery: Date?
             var failures = 0
@@ -264,7 +263,7 @@ struct RelayCommand: AsyncParsableCommand {
             while true {
                 do {
                     if leases.current.isEmpty {
-                        try await leases.tick()
+                        // Taken by the renewals (rounds run one at a time).
                         try await Task.sleep(for: .milliseconds(100))
                         continue
                     }

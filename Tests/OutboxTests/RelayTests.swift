@@ -1,8 +1,8 @@
 import Logging
-import Outbox
 import Synchronization
 import Testing
 
+@testable import Outbox
 @testable import OutboxAMQP
 
 /// In-memory outbox with the same contract as the MongoDB store.
@@ -254,13 +254,125 @@ final class FlakyLeaseStore: LeaseStore {
     func resign(owner: String, leases: [PartitionLease]) async throws {}
 }
 
+/// Partition leases shared by the managers of a test, as one store would hold them (no expiry).
+final class SharedLeaseStore: LeaseStore {
+    struct State {
+        var owners: [String?]
+        var epochs: [Int64]
+        var relays: Set<String> = []
+    }
+
+    let state: Mutex<State>
+
+    init(partitions: Int) { state = Mutex(State(owners: Array(repeating: nil, count: partitions), epochs: Array(repeating: 0, count: partitions))) }
+
+    func held(by owner: String) -> Int { state.withLock { $0.owners.filter { $0 == owner }.count } }
+
+    func round(owner: String, held: [PartitionLease], release: [PartitionLease], want: Int, ttl: Duration) async throws -> LeaseRound {
+        state.withLock { s in
+            s.relays.insert(owner)
+            for lease in release where s.owners[lease.partition] == owner && s.epochs[lease.partition] == lease.epoch {
+                s.owners[lease.partition] = nil
+            }
+            let released = Set(release.map(\.partition))
+            var kept = held.filter { !released.contains($0.partition) && s.owners[$0.partition] == owner && s.epochs[$0.partition] == $0.epoch }
+            for partition in s.owners.indices where s.owners[partition] == nil && !released.contains(partition) && kept.count < held.count - released.count + want {
+                s.owners[partition] = owner
+                s.epochs[partition] += 1
+                kept.append(PartitionLease(partition: partition, epoch: s.epochs[partition]))
+            }
+            let others = s.owners.filter { $0 != nil && $0 != owner }.count
+            return LeaseRound(held: kept, activeRelays: s.relays.count, heldByOthers: others)
+        }
+    }
+
+    func resign(owner: String, leases: [PartitionLease]) async throws {
+        state.withLock { s in
+            for lease in leases where s.owners[lease.partition] == owner { s.owners[lease.partition] = nil }
+            s.relays.remove(owner)
+        }
+    }
+}
+
 @Suite("Leases")
 struct LeaseManagerTests {
+    static let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    @Test("extras are handed back at the round after the relay started a pass without them, not while a batch may hold them")
+    func handBackAfterPass() async throws {
+        let store = SharedLeaseStore(partitions: 16)
+        let a = LeaseManager(store: store, configuration: .init(owner: "a", partitions: 16, ttl: .seconds(30)), logger: Self.logger)
+        let b = LeaseManager(store: store, configuration: .init(owner: "b", partitions: 16, ttl: .seconds(30)), logger: Self.logger)
+        try await a.tick()
+        #expect(a.current.count == 16)
+        try await b.tick()
+        #expect(b.current.isEmpty, "nothing free")
+        try await a.tick()  // sees two relays: 8 set aside, not fetched any more
+        #expect(a.current.count == 8 && store.held(by: "a") == 16)
+        #expect(!a.handBackReady, "a pass that started before may still hold them")
+        #expect(a.leasesForPass().count == 8)
+        #expect(a.handBackReady, "the next pass started without them")
+        try await a.tick()
+        #expect(store.held(by: "a") == 8, "handed back")
+        try await b.tick()
+        #expect(b.current.count == 8)
+    }
+
+    @Test("a relay below its share while another holds more rounds every TTL/20; at its share, every TTL/3")
+    func roundIntervals() async throws {
+        let store = SharedLeaseStore(partitions: 16)
+        let ttl = Duration.seconds(3)
+        let a = LeaseManager(store: store, configuration: .init(owner: "a", partitions: 16, ttl: ttl), logger: Self.logger)
+        let b = LeaseManager(store: store, configuration: .init(owner: "b", partitions: 16, ttl: ttl), logger: Self.logger)
+        try await a.tick()
+        #expect(a.roundInterval == ttl / 20, "in its first third of a TTL: it may not have seen the others yet")
+        try await Task.sleep(for: ttl / 3 + .milliseconds(100))
+        try await a.tick()
+        #expect(a.roundInterval == ttl / 3, "alone with every partition")
+        try await b.tick()
+        #expect(b.current.isEmpty && b.roundInterval == ttl / 20, "below its share while a holds all")
+        try await a.tick()
+        _ = a.leasesForPass()
+        try await a.tick()
+        try await Task.sleep(for: ttl / 3 + .milliseconds(100))
+        try await b.tick()
+        #expect(b.current.count == 8 && b.roundInterval == ttl / 3, "its share taken")
+        #expect(a.roundInterval == ttl / 3)
+    }
+
+    @Test("relays started together share the partitions within a few seconds, though the first took them all")
+    func startTogether() async throws {
+        let store = SharedLeaseStore(partitions: 16)
+        let managers = ["a", "b", "c"].map { LeaseManager(store: store, configuration: .init(owner: $0, partitions: 16, ttl: .seconds(20)), logger: Self.logger) }
+        // Relays at work: each starts a pass every 20 ms.
+        let passes = managers.map { manager in
+            Task {
+                while !Task.isCancelled {
+                    _ = manager.leasesForPass()
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
+            }
+        }
+        try await managers[0].tick()
+        #expect(managers[0].current.count == 16, "alone in its first round")
+        let renewals = managers.map { manager in Task { try await manager.run() } }
+        // Rounds every third of the TTL (7 s) would take twice that to get there.
+        var shares: [Int] = []
+        for _ in 0..<100 {
+            shares = managers.map { store.held(by: $0.configuration.owner) }
+            if shares.sorted() == [4, 6, 6] || shares.sorted() == [5, 5, 6] { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(shares.reduce(0, +) == 16 && shares.allSatisfy { $0 <= 6 && $0 >= 4 }, "\(shares)")
+        passes.forEach { $0.cancel() }
+        renewals.forEach { $0.cancel() }
+        for task in renewals { _ = try? await task.value }
+    }
+
     @Test("a failed renewal within the TTL costs no lease, and is tried again soon")
     func survivesFailedRenewal() async throws {
         let store = FlakyLeaseStore()
-        let manager = LeaseManager(
-            store: store, configuration: .init(owner: "r", partitions: 1, ttl: .seconds(6)), logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let manager = LeaseManager(store: store, configuration: .init(owner: "r", partitions: 1, ttl: .seconds(6)), logger: Self.logger)
         try await manager.tick()
         #expect(manager.current.count == 1)
         store.failuresLeft.withLock { $0 = 4 }
