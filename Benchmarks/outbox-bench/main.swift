@@ -133,10 +133,14 @@ struct BenchCommand: AsyncParsableCommand {
             let one = best(1)
             let three = best(3)
             report("1 relay", String(format: "%d ev/s, %.2f documents read per event", Int(one.eventsPerSecond), one.documentsReadPerEvent) + "  (rounds: \(all(1)))")
+            // Round by round too: on a machine whose speed drifts, the best of each may come from
+            // different minutes.
+            let byRound = zip(runs[3]!, runs[1]!).map { ratio($0.eventsPerSecond, $1.eventsPerSecond) }.joined(separator: ", ")
             report(
                 "3 relays",
                 "\(Int(three.eventsPerSecond)) ev/s (\(ratio(three.eventsPerSecond, one.eventsPerSecond)) of 1 relay), "
-                    + String(format: "%.2f documents read per event", three.documentsReadPerEvent) + "  (rounds: \(all(3)))")
+                    + String(format: "%.2f documents read per event", three.documentsReadPerEvent)
+                    + "  (rounds: \(all(3)); of 1 relay round by round: \(byRound))")
         }
 
         if consumerMessages > 0 && run.contains(.consumers) {
