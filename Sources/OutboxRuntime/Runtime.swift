@@ -301,9 +301,15 @@ public enum Runtime {
     }
 
     /// Prints `program: error` (without any registered secret) and exits with `status`.
+    ///
+    /// The process ends without running the exit handlers (`_exit` after flushing the output):
+    /// libmongoc's server monitors may still be retrying a TLS handshake on their own threads, and
+    /// OpenSSL's exit handler would free the locks they are using (seen as a crash, status 139,
+    /// after the error was printed).
     public static func fail(_ error: Error, program: String, status: Int32) -> Never {
         FileHandle.standardError.write(Data(Secrets.redact("\(program): \(error)\n").utf8))
-        exit(status)
+        fflush(nil)
+        _exit(status)
     }
 }
 
