@@ -319,9 +319,11 @@ struct Bench {
                     ["status": "pending", "_id": ["$gt": .string(after)]], options: ["sort": ["_id": 1], "limit": 500, "projection": ["_id": 1]])
                 guard let newest = batch.last?["_id"]?.stringValue else { return (0, after) }
                 let ids: [BSON] = batch.compactMap { $0["_id"] }
-                // One command, 50 ids a statement (a long `$in` costs this store the square of its length).
-                let statements: [(filter: Document, update: BSON, multi: Bool)] = stride(from: 0, to: ids.count, by: 50).map {
-                    (["_id": ["$in": .array(Array(ids[$0..<min($0 + 50, ids.count)]))], "status": "pending"], ["$set": ["status": "delivered"]], true)
+                // One command, as many ids a statement as the relay's marks (a long `$in` costs this
+                // store the square of its length).
+                let per = MongoOutboxStore.idsPerStatement
+                let statements: [(filter: Document, update: BSON, multi: Bool)] = stride(from: 0, to: ids.count, by: per).map {
+                    (["_id": ["$in": .array(Array(ids[$0..<min($0 + per, ids.count)]))], "status": "pending"], ["$set": ["status": "delivered"]], true)
                 }
                 try outbox.bulkUpdate(statements)
                 return (ids.count, newest)

@@ -725,7 +725,7 @@ public final class MongoOutboxStore: OutboxStore {
     /// against its whole `$in` list, so the cost of one statement grows with the square of its
     /// ids: measured on SecantusDB, statements of 50 ids mark 1.5 times as fast as one of 500, or
     /// one per event.
-    static let idsPerStatement = 50
+    public static let idsPerStatement = 50
 
     /// Adds the relay's state of a first write (partition, scan id, first seen) to an update.
     static func addingState(_ update: BSON, partition: Int, now: Date) -> BSON {
