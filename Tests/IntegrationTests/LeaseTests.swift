@@ -106,6 +106,50 @@ struct LeaseTests {
         }
     }
 
+    @Test("a round counts the live leases other relays hold; a relay joining one that holds every partition gets its share within seconds")
+    func handOffOnTheStore() async throws {
+        try await Fixture.with { f in
+            let store = MongoLeaseStore(pool: f.pool)
+            try await store.ensurePartitions()
+            let first = try await store.round(owner: "relay-a", held: [], release: [], want: 16, ttl: .seconds(30))
+            #expect(first.held.count == 16 && first.heldByOthers == 0)
+            let joined = try await store.round(owner: "relay-b", held: [], release: [], want: 8, ttl: .seconds(30))
+            #expect(joined.held.isEmpty && joined.heldByOthers == 16 && joined.activeRelays == 2)
+            let handedBack = try await store.round(
+                owner: "relay-a", held: Array(first.held.prefix(8)), release: Array(first.held.suffix(8)), want: 0, ttl: .seconds(30))
+            #expect(handedBack.held.count == 8 && handedBack.heldByOthers == 0)
+            let taken = try await store.round(owner: "relay-b", held: [], release: [], want: 8, ttl: .seconds(30))
+            #expect(taken.held.count == 8 && taken.heldByOthers == 8)
+            try await store.resign(owner: "relay-a", leases: handedBack.held)
+            try await store.resign(owner: "relay-b", leases: taken.held)
+
+            // Two managers at work (a pass every 20 ms each); the first took all 16 alone. With a
+            // round only every third of the TTL (10 s) the other would wait 20 s for its share.
+            let managers = [manager(f, owner: "relay-c"), manager(f, owner: "relay-d")]
+            try await managers[0].tick()
+            #expect(managers[0].current.count == 16)
+            let passes = managers.map { m in
+                Task {
+                    while !Task.isCancelled {
+                        _ = m.leasesForPass()
+                        try? await Task.sleep(for: .milliseconds(20))
+                    }
+                }
+            }
+            let renewals = managers.map { m in Task { try await m.run() } }
+            var shares: [Int] = []
+            for _ in 0..<80 {
+                shares = managers.map { $0.current.count }
+                if shares == [8, 8] { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(shares == [8, 8], "\(shares)")
+            passes.forEach { $0.cancel() }
+            renewals.forEach { $0.cancel() }
+            for task in renewals { _ = try? await task.value }
+        }
+    }
+
     /// A real broker behind a publisher that loses some acks (published, reported as timed out) and
     /// refuses some publishes (never sent, reported as nacked).
     final class FaultyPublisher: ConfirmingPublisher {
