@@ -207,7 +207,7 @@ public final class MongoOutboxStore: OutboxStore {
         // lie behind the scan position): start again from the lowest pending id, or the scan
         // could stay stuck.
         if heads.allSatisfy(\.message.isFirstSight) {
-            fetch.state.known = fetch.state.known.mapValues { ScanPosition(from: nil, seconds: $0.seconds) }
+            fetch.state.known = fetch.state.known.mapValues { ScanPosition(from: nil, seconds: $0.seconds, below: $0.from ?? $0.below) }
         }
         return fetch
     }
@@ -233,6 +233,11 @@ public final class MongoOutboxStore: OutboxStore {
         var seconds: UInt32 = 4
         /// When the scan last started from the lowest pending id.
         var rewound: ContinuousClock.Instant?
+        /// Where the scan stood when it was sent back to the lowest pending id: it goes on from here
+        /// unless a pending event lies below, so the lookup reads only what lies below (on some
+        /// servers a sorted, limited query reads every document it matches; reading the whole
+        /// backlog to find its start cost a drain about a tenth of the store's time).
+        var below: String?
 
         /// How often a scan that reached the newest events starts again from the lowest pending
         /// id (events rescheduled, put back by an operator, or committed late with an older id);
@@ -289,10 +294,15 @@ public final class MongoOutboxStore: OutboxStore {
         var read = Read()
         guard limit > 0 else { return (read, position) }
         if position.from == nil {
-            let lowest = try findPending(outbox, partition: partition, limit: 1, projection: ["sid": 1])
+            // The lowest pending id, or where the scan stood if none lies below it: from there up
+            // the windows find every pending event.
+            let below = position.below
+            let lowest = try findPending(
+                outbox, partition: partition, sid: below.map { ["$lt": .string($0)] }, limit: 1, projection: ["sid": 1])
             read.read += lowest.count
-            guard let from = lowest.first?["sid"]?.stringValue else { return (read, ScanPosition(seconds: position.seconds)) }
+            guard let from = lowest.first?["sid"]?.stringValue ?? below else { return (read, ScanPosition(seconds: position.seconds)) }
             position.from = from
+            position.below = nil
             position.rewound = .now
         }
         let start = position.from
@@ -336,7 +346,7 @@ public final class MongoOutboxStore: OutboxStore {
                     position.from = start
                     break
                 }
-                position = ScanPosition(from: nil, seconds: position.seconds)
+                position = ScanPosition(from: nil, seconds: position.seconds, below: start)
                 break
             }
             if read.documents.count >= limit { break }
