@@ -693,42 +693,59 @@ public final class MongoOutboxStore: OutboxStore {
         return lost
     }
 
-    /// The statements of fenced writes: known events that get the same update under the same
-    /// epoch share statements on their ids (`idsPerStatement` each: a mark of a whole batch is a
-    /// few statements in one command, which costs the store far less than a statement per event);
-    /// a new document's write, which also gives it its own scan id, is a statement of its own.
+    /// The statements of fenced writes: events that get the same update under the same epoch
+    /// share statements on their ids (`idsPerStatement` each: a mark of a whole batch is a few
+    /// statements in one command, which costs the store far less than a statement per event).
+    /// A new document's first write also gives it the relay's state: those of a partition that
+    /// leave it delivered or parked share statements too (only pending events are scanned, so
+    /// they need no scan id); one that leaves it pending gets its own scan id, in a statement of
+    /// its own.
     static func fencedStatements(_ writes: [FencedWrite], epochs: [Int: Int64], now: Date) -> [(filter: Document, update: BSON, multi: Bool)] {
         struct Shared: Hashable {
             var epoch: Int64
             var update: BSON
+            /// The partition of new documents (their state), nil for known events.
+            var newIn: Int?
         }
         var statements: [(filter: Document, update: BSON, multi: Bool)] = []
         var shared: [Shared: [BSON]] = [:]
         var order: [Shared] = []
         for write in writes {
             let epoch = epochs[write.partition]!
-            guard write.isNew else {
-                let key = Shared(epoch: epoch, update: write.update)
-                if shared[key] == nil { order.append(key) }
-                shared[key, default: []].append(write.id)
+            if write.isNew && !Self.leavesFinal(write.update) {
+                let filter: Document = ["_id": write.id, "status": .null, "fence": ["$not": ["$gt": .int64(epoch)]]]
+                let update = Self.addingState(write.update, partition: write.partition, scanId: true, now: now)
+                statements.append((filter, Self.raisingFence(update, to: epoch), false))
                 continue
             }
-            let filter: Document = ["_id": write.id, "status": .null, "fence": ["$not": ["$gt": .int64(epoch)]]]
-            statements.append((filter, Self.raisingFence(Self.addingState(write.update, partition: write.partition, now: now), to: epoch), false))
+            let key = Shared(epoch: epoch, update: write.update, newIn: write.isNew ? write.partition : nil)
+            if shared[key] == nil { order.append(key) }
+            shared[key, default: []].append(write.id)
         }
         for key in order {
             let all = shared[key]!
+            var update = key.update
+            if let partition = key.newIn { update = Self.addingState(update, partition: partition, scanId: false, now: now) }
+            update = Self.raisingFence(update, to: key.epoch)
             for start in stride(from: 0, to: all.count, by: idsPerStatement) {
                 let ids = all[start..<min(start + idsPerStatement, all.count)]
-                // `_id` first: the clause every server looks the documents up by.
+                // `_id` first: the clause every server looks the documents up by. New documents
+                // are written only while they still have no state.
                 let filter: Document = [
-                    "_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))], "status": .string(OutboxSchema.Status.pending),
+                    "_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))],
+                    "status": key.newIn == nil ? .string(OutboxSchema.Status.pending) : .null,
                     "fence": ["$not": ["$gt": .int64(key.epoch)]],
                 ]
-                statements.append((filter, Self.raisingFence(key.update, to: key.epoch), ids.count > 1))
+                statements.append((filter, update, ids.count > 1))
             }
         }
         return statements
+    }
+
+    /// Whether an update document sets a final status (delivered, parked).
+    static func leavesFinal(_ update: BSON) -> Bool {
+        guard let status = update.documentValue?["$set"]?.documentValue?["status"]?.stringValue else { return false }
+        return OutboxSchema.Status.final.contains(status)
     }
 
     /// Event ids per shared statement. Some servers match every document a statement finds
@@ -737,9 +754,11 @@ public final class MongoOutboxStore: OutboxStore {
     /// one per event.
     public static let idsPerStatement = 50
 
-    /// Adds the relay's state of a first write (partition, scan id, first seen) to an update.
-    static func addingState(_ update: BSON, partition: Int, now: Date) -> BSON {
-        let state: Document = ["partition": .int32(Int32(partition)), "sid": .string(ObjectId().hex), "seenAt": .date(now)]
+    /// Adds the relay's state of a first write (partition, first seen, and a scan id if it stays
+    /// pending) to an update.
+    static func addingState(_ update: BSON, partition: Int, scanId: Bool, now: Date) -> BSON {
+        var state: Document = ["partition": .int32(Int32(partition)), "seenAt": .date(now)]
+        if scanId { state["sid"] = .string(ObjectId().hex) }
         switch update {
         case .array(let stages):
             return .array(stages + [["$set": .document(state)]])
