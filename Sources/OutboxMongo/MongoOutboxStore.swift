@@ -235,8 +235,8 @@ public final class MongoOutboxStore: OutboxStore {
         var rewound: ContinuousClock.Instant?
         /// Where the scan stood when it was sent back to the lowest pending id: it goes on from here
         /// unless a pending event lies below, so the lookup reads only what lies below (on some
-        /// servers a sorted, limited query reads every document it matches; reading the whole
-        /// backlog to find its start cost a drain about a tenth of the store's time).
+        /// servers a sorted, limited query reads every document it matches: each look read the
+        /// partition's whole backlog to return one id).
         var below: String?
 
         /// How often a scan that reached the newest events starts again from the lowest pending
