@@ -127,6 +127,35 @@ struct RelayIntegrationTests {
         }
     }
 
+    @Test("the scan's rewind looks for pending events only below where it stood, and finds one committed late with an older id")
+    func boundedRewind() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let (pool, commands) = try f.observedPool()
+            let publisher = f.makePublisher()
+            let relay = try await f.makeRelay(store: MongoOutboxStore(pool: pool, owner: "test-relay", logger: f.logger), publisher: publisher)
+            try await f.appendEvents((0..<3).map { f.event(aggregate: "r-\($0)") })
+            try await f.drain(relay)
+            // Newer events, and one whose scan id is an hour older than everything delivered.
+            let newer = try await f.appendEvents((3..<6).map { f.event(aggregate: "r-\($0)") })
+            let late = try await f.appendEvents([f.event(aggregate: "r-late")])
+            let hourAgo = String(format: "%08x", UInt32(Date().timeIntervalSince1970) - 3600) + String(repeating: "0", count: 16)
+            try await f.pool.withConnection { try $0.collection("outbox").updateOne(["_id": .string(late[0])], ["$set": ["sid": .string(hourAgo)]]) }
+            try await Task.sleep(for: .seconds(1.2))  // past the rewind interval
+            try await f.drain(relay)
+            await publisher.close()
+            #expect(Set(try await f.admin.drain(queue).compactMap(\.messageId)).isSuperset(of: Set(newer + late)))
+            #expect(try await f.count("outbox", ["status": "pending"]) == 0)
+            // The lowest-pending lookups (limit 1, scan id only): the first reads from the start,
+            // every later one only below where the scan stood.
+            let lookups = commands.values.filter { $0.name == "find" && $0.command["projection"] == ["sid": 1] && $0.command["limit"]?.intValue == 1 }
+                .map { $0.command["filter"]?.documentValue?["sid"] }
+            #expect(lookups.count >= 2)
+            #expect(lookups.first == .some(nil), "the first lookup has no bound")
+            #expect(lookups.dropFirst().allSatisfy { $0?.documentValue?["$lt"]?.stringValue != nil }, "later ones are bounded: \(lookups)")
+        }
+    }
+
     @Test("per-aggregate order: version n+1 is published only after version n was confirmed")
     func perAggregateOrder() async throws {
         try await Fixture.with { f in

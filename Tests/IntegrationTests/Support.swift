@@ -110,6 +110,15 @@ final class Fixture: Sendable {
 
     func makeStore(owner: String = "test-relay") -> MongoOutboxStore { MongoOutboxStore(pool: pool, owner: owner, logger: logger) }
 
+    /// A second pool on the fixture's database that records every command sent through it (name
+    /// and body), for tests of what the relay asks the store.
+    func observedPool() throws -> (pool: MongoClientPool, commands: LockedArray<(name: String, command: Document)>) {
+        let commands = LockedArray<(name: String, command: Document)>()
+        let pool = try MongoClientPool(
+            MongoConfiguration(uri: Servers.mongoURI, database: database, threads: 2, appName: "integration-observed") { commands.append(($0, $1)) })
+        return (pool, commands)
+    }
+
     /// A lease manager for `owner` that has taken its share of the partitions. Nothing renews
     /// them, so the default lease outlives any test, also on a slow machine.
     func makeLeases(owner: String = "test-relay", ttl: Duration = .seconds(600)) async throws -> LeaseManager {

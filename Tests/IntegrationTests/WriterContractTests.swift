@@ -63,6 +63,36 @@ struct WriterContractTests {
         }
     }
 
+    @Test("documents delivered at first sight are marked in shared statements, with their partition and no scan id")
+    func firstSightMarks() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let documents = (0..<60).map { minimal(.objectId(ObjectId()), aggregate: "m-\($0)", at: now) }
+            try await insert(f, documents)
+            let (pool, commands) = try f.observedPool()
+            let store = MongoOutboxStore(
+                pool: pool, owner: "test-relay",
+                options: .init(routing: EventRouting(defaultExchange: f.exchange), sweepInterval: .zero), logger: f.logger)
+            let publisher = f.makePublisher()
+            try await f.drain(try await f.makeRelay(store: store, publisher: publisher))
+            await publisher.close()
+            #expect(try await f.admin.drain(queue).count == 60)
+            // The first writes: statements on documents that still have no status.
+            let firstWrites = commands.values.filter { $0.name == "update" }.flatMap { $0.command["updates"]?.arrayValue ?? [] }
+                .compactMap(\.documentValue).filter { $0["q"]?.documentValue?["status"] == .null }
+            let ids = firstWrites.flatMap { statement -> [BSON] in
+                let id = statement["q"]?.documentValue?["_id"]
+                return id?.documentValue?["$in"]?.arrayValue ?? [id].compactMap { $0 }
+            }
+            #expect(Set(ids) == Set(documents.compactMap { $0["_id"] }), "each document written once")
+            #expect(firstWrites.count <= 16, "at most a statement per partition, not one per document: \(firstWrites.count)")
+            let stored = try await f.find("outbox")
+            #expect(stored.count == 60)
+            #expect(stored.allSatisfy { $0["status"] == "delivered" && $0["partition"]?.intValue != nil && $0["seenAt"] != nil })
+            #expect(stored.allSatisfy { $0["sid"] == nil }, "only pending events are scanned")
+        }
+    }
+
     @Test("each defective document is parked with a reason naming the field, counted, while good ones flow")
     func defects() async throws {
         try await Fixture.with { f in
