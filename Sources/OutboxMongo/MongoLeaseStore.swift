@@ -58,7 +58,11 @@ public final class MongoLeaseStore: LeaseStore {
             let leases = connection.collection(Self.leasesCollection)
             // A heartbeat outlives one missed round, so a slow round does not make the relay vanish.
             try relays.updateOne(["_id": .string(owner)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl * 2)]]], upsert: true)
-            let active = try relays.countDocuments(["$expr": Self.live])
+            // The live relays, this one included; its place among them by id decides which of
+            // them hold one partition more (`LeaseBalancer`).
+            let live = try relays.find(["$expr": Self.live], options: ["projection": ["_id": 1]]).compactMap { $0["_id"]?.stringValue }
+            let active = live.count
+            let rank = live.filter { $0 < owner }.count
 
             for lease in release {
                 try leases.updateOne(
@@ -79,7 +83,7 @@ public final class MongoLeaseStore: LeaseStore {
             }
             // Free, expired, or held under this relay's name by an earlier instance (a restart with
             // the same RELAY_ID): taking it bumps the epoch, which fences that instance out.
-            // Free partitions are taken up to a fair share; expired ones (their owner stalled or
+            // Free partitions are taken up to the relay's share; expired ones (their owner stalled or
             // died) are always taken, so none stays orphaned: the hand-back evens things out later.
             let keptPartitions = Set(kept.map(\.partition))
             let takeable: BSON = [["owner": .null], ["owner": .string(owner)], ["$expr": Self.expired]]
@@ -103,7 +107,7 @@ public final class MongoLeaseStore: LeaseStore {
                 }
             }
             let heldByOthers = try leases.countDocuments(["owner": ["$nin": [.null, .string(owner)]], "$expr": Self.live])
-            return LeaseRound(held: kept, activeRelays: active, heldByOthers: heldByOthers)
+            return LeaseRound(held: kept, activeRelays: active, heldByOthers: heldByOthers, rank: rank)
         }
     }
 

@@ -282,7 +282,7 @@ final class SharedLeaseStore: LeaseStore {
                 kept.append(PartitionLease(partition: partition, epoch: s.epochs[partition]))
             }
             let others = s.owners.filter { $0 != nil && $0 != owner }.count
-            return LeaseRound(held: kept, activeRelays: s.relays.count, heldByOthers: others)
+            return LeaseRound(held: kept, activeRelays: s.relays.count, heldByOthers: others, rank: s.relays.filter { $0 < owner }.count)
         }
     }
 
@@ -297,6 +297,40 @@ final class SharedLeaseStore: LeaseStore {
 @Suite("Leases")
 struct LeaseManagerTests {
     static let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    @Test("shares differ by at most one and add up to the partitions; the first relays by id hold the ones left over")
+    func evenShares() {
+        for partitions in [1, 7, 16, 64] {
+            for relays in 1...20 {
+                let shares = (0..<relays).map { LeaseBalancer.share(partitions: partitions, activeRelays: relays, rank: $0) }
+                #expect(shares.reduce(0, +) == partitions, "\(partitions) over \(relays): \(shares)")
+                #expect(shares.max()! - shares.min()! <= 1)
+                #expect(shares == shares.sorted(by: >))
+            }
+        }
+        #expect((0..<3).map { LeaseBalancer.share(partitions: 16, activeRelays: 3, rank: $0) } == [6, 5, 5])
+        #expect(LeaseBalancer.share(partitions: 16, activeRelays: 0, rank: 0) == 16, "alone before its first heartbeat counts")
+    }
+
+    @Test("a third relay joining two that hold 8 each gets 5: 6, 5, 5, where rounded-up shares stop at 6, 6, 4")
+    func evensOut() async throws {
+        let store = SharedLeaseStore(partitions: 16)
+        let managers = ["a", "b", "c"].map { LeaseManager(store: store, configuration: .init(owner: $0, partitions: 16, ttl: .seconds(30)), logger: Self.logger) }
+        func rounds(_ count: Int, _ which: ArraySlice<LeaseManager>) async throws {
+            for _ in 0..<count {
+                for manager in which {
+                    _ = manager.leasesForPass()
+                    try await manager.tick()
+                }
+            }
+        }
+        try await rounds(3, managers.prefix(2))
+        #expect(managers.prefix(2).map { store.held(by: $0.configuration.owner) } == [8, 8])
+        try await rounds(3, managers[...])
+        let shares = managers.map { store.held(by: $0.configuration.owner) }
+        #expect(shares == [6, 5, 5], "\(shares)")
+        #expect(Set(managers.flatMap { $0.current.map(\.partition) }) == Set(0..<16))
+    }
 
     @Test("extras are handed back at the round after the relay started a pass without them, not while a batch may hold them")
     func handBackAfterPass() async throws {
@@ -360,10 +394,10 @@ struct LeaseManagerTests {
         var shares: [Int] = []
         for _ in 0..<100 {
             shares = managers.map { store.held(by: $0.configuration.owner) }
-            if shares.sorted() == [4, 6, 6] || shares.sorted() == [5, 5, 6] { break }
+            if shares == [6, 5, 5] { break }
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(shares.reduce(0, +) == 16 && shares.allSatisfy { $0 <= 6 && $0 >= 4 }, "\(shares)")
+        #expect(shares == [6, 5, 5], "an even split, the first relay by id holding the one left over: \(shares)")
         passes.forEach { $0.cancel() }
         renewals.forEach { $0.cancel() }
         for task in renewals { _ = try? await task.value }
