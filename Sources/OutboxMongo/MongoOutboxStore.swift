@@ -713,7 +713,7 @@ public final class MongoOutboxStore: OutboxStore {
         for write in writes {
             let epoch = epochs[write.partition]!
             if write.isNew && !Self.leavesFinal(write.update) {
-                let filter: Document = ["_id": write.id, "status": .null, "fence": ["$not": ["$gt": .int64(epoch)]]]
+                let filter: Document = ["_id": write.id, "status": .null, "fence": Self.notAbove(epoch)]
                 let update = Self.addingState(write.update, partition: write.partition, scanId: true, now: now)
                 statements.append((filter, Self.raisingFence(update, to: epoch), false))
                 continue
@@ -734,7 +734,7 @@ public final class MongoOutboxStore: OutboxStore {
                 let filter: Document = [
                     "_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))],
                     "status": key.newIn == nil ? .string(OutboxSchema.Status.pending) : .null,
-                    "fence": ["$not": ["$gt": .int64(key.epoch)]],
+                    "fence": Self.notAbove(key.epoch),
                 ]
                 statements.append((filter, update, ids.count > 1))
             }
@@ -771,6 +771,10 @@ public final class MongoOutboxStore: OutboxStore {
             return update
         }
     }
+
+    /// The fence clause of a write under `epoch`: no higher epoch has touched the event (a
+    /// document without a fence yet matches too).
+    static func notAbove(_ epoch: Int64) -> BSON { ["$not": ["$gt": .int64(epoch)]] }
 
     /// Adds "fence := max(fence, epoch)" to an update document or pipeline.
     static func raisingFence(_ update: BSON, to epoch: Int64) -> BSON {
