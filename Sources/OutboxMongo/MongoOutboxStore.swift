@@ -666,8 +666,9 @@ public final class MongoOutboxStore: OutboxStore {
     /// write with an older token than the newest it has seen. Once a relay that took the
     /// partition over has written to an event, the previous owner's writes no longer match. The
     /// check is the write itself, atomic, with no transaction (so no lock outlives a killed
-    /// relay). A new document's write also gives it the relay's state (partition, scan id), and
-    /// applies only while it still has none. Returns the partitions for which writes were refused.
+    /// relay). A new document's write also gives it the relay's state (partition, and a scan id if
+    /// it stays pending), and applies only while it still has none. Returns the partitions for
+    /// which writes were refused.
     private func fencedUpdate(_ writes: [FencedWrite], leases: [PartitionLease]) async throws -> Set<Int> {
         guard !writes.isEmpty else { return [] }
         let epochs = Dictionary(leases.map { ($0.partition, $0.epoch) }, uniquingKeysWith: max)
