@@ -86,7 +86,7 @@ public final class LeaseManager: Service {
     public let configuration: Configuration
     private let store: any LeaseStore
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     struct State {
         var held: [PartitionLease] = []
@@ -101,13 +101,16 @@ public final class LeaseManager: Service {
         var firstRound: ContinuousClock.Instant?
         var lastRenewal: ContinuousClock.Instant?
         var activeRelays = 1
-        var rank = 0
+        /// How many partitions to hold, from the last round (`LeaseBalancer`); every one before
+        /// the first round.
+        var share: Int
     }
 
     public init(store: any LeaseStore, configuration: Configuration, logger: Logger) {
         self.store = store
         self.configuration = configuration
         self.logger = logger
+        state = Mutex(State(share: configuration.partitions))
     }
 
     /// The leases this relay may use right now: none once renewal has failed for a TTL.
@@ -139,8 +142,7 @@ public final class LeaseManager: Service {
     /// One heartbeat / renew / balance round. Rounds run one at a time: by `run()`, or (before
     /// it runs, and in tests) by the caller.
     public func tick() async throws {
-        let (held, draining, active, rank) = state.withLock { ($0.held, $0.draining, $0.activeRelays, $0.rank) }
-        let share = LeaseBalancer.share(partitions: configuration.partitions, activeRelays: active, rank: rank)
+        let (held, draining, share) = state.withLock { ($0.held, $0.draining, $0.share) }
         let release = held.filter { draining.contains($0.partition) }
         let keeping = held.count - release.count
         let want = max(share - keeping, 0)
@@ -151,13 +153,13 @@ public final class LeaseManager: Service {
         state.withLock {
             $0.held = round.held.sorted()
             $0.activeRelays = round.activeRelays
-            $0.rank = round.rank
             // Measured from before the round: the store's expiry started no later than that.
             $0.lastRenewal = started
             // More than its share (a relay joined): stop fetching the extras now, hand them back
             // at the next round, which comes once a pass has started without them.
             let partitions = configuration.partitions
             let share = LeaseBalancer.share(partitions: partitions, activeRelays: round.activeRelays, rank: round.rank)
+            $0.share = share
             $0.draining = Set($0.held.suffix(max($0.held.count - share, 0)).map(\.partition))
             $0.drainedPassStarted = false
             // Relays started together may not see one another in their first round: the rounds of
