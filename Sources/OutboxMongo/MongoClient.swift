@@ -2,13 +2,26 @@ import CMongoC
 import Logging
 import NIOPosix
 
+/// libmongoc's counters (read only by external diagnostics) live in a shared-memory segment,
+/// `/dev/shm/mongoc-<pid>`, which it leaves behind when the process ends. A later process with
+/// the same pid then finds it taken and prints "Falling back to malloc for counters" on stderr,
+/// before any of our code runs: a libmongoc that initialises itself when the process loads it
+/// (as Debian's does) has made its segment by then, so `MONGOC_DISABLE_SHM` set from here is too
+/// late. Removing the name at once keeps the counters (they stay mapped) and leaves nothing
+/// behind, however the process ends. Called at start-up (`Runtime.bootstrap`) and before the
+/// first client.
+public enum MongoCounters {
+    public static func releaseSegment() {
+        _ = shm_unlink("/mongoc-\(getpid())")
+    }
+}
+
 /// One-time libmongoc initialisation for the whole process (mongoc_cleanup is left to process exit).
 private let mongocInitialised: Bool = {
-    // No shared-memory counters (only external diagnostics read them): a process killed with
-    // SIGKILL leaves its segment in /dev/shm, and a later process with the same pid then gets
-    // libmongoc's "Falling back to malloc for counters" on stderr, before any handler is set.
+    // No shared-memory counters where libmongoc waits for this call to set itself up.
     setenv("MONGOC_DISABLE_SHM", "1", 1)
     mongoc_init()
+    MongoCounters.releaseSegment()
     // libmongoc's own log lines go through swift-log instead of straight to stderr.
     mongoc_log_set_handler({ level, domain, message, _ in
         let text = "\(domain.map { String(cString: $0) } ?? "mongoc"): \(message.map { String(cString: $0) } ?? "")"

@@ -237,10 +237,12 @@ public enum Help {
 }
 
 public enum Runtime {
-    /// Process-wide start-up: ignore SIGPIPE (a broken socket must be an error, not a kill) and
-    /// send logs to standard error at `level`.
+    /// Process-wide start-up: ignore SIGPIPE (a broken socket must be an error, not a kill),
+    /// leave no libmongoc counter segment behind (`MongoCounters`) and send logs to standard
+    /// error at `level`.
     public static func bootstrap(label: String, level: Logger.Level) -> Logger {
         signal(SIGPIPE, SIG_IGN)
+        MongoCounters.releaseSegment()
         // Message bodies can be large and live for one batch. glibc raises its mmap threshold to
         // the size of the first large block freed, after which such blocks come from heaps that
         // keep their pages: peak memory then grows with every size seen. A fixed threshold

@@ -209,4 +209,21 @@ struct RelayIntegrationTests {
             await publisher.close()
         }
     }
+
+    @Test("a relay killed with SIGKILL leaves no libmongoc counter segment for a later process with its pid to trip over")
+    func noCounterSegmentLeft() async throws {
+        try await Fixture.with { f in
+            // libmongoc makes /dev/shm/mongoc-<pid> when the process loads it; a later process
+            // given the same pid then prints "Falling back to malloc for counters" before any of
+            // our code runs.
+            let relay = try Program("outbox-relay", environment: Programs.environment(f, ["RELAY_HTTP_ADDRESS": "off"]))
+            let segment = "/dev/shm/mongoc-\(relay.pid)"
+            let working = await eventually(timeout: .seconds(30)) { relay.output.contains("partition leases changed") }
+            #expect(working, "\(relay.output)")
+            #expect(relay.poll() == nil && !FileManager.default.fileExists(atPath: segment), "the segment's name is removed while the relay runs")
+            kill(relay.pid, SIGKILL)
+            #expect(await relay.wait(timeout: .seconds(10)) == 128 + SIGKILL)
+            #expect(!FileManager.default.fileExists(atPath: segment), "\(segment) left behind")
+        }
+    }
 }
