@@ -85,6 +85,7 @@ public final class Relay: Service {
     private let logger: Logger
     private let idle: @Sendable () async -> Void
     private let wake: WakeSignal?
+    private let onIteration: @Sendable () -> Void
     /// Events the broker acked whose delivered mark failed even after retries, by partition
     /// (bodies dropped). They are marked before the next fetch and never published again while
     /// this relay holds their partition; once another relay owns it, they are forgotten (that relay
@@ -95,12 +96,15 @@ public final class Relay: Service {
 
     /// `idle` runs when a poll found nothing due (e.g. to let the broker connection answer heartbeats).
     /// `wake`, when given, cuts the wait between polls short (e.g. on a change-stream event); the
-    /// poll stays the source of truth, so a missed wake-up only costs latency.
+    /// poll stays the source of truth, so a missed wake-up only costs latency. `onIteration` runs
+    /// at the end of every pass of `run()`, whatever its outcome.
     public init(
         store: any OutboxStore, publisher: any ConfirmingPublisher, leases: any LeaseProvider,
         configuration: RelayConfiguration = .init(), logger: Logger, wake: WakeSignal? = nil,
-        idle: @escaping @Sendable () async -> Void = {}
+        idle: @escaping @Sendable () async -> Void = {},
+        onIteration: @escaping @Sendable () -> Void = {}
     ) {
+        self.onIteration = onIteration
         self.wake = wake
         self.store = store
         self.publisher = publisher
@@ -114,6 +118,7 @@ public final class Relay: Service {
         logger.info("relay started", metadata: ["outbox.batch_size": "\(configuration.batchSize)"])
         var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            defer { onIteration() }  // each pass, delivered, idle or failed (a liveness watchdog counts them)
             do {
                 let result = try await runOnce()
                 if result.unsent > 0 {
