@@ -40,9 +40,12 @@ public enum OpsServer {
         public init(up: Bool) { self = up ? .up : .down }
     }
 
-    /// The HTTP service. `ready` reports named checks; ready means all are up.
+    /// The HTTP service. `ready` reports named checks; ready means all are up. `live` says whether
+    /// the process still makes progress (e.g. a `LivenessWatchdog` over its main loop); without
+    /// one, live means the process answers.
     public static func make(
         host: String, port: Int, registry: PrometheusCollectorRegistry, logger: Logger,
+        live: @escaping @Sendable () -> LivenessWatchdog.Status = { .live },
         ready: @escaping @Sendable () async -> [String: Check]
     ) -> some Service {
         let router = Router()
@@ -51,7 +54,13 @@ public enum OpsServer {
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
         }
-        router.get("/health/live") { _, _ in json(.ok, #"{"status":"live"}"#) }
+        router.get("/health/live") { _, _ in
+            switch live() {
+            case .live: return json(.ok, #"{"status":"live"}"#)
+            case .stalled(let since):
+                return json(.serviceUnavailable, #"{"status":"stalled","secondsSinceLastIteration":\#(since.components.seconds)}"#)
+            }
+        }
         router.get("/health/ready") { _, _ in
             let checks = await ready()
             let ok = checks.values.allSatisfy { $0 == .up }

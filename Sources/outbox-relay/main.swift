@@ -85,6 +85,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Lease time of a partition; another relay takes over after it (env RELAY_LEASE_TTL; default 10s).")
     var leaseTTL: String?
 
+    @Option(help: "/health/live fails once the relay loop has completed no pass (delivered, idle or failed) for this long; longer than --confirm-timeout (env RELAY_LIVENESS_TIMEOUT; default 60s).")
+    var livenessTimeout: String?
+
     @Option(help: "This relay's name in the lease table (env RELAY_ID; default host-pid-random).")
     var relayID: String?
 
@@ -117,6 +120,7 @@ struct RelayCommand: AsyncParsableCommand {
         let publisher: ConfirmPublisher
         let store: MongoOutboxStore
         let shutdownTimeout: Duration
+        let watchdog: LivenessWatchdog
         /// Seconds to keep delivered events, `.some(nil)` for ever; `nil` when not set (left as is).
         let retention: Int??
         do {
@@ -175,6 +179,14 @@ struct RelayCommand: AsyncParsableCommand {
             guard ttl >= .milliseconds(300) else {
                 throw ConfigurationError(setting: "RELAY_LEASE_TTL (--lease-ttl)", reason: "must be at least 300ms")
             }
+            // A healthy pass may wait the whole confirm timeout (and a failed one backs off up to 5 s).
+            let liveness = try settings.duration(livenessTimeout, env: "RELAY_LIVENESS_TIMEOUT", default: "60s", flagName: "--liveness-timeout")
+            guard liveness > options.confirmTimeout + .seconds(5) else {
+                throw ConfigurationError(
+                    setting: "RELAY_LIVENESS_TIMEOUT (--liveness-timeout)",
+                    reason: "must be longer than RELAY_CONFIRM_TIMEOUT plus 5s (\(options.confirmTimeout + .seconds(5))), which a healthy pass may take")
+            }
+            watchdog = LivenessWatchdog(timeout: liveness)
             let owner = try settings.string(relayID, env: "RELAY_ID", default: Runtime.defaultInstanceName(), flagName: "--relay-id")
             let pool = try settings.mongoPool(uri: uri, database: database, appName: "outbox-relay")
             await Runtime.checkLinks(program: "outbox-relay", mongo: pool, amqp: amqp, broker: .wait, logger: logger)
@@ -187,9 +199,10 @@ struct RelayCommand: AsyncParsableCommand {
             let useChangeStream = try changeStream ?? settings.bool(env: "RELAY_CHANGE_STREAM", default: true, flagName: "--[no-]change-stream")
             let wake = useChangeStream ? WakeSignal() : nil
             if let wake { hint = ChangeStreamHint(pool: pool, collection: collection, wake: wake, logger: logger) }
-            relay = Relay(store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger, wake: wake) {
-                [publisher] in await publisher.keepAlive()
-            }
+            relay = Relay(
+                store: store, publisher: publisher, leases: leases, configuration: configuration, logger: logger, wake: wake,
+                idle: { [publisher] in await publisher.keepAlive() },
+                onIteration: { [watchdog] in watchdog.iterationCompleted() })
             let keep = try settings.durationOrOff(deliveredRetention, env: "RELAY_DELIVERED_RETENTION", flagName: "--delivered-retention")
             if let keep = keep ?? nil, keep < .seconds(1) {
                 throw ConfigurationError(setting: "RELAY_DELIVERED_RETENTION (--delivered-retention)", reason: "must be at least 1s, or 'off'")
@@ -200,7 +213,9 @@ struct RelayCommand: AsyncParsableCommand {
             extraServices.append(ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]))
             if let endpoint {
                 extraServices.append(
-                    OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) { [publisher, pool] in
+                    OpsServer.make(
+                        host: endpoint.host, port: endpoint.port, registry: registry, logger: logger, live: { [watchdog] in watchdog.status }
+                    ) { [publisher, pool] in
                         let database = (try? await pool.ping()) != nil
                         let broker: OpsServer.Check = !publisher.isConnectedNow ? .down : publisher.isBlockedNow ? .blocked : .up
                         return ["database": .init(up: database), "broker": broker]
@@ -214,6 +229,7 @@ struct RelayCommand: AsyncParsableCommand {
                     "outbox.batch_size": "\(configuration.batchSize)", "outbox.batch_max_bytes": "\(configuration.batchMaxBytes)",
                     "amqp.max_in_flight": "\(options.maxInFlight)",
                     "relay.id": "\(owner)", "outbox.partitions": "\(partitionCount)", "relay.lease_ttl": "\(ttl)",
+                    "relay.liveness_timeout": "\(watchdog.timeout)",
                     "relay.park_transient_after": "\(configuration.retryPolicy.parkTransientAfter.map { "\($0)" } ?? "off")",
                     "relay.change_stream": "\(hint != nil)", "relay.body_format": "\(body.format)",
                     "relay.decimal_format": "\(body.decimals)",
@@ -299,6 +315,7 @@ struct RelayCommand: AsyncParsableCommand {
         }
         // Shut down in reverse order: the relay finishes its batch, then the leases are released.
         let services: [any Service] = extraServices + [leases] + (hint.map { [$0] } ?? []) + [relay]
+        watchdog.start()  // the timeout counts from here, not from before a start-up that waited for the servers
         try await Runtime.runServices(services, shutdownTimeout: shutdownTimeout, logger: logger)
         await publisher.close()
     }
