@@ -27,7 +27,7 @@ struct OutboxCtl: AsyncParsableCommand {
             """,
         subcommands: [
             Init.self, Status.self, List.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self,
-            Repartition.self, Dlq.self,
+            Repartition.self, Dlq.self, Probe.self,
         ])
 }
 
@@ -716,6 +716,58 @@ extension OutboxCtl.Dlq {
             let result = try await options.run { try await $0.purge(filter, dryRun: dryRun) }
             report(result, options: options, verb: "removed")
             if !result.isComplete { throw ExitCode(Exit.partial) }
+        }
+    }
+}
+
+// MARK: - Health probe
+
+
+extension OutboxCtl {
+    /// The container health check: the images hold no shell, curl or wget.
+    struct Probe: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Ask a health endpoint of the relay or a consumer; exit 0 when it answers 200 (container health checks).",
+            discussion: """
+                Prints the answer's status line and body. Exit status 0 when the endpoint answered 200, \
+                1 otherwise (another status, no answer, refused), as HEALTHCHECK and probes expect. \
+                Without a URL it asks http://RELAY_HTTP_ADDRESS/health/ready, the address the relay of the \
+                same container listens on (a wildcard host such as 0.0.0.0 is asked on the loopback interface).
+                """)
+
+        @Argument(help: "http://host:port/path to ask (default: /health/ready at RELAY_HTTP_ADDRESS, or 127.0.0.1:9400).")
+        var url: String?
+
+        @Flag(help: "Ask /health/live instead of /health/ready when no URL is given.")
+        var live = false
+
+        @Option(help: "Seconds to wait for the connection and for each read.")
+        var timeout = 3
+
+        func validate() throws {
+            guard (1...60).contains(timeout) else { throw ValidationError("--timeout must be between 1 and 60 seconds") }
+        }
+
+        func run() throws {
+            let target: HealthProbe.Target
+            do {
+                if let url {
+                    target = try HealthProbe.target(url: url)
+                } else {
+                    let address = ProcessInfo.processInfo.environment["RELAY_HTTP_ADDRESS"].flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1:9400"
+                    target = try HealthProbe.target(listenAddress: address, path: live ? "/health/live" : "/health/ready")
+                }
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            do {
+                let answer = try HealthProbe.get(target, timeoutSeconds: timeout)
+                print(answer.text)
+                if answer.status != 200 { throw ExitCode(1) }
+            } catch let failure as HealthProbe.Failure {
+                print("unhealthy: \(failure)")
+                throw ExitCode(1)
+            }
         }
     }
 }
