@@ -29,3 +29,25 @@ build_products() {
     (cd "$ROOT" && swift build -c "$BUILD_CONFIG" >&2)
     (cd "$ROOT" && swift build -c "$BUILD_CONFIG" --show-bin-path)
 }
+
+# Podman for ops/image and the deployment tests: its images and containers live under
+# .stack/podman (git ignores it), apart from any other podman use on the machine; runc, not crun
+# (crun refuses this machine's hybrid cgroups), and explicit ulimits (the defaults are refused).
+PODMAN_DIR="${PODMAN_DIR:-$ROOT/.stack/podman}"
+use_podman() {
+    mkdir -p "$PODMAN_DIR/storage" "$PODMAN_DIR/run"
+    cat > "$PODMAN_DIR/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+CONF
+    cat > "$PODMAN_DIR/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$PODMAN_DIR/storage"
+runroot = "$PODMAN_DIR/run"
+CONF
+    export CONTAINERS_CONF="$PODMAN_DIR/containers.conf"
+    export CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf"
+}
