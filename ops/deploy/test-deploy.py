@@ -385,7 +385,8 @@ def test_kubernetes(work):
     #   refuses port mappings with host networking) and the probes are left out (podman turns
     #   httpGet probes into curl commands, which the image does not have; the container test
     #   checks the health endpoints);
-    # - the ConfigMap names this test's database and a smaller batch, so that the drain lasts.
+    # - the ConfigMap names this test's database, a smaller batch (so that the drain lasts long
+    #   enough to remove a pod in its middle) and a 5s lease TTL (a quicker takeover).
     secrets_dir = secret_files(work / "kube-secrets", 0o440)
     os.chown(secrets_dir, 0, RELAY_UID)
     secrets_dir.chmod(0o750)
@@ -401,7 +402,6 @@ def test_kubernetes(work):
     pod["volumes"] = [{"name": "secrets", "hostPath": {"path": str(secrets_dir), "type": "Directory"}}]
     played = work / "play.yaml"
     played.write_text(yaml.safe_dump_all([config_map, deployment], sort_keys=False))
-    (work / "play-substitutions.txt").write_text(f"secret values from {secrets_dir}\n")
 
     outbox.write(3000, f"k{RUN}")
     started = time.monotonic()
