@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 import pika
 import yaml
@@ -175,6 +176,14 @@ def secret_files(folder, mode):
 # MARK: - The container
 
 
+def port_open(host, port):
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
 def free_port():
     import socket
 
@@ -306,6 +315,9 @@ def test_container(work):
     time.sleep(max(0.0, 21 - (time.monotonic() - third_started)))
     stack = lambda action: subprocess.run([str(OPS / "stack"), action], capture_output=True, text=True, timeout=180)
     stack("stop-rabbit")
+    broker = urllib.parse.urlsplit(AMQP_URL.split(",")[0])
+    stopped = wait_for(lambda: not port_open(broker.hostname, broker.port or 5672), 30)
+    check("ops/stack stopped the broker the relay uses", stopped, f"{broker.hostname}:{broker.port} (STACK_NAME={os.environ.get('STACK_NAME')})")
     try:
         unhealthy = wait_for(lambda: health(third) == "unhealthy", 90, 2)
         check("health turns unhealthy while the broker is stopped", unhealthy, health(third))
