@@ -335,6 +335,26 @@ def test_container(work):
     podman("stop", "-t", str(STOP_GRACE), third, timeout=STOP_GRACE + 30)
     check("podman stop after the drain: exit 0", container_state(third).get("ExitCode") == 0, f"{time.monotonic() - started:.1f}s")
 
+    log("container: /health/live while the relay loop hangs on a frozen database")
+    # A short liveness timeout (it must exceed the confirm timeout plus 5s). A frozen server keeps
+    # its connections open and answers nothing, so the relay's pass hangs instead of failing.
+    fourth = f"outbox-relay-d-{RUN}"
+    run_relay(fourth, database, secrets_dir, port, {"RELAY_LIVENESS_TIMEOUT": "7s", "RELAY_CONFIRM_TIMEOUT": "1s"})
+    wait_for(lambda: health(fourth) == "healthy", 60, 1)
+    probe_live = lambda: podman("exec", fourth, "/usr/local/bin/outboxctl", "probe", "--live", ok=False, timeout=30)
+    check("/health/live answers 200 while the loop runs", probe_live().returncode == 0)
+    stack("pause-mongo")
+    try:
+        started = time.monotonic()
+        stalled = wait_for(lambda: probe_live().returncode != 0, 30, 1)
+        answer = probe_live().stdout.strip()
+        check("/health/live fails once no pass completed for RELAY_LIVENESS_TIMEOUT (7s)", bool(stalled), f"{answer} after {time.monotonic() - started:.1f}s")
+    finally:
+        stack("resume-mongo")
+    recovered = wait_for(lambda: probe_live().returncode == 0, 60, 1)
+    check("/health/live answers 200 again once the loop completes a pass", bool(recovered), probe_live().stdout.strip())
+    podman("stop", "-t", str(STOP_GRACE), fourth, timeout=STOP_GRACE + 30)
+
 
 # MARK: - Kubernetes
 
