@@ -53,6 +53,8 @@ public final class MongoOutboxStore: OutboxStore {
     private let owner: String
     private let logger: Logger
     private let scan = Mutex(ScanState())
+    /// Store keys of documents that could be neither marked nor parked (see `quarantine`).
+    private let quarantined = Mutex<Set<[UInt8]>>([])
 
     /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
     /// of the relay per event.
@@ -143,7 +145,8 @@ public final class MongoOutboxStore: OutboxStore {
         if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
             try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
         }
-        return fetch.heads
+        let skipped = quarantined.withLock { $0 }
+        return skipped.isEmpty ? fetch.heads : fetch.heads.filter { !skipped.contains($0.storeKey) }
     }
 
     static func fetch(
@@ -191,7 +194,7 @@ public final class MongoOutboxStore: OutboxStore {
             }
         }
         if sweep {
-            try sweepUnreachable(outbox, into: &fetch, options: options, now: now)
+            try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
         }
 
         let heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
@@ -369,6 +372,9 @@ public final class MongoOutboxStore: OutboxStore {
         return try outbox.find(filter, options: options)
     }
 
+    /// `OutboxSchema.firstSight` and more conditions.
+    static func firstSight(_ more: Document) -> Document { OutboxSchema.firstSight.merging(more) }
+
     /// Where the scan of new documents goes on: a lower bound on `timestamp` (ms) and a window
     /// length in ms.
     struct NewScanPosition: Sendable {
@@ -384,12 +390,12 @@ public final class MongoOutboxStore: OutboxStore {
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
         if position.from == nil {
             // Usually there is none: one look for any tells, before the scan's own queries.
-            let any = try outbox.find(["status": .null], options: ["limit": 1, "projection": ["_id": 1]])
+            let any = try outbox.find(OutboxSchema.firstSight, options: ["limit": 1, "projection": ["_id": 1]])
             read.read += any.count
             guard !any.isEmpty else { return (read, position) }
             // A range on a date matches dates only: the lowest timestamp of a new document.
             let lowest = try outbox.find(
-                ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]],
+                firstSight(["timestamp": ["$gte": OutboxSchema.anyDate]]),
                 options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]])
             read.read += lowest.count
             if case .datetime(let ms)? = lowest.first?["timestamp"] { position.from = ms }
@@ -398,7 +404,7 @@ public final class MongoOutboxStore: OutboxStore {
             for _ in 0..<16 {
                 let upper = lower &+ position.span
                 let window = try outbox.find(
-                    ["status": .null, "timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]],
+                    firstSight(["timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]]),
                     options: ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit + 1))])
                 read.read += window.count
                 let taken = min(window.count, limit - read.documents.count)
@@ -425,7 +431,7 @@ public final class MongoOutboxStore: OutboxStore {
         if read.documents.count < limit {
             // Documents written without a timestamp: in `_id` order (an ObjectId's is its time).
             let untimed = try outbox.find(
-                ["status": .null, "timestamp": .null], options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - read.documents.count))])
+                firstSight(["timestamp": .null]), options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - read.documents.count))])
             read.read += untimed.count
             read.documents += untimed
         }
@@ -436,9 +442,11 @@ public final class MongoOutboxStore: OutboxStore {
     /// `status`, a new document whose `timestamp` is not a date (parked, naming the field),
     /// `status: pending` written without relay state (completed), and a partition out of range
     /// (moved to its partition, e.g. after the partition count changed).
-    static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, options: Options, now: Date) throws {
+    static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, limit: Int, options: Options, now: Date) throws {
         let known: [BSON] = [.null, .string(OutboxSchema.Status.pending)] + OutboxSchema.Status.final.map { .string($0) }
-        let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000])
+        // Only the fields a reason names: the documents' data is not read.
+        let small: Document = ["status": 1, "aggregateId": 1, "timestamp": 1]
+        let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000, "projection": .document(small)])
         for document in unknownStatus {
             let status = document["status"].map { ExtendedJSON.render($0) } ?? "?"
             fetch.malformed.append((
@@ -447,16 +455,16 @@ public final class MongoOutboxStore: OutboxStore {
             ))
         }
         let badTimestamp = try outbox.find(
-            ["status": .null, "timestamp": ["$exists": true, "$ne": .null, "$not": ["$type": "date"]]], options: ["limit": 1000])
+            firstSight(["timestamp": ["$exists": true, "$ne": .null, "$not": ["$type": "date"]]]), options: ["limit": 1000, "projection": .document(small)])
         for document in badTimestamp {
             fetch.malformed.append((
                 document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
                 "timestamp must be a date (BSON datetime), found \(typeName(document["timestamp"] ?? .null))", true
             ))
         }
-        let incomplete =
-            try outbox.find(["status": .string(OutboxSchema.Status.pending), "sid": .null], options: ["limit": 1000])
-            + outbox.find(["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$exists": true]], options: ["limit": 1000])
+        // Pending without a scan id are read by the scan of new documents; these have one but no partition.
+        let incomplete = try outbox.find(
+            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$exists": true]], options: ["limit": .int64(Int64(limit))])
         for document in incomplete {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
             case .success(let message): fetch.incomplete.append(message)
@@ -561,7 +569,17 @@ public final class MongoOutboxStore: OutboxStore {
             "$set": ["status": .string(OutboxSchema.Status.delivered)], "$currentDate": ["deliveredAt": true],
             "$inc": ["attempts": 1], "$unset": ["lastError": "", "nextAttemptAt": ""],
         ]
-        return try await fencedUpdate(messages.map { FencedWrite(message: $0, update: update) }, leases: leases)
+        return try await fencedUpdate(
+            messages.map { message in
+                // A first sight sets the count instead of adding to it: a writer's model may have
+                // written the field as null, which `$inc` refuses.
+                guard message.isFirstSight else { return FencedWrite(message: message, update: update) }
+                let first: BSON = [
+                    "$set": ["status": .string(OutboxSchema.Status.delivered), "attempts": .int32(Int32(clamping: message.attempts + 1))],
+                    "$currentDate": ["deliveredAt": true], "$unset": ["lastError": "", "nextAttemptAt": ""],
+                ]
+                return FencedWrite(message: message, update: first)
+            }, leases: leases)
     }
 
     public func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> {
@@ -601,11 +619,12 @@ public final class MongoOutboxStore: OutboxStore {
         let new = malformed.filter(\.isNew)
         guard !new.isEmpty else { return }
         let collection = options.collection
-        let statements: [(filter: Document, update: BSON)] = new.map { item in
+        let statements: [(filter: Document, update: BSON, multi: Bool)] = new.map { item in
             // Whatever non-final status it was found with (none, unknown, or pending without state).
-            (["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })], "sid": ["$exists": false]], ["$set": .document(fields(item))])
+            (["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })], "sid": OutboxSchema.firstSight["sid"]!], ["$set": .document(fields(item))], false)
         }
-        _ = try await pool.withConnection { try $0.collection(collection).bulkUpdate(statements) }
+        let refused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), statements).refused }
+        quarantine(refused)
     }
 
     /// Gives new documents of other relays' partitions (and pending ones written without state)
@@ -613,19 +632,24 @@ public final class MongoOutboxStore: OutboxStore {
     /// pending events whose partition is out of range to their partition.
     private func stamp(handOver: [OutboxMessage], incomplete: [OutboxMessage], rehome: [(id: BSON, from: BSON, to: Int)]) async throws {
         let now = Date()
-        var statements: [(filter: Document, update: BSON)] = []
+        var statements: [(filter: Document, update: BSON, multi: Bool)] = []
+        var partitionOf: [String: Int] = [:]
         for (message, isNew) in handOver.map({ ($0, true) }) + incomplete.map({ ($0, false) }) {
             let id = try OutboxDocument.bson(storeKey: message.storeKey)
-            let filter: Document = isNew ? ["_id": id, "status": .null] : ["_id": id, "status": .string(OutboxSchema.Status.pending), "sid": ["$exists": false]]
-            statements.append((filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending))]))
+            let filter = (["_id": id] as Document).merging(
+                isNew ? OutboxSchema.firstSight : ["status": .string(OutboxSchema.Status.pending), "sid": ["$exists": false]])
+            statements.append((filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending))], false))
+            partitionOf[ExtendedJSON.render(id)] = message.partition
         }
         for item in rehome {
-            statements.append((["_id": item.id, "status": .string(OutboxSchema.Status.pending), "partition": item.from], ["$set": ["partition": .int32(Int32(item.to))]]))
+            statements.append((["_id": item.id, "status": .string(OutboxSchema.Status.pending), "partition": item.from], ["$set": ["partition": .int32(Int32(item.to))]], false))
+            partitionOf[ExtendedJSON.render(item.id)] = item.to
         }
         let collection = options.collection
         let all = statements
-        let result = try await pool.withConnection { try $0.collection(collection).bulkUpdate(all) }
-        logger.debug("stamped outbox documents for their partitions", metadata: ["outbox.stamped": "\(result.matched)"])
+        let (matched, refused) = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), all) }
+        logger.debug("stamped outbox documents for their partitions", metadata: ["outbox.stamped": "\(matched)"])
+        try await parkUnwritable(refused, partitionOf: partitionOf)
     }
 
     /// The relay's state for a document seen for the first time: its partition and a scan id in
@@ -636,6 +660,118 @@ public final class MongoOutboxStore: OutboxStore {
             "attempts": .int32(Int32(message.attempts)), "nextAttemptAt": .date(now), "seenAt": .date(now),
         ]
     }
+
+    /// Runs update statements in one unordered command; a refused statement that names several
+    /// documents is run again one document at a time, so a document whose fields the update
+    /// cannot apply to fails alone. Returns the documents matched and those refused, with the
+    /// server's message.
+    static func writeIsolated(
+        _ outbox: MongoCollection, _ statements: [(filter: Document, update: BSON, multi: Bool)]
+    ) throws -> (matched: Int, refused: [(id: BSON, message: String)]) {
+        var (result, errors) = try outbox.bulkUpdateEach(statements)
+        var matched = result.matched
+        var refused: [(id: BSON, message: String)] = []
+        var singles: [(filter: Document, update: BSON, multi: Bool)] = []
+        for error in errors where statements.indices.contains(error.index) {
+            let statement = statements[error.index]
+            let ids = Self.ids(of: statement.filter)
+            guard ids.count > 1 else {
+                refused.append((ids.first ?? .null, error.message))
+                continue
+            }
+            for id in ids {
+                var filter = statement.filter
+                filter["_id"] = id
+                singles.append((filter, statement.update, false))
+            }
+        }
+        guard !singles.isEmpty else { return (matched, refused) }
+        (result, errors) = try outbox.bulkUpdateEach(singles)
+        matched += result.matched
+        for error in errors where singles.indices.contains(error.index) {
+            refused.append((singles[error.index].filter["_id"] ?? .null, error.message))
+        }
+        return (matched, refused)
+    }
+
+    /// The `_id`s a statement's filter names: one, or those of an `$in`.
+    static func ids(of filter: Document) -> [BSON] {
+        guard let id = filter["_id"] else { return [] }
+        return id.documentValue?["$in"]?.arrayValue ?? [id]
+    }
+
+    /// Settles documents the relay could not write its state to (a relay field a writer set to a
+    /// value the update cannot apply to) with plain `$set`s that replace the relay's fields: an
+    /// event the broker confirmed is marked delivered, any other parked, each with a reason
+    /// naming the fields; what cannot be written either is set aside (`quarantine`). Fenced by
+    /// the lease when one is given. `intended`: the status each write meant to set, by `_id`.
+    private func parkUnwritable(
+        _ refused: [(id: BSON, message: String)], partitionOf: [String: Int], intended: [String: String] = [:],
+        leases: [PartitionLease]? = nil
+    ) async throws {
+        guard !refused.isEmpty else { return }
+        let collection = options.collection
+        let epochs = Dictionary((leases ?? []).map { ($0.partition, $0.epoch) }, uniquingKeysWith: max)
+        let ids = refused.map(\.id)
+        let found = try await pool.withConnection { connection in
+            try connection.collection(collection).find(["_id": ["$in": .array(ids)]], options: ["projection": ["data": 0]])
+        }
+        let documents = Dictionary(found.map { (ExtendedJSON.render($0["_id"] ?? .null), $0) }, uniquingKeysWith: { a, _ in a })
+        let now = Date()
+        var statements: [(filter: Document, update: BSON, multi: Bool)] = []
+        for item in refused {
+            let key = ExtendedJSON.render(item.id)
+            let problems = documents[key].map(OutboxDocument.relayFieldProblems) ?? []
+            let reason = problems.isEmpty
+                ? "the relay could not record the event's state: \(item.message)"
+                : "relay field \(problems.joined(separator: ", ")) (the relay sets these; leave them out): \(item.message)"
+            let delivered = intended[key] == OutboxSchema.Status.delivered
+            logger.error(
+                delivered ? "outbox document delivered, its relay fields replaced" : "parking outbox document the relay cannot update",
+                metadata: ["outbox.event_id": "\(key)", "reason": "\(reason)"])
+            var filter: Document = ["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })]]
+            let attempts = max(documents[key]?["attempts"]?.intValue ?? 0, 0) + (delivered ? 1 : 0)
+            var fields: Document =
+                delivered
+                ? ["status": .string(OutboxSchema.Status.delivered), "lastError": .string(reason), "deliveredAt": .date(now), "nextAttemptAt": .null]
+                : ["status": .string(OutboxSchema.Status.parked), "lastError": .string("malformed: \(reason)"), "parkedAt": .date(now)]
+            fields["attempts"] = .int32(Int32(clamping: attempts))
+            if let partition = partitionOf[key] {
+                fields["partition"] = .int32(Int32(partition))
+                if let epoch = epochs[partition] {
+                    filter["fence"] = Self.notAbove(epoch)
+                    fields["fence"] = .int64(epoch)
+                }
+            }
+            statements.append((filter, ["$set": .document(fields)], false))
+        }
+        let all = statements
+        let stillRefused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), all).refused }
+        Self.parkedUnwritable.increment(by: refused.count - stillRefused.count)
+        quarantine(stillRefused)
+    }
+
+    /// Documents that could be neither marked nor parked: this relay publishes them no more
+    /// (each would go out again at every fetch) and reports them; another relay, or an operator
+    /// who mends the document, picks them up.
+    private func quarantine(_ refused: [(id: BSON, message: String)]) {
+        guard !refused.isEmpty else { return }
+        for item in refused.prefix(20) {
+            logger.error(
+                "outbox document can be neither marked nor parked; this relay skips it",
+                metadata: ["outbox.event_id": "\(ExtendedJSON.render(item.id))", "error": "\(item.message)"])
+        }
+        let count = quarantined.withLock { set in
+            for item in refused { set.insert(OutboxDocument.storeKey(of: item.id)) }
+            return set.count
+        }
+        Self.unwritable.record(count)
+    }
+
+    /// Malformed documents parked after a write of the relay's state was refused.
+    static let parkedUnwritable = Counter(label: "outbox_unwritable_parked_total")
+    /// Documents this relay skips because they can be neither marked nor parked.
+    static let unwritable = Gauge(label: "outbox_unwritable_documents")
 
     struct FencedWrite {
         var id: BSON
@@ -676,8 +812,15 @@ public final class MongoOutboxStore: OutboxStore {
         let allowed = writes.filter { epochs[$0.partition] != nil }
         let collection = options.collection
         let statements = Self.fencedStatements(allowed, epochs: epochs, now: Date())
-        let matched = try await pool.withConnection { try $0.collection(collection).bulkUpdate(statements).matched }
-        guard matched < allowed.count else { return refused }
+        let (matched, unwritable) = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), statements) }
+        if !unwritable.isEmpty {
+            let partitionOf = Dictionary(allowed.map { (ExtendedJSON.render($0.id), $0.partition) }, uniquingKeysWith: { a, _ in a })
+            let intended = Dictionary(
+                allowed.compactMap { write in write.update.documentValue?["$set"]?.documentValue?["status"]?.stringValue.map { (ExtendedJSON.render(write.id), $0) } },
+                uniquingKeysWith: { a, _ in a })
+            try await parkUnwritable(unwritable, partitionOf: partitionOf, intended: intended, leases: leases)
+        }
+        guard matched + unwritable.count < allowed.count else { return refused }
         // Some writes did not apply: those whose fence is above our epoch were fenced out (the
         // others were no longer pending, e.g. parked by an operator meanwhile).
         let ids: [BSON] = allowed.map(\.id)
@@ -714,7 +857,7 @@ public final class MongoOutboxStore: OutboxStore {
         for write in writes {
             let epoch = epochs[write.partition]!
             if write.isNew && !Self.leavesFinal(write.update) {
-                let filter: Document = ["_id": write.id, "status": .null, "fence": Self.notAbove(epoch)]
+                let filter = (["_id": write.id] as Document).merging(OutboxSchema.firstSight).merging(["fence": Self.notAbove(epoch)])
                 let update = Self.addingState(write.update, partition: write.partition, scanId: true, now: now)
                 statements.append((filter, Self.raisingFence(update, to: epoch), false))
                 continue
@@ -732,11 +875,9 @@ public final class MongoOutboxStore: OutboxStore {
                 let ids = all[start..<min(start + idsPerStatement, all.count)]
                 // `_id` first: the clause every server looks the documents up by. New documents
                 // are written only while they still have no state.
-                let filter: Document = [
-                    "_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))],
-                    "status": key.newIn == nil ? .string(OutboxSchema.Status.pending) : .null,
-                    "fence": Self.notAbove(key.epoch),
-                ]
+                let filter = (["_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))]] as Document)
+                    .merging(key.newIn == nil ? ["status": .string(OutboxSchema.Status.pending)] : OutboxSchema.firstSight)
+                    .merging(["fence": Self.notAbove(key.epoch)])
                 statements.append((filter, update, ids.count > 1))
             }
         }
@@ -935,13 +1076,28 @@ public enum OutboxDocument {
         var message = OutboxMessage(
             id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
             exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, headers: headers,
-            body: [], attempts: document["attempts"]?.intValue ?? 0, partition: partition, storeKey: storeKey(of: rawId),
-            isFirstSight: isNew && (document["status"] ?? .null) == .null)
+            body: [], attempts: max(document["attempts"]?.intValue ?? 0, 0), partition: partition, storeKey: storeKey(of: rawId),
+            isFirstSight: isNew)
         do { try MessageBody.render(&message, data: data, document: document, options: options.body) } catch { return .failure(error) }
         guard message.body.count <= options.maxBodyBytes else {
             return fail("body of \(message.body.count) bytes exceeds the limit of \(options.maxBodyBytes) bytes")
         }
         return .success(message)
+    }
+
+    /// The relay's fields a writer set to a value of the wrong type (null included), e.g.
+    /// `attempts is null`: what makes the relay's updates fail on a document.
+    public static func relayFieldProblems(_ document: Document) -> [String] {
+        let expected: [(String, Set<String>)] = [
+            ("status", ["string"]), ("partition", ["int", "long", "double"]), ("sid", ["string"]), ("fence", ["int", "long", "double"]),
+            ("attempts", ["int", "long", "double"]), ("nextAttemptAt", ["date"]), ("lastError", ["string"]),
+            ("deliveredAt", ["date"]), ("parkedAt", ["date"]), ("seenAt", ["date"]),
+        ]
+        return expected.compactMap { field, types in
+            guard let value = document[field] else { return nil }
+            let type = typeName(value)
+            return types.contains(type) ? nil : "\(field) is \(type)"
+        }
     }
 
     /// The partition a document belongs to by its aggregate id (0 when it has none).
