@@ -267,6 +267,7 @@ final class SharedLeaseStore: LeaseStore {
     init(partitions: Int) { state = Mutex(State(owners: Array(repeating: nil, count: partitions), epochs: Array(repeating: 0, count: partitions))) }
 
     func held(by owner: String) -> Int { state.withLock { $0.owners.filter { $0 == owner }.count } }
+    func epoch(of partition: Int) -> Int64 { state.withLock { $0.epochs[partition] } }
 
     func round(owner: String, held: [PartitionLease], release: [PartitionLease], want: Int, ttl: Duration) async throws -> LeaseRound {
         state.withLock { s in
@@ -350,6 +351,28 @@ struct LeaseManagerTests {
         #expect(store.held(by: "a") == 8, "handed back")
         try await b.tick()
         #expect(b.current.count == 8)
+    }
+
+    @Test("a pass still holding a batch keeps the extras however many rounds go by; they are handed back once it ends")
+    func handBackWaitsForThePass() async throws {
+        let store = SharedLeaseStore(partitions: 16)
+        let a = LeaseManager(store: store, configuration: .init(owner: "a", partitions: 16, ttl: .seconds(30)), logger: Self.logger)
+        let b = LeaseManager(store: store, configuration: .init(owner: "b", partitions: 16, ttl: .seconds(30)), logger: Self.logger)
+        try await a.tick()
+        #expect(a.leasesForPass().count == 16, "a long pass starts with every partition")
+        try await b.tick()
+        try await a.tick()  // sees two relays: 8 set aside
+        for _ in 0..<3 {
+            try await a.tick()  // rounds that came at their deadline while the pass goes on
+            #expect(store.held(by: "a") == 16, "not handed back while the pass may publish their events")
+            #expect(a.isHeld(PartitionLease(partition: 15, epoch: store.epoch(of: 15))), "still the pass's to publish and mark")
+        }
+        a.passEnded()
+        try await a.tick()
+        #expect(store.held(by: "a") == 8, "handed back once the pass ended")
+        try await b.tick()
+        #expect(b.current.count == 8)
+        #expect(!a.isHeld(PartitionLease(partition: 15, epoch: store.epoch(of: 15))))
     }
 
     @Test("a relay below its share while another holds more rounds every TTL/20; at its share, every TTL/3")
