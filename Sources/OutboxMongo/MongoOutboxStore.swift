@@ -122,7 +122,7 @@ public final class MongoOutboxStore: OutboxStore {
         var malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
         /// New documents of partitions this relay does not own, to stamp as pending for their owners.
         var handOver: [OutboxMessage] = []
-        /// Pending documents without relay state (written with `status: pending`), to complete.
+        /// Pending events with a scan id but no partition, to complete.
         var incomplete: [OutboxMessage] = []
         /// Pending documents whose partition is out of range, to move to their partition.
         var rehome: [(id: BSON, from: BSON, to: Int)] = []
@@ -143,13 +143,15 @@ public final class MongoOutboxStore: OutboxStore {
         let fetch = try await pool.withConnection { connection in
             try Self.fetch(connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options)
         }
-        scan.withLock { $0 = fetch.state }
         Self.documentsRead.increment(by: fetch.read)
         documentsReadCount.add(fetch.read, ordering: .relaxed)
         if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
         if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
             try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
         }
+        // Only once the hand-overs are written: a failed one is read again, before the later
+        // events of its aggregate, which would otherwise get earlier scan ids than it.
+        scan.withLock { $0 = fetch.state }
         let skipped = quarantined.withLock { $0 }
         return skipped.isEmpty ? fetch.heads : fetch.heads.filter { !skipped.contains($0.storeKey) }
     }
@@ -211,16 +213,17 @@ public final class MongoOutboxStore: OutboxStore {
 
         let heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
         fetch.heads = heads.map(\.message)
-        // New documents of the owned partitions that must wait for an earlier event of their
-        // aggregate stay as they are; the next scan starts from the first of them again, so none is
-        // passed over.
-        let headKeys = Set(heads.map(\.message.storeKey))
-        let waiting = newOwned.filter { !headKeys.contains($0.message.storeKey) }
-        if let first = waiting.filter({ !$0.pendingFormat }).compactMap(\.timestamp).min() {
-            fetch.state.new = NewScanPosition(from: first, span: fetch.state.new.span)
+        // The next scan of new documents starts again from the first one of the owned partitions
+        // read here: those that must wait for an earlier event of their aggregate stay as they
+        // are, and a head whose outcome could not be written (the store failing) is still new;
+        // either is read again before the later events of its aggregate, so none is passed over
+        // (what was delivered is no longer new and is not read again).
+        // (A scan that reached the newest starts from the lowest anyway.)
+        if let first = newOwned.filter({ !$0.pendingFormat }).compactMap(\.timestamp).min(), let from = fetch.state.new.from {
+            fetch.state.new.from = min(first, from)
         }
-        if let first = waiting.filter(\.pendingFormat).compactMap(\.timestamp).min() {
-            fetch.state.pendingFormat = NewScanPosition(from: first, span: fetch.state.pendingFormat.span)
+        if let first = newOwned.filter(\.pendingFormat).compactMap(\.timestamp).min(), let from = fetch.state.pendingFormat.from {
+            fetch.state.pendingFormat.from = min(first, from)
         }
         // Nothing publishable among the known events (e.g. only later versions whose earlier ones
         // lie behind the scan position): start again from the lowest pending id, or the scan
@@ -488,8 +491,8 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     /// Documents no scan reaches, looked for every `sweepInterval` by the adopter: an unknown
-    /// `status`, a new document whose `timestamp` is not a date (parked, naming the field),
-    /// `status: pending` written without relay state (completed), and a partition out of range
+    /// `status`, a new document whose `timestamp` is not a date (parked, naming the field), a
+    /// pending event with a scan id but no partition (completed), and a partition out of range
     /// (moved to its partition, e.g. after the partition count changed).
     static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, limit: Int, options: Options, now: Date) throws {
         let known: [BSON] = [.null, .string(OutboxSchema.Status.pending)] + OutboxSchema.Status.final.map { .string($0) }
@@ -517,7 +520,7 @@ public final class MongoOutboxStore: OutboxStore {
         }
         // Pending without a scan id are read by the scan of new documents; these have one but no partition.
         let incomplete = try outbox.find(
-            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$exists": true]], options: ["limit": .int64(Int64(limit))])
+            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$type": "string"]], options: ["limit": .int64(Int64(limit))])
         for document in incomplete {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
             case .success(let message): fetch.incomplete.append(message)
@@ -690,7 +693,7 @@ public final class MongoOutboxStore: OutboxStore {
         for (message, isNew) in handOver.map({ ($0, true) }) + incomplete.map({ ($0, false) }) {
             let id = try OutboxDocument.bson(storeKey: message.storeKey)
             let filter = (["_id": id] as Document).merging(
-                isNew ? OutboxSchema.firstSight : ["status": .string(OutboxSchema.Status.pending), "sid": ["$exists": false]])
+                isNew ? OutboxSchema.firstSight : ["status": .string(OutboxSchema.Status.pending), "partition": .null])
             statements.append((filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending))], false))
             partitionOf[ExtendedJSON.render(id)] = message.partition
         }
@@ -821,8 +824,9 @@ public final class MongoOutboxStore: OutboxStore {
         Self.unwritable.record(count)
     }
 
-    /// Malformed documents parked after a write of the relay's state was refused.
-    static let parkedUnwritable = Counter(label: "outbox_unwritable_parked_total")
+    /// Documents settled (delivered or parked) with plain sets after a write of the relay's state
+    /// was refused.
+    static let parkedUnwritable = Counter(label: "outbox_unwritable_settled_total")
     /// Documents this relay skips because they can be neither marked nor parked.
     static let unwritable = Gauge(label: "outbox_unwritable_documents")
 

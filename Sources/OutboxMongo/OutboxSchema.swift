@@ -137,6 +137,9 @@ public enum OutboxSchema {
                 "routingKey": ["bsonType": "string", "maxLength": 255],
                 "headers": ["bsonType": "object"],
                 "correlationId": ["bsonType": "string"],
+                // Absent, null or pending when written (documents the relay reads as new); the
+                // relay's own states after that.
+                "status": ["enum": [.null, .string(Status.pending), .string(Status.delivered), .string(Status.parked)]],
                 "bodyFormat": ["enum": .array(BodyFormat.allCases.map { .string($0.rawValue) })],
             ],
         ]

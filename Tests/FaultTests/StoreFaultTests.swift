@@ -82,7 +82,9 @@ extension FaultTests {
             for (index, id) in ids.enumerated() { position[id] = (index / 5, index % 5 + 1) }
         }
         try await StoreFaults.set(f.pool, mode: "off")
-        let relays = [try f.startRelay("relay-a"), try f.startRelay("relay-b")]
+        // Documents without an exchange go to the relay's default one.
+        let exchange = ["RELAY_EXCHANGE": f.exchange]
+        let relays = [try f.startRelay("relay-a", extra: exchange), try f.startRelay("relay-b", extra: exchange)]
         let injected = StoreFaults.inject(f.pool)
         let delivered = await f.waitUntilDelivered(ids.count, timeout: .seconds(300))
         injected.cancel()
