@@ -181,17 +181,21 @@ public final class MongoOutboxStore: OutboxStore {
             }
         }
 
-        // New documents, read by the adopter in the order they were written.
+        // New documents, read by the adopter in the order they were written. An eighth of every
+        // batch is kept for them, so a backlog of known events that cannot drain (the broker
+        // away) does not leave them unseen: malformed ones are parked, those of other partitions
+        // handed over. Known events left out for them are read again (the scan's next rewind).
         var newOwned: [Candidate] = []
         var firstSight: [(document: Document, pendingFormat: Bool)] = []
-        if adopt && candidates.count < limit {
-            let (new, nextNew) = try scanNew(outbox, status: .null, from: start.new, limit: limit - candidates.count)
+        let firstSightLimit = max(limit - candidates.count, limit / 8, 1)
+        if adopt {
+            let (new, nextNew) = try scanNew(outbox, status: .null, from: start.new, limit: firstSightLimit)
             fetch.read += new.read
             fetch.state.new = nextNew
             firstSight = new.documents.map { ($0, false) }
         }
-        if adopt && candidates.count + firstSight.count < limit {
-            let found = try scanPendingFormat(outbox, state: &fetch.state, limit: limit - candidates.count - firstSight.count)
+        if adopt && firstSight.count < firstSightLimit {
+            let found = try scanPendingFormat(outbox, state: &fetch.state, limit: firstSightLimit - firstSight.count)
             fetch.read += found.read
             firstSight += found.documents.map { ($0, true) }
         }
@@ -207,11 +211,19 @@ public final class MongoOutboxStore: OutboxStore {
                     fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
                 }
         }
+        if candidates.count + newOwned.count > limit { candidates.removeLast(candidates.count + newOwned.count - limit) }
         if sweep {
             try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
         }
 
-        let heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
+        var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
+        let colliding = try collidingMessageIds(heads.map(\.message), outbox: outbox)
+        if !colliding.isEmpty {
+            heads.removeAll { colliding[$0.message.storeKey] != nil }
+            for (key, reason) in colliding {
+                fetch.malformed.append(((try? OutboxDocument.bson(storeKey: key)) ?? .null, newOwned.first { $0.message.storeKey == key }?.message.partition ?? 0, reason, true))
+            }
+        }
         fetch.heads = heads.map(\.message)
         // The next scan of new documents starts again from the first one of the owned partitions
         // read here: those that must wait for an earlier event of their aggregate stay as they
@@ -222,8 +234,9 @@ public final class MongoOutboxStore: OutboxStore {
         if let first = newOwned.filter({ !$0.pendingFormat }).compactMap(\.timestamp).min(), let from = fetch.state.new.from {
             fetch.state.new.from = min(first, from)
         }
-        if let first = newOwned.filter(\.pendingFormat).compactMap(\.timestamp).min(), let from = fetch.state.pendingFormat.from {
-            fetch.state.pendingFormat.from = min(first, from)
+        if let first = newOwned.filter(\.pendingFormat).compactMap(\.timestamp).min(), let from = fetch.state.pendingFormat.from, first <= from {
+            fetch.state.pendingFormat.from = first
+            fetch.state.pendingFormat.skip = 0
         }
         // Nothing publishable among the known events (e.g. only later versions whose earlier ones
         // lie behind the scan position): start again from the lowest pending id, or the scan
@@ -232,6 +245,58 @@ public final class MongoOutboxStore: OutboxStore {
             fetch.state.known = fetch.state.known.mapValues { ScanPosition(from: nil, seconds: $0.seconds, below: $0.from ?? $0.below) }
         }
         return fetch
+    }
+
+    /// First-sight events whose message id another document's `_id` also spells (the integer 42
+    /// and the string "42"): consumers would take the second for a redelivery of the first and drop
+    /// it. Within the batch the first keeps the id; against the store, an event yields to a
+    /// document that is already known, or that sorts first. Returns the store keys to park, with
+    /// the reason.
+    static func collidingMessageIds(_ messages: [OutboxMessage], outbox: MongoCollection) throws -> [[UInt8]: String] {
+        var colliding: [[UInt8]: String] = [:]
+        var seen: [String: BSON] = [:]
+        var firstSight: [OutboxMessage] = []
+        for message in messages {
+            guard let raw = try? OutboxDocument.bson(storeKey: message.storeKey) else { continue }
+            if let other = seen[message.id] {
+                colliding[message.storeKey] = Self.collisionReason(raw, other)
+                continue
+            }
+            seen[message.id] = raw
+            if message.isFirstSight { firstSight.append(message) }
+        }
+        // An ObjectId's twin would be a string of its hex: not looked for (one look per batch
+        // costs some servers the square of its ids). Ids that spell another type are.
+        let alternates = firstSight.filter { !$0.storeKeyIsObjectId }.map { OutboxDocument.idCandidates($0.id) }.filter { $0.count > 1 }.flatMap { $0 }
+        var found: [Document] = []
+        for start in stride(from: 0, to: alternates.count, by: idsPerStatement) {
+            found += try outbox.find(
+                ["_id": ["$in": .array(Array(alternates[start..<min(start + idsPerStatement, alternates.count)]))]],
+                options: ["projection": ["_id": 1, "status": 1, "sid": 1]])
+        }
+        let inBatch = Set(messages.map(\.storeKey))
+        for document in found {
+            guard let other = document["_id"], let id = OutboxDocument.messageId(of: other) else { continue }
+            let otherKey = OutboxDocument.storeKey(of: other)
+            // The batch's own documents were settled above, first come first served.
+            guard !inBatch.contains(otherKey) else { continue }
+            for message in firstSight where message.id == id {
+                // Yield to a document delivered or on its way (or new and sorting first); not to
+                // one parked, which may be parked for this very collision.
+                let status = document["status"]?.stringValue
+                let otherIsNew = (status == nil || status == OutboxSchema.Status.pending) && document["sid"]?.stringValue == nil
+                let yields = status == OutboxSchema.Status.delivered || (status == OutboxSchema.Status.pending && !otherIsNew)
+                    || (otherIsNew && otherKey.lexicographicallyPrecedes(message.storeKey))
+                guard yields else { continue }
+                colliding[message.storeKey] = Self.collisionReason((try? OutboxDocument.bson(storeKey: message.storeKey)) ?? .null, other)
+            }
+        }
+        return colliding
+    }
+
+    static func collisionReason(_ id: BSON, _ other: BSON) -> String {
+        "_id \(ExtendedJSON.render(id)) gives the same message id as the _id \(ExtendedJSON.render(other)) of another document; "
+            + "message ids must be unique as text (consumers would drop one as a duplicate)"
     }
 
     struct Candidate {
@@ -320,9 +385,12 @@ public final class MongoOutboxStore: OutboxStore {
         if position.from == nil {
             // The lowest pending id, or where the scan stood if none lies below it: from there up
             // the windows find every pending event.
+            // A range on a string matches strings only: a pending document without a scan id
+            // (written in the status-pending format, not yet seen) sorts first and would hide
+            // every event.
             let below = position.below
             let lowest = try findPending(
-                outbox, partition: partition, sid: below.map { ["$lt": .string($0)] }, limit: 1, projection: ["sid": 1])
+                outbox, partition: partition, sid: below.map { ["$gte": "", "$lt": .string($0)] } ?? ["$gte": ""], limit: 1, projection: ["sid": 1])
             read.read += lowest.count
             guard let from = lowest.first?["sid"]?.stringValue ?? below else { return (read, ScanPosition(seconds: position.seconds)) }
             position.from = from
@@ -416,10 +484,10 @@ public final class MongoOutboxStore: OutboxStore {
             guard !look.isEmpty else { return read }
             state.pendingFormatFound = true
         }
-        let (found, next) = try scanNew(outbox, status: .string(OutboxSchema.Status.pending), from: state.pendingFormat, limit: limit)
+        let (found, next) = try scanNew(
+            outbox, status: .string(OutboxSchema.Status.pending), from: state.pendingFormat, limit: limit, keep: { $0["sid"]?.stringValue == nil })
         state.pendingFormat = next
-        read.read += found.read
-        read.documents = found.documents.filter { $0["sid"]?.stringValue == nil }
+        read = found
         // Reached the newest with none left: back to looking now and then.
         if next.from == nil && read.documents.isEmpty { state.pendingFormatFound = false }
         return read
@@ -430,13 +498,19 @@ public final class MongoOutboxStore: OutboxStore {
     struct NewScanPosition: Sendable {
         var from: Int64?
         var span: Int64 = 4000
+        /// How many documents of the window at `from` to pass over: those a scan leaves out
+        /// (`keep`) stay where they are, and a window denser than a batch is paged through.
+        var skip = 0
     }
 
     /// Finds documents of `status` (none: new documents; or `pending`, see `scanPendingFormat`) in
     /// the order they were written: by `timestamp` windows, the same way as `scanWindows`, then
     /// those without a timestamp by `_id`. Only an equality on `status` beside the range, which
     /// every server serves from the status-and-timestamp index.
-    static func scanNew(_ outbox: MongoCollection, status: BSON, from position: NewScanPosition, limit: Int) throws -> (Read, NewScanPosition) {
+    /// Documents `keep` refuses are read but not returned, and do not count toward `limit`.
+    static func scanNew(
+        _ outbox: MongoCollection, status: BSON, from position: NewScanPosition, limit: Int, keep: (Document) -> Bool = { _ in true }
+    ) throws -> (Read, NewScanPosition) {
         var position = position
         var read = Read()
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
@@ -455,12 +529,21 @@ public final class MongoOutboxStore: OutboxStore {
         if var lower = position.from {
             for _ in 0..<16 {
                 let upper = lower &+ position.span
+                var options: Document = ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit + 1))]
+                if position.skip > 0 { options["skip"] = .int64(Int64(position.skip)) }
                 let window = try outbox.find(
-                    ["status": status, "timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]],
-                    options: ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit + 1))])
+                    ["status": status, "timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]], options: options)
                 read.read += window.count
                 let taken = min(window.count, limit - read.documents.count)
-                read.documents += window.prefix(taken)
+                let kept = window.prefix(taken).filter(keep)
+                read.documents += kept
+                if kept.count < taken && taken < window.count {
+                    // Some were left out and stay: page on through this window past them.
+                    position.skip += taken
+                    if read.documents.count >= limit { break }
+                    continue
+                }
+                position.skip = 0
                 if window.count > limit {
                     position.span = max(position.span / 2, 1)
                     break  // dense: this batch is full; it goes out and the next scan starts here again
@@ -485,7 +568,7 @@ public final class MongoOutboxStore: OutboxStore {
             let untimed = try outbox.find(
                 ["status": status, "timestamp": .null], options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - read.documents.count))])
             read.read += untimed.count
-            read.documents += untimed
+            read.documents += untimed.filter(keep)
         }
         return (read, position)
     }
@@ -1022,6 +1105,11 @@ private func typeName(_ value: BSON) -> String {
     case .minKey: "minKey"
     case .maxKey: "maxKey"
     }
+}
+
+extension OutboxMessage {
+    /// Whether the event's `_id` is an ObjectId (the store key holds its BSON type, 0x07).
+    var storeKeyIsObjectId: Bool { storeKey.count > 4 && storeKey[4] == 0x07 }
 }
 
 /// Turns a stored outbox document into a publishable message, or says why it cannot be one.

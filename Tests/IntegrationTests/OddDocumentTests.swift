@@ -93,6 +93,33 @@ struct OddDocumentTests {
         }
     }
 
+    @Test("_ids that spell the same message id (42 and \"42\", a UUID and its text): one is delivered, the other parked naming both")
+    func collidingIds() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let t = now
+            let uuid: [UInt8] = Array(0..<16)
+            try await f.pool.withConnection { connection in
+                try connection.collection("outbox").insertMany([
+                    seed("42", aggregate: "c-1", at: t),
+                    ["_id": .int32(42), "type": "OrderCreated", "aggregateId": "c-2", "data": ["n": 2], "timestamp": .datetime(t + 1)],
+                    ["_id": .binary(subtype: 4, bytes: uuid), "type": "OrderCreated", "aggregateId": "c-3", "data": ["n": 3], "timestamp": .datetime(t + 2)],
+                    seed("00010203-0405-0607-0809-0a0b0c0d0e0f", aggregate: "c-4", at: t + 3),
+                    seed("unique", aggregate: "c-5", at: t + 4),
+                ])
+            }
+            let publisher = f.makePublisher()
+            try await f.drain(try await f.makeRelay(store: store(f), publisher: publisher))
+            await publisher.close()
+            let received = try await f.admin.drain(queue).compactMap(\.messageId)
+            #expect(received.sorted() == ["00010203-0405-0607-0809-0a0b0c0d0e0f", "42", "unique"], "each message id once: \(received)")
+            let parked = try await f.find("outbox", ["status": "parked"])
+            #expect(parked.count == 2)
+            #expect(parked.allSatisfy { $0["lastError"]?.stringValue?.contains("same message id") == true }, "\(parked.map { $0["lastError"] ?? .null })")
+            #expect(try await f.count("outbox", ["status": "delivered"]) == 3)
+        }
+    }
+
     @Test("documents written with status pending and no relay state drain in the scan, not a sweep a minute later")
     func pendingFormatDrains() async throws {
         try await Fixture.with { f in
