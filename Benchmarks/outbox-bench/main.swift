@@ -106,9 +106,14 @@ struct BenchCommand: AsyncParsableCommand {
             report("relay CPU time per event", String(format: "%.1f µs", drain.cpuMicrosPerEvent))
             report("relay peak RSS, \(backlog) backlog", "\(drain.peakRSSKiB / 1024) MiB")
             try await bench.freshStore()
-            let minimal = try await bench.drain(events: backlog, minimal: true)
+            let minimal = try await bench.drain(events: backlog, shape: .minimal)
             report("relay drain of \(backlog) minimal documents (no relay fields)", "\(Int(minimal.eventsPerSecond)) ev/s  (\(ratio(minimal.eventsPerSecond, drain.eventsPerSecond)) of OutboxWriter documents)")
             report("relay CPU time per minimal document", String(format: "%.1f µs", minimal.cpuMicrosPerEvent))
+            try await bench.freshStore()
+            let pending = try await bench.drain(events: backlog, shape: .pendingFormat)
+            report(
+                "relay drain of \(backlog) documents written status: pending",
+                "\(Int(pending.eventsPerSecond)) ev/s  (\(ratio(pending.eventsPerSecond, minimal.eventsPerSecond)) of minimal documents)")
             try await bench.freshStore()
             let big = try await bench.drain(events: backlog * 5)
             report("relay peak RSS, \(backlog * 5) backlog", "\(big.peakRSSKiB / 1024) MiB  (\(Int(big.eventsPerSecond)) ev/s)")
@@ -117,6 +122,12 @@ struct BenchCommand: AsyncParsableCommand {
             report(
                 "relay peak RSS, \(largeEvents) × \(largeEventBytes / 1000) KB events",
                 "\(large.peakRSSKiB / 1024) MiB  (\(Int(large.eventsPerSecond)) ev/s; small events: \(drain.peakRSSKiB / 1024) MiB)")
+            // The byte budget holds whatever shape the documents were written in.
+            for shape in [Bench.Shape.minimal, .pendingFormat] {
+                try await bench.freshStore()
+                let result = try await bench.drain(events: 600, shape: shape, payloadBytes: largeEventBytes)
+                report("relay peak RSS, 600 × \(largeEventBytes / 1000) KB \(shape.rawValue) documents", "\(result.peakRSSKiB / 1024) MiB")
+            }
         }
         if run.contains(.scaleOut) {
             let rounds = max(scaleOutRounds, 1)
@@ -277,10 +288,18 @@ struct Bench {
         return Double(count) / seconds
     }
 
-    /// Inserts `count` pending events into a fresh database; returns the pool. `minimal`: documents
-    /// as a service in any language writes them by the contract (`type`, `aggregateId`, `data`,
-    /// `timestamp`; no relay fields), else documents made by `OutboxWriter`.
-    func backlog(_ name: String, events count: Int, exchange: String, minimal: Bool = false, payloadBytes: Int = 0) async throws -> MongoClientPool {
+    /// How the bench's documents are written.
+    enum Shape: String {
+        /// By `OutboxWriter`.
+        case writer = "OutboxWriter"
+        /// By the contract alone: `type`, `aggregateId`, `data`, `timestamp`.
+        case minimal
+        /// The older format: minimal fields plus `status: "pending"`, `attempts: 0` and a due time.
+        case pendingFormat = "status-pending"
+    }
+
+    /// Inserts `count` pending events, written in `shape`, into a fresh database; returns the pool.
+    func backlog(_ name: String, events count: Int, exchange: String, shape: Shape = .writer, payloadBytes: Int = 0) async throws -> MongoClientPool {
         let pool = try database(name)
         _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
         try await MongoOutboxStore(pool: pool, owner: "bench", logger: logger).ensureIndexes()
@@ -293,11 +312,15 @@ struct Bench {
             let documents = (chunk..<min(chunk + chunkSize, count)).map { i -> Document in
                 var data: Document = ["orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("12.50")!)]
                 if payloadBytes > 0 { data["note"] = .string(padding) }
-                guard !minimal else {
-                    return [
+                guard shape == .writer else {
+                    var document: Document = [
                         "_id": .objectId(ObjectId()), "type": "OrderCreated", "aggregateId": .string("order-\(i)"), "data": .document(data),
                         "timestamp": .datetime(start + Int64(i)),
                     ]
+                    if shape == .pendingFormat {
+                        document = document.merging(["status": "pending", "attempts": 0, "nextAttemptAt": .datetime(start)])
+                    }
+                    return document
                 }
                 return writer.document(for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", data: data, exchange: exchange))
             }
@@ -338,10 +361,10 @@ struct Bench {
     }
 
     /// Drains a fresh backlog with `relays` relay processes started at once, each exiting when idle.
-    func drain(events count: Int, minimal: Bool = false, payloadBytes: Int = 0, relays: Int = 1) async throws -> DrainResult {
+    func drain(events count: Int, shape: Shape = .writer, payloadBytes: Int = 0, relays: Int = 1) async throws -> DrainResult {
         let database = "bench_drain"
         let admin = try await sink("bench.drain")
-        let pool = try await backlog(database, events: count, exchange: "bench.drain", minimal: minimal, payloadBytes: payloadBytes)
+        let pool = try await backlog(database, events: count, exchange: "bench.drain", shape: shape, payloadBytes: payloadBytes)
         var environment = relayEnvironment(database: database)
         environment["RELAY_EXCHANGE"] = "bench.drain"
         let outputs = (0..<relays).map { FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-relay-\(getpid())-\($0).out").path }

@@ -95,6 +95,8 @@ public final class LeaseManager: Service {
         var draining: Set<Int> = []
         /// A pass has started since `draining` was set: none of those partitions is in flight.
         var drainedPassStarted = false
+        /// A pass is under way (from `leasesForPass` to `passEnded`).
+        var passActive = false
         /// Partitions are moving (below its share while other relays hold more than theirs, or
         /// in the first third of a TTL): rounds come every TTL/20.
         var rebalancing = false
@@ -123,13 +125,27 @@ public final class LeaseManager: Service {
 
     public var activeRelays: Int { state.withLock { $0.activeRelays } }
 
+    /// Whether `lease` is still held, set aside for hand-back or not (a pass that began with it
+    /// may still use it): renewed within the TTL and not lost.
+    public func isHeld(_ lease: PartitionLease) -> Bool {
+        state.withLock { state in
+            guard let last = state.lastRenewal, ContinuousClock.now - last < configuration.ttl else { return false }
+            return state.held.contains(lease)
+        }
+    }
+
     /// The leases for the pass that starts now. The relay runs one pass at a time, so partitions
     /// set aside before this call are in no batch any more and can be handed back at once.
     public func leasesForPass() -> [PartitionLease] {
         state.withLock { state in
             if !state.draining.isEmpty { state.drainedPassStarted = true }
+            state.passActive = true
         }
         return current
+    }
+
+    public func passEnded() {
+        state.withLock { $0.passActive = false }
     }
 
     /// Forgets partitions whose fenced write was refused (another relay owns them now).
@@ -142,8 +158,11 @@ public final class LeaseManager: Service {
     /// One heartbeat / renew / balance round. Rounds run one at a time: by `run()`, or (before
     /// it runs, and in tests) by the caller.
     public func tick() async throws {
-        let (held, draining, share) = state.withLock { ($0.held, $0.draining, $0.share) }
-        let release = held.filter { draining.contains($0.partition) }
+        let (held, draining, share, free) = state.withLock { ($0.held, $0.draining, $0.share, $0.drainedPassStarted || !$0.passActive) }
+        // Extras are handed back only once no pass holds a batch of theirs: a pass longer than the
+        // wait (slow confirms, a blocked broker, a large batch) keeps them until it ends, or a
+        // joining relay would publish the same pending events at the same time.
+        let release = free ? held.filter { draining.contains($0.partition) } : []
         let keeping = held.count - release.count
         let want = max(share - keeping, 0)
         let started = ContinuousClock.now
@@ -160,8 +179,11 @@ public final class LeaseManager: Service {
             let partitions = configuration.partitions
             let share = LeaseBalancer.share(partitions: partitions, activeRelays: round.activeRelays, rank: round.rank)
             $0.share = share
-            $0.draining = Set($0.held.suffix(max($0.held.count - share, 0)).map(\.partition))
-            $0.drainedPassStarted = false
+            let draining = Set($0.held.suffix(max($0.held.count - share, 0)).map(\.partition))
+            // Partitions set aside earlier and still held stay set aside: a pass that started
+            // since then holds none of them, which stays true.
+            if !draining.isSubset(of: $0.draining) || draining.isEmpty { $0.drainedPassStarted = false }
+            $0.draining = draining
             // Relays started together may not see one another in their first round: the rounds of
             // the first third of a TTL come often too.
             let firstRound = $0.firstRound ?? started

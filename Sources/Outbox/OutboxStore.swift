@@ -53,10 +53,17 @@ public protocol LeaseProvider: Sendable {
     func leasesForPass() -> [PartitionLease]
     /// Called with partitions whose fenced writes were refused.
     func lost(_ partitions: Set<Int>)
+    /// Called when the pass that `leasesForPass` began has finished: nothing of it is in flight.
+    func passEnded()
+    /// Whether `lease` is still this relay's (renewed within its TTL, not lost), e.g. for a pass
+    /// about to publish; by default, whether `current` holds it.
+    func isHeld(_ lease: PartitionLease) -> Bool
 }
 
 extension LeaseProvider {
     public func leasesForPass() -> [PartitionLease] { current }
+    public func passEnded() {}
+    public func isHeld(_ lease: PartitionLease) -> Bool { current.contains(lease) }
 }
 
 extension LeaseManager: LeaseProvider {}

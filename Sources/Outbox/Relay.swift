@@ -155,6 +155,7 @@ public final class Relay: Service {
     @discardableResult
     public func runOnce() async throws -> RelayPassResult {
         let held = leases.leasesForPass()
+        defer { leases.passEnded() }
         RelayMetrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
         let earlier = try await markRemembered(held: held)
@@ -165,6 +166,14 @@ public final class Relay: Service {
         let bodies = batch.reduce(0) { $0 + $1.body.count }
         bytesPerEvent.withLock { $0 = max(bodies / batch.count, 1) }
         batch = Self.cut(batch, toBytes: configuration.batchMaxBytes)
+        // A lease lost since the fetch (renewal failing for a whole TTL, or fenced): its events
+        // are another relay's to publish now; they stay as they are.
+        let gone = Set(held.filter { !leases.isHeld($0) }.map(\.partition))
+        if !gone.isEmpty {
+            batch.removeAll { gone.contains($0.partition) }
+            logger.warning("lease lost before publishing; its events are left to its new owner", metadata: ["outbox.partitions": "\(gone.sorted())"])
+            guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
+        }
         RelayMetrics.batchSize.record(batch.count)
         let started = ContinuousClock.now
         let outcomes = await publisher.publish(batch)

@@ -6,6 +6,10 @@ public final class WakeSignal: Sendable {
     private struct State {
         var pending = false
         var waiter: CheckedContinuation<Void, Never>?
+        /// Numbers the waits; `expired` holds the last one whose timeout elapsed, so a timeout
+        /// that fires before its waiter registered still ends that wait.
+        var wait = 0
+        var expired = 0
     }
 
     private let state = Mutex(State())
@@ -29,6 +33,10 @@ public final class WakeSignal: Sendable {
 
     /// Returns when signalled (or a signal was pending) or after `timeout`.
     public func wait(timeout: Duration) async {
+        let wait = state.withLock { state -> Int in
+            state.wait += 1
+            return state.wait
+        }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await withCheckedContinuation { continuation in
@@ -37,6 +45,8 @@ public final class WakeSignal: Sendable {
                             state.pending = false
                             return true
                         }
+                        // The timeout may have fired before this child ran.
+                        if state.expired == wait { return true }
                         state.waiter = continuation
                         return false
                     }
@@ -45,16 +55,17 @@ public final class WakeSignal: Sendable {
             }
             group.addTask {
                 // Only a timeout that really elapsed wakes the waiter; a cancelled sleep does not.
-                if (try? await Task.sleep(for: timeout)) != nil { self.expire() }
+                if (try? await Task.sleep(for: timeout)) != nil { self.expire(wait) }
             }
             await group.next()
             group.cancelAll()
         }
     }
 
-    /// Resumes the waiter because its time is up, without leaving a pending signal behind.
-    private func expire() {
+    /// Ends wait number `wait` because its time is up, without leaving a pending signal behind.
+    private func expire(_ wait: Int) {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.expired = wait
             defer { state.waiter = nil }
             return state.waiter
         }

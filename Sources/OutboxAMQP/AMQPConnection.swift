@@ -116,6 +116,9 @@ final class AMQPConnection {
     var isBlocked: Bool { blockedReason != nil }
     /// Exchanges declared on this connection so far.
     private(set) var declaredExchanges: Set<String> = []
+    /// Publishes handed back while blocked and still unconfirmed (see `HeldBackPublishes`);
+    /// every confirm read here settles them.
+    var heldBack = HeldBackPublishes()
     /// Which connection of its owner this is; delivery tags are only valid on the connection that issued them.
     let generation: Int
 
@@ -388,6 +391,12 @@ final class AMQPConnection {
     /// Waits up to `timeout` for the next confirm-related frame; nil on timeout. Throws when the
     /// channel or connection closed or the socket failed.
     func nextConfirmEvent(timeout: Duration) throws -> ConfirmEvent? {
+        let event = try readConfirmEvent(timeout: timeout)
+        if let event { heldBack.apply(event) }
+        return event
+    }
+
+    private func readConfirmEvent(timeout: Duration) throws -> ConfirmEvent? {
         guard let frame = try waitFrame(timeout: timeout) else { return nil }
         guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { return nil }  // stray content frame
         let method = frame.payload.method

@@ -96,11 +96,22 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                     // Blocked: publish nothing new (the broker would only buffer it unconfirmed);
                     // give it a moment to unblock, else hand the batch back untouched.
                     try connection.waitWhileBlocked(timeout: min(options.confirmTimeout, .seconds(1)))
-                    if let reason = connection.blockedReason { return batch.outcomes(orElse: .blocked(reason)) }
+                    // Publishes of an earlier batch handed back unconfirmed while blocked: the broker
+                    // may still route them, so they are waited for and never sent a second time.
+                    if connection.heldBack.isWaiting && !connection.isBlocked { try awaitHeldBack(connection, options.confirmTimeout) }
                     for (index, message) in messages.enumerated() {
+                        switch connection.heldBack.take(message.id) {
+                        case .acked?: batch.settled(index: index, .acked)
+                        case .returned(let text)?: batch.settled(index: index, .returned(text))
+                        default: if let reason = connection.heldBack.holds(message.id) { batch.settled(index: index, .blocked(reason)) }
+                        }
+                    }
+                    if let reason = connection.blockedReason { return batch.outcomes(orElse: .blocked(reason)) }
+                    for (index, message) in messages.enumerated() where !batch.isSettled(index) {
                         while batch.outstanding >= options.maxInFlight {
                             guard let event = try connection.nextConfirmEvent(timeout: options.confirmTimeout) else {
                                 if let reason = connection.blockedReason {
+                                    connection.heldBack.hold(batch.unconfirmed, reason: reason)
                                     batch.settleOutstanding(.blocked(reason))
                                     return batch.outcomes(orElse: .blocked(reason))
                                 }
@@ -146,7 +157,10 @@ private func awaitConfirms(_ batch: inout ConfirmBatch, _ connection: AMQPConnec
         guard left > .zero, let event = try connection.nextConfirmEvent(timeout: left) else {
             if let reason = connection.blockedReason {
                 // Still blocked: these may yet be confirmed, but not in time for this batch. They
-                // stay pending; the connection stays, so its tag sequence stays trustworthy.
+                // stay pending; the connection stays, so its tag sequence stays trustworthy, and
+                // they are held back: the next batch waits for their confirms instead of sending
+                // them again.
+                connection.heldBack.hold(batch.unconfirmed, reason: reason)
                 batch.settleOutstanding(.blocked(reason))
                 return
             }
@@ -158,6 +172,69 @@ private func awaitConfirms(_ batch: inout ConfirmBatch, _ connection: AMQPConnec
         }
         if case .unblocked = event { deadline = ContinuousClock.now + timeout }
         batch.apply(event)
+    }
+}
+
+/// Waits for the confirms of publishes held back while blocked, up to `timeout` (counted afresh
+/// after an unblock). Returns early if the broker blocks again; confirms that never come make the
+/// tag sequence untrustworthy: the connection is dropped (what was held back is then published
+/// again on the next one, at least once).
+private func awaitHeldBack(_ connection: AMQPConnection, _ timeout: Duration) throws {
+    var deadline = ContinuousClock.now + timeout
+    while connection.heldBack.isWaiting {
+        let left = deadline - ContinuousClock.now
+        guard left > .zero, let event = try connection.nextConfirmEvent(timeout: left) else {
+            if connection.isBlocked { return }
+            connection.abandon()
+            throw AMQPError(operation: "confirm", message: "no confirm for publishes sent before the broker blocked the connection")
+        }
+        if case .unblocked = event { deadline = ContinuousClock.now + timeout }
+    }
+}
+
+/// Publishes handed back `.blocked` while unconfirmed. A blocked connection's publishes sit in
+/// the broker's buffers and are routed once it unblocks, so sending them again would publish
+/// them twice: they are held here, by delivery tag, until their confirms settle them.
+struct HeldBackPublishes {
+    private var waiting: [UInt64: String] = [:]
+    private var waitingIds: [String: String] = [:]  // message id → the block's reason
+    private var returned: [String: String] = [:]
+    private var settledOutcomes: [String: PublishOutcome] = [:]
+
+    var isWaiting: Bool { !waiting.isEmpty }
+
+    mutating func hold(_ publishes: [(tag: UInt64, messageId: String)], reason: String) {
+        for publish in publishes {
+            waiting[publish.tag] = publish.messageId
+            waitingIds[publish.messageId] = reason
+        }
+    }
+
+    /// The block's reason while `messageId` is held and unconfirmed.
+    func holds(_ messageId: String) -> String? { waitingIds[messageId] }
+
+    /// The outcome of a held publish whose confirm came, once.
+    mutating func take(_ messageId: String) -> PublishOutcome? { settledOutcomes.removeValue(forKey: messageId) }
+
+    mutating func apply(_ event: AMQPConnection.ConfirmEvent) {
+        guard !waiting.isEmpty else { return }
+        switch event {
+        case .ack(let tag, let multiple): settle(tag: tag, multiple: multiple, nacked: false)
+        case .nack(let tag, let multiple): settle(tag: tag, multiple: multiple, nacked: true)
+        case .returned(let messageId?, let text) where waitingIds[messageId] != nil: returned[messageId] = text
+        default: break
+        }
+    }
+
+    private mutating func settle(tag: UInt64, multiple: Bool, nacked: Bool) {
+        let tags = multiple ? waiting.keys.filter { $0 <= tag } : (waiting[tag] == nil ? [] : [tag])
+        for tag in tags {
+            guard let id = waiting.removeValue(forKey: tag) else { continue }
+            waitingIds[id] = nil
+            // A nacked one is simply published again.
+            if !nacked { settledOutcomes[id] = returned.removeValue(forKey: id).map { .returned($0) } ?? .acked }
+            returned[id] = nil
+        }
     }
 }
 
@@ -186,15 +263,18 @@ extension ConfirmPublisher {
 /// Bookkeeping for one pipelined batch on a confirm channel.
 struct ConfirmBatch {
     private var results: [PublishOutcome?]
-    private var tags: [UInt64] = []  // tags[i] is the delivery tag of message i (published in order)
+    private var tags: [UInt64] = []  // tags[i] is the delivery tag of the i-th publish (in order)
+    private var positions: [Int] = []  // positions[i] is the message index of the i-th publish
     private var firstTag: UInt64 = 0
-    private var lowestUnsettled = 0  // every message before this index is settled
+    private var lowestUnsettled = 0  // every publish before this one is settled
     private var returned: [Int: String] = [:]
+    private let messageIds: [String]
     private let indexById: [String: Int]
     private(set) var outstanding = 0
 
     init(count: Int, messageIds: [String]) {
         results = Array(repeating: nil, count: count)
+        self.messageIds = messageIds
         var index: [String: Int] = [:]
         for (i, id) in messageIds.enumerated() { index[id] = i }
         indexById = index
@@ -203,7 +283,20 @@ struct ConfirmBatch {
     mutating func published(index: Int, tag: UInt64) {
         if tags.isEmpty { firstTag = tag }
         tags.append(tag)
+        positions.append(index)
         outstanding += 1
+    }
+
+    /// Settles message `index` without publishing it (its outcome is already known).
+    mutating func settled(index: Int, _ outcome: PublishOutcome) {
+        results[index] = outcome
+    }
+
+    func isSettled(_ index: Int) -> Bool { results[index] != nil }
+
+    /// Published and not confirmed yet: delivery tag and message id.
+    var unconfirmed: [(tag: UInt64, messageId: String)] {
+        tags.indices.filter { results[positions[$0]] == nil }.map { (tags[$0], messageIds[positions[$0]]) }
     }
 
     mutating func apply(_ event: AMQPConnection.ConfirmEvent) {
@@ -221,23 +314,24 @@ struct ConfirmBatch {
         let index = Int(tag - firstTag)
         guard index < tags.count else { return }
         let range = multiple ? lowestUnsettled...index : index...index
-        for i in range where results[i] == nil {
+        for i in range where results[positions[i]] == nil {
+            let position = positions[i]
             if nacked {
-                results[i] = .nacked
-            } else if let text = returned[i] {
-                results[i] = .returned(text)
+                results[position] = .nacked
+            } else if let text = returned[position] {
+                results[position] = .returned(text)
             } else {
-                results[i] = .acked
+                results[position] = .acked
             }
             outstanding -= 1
         }
-        while lowestUnsettled < tags.count, results[lowestUnsettled] != nil { lowestUnsettled += 1 }
+        while lowestUnsettled < tags.count, results[positions[lowestUnsettled]] != nil { lowestUnsettled += 1 }
     }
 
     /// Gives every published, unconfirmed message `outcome`.
     mutating func settleOutstanding(_ outcome: PublishOutcome) {
-        for i in 0..<tags.count where results[i] == nil {
-            results[i] = outcome
+        for i in 0..<tags.count where results[positions[i]] == nil {
+            results[positions[i]] = outcome
         }
         outstanding = 0
     }

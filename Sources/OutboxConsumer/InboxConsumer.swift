@@ -24,7 +24,7 @@ extension InboxHandler {
         for (index, message) in messages.enumerated() {
             do {
                 try handle(message, connection: connection)
-            } catch let error as MongoError where error.isConnectionFailure || error.isDuplicateKey {
+            } catch let error as MongoError where error.isConnectionFailure {
                 throw error
             } catch {
                 throw MessageFailure(index: index, error: error)
@@ -337,6 +337,9 @@ public final class InboxConsumer: Service {
         }
     }
 
+    /// The inbox already holds a message of the batch.
+    struct AlreadyProcessed: Error {}
+
     enum CommitResult {
         case applied
         case duplicate
@@ -360,7 +363,13 @@ public final class InboxConsumer: Service {
         let messages = items.map(\.message)
         do {
             try await pool.withTransaction { connection in
-                try connection.collection(inbox).insertMany(entries)
+                do {
+                    try connection.collection(inbox).insertMany(entries)
+                } catch let error as MongoError where error.isDuplicateKey {
+                    // Only the inbox's own key says "processed before"; a duplicate key the
+                    // handler runs into is a failure of the handler like any other.
+                    throw AlreadyProcessed()
+                }
                 if messages.count == 1 {
                     try handler.handle(messages[0], connection: connection)
                 } else {
@@ -369,6 +378,8 @@ public final class InboxConsumer: Service {
             }
             counters.withLock { $0.commits += 1 }
             return .applied
+        } catch is AlreadyProcessed {
+            return .duplicate
         } catch let failure as MessageFailure {
             return Self.classify(failure.error, index: failure.index)
         } catch {
@@ -378,7 +389,6 @@ public final class InboxConsumer: Service {
 
     private static func classify(_ error: any Error, index: Int?) -> CommitResult {
         switch error {
-        case let error as MongoError where error.isDuplicateKey: .duplicate
         case let error as MongoError where error.isConnectionFailure: .unavailable(error)
         case let error as PermanentFailure: .failed(error, permanent: true, index: index)
         default: .failed(error, permanent: false, index: index)

@@ -85,6 +85,13 @@ public struct Document: Sendable, Hashable, ExpressibleByDictionaryLiteral, Cust
         }
     }
 
+    /// This document with the fields of `other` added after its own (or replacing them in place).
+    public func merging(_ other: Document) -> Document {
+        var merged = self
+        for (key, value) in other.fields { merged[key] = value }
+        return merged
+    }
+
     public static func == (lhs: Document, rhs: Document) -> Bool {
         lhs.fields.count == rhs.fields.count
             && zip(lhs.fields, rhs.fields).allSatisfy { $0.key == $1.key && $0.value == $1.value }

@@ -100,19 +100,46 @@ public struct MongoCollection {
     /// One `update` command carrying many statements (each with its own filter and update, each
     /// updating one document).
     @discardableResult
-    public func bulkUpdate(_ statements: [(filter: Document, update: BSON)], ordered: Bool = false) throws -> UpdateResult {
-        try bulkUpdate(statements.map { (filter: $0.filter, update: $0.update, multi: false) }, ordered: ordered)
+    public func bulkUpdate(_ statements: [(filter: Document, update: BSON)]) throws -> UpdateResult {
+        try bulkUpdate(statements.map { (filter: $0.filter, update: $0.update, multi: false) })
     }
 
-    /// One `update` command carrying many statements; `multi` ones update every document that
-    /// matches their filter. `matched` counts the documents matched by all of them.
+    /// One unordered `update` command carrying many statements; throws the first statement the
+    /// server refused (the others are applied all the same).
     @discardableResult
-    public func bulkUpdate(_ statements: [(filter: Document, update: BSON, multi: Bool)], ordered: Bool = false) throws -> UpdateResult {
-        guard !statements.isEmpty else { return UpdateResult(matched: 0, modified: 0, upserted: 0) }
-        let updates: [BSON] = statements.map { .document(["q": .document($0.filter), "u": $0.update, "multi": .bool($0.multi)]) }
-        let reply = try connection.runCommand(["update": .string(name), "updates": .array(updates), "ordered": .bool(ordered)])
+    public func bulkUpdate(_ statements: [(filter: Document, update: BSON, multi: Bool)]) throws -> UpdateResult {
+        guard let reply = try runBulkUpdate(statements) else { return UpdateResult(matched: 0, modified: 0, upserted: 0) }
         try Self.checkWriteErrors(reply, operation: "update \(name)")
-        return UpdateResult(matched: reply["n"]?.intValue ?? 0, modified: reply["nModified"]?.intValue ?? 0, upserted: 0)
+        return Self.updateResult(reply)
+    }
+
+    /// A statement of a bulk update the server refused, by its place in the command.
+    public struct StatementError: Sendable, Equatable {
+        public var index: Int
+        public var code: Int
+        public var message: String
+    }
+
+    /// One unordered `update` command: every statement the server accepts is applied, whatever
+    /// the others do, and the refused ones come back by index (e.g. `$inc` on a field a writer
+    /// set to `null`), so one document's error never holds up the rest. Throws only when the
+    /// command itself fails (connection, server).
+    public func bulkUpdateEach(_ statements: [(filter: Document, update: BSON, multi: Bool)]) throws -> (UpdateResult, [StatementError]) {
+        guard let reply = try runBulkUpdate(statements) else { return (UpdateResult(matched: 0, modified: 0, upserted: 0), []) }
+        let errors = (reply["writeErrors"]?.arrayValue ?? []).compactMap(\.documentValue).map {
+            StatementError(index: $0["index"]?.intValue ?? 0, code: $0["code"]?.intValue ?? 0, message: $0["errmsg"]?.stringValue ?? "write error")
+        }
+        return (Self.updateResult(reply), errors)
+    }
+
+    private func runBulkUpdate(_ statements: [(filter: Document, update: BSON, multi: Bool)]) throws -> Document? {
+        guard !statements.isEmpty else { return nil }
+        let updates: [BSON] = statements.map { .document(["q": .document($0.filter), "u": $0.update, "multi": .bool($0.multi)]) }
+        return try connection.runCommand(["update": .string(name), "updates": .array(updates), "ordered": false])
+    }
+
+    private static func updateResult(_ reply: Document) -> UpdateResult {
+        UpdateResult(matched: reply["n"]?.intValue ?? 0, modified: reply["nModified"]?.intValue ?? 0, upserted: 0)
     }
 
     @discardableResult

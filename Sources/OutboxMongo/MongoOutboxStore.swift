@@ -53,6 +53,8 @@ public final class MongoOutboxStore: OutboxStore {
     private let owner: String
     private let logger: Logger
     private let scan = Mutex(ScanState())
+    /// Store keys of documents that could be neither marked nor parked (see `quarantine`).
+    private let quarantined = Mutex<Set<[UInt8]>>([])
 
     /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
     /// of the relay per event.
@@ -102,6 +104,11 @@ public final class MongoOutboxStore: OutboxStore {
         /// The partition the last fetch ended on: the next one starts with the partition after it.
         var lastPartition = -1
         var new = NewScanPosition()
+        /// The scan of documents written with `status: "pending"` and no scan id (an older
+        /// writer format), while a look found some.
+        var pendingFormat = NewScanPosition()
+        var pendingFormatFound = false
+        var lastPendingFormatLook: ContinuousClock.Instant?
         var lastSweep: ContinuousClock.Instant?
 
         /// The key of `known` for the one scan over every partition.
@@ -115,7 +122,7 @@ public final class MongoOutboxStore: OutboxStore {
         var malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
         /// New documents of partitions this relay does not own, to stamp as pending for their owners.
         var handOver: [OutboxMessage] = []
-        /// Pending documents without relay state (written with `status: pending`), to complete.
+        /// Pending events with a scan id but no partition, to complete.
         var incomplete: [OutboxMessage] = []
         /// Pending documents whose partition is out of range, to move to their partition.
         var rehome: [(id: BSON, from: BSON, to: Int)] = []
@@ -136,14 +143,17 @@ public final class MongoOutboxStore: OutboxStore {
         let fetch = try await pool.withConnection { connection in
             try Self.fetch(connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options)
         }
-        scan.withLock { $0 = fetch.state }
         Self.documentsRead.increment(by: fetch.read)
         documentsReadCount.add(fetch.read, ordering: .relaxed)
         if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
         if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
             try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
         }
-        return fetch.heads
+        // Only once the hand-overs are written: a failed one is read again, before the later
+        // events of its aggregate, which would otherwise get earlier scan ids than it.
+        scan.withLock { $0 = fetch.state }
+        let skipped = quarantined.withLock { $0 }
+        return skipped.isEmpty ? fetch.heads : fetch.heads.filter { !skipped.contains($0.storeKey) }
     }
 
     static func fetch(
@@ -171,37 +181,62 @@ public final class MongoOutboxStore: OutboxStore {
             }
         }
 
-        // New documents, read by the adopter in the order they were written.
+        // New documents, read by the adopter in the order they were written. An eighth of every
+        // batch is kept for them, so a backlog of known events that cannot drain (the broker
+        // away) does not leave them unseen: malformed ones are parked, those of other partitions
+        // handed over. Known events left out for them are read again (the scan's next rewind).
         var newOwned: [Candidate] = []
-        if adopt && candidates.count < limit {
-            let (new, nextNew) = try scanNew(outbox, from: start.new, limit: limit - candidates.count)
+        var firstSight: [(document: Document, pendingFormat: Bool)] = []
+        let firstSightLimit = max(limit - candidates.count, limit / 8, 1)
+        if adopt {
+            let (new, nextNew) = try scanNew(outbox, status: .null, from: start.new, limit: firstSightLimit)
             fetch.read += new.read
             fetch.state.new = nextNew
-            for document in new.documents {
+            firstSight = new.documents.map { ($0, false) }
+        }
+        if adopt && firstSight.count < firstSightLimit {
+            let found = try scanPendingFormat(outbox, state: &fetch.state, limit: firstSightLimit - firstSight.count)
+            fetch.read += found.read
+            firstSight += found.documents.map { ($0, true) }
+        }
+        for (document, pendingFormat) in firstSight {
                 switch OutboxDocument.decode(document, options: decoding, isNew: true, now: now) {
                 case .success(let message):
                     if owned.contains(message.partition) {
-                        newOwned.append(Candidate(message: message, sid: nil, timestamp: message.occurredAt))
+                        newOwned.append(Candidate(message: message, sid: nil, timestamp: message.occurredAt, pendingFormat: pendingFormat))
                     } else {
                         fetch.handOver.append(message)
                     }
                 case .failure(let failure):
                     fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
                 }
-            }
         }
+        if candidates.count + newOwned.count > limit { candidates.removeLast(candidates.count + newOwned.count - limit) }
         if sweep {
-            try sweepUnreachable(outbox, into: &fetch, options: options, now: now)
+            try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
         }
 
-        let heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
+        var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
+        let colliding = try collidingMessageIds(heads.map(\.message), outbox: outbox)
+        if !colliding.isEmpty {
+            heads.removeAll { colliding[$0.message.storeKey] != nil }
+            for (key, reason) in colliding {
+                fetch.malformed.append(((try? OutboxDocument.bson(storeKey: key)) ?? .null, newOwned.first { $0.message.storeKey == key }?.message.partition ?? 0, reason, true))
+            }
+        }
         fetch.heads = heads.map(\.message)
-        // New documents of the owned partitions that must wait for an earlier event of their
-        // aggregate stay as they are; the next scan starts from the first of them again, so none is
-        // passed over.
-        let headKeys = Set(heads.map(\.message.storeKey))
-        if let waiting = newOwned.filter({ !headKeys.contains($0.message.storeKey) }).compactMap(\.timestamp).min() {
-            fetch.state.new = NewScanPosition(from: waiting, span: fetch.state.new.span)
+        // The next scan of new documents starts again from the first one of the owned partitions
+        // read here: those that must wait for an earlier event of their aggregate stay as they
+        // are, and a head whose outcome could not be written (the store failing) is still new;
+        // either is read again before the later events of its aggregate, so none is passed over
+        // (what was delivered is no longer new and is not read again).
+        // (A scan that reached the newest starts from the lowest anyway.)
+        if let first = newOwned.filter({ !$0.pendingFormat }).compactMap(\.timestamp).min(), let from = fetch.state.new.from {
+            fetch.state.new.from = min(first, from)
+        }
+        if let first = newOwned.filter(\.pendingFormat).compactMap(\.timestamp).min(), let from = fetch.state.pendingFormat.from, first <= from {
+            fetch.state.pendingFormat.from = first
+            fetch.state.pendingFormat.skip = 0
         }
         // Nothing publishable among the known events (e.g. only later versions whose earlier ones
         // lie behind the scan position): start again from the lowest pending id, or the scan
@@ -212,12 +247,66 @@ public final class MongoOutboxStore: OutboxStore {
         return fetch
     }
 
+    /// First-sight events whose message id another document's `_id` also spells (the integer 42
+    /// and the string "42"): consumers would take the second for a redelivery of the first and drop
+    /// it. Within the batch the first keeps the id; against the store, an event yields to a
+    /// document that is already known, or that sorts first. Returns the store keys to park, with
+    /// the reason.
+    static func collidingMessageIds(_ messages: [OutboxMessage], outbox: MongoCollection) throws -> [[UInt8]: String] {
+        var colliding: [[UInt8]: String] = [:]
+        var seen: [String: BSON] = [:]
+        var firstSight: [OutboxMessage] = []
+        for message in messages {
+            guard let raw = try? OutboxDocument.bson(storeKey: message.storeKey) else { continue }
+            if let other = seen[message.id] {
+                colliding[message.storeKey] = Self.collisionReason(raw, other)
+                continue
+            }
+            seen[message.id] = raw
+            if message.isFirstSight { firstSight.append(message) }
+        }
+        // An ObjectId's twin would be a string of its hex: not looked for (one look per batch
+        // costs some servers the square of its ids). Ids that spell another type are.
+        let alternates = firstSight.filter { !$0.storeKeyIsObjectId }.map { OutboxDocument.idCandidates($0.id) }.filter { $0.count > 1 }.flatMap { $0 }
+        var found: [Document] = []
+        for start in stride(from: 0, to: alternates.count, by: idsPerStatement) {
+            found += try outbox.find(
+                ["_id": ["$in": .array(Array(alternates[start..<min(start + idsPerStatement, alternates.count)]))]],
+                options: ["projection": ["_id": 1, "status": 1, "sid": 1]])
+        }
+        let inBatch = Set(messages.map(\.storeKey))
+        for document in found {
+            guard let other = document["_id"], let id = OutboxDocument.messageId(of: other) else { continue }
+            let otherKey = OutboxDocument.storeKey(of: other)
+            // The batch's own documents were settled above, first come first served.
+            guard !inBatch.contains(otherKey) else { continue }
+            for message in firstSight where message.id == id {
+                // Yield to a document delivered or on its way (or new and sorting first); not to
+                // one parked, which may be parked for this very collision.
+                let status = document["status"]?.stringValue
+                let otherIsNew = (status == nil || status == OutboxSchema.Status.pending) && document["sid"]?.stringValue == nil
+                let yields = status == OutboxSchema.Status.delivered || (status == OutboxSchema.Status.pending && !otherIsNew)
+                    || (otherIsNew && otherKey.lexicographicallyPrecedes(message.storeKey))
+                guard yields else { continue }
+                colliding[message.storeKey] = Self.collisionReason((try? OutboxDocument.bson(storeKey: message.storeKey)) ?? .null, other)
+            }
+        }
+        return colliding
+    }
+
+    static func collisionReason(_ id: BSON, _ other: BSON) -> String {
+        "_id \(ExtendedJSON.render(id)) gives the same message id as the _id \(ExtendedJSON.render(other)) of another document; "
+            + "message ids must be unique as text (consumers would drop one as a duplicate)"
+    }
+
     struct Candidate {
         var message: OutboxMessage
         /// The scan id of a known event.
         var sid: String?
         /// When a new document was written (ms), for the next scan's start.
         var timestamp: Int64? = nil
+        /// Read by the scan of the status-pending format (see `scanPendingFormat`).
+        var pendingFormat = false
     }
 
     struct Read {
@@ -296,9 +385,12 @@ public final class MongoOutboxStore: OutboxStore {
         if position.from == nil {
             // The lowest pending id, or where the scan stood if none lies below it: from there up
             // the windows find every pending event.
+            // A range on a string matches strings only: a pending document without a scan id
+            // (written in the status-pending format, not yet seen) sorts first and would hide
+            // every event.
             let below = position.below
             let lowest = try findPending(
-                outbox, partition: partition, sid: below.map { ["$lt": .string($0)] }, limit: 1, projection: ["sid": 1])
+                outbox, partition: partition, sid: below.map { ["$gte": "", "$lt": .string($0)] } ?? ["$gte": ""], limit: 1, projection: ["sid": 1])
             read.read += lowest.count
             guard let from = lowest.first?["sid"]?.stringValue ?? below else { return (read, ScanPosition(seconds: position.seconds)) }
             position.from = from
@@ -369,27 +461,67 @@ public final class MongoOutboxStore: OutboxStore {
         return try outbox.find(filter, options: options)
     }
 
+    /// How often the adopter looks for documents in the status-pending format while it found
+    /// none (on some servers the look reads every pending event).
+    static let pendingFormatLookInterval = Duration.seconds(5)
+
+    /// Documents written with `status: "pending"` and no scan id, in the order written: the same
+    /// windows as `scanNew` over `status: "pending"`, keeping those without a string scan id. A
+    /// condition on `sid` turns some servers away from the status-and-timestamp index (measured on
+    /// SecantusDB: 25 ms against 900 ms for a window of 500 among 25,000), so the known events a
+    /// window holds are read and left out here; the scan runs only while a look (every
+    /// `pendingFormatLookInterval`, and at every sweep) found such documents, until it reaches the
+    /// newest and finds none.
+    static func scanPendingFormat(_ outbox: MongoCollection, state: inout ScanState, limit: Int) throws -> Read {
+        var read = Read()
+        if !state.pendingFormatFound {
+            let now = ContinuousClock.now
+            guard state.lastPendingFormatLook.map({ now - $0 >= pendingFormatLookInterval }) ?? true else { return read }
+            state.lastPendingFormatLook = now
+            let look = try outbox.find(
+                ["status": .string(OutboxSchema.Status.pending), "sid": OutboxSchema.firstSight["sid"]!], options: ["limit": 1, "projection": ["_id": 1]])
+            read.read += look.count
+            guard !look.isEmpty else { return read }
+            state.pendingFormatFound = true
+        }
+        let (found, next) = try scanNew(
+            outbox, status: .string(OutboxSchema.Status.pending), from: state.pendingFormat, limit: limit, keep: { $0["sid"]?.stringValue == nil })
+        state.pendingFormat = next
+        read = found
+        // Reached the newest with none left: back to looking now and then.
+        if next.from == nil && read.documents.isEmpty { state.pendingFormatFound = false }
+        return read
+    }
+
     /// Where the scan of new documents goes on: a lower bound on `timestamp` (ms) and a window
     /// length in ms.
     struct NewScanPosition: Sendable {
         var from: Int64?
         var span: Int64 = 4000
+        /// How many documents of the window at `from` to pass over: those a scan leaves out
+        /// (`keep`) stay where they are, and a window denser than a batch is paged through.
+        var skip = 0
     }
 
-    /// Finds new documents (no `status`) in the order they were written: by `timestamp` windows,
-    /// the same way as `scanWindows`, then those without a timestamp by `_id`.
-    static func scanNew(_ outbox: MongoCollection, from position: NewScanPosition, limit: Int) throws -> (Read, NewScanPosition) {
+    /// Finds documents of `status` (none: new documents; or `pending`, see `scanPendingFormat`) in
+    /// the order they were written: by `timestamp` windows, the same way as `scanWindows`, then
+    /// those without a timestamp by `_id`. Only an equality on `status` beside the range, which
+    /// every server serves from the status-and-timestamp index.
+    /// Documents `keep` refuses are read but not returned, and do not count toward `limit`.
+    static func scanNew(
+        _ outbox: MongoCollection, status: BSON, from position: NewScanPosition, limit: Int, keep: (Document) -> Bool = { _ in true }
+    ) throws -> (Read, NewScanPosition) {
         var position = position
         var read = Read()
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
         if position.from == nil {
             // Usually there is none: one look for any tells, before the scan's own queries.
-            let any = try outbox.find(["status": .null], options: ["limit": 1, "projection": ["_id": 1]])
+            let any = try outbox.find(["status": status], options: ["limit": 1, "projection": ["_id": 1]])
             read.read += any.count
             guard !any.isEmpty else { return (read, position) }
             // A range on a date matches dates only: the lowest timestamp of a new document.
             let lowest = try outbox.find(
-                ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]],
+                ["status": status, "timestamp": ["$gte": OutboxSchema.anyDate]],
                 options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]])
             read.read += lowest.count
             if case .datetime(let ms)? = lowest.first?["timestamp"] { position.from = ms }
@@ -397,12 +529,21 @@ public final class MongoOutboxStore: OutboxStore {
         if var lower = position.from {
             for _ in 0..<16 {
                 let upper = lower &+ position.span
+                var options: Document = ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit + 1))]
+                if position.skip > 0 { options["skip"] = .int64(Int64(position.skip)) }
                 let window = try outbox.find(
-                    ["status": .null, "timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]],
-                    options: ["sort": ["timestamp": 1, "_id": 1], "limit": .int64(Int64(limit + 1))])
+                    ["status": status, "timestamp": ["$gte": .datetime(lower), "$lt": .datetime(upper)]], options: options)
                 read.read += window.count
                 let taken = min(window.count, limit - read.documents.count)
-                read.documents += window.prefix(taken)
+                let kept = window.prefix(taken).filter(keep)
+                read.documents += kept
+                if kept.count < taken && taken < window.count {
+                    // Some were left out and stay: page on through this window past them.
+                    position.skip += taken
+                    if read.documents.count >= limit { break }
+                    continue
+                }
+                position.skip = 0
                 if window.count > limit {
                     position.span = max(position.span / 2, 1)
                     break  // dense: this batch is full; it goes out and the next scan starts here again
@@ -425,20 +566,22 @@ public final class MongoOutboxStore: OutboxStore {
         if read.documents.count < limit {
             // Documents written without a timestamp: in `_id` order (an ObjectId's is its time).
             let untimed = try outbox.find(
-                ["status": .null, "timestamp": .null], options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - read.documents.count))])
+                ["status": status, "timestamp": .null], options: ["sort": ["_id": 1], "limit": .int64(Int64(limit - read.documents.count))])
             read.read += untimed.count
-            read.documents += untimed
+            read.documents += untimed.filter(keep)
         }
         return (read, position)
     }
 
     /// Documents no scan reaches, looked for every `sweepInterval` by the adopter: an unknown
-    /// `status`, a new document whose `timestamp` is not a date (parked, naming the field),
-    /// `status: pending` written without relay state (completed), and a partition out of range
+    /// `status`, a new document whose `timestamp` is not a date (parked, naming the field), a
+    /// pending event with a scan id but no partition (completed), and a partition out of range
     /// (moved to its partition, e.g. after the partition count changed).
-    static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, options: Options, now: Date) throws {
+    static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, limit: Int, options: Options, now: Date) throws {
         let known: [BSON] = [.null, .string(OutboxSchema.Status.pending)] + OutboxSchema.Status.final.map { .string($0) }
-        let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000])
+        // Only the fields a reason names: the documents' data is not read.
+        let small: Document = ["status": 1, "aggregateId": 1, "timestamp": 1]
+        let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000, "projection": .document(small)])
         for document in unknownStatus {
             let status = document["status"].map { ExtendedJSON.render($0) } ?? "?"
             fetch.malformed.append((
@@ -446,17 +589,21 @@ public final class MongoOutboxStore: OutboxStore {
                 "status must be absent when an event is written (the relay sets it), found \(status)", true
             ))
         }
-        let badTimestamp = try outbox.find(
-            ["status": .null, "timestamp": ["$exists": true, "$ne": .null, "$not": ["$type": "date"]]], options: ["limit": 1000])
+        let badTimestamp = try [BSON.null, .string(OutboxSchema.Status.pending)].flatMap { status in
+            try outbox.find(
+                ["status": status, "timestamp": ["$exists": true, "$ne": .null, "$not": ["$type": "date"]]],
+                options: ["limit": 1000, "projection": .document(small.merging(["sid": 1]))]
+            ).filter { $0["sid"]?.stringValue == nil }
+        }
         for document in badTimestamp {
             fetch.malformed.append((
                 document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
                 "timestamp must be a date (BSON datetime), found \(typeName(document["timestamp"] ?? .null))", true
             ))
         }
-        let incomplete =
-            try outbox.find(["status": .string(OutboxSchema.Status.pending), "sid": .null], options: ["limit": 1000])
-            + outbox.find(["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$exists": true]], options: ["limit": 1000])
+        // Pending without a scan id are read by the scan of new documents; these have one but no partition.
+        let incomplete = try outbox.find(
+            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$type": "string"]], options: ["limit": .int64(Int64(limit))])
         for document in incomplete {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
             case .success(let message): fetch.incomplete.append(message)
@@ -561,7 +708,17 @@ public final class MongoOutboxStore: OutboxStore {
             "$set": ["status": .string(OutboxSchema.Status.delivered)], "$currentDate": ["deliveredAt": true],
             "$inc": ["attempts": 1], "$unset": ["lastError": "", "nextAttemptAt": ""],
         ]
-        return try await fencedUpdate(messages.map { FencedWrite(message: $0, update: update) }, leases: leases)
+        return try await fencedUpdate(
+            messages.map { message in
+                // A first sight sets the count instead of adding to it: a writer's model may have
+                // written the field as null, which `$inc` refuses.
+                guard message.isFirstSight else { return FencedWrite(message: message, update: update) }
+                let first: BSON = [
+                    "$set": ["status": .string(OutboxSchema.Status.delivered), "attempts": .int32(Int32(clamping: message.attempts + 1))],
+                    "$currentDate": ["deliveredAt": true], "$unset": ["lastError": "", "nextAttemptAt": ""],
+                ]
+                return FencedWrite(message: message, update: first)
+            }, leases: leases)
     }
 
     public func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> {
@@ -601,11 +758,12 @@ public final class MongoOutboxStore: OutboxStore {
         let new = malformed.filter(\.isNew)
         guard !new.isEmpty else { return }
         let collection = options.collection
-        let statements: [(filter: Document, update: BSON)] = new.map { item in
+        let statements: [(filter: Document, update: BSON, multi: Bool)] = new.map { item in
             // Whatever non-final status it was found with (none, unknown, or pending without state).
-            (["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })], "sid": ["$exists": false]], ["$set": .document(fields(item))])
+            (["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })], "sid": OutboxSchema.firstSight["sid"]!], ["$set": .document(fields(item))], false)
         }
-        _ = try await pool.withConnection { try $0.collection(collection).bulkUpdate(statements) }
+        let refused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), statements).refused }
+        quarantine(refused)
     }
 
     /// Gives new documents of other relays' partitions (and pending ones written without state)
@@ -613,19 +771,24 @@ public final class MongoOutboxStore: OutboxStore {
     /// pending events whose partition is out of range to their partition.
     private func stamp(handOver: [OutboxMessage], incomplete: [OutboxMessage], rehome: [(id: BSON, from: BSON, to: Int)]) async throws {
         let now = Date()
-        var statements: [(filter: Document, update: BSON)] = []
+        var statements: [(filter: Document, update: BSON, multi: Bool)] = []
+        var partitionOf: [String: Int] = [:]
         for (message, isNew) in handOver.map({ ($0, true) }) + incomplete.map({ ($0, false) }) {
             let id = try OutboxDocument.bson(storeKey: message.storeKey)
-            let filter: Document = isNew ? ["_id": id, "status": .null] : ["_id": id, "status": .string(OutboxSchema.Status.pending), "sid": ["$exists": false]]
-            statements.append((filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending))]))
+            let filter = (["_id": id] as Document).merging(
+                isNew ? OutboxSchema.firstSight : ["status": .string(OutboxSchema.Status.pending), "partition": .null])
+            statements.append((filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending))], false))
+            partitionOf[ExtendedJSON.render(id)] = message.partition
         }
         for item in rehome {
-            statements.append((["_id": item.id, "status": .string(OutboxSchema.Status.pending), "partition": item.from], ["$set": ["partition": .int32(Int32(item.to))]]))
+            statements.append((["_id": item.id, "status": .string(OutboxSchema.Status.pending), "partition": item.from], ["$set": ["partition": .int32(Int32(item.to))]], false))
+            partitionOf[ExtendedJSON.render(item.id)] = item.to
         }
         let collection = options.collection
         let all = statements
-        let result = try await pool.withConnection { try $0.collection(collection).bulkUpdate(all) }
-        logger.debug("stamped outbox documents for their partitions", metadata: ["outbox.stamped": "\(result.matched)"])
+        let (matched, refused) = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), all) }
+        logger.debug("stamped outbox documents for their partitions", metadata: ["outbox.stamped": "\(matched)"])
+        try await parkUnwritable(refused, partitionOf: partitionOf)
     }
 
     /// The relay's state for a document seen for the first time: its partition and a scan id in
@@ -636,6 +799,119 @@ public final class MongoOutboxStore: OutboxStore {
             "attempts": .int32(Int32(message.attempts)), "nextAttemptAt": .date(now), "seenAt": .date(now),
         ]
     }
+
+    /// Runs update statements in one unordered command; a refused statement that names several
+    /// documents is run again one document at a time, so a document whose fields the update
+    /// cannot apply to fails alone. Returns the documents matched and those refused, with the
+    /// server's message.
+    static func writeIsolated(
+        _ outbox: MongoCollection, _ statements: [(filter: Document, update: BSON, multi: Bool)]
+    ) throws -> (matched: Int, refused: [(id: BSON, message: String)]) {
+        var (result, errors) = try outbox.bulkUpdateEach(statements)
+        var matched = result.matched
+        var refused: [(id: BSON, message: String)] = []
+        var singles: [(filter: Document, update: BSON, multi: Bool)] = []
+        for error in errors where statements.indices.contains(error.index) {
+            let statement = statements[error.index]
+            let ids = Self.ids(of: statement.filter)
+            guard ids.count > 1 else {
+                refused.append((ids.first ?? .null, error.message))
+                continue
+            }
+            for id in ids {
+                var filter = statement.filter
+                filter["_id"] = id
+                singles.append((filter, statement.update, false))
+            }
+        }
+        guard !singles.isEmpty else { return (matched, refused) }
+        (result, errors) = try outbox.bulkUpdateEach(singles)
+        matched += result.matched
+        for error in errors where singles.indices.contains(error.index) {
+            refused.append((singles[error.index].filter["_id"] ?? .null, error.message))
+        }
+        return (matched, refused)
+    }
+
+    /// The `_id`s a statement's filter names: one, or those of an `$in`.
+    static func ids(of filter: Document) -> [BSON] {
+        guard let id = filter["_id"] else { return [] }
+        return id.documentValue?["$in"]?.arrayValue ?? [id]
+    }
+
+    /// Settles documents the relay could not write its state to (a relay field a writer set to a
+    /// value the update cannot apply to) with plain `$set`s that replace the relay's fields: an
+    /// event the broker confirmed is marked delivered, any other parked, each with a reason
+    /// naming the fields; what cannot be written either is set aside (`quarantine`). Fenced by
+    /// the lease when one is given. `intended`: the status each write meant to set, by `_id`.
+    private func parkUnwritable(
+        _ refused: [(id: BSON, message: String)], partitionOf: [String: Int], intended: [String: String] = [:],
+        leases: [PartitionLease]? = nil
+    ) async throws {
+        guard !refused.isEmpty else { return }
+        let collection = options.collection
+        let epochs = Dictionary((leases ?? []).map { ($0.partition, $0.epoch) }, uniquingKeysWith: max)
+        let ids = refused.map(\.id)
+        let found = try await pool.withConnection { connection in
+            try connection.collection(collection).find(["_id": ["$in": .array(ids)]], options: ["projection": ["data": 0]])
+        }
+        let documents = Dictionary(found.map { (ExtendedJSON.render($0["_id"] ?? .null), $0) }, uniquingKeysWith: { a, _ in a })
+        let now = Date()
+        var statements: [(filter: Document, update: BSON, multi: Bool)] = []
+        for item in refused {
+            let key = ExtendedJSON.render(item.id)
+            let problems = documents[key].map(OutboxDocument.relayFieldProblems) ?? []
+            let reason = problems.isEmpty
+                ? "the relay could not record the event's state: \(item.message)"
+                : "relay field \(problems.joined(separator: ", ")) (the relay sets these; leave them out): \(item.message)"
+            let delivered = intended[key] == OutboxSchema.Status.delivered
+            logger.error(
+                delivered ? "outbox document delivered, its relay fields replaced" : "parking outbox document the relay cannot update",
+                metadata: ["outbox.event_id": "\(key)", "reason": "\(reason)"])
+            var filter: Document = ["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })]]
+            let attempts = max(documents[key]?["attempts"]?.intValue ?? 0, 0) + (delivered ? 1 : 0)
+            var fields: Document =
+                delivered
+                ? ["status": .string(OutboxSchema.Status.delivered), "lastError": .string(reason), "deliveredAt": .date(now), "nextAttemptAt": .null]
+                : ["status": .string(OutboxSchema.Status.parked), "lastError": .string("malformed: \(reason)"), "parkedAt": .date(now)]
+            fields["attempts"] = .int32(Int32(clamping: attempts))
+            if let partition = partitionOf[key] {
+                fields["partition"] = .int32(Int32(partition))
+                if let epoch = epochs[partition] {
+                    filter["fence"] = Self.notAbove(epoch)
+                    fields["fence"] = .int64(epoch)
+                }
+            }
+            statements.append((filter, ["$set": .document(fields)], false))
+        }
+        let all = statements
+        let stillRefused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), all).refused }
+        Self.parkedUnwritable.increment(by: refused.count - stillRefused.count)
+        quarantine(stillRefused)
+    }
+
+    /// Documents that could be neither marked nor parked: this relay publishes them no more
+    /// (each would go out again at every fetch) and reports them; another relay, or an operator
+    /// who mends the document, picks them up.
+    private func quarantine(_ refused: [(id: BSON, message: String)]) {
+        guard !refused.isEmpty else { return }
+        for item in refused.prefix(20) {
+            logger.error(
+                "outbox document can be neither marked nor parked; this relay skips it",
+                metadata: ["outbox.event_id": "\(ExtendedJSON.render(item.id))", "error": "\(item.message)"])
+        }
+        let count = quarantined.withLock { set in
+            for item in refused { set.insert(OutboxDocument.storeKey(of: item.id)) }
+            return set.count
+        }
+        Self.unwritable.record(count)
+    }
+
+    /// Documents settled (delivered or parked) with plain sets after a write of the relay's state
+    /// was refused.
+    static let parkedUnwritable = Counter(label: "outbox_unwritable_settled_total")
+    /// Documents this relay skips because they can be neither marked nor parked.
+    static let unwritable = Gauge(label: "outbox_unwritable_documents")
 
     struct FencedWrite {
         var id: BSON
@@ -676,8 +952,15 @@ public final class MongoOutboxStore: OutboxStore {
         let allowed = writes.filter { epochs[$0.partition] != nil }
         let collection = options.collection
         let statements = Self.fencedStatements(allowed, epochs: epochs, now: Date())
-        let matched = try await pool.withConnection { try $0.collection(collection).bulkUpdate(statements).matched }
-        guard matched < allowed.count else { return refused }
+        let (matched, unwritable) = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), statements) }
+        if !unwritable.isEmpty {
+            let partitionOf = Dictionary(allowed.map { (ExtendedJSON.render($0.id), $0.partition) }, uniquingKeysWith: { a, _ in a })
+            let intended = Dictionary(
+                allowed.compactMap { write in write.update.documentValue?["$set"]?.documentValue?["status"]?.stringValue.map { (ExtendedJSON.render(write.id), $0) } },
+                uniquingKeysWith: { a, _ in a })
+            try await parkUnwritable(unwritable, partitionOf: partitionOf, intended: intended, leases: leases)
+        }
+        guard matched + unwritable.count < allowed.count else { return refused }
         // Some writes did not apply: those whose fence is above our epoch were fenced out (the
         // others were no longer pending, e.g. parked by an operator meanwhile).
         let ids: [BSON] = allowed.map(\.id)
@@ -714,7 +997,7 @@ public final class MongoOutboxStore: OutboxStore {
         for write in writes {
             let epoch = epochs[write.partition]!
             if write.isNew && !Self.leavesFinal(write.update) {
-                let filter: Document = ["_id": write.id, "status": .null, "fence": Self.notAbove(epoch)]
+                let filter = (["_id": write.id] as Document).merging(OutboxSchema.firstSight).merging(["fence": Self.notAbove(epoch)])
                 let update = Self.addingState(write.update, partition: write.partition, scanId: true, now: now)
                 statements.append((filter, Self.raisingFence(update, to: epoch), false))
                 continue
@@ -732,11 +1015,9 @@ public final class MongoOutboxStore: OutboxStore {
                 let ids = all[start..<min(start + idsPerStatement, all.count)]
                 // `_id` first: the clause every server looks the documents up by. New documents
                 // are written only while they still have no state.
-                let filter: Document = [
-                    "_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))],
-                    "status": key.newIn == nil ? .string(OutboxSchema.Status.pending) : .null,
-                    "fence": Self.notAbove(key.epoch),
-                ]
+                let filter = (["_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))]] as Document)
+                    .merging(key.newIn == nil ? ["status": .string(OutboxSchema.Status.pending)] : OutboxSchema.firstSight)
+                    .merging(["fence": Self.notAbove(key.epoch)])
                 statements.append((filter, update, ids.count > 1))
             }
         }
@@ -824,6 +1105,11 @@ private func typeName(_ value: BSON) -> String {
     case .minKey: "minKey"
     case .maxKey: "maxKey"
     }
+}
+
+extension OutboxMessage {
+    /// Whether the event's `_id` is an ObjectId (the store key holds its BSON type, 0x07).
+    var storeKeyIsObjectId: Bool { storeKey.count > 4 && storeKey[4] == 0x07 }
 }
 
 /// Turns a stored outbox document into a publishable message, or says why it cannot be one.
@@ -935,13 +1221,28 @@ public enum OutboxDocument {
         var message = OutboxMessage(
             id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
             exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, headers: headers,
-            body: [], attempts: document["attempts"]?.intValue ?? 0, partition: partition, storeKey: storeKey(of: rawId),
-            isFirstSight: isNew && (document["status"] ?? .null) == .null)
+            body: [], attempts: max(document["attempts"]?.intValue ?? 0, 0), partition: partition, storeKey: storeKey(of: rawId),
+            isFirstSight: isNew)
         do { try MessageBody.render(&message, data: data, document: document, options: options.body) } catch { return .failure(error) }
         guard message.body.count <= options.maxBodyBytes else {
             return fail("body of \(message.body.count) bytes exceeds the limit of \(options.maxBodyBytes) bytes")
         }
         return .success(message)
+    }
+
+    /// The relay's fields a writer set to a value of the wrong type (null included), e.g.
+    /// `attempts is null`: what makes the relay's updates fail on a document.
+    public static func relayFieldProblems(_ document: Document) -> [String] {
+        let expected: [(String, Set<String>)] = [
+            ("status", ["string"]), ("partition", ["int", "long", "double"]), ("sid", ["string"]), ("fence", ["int", "long", "double"]),
+            ("attempts", ["int", "long", "double"]), ("nextAttemptAt", ["date"]), ("lastError", ["string"]),
+            ("deliveredAt", ["date"]), ("parkedAt", ["date"]), ("seenAt", ["date"]),
+        ]
+        return expected.compactMap { field, types in
+            guard let value = document[field] else { return nil }
+            let type = typeName(value)
+            return types.contains(type) ? nil : "\(field) is \(type)"
+        }
     }
 
     /// The partition a document belongs to by its aggregate id (0 when it has none).

@@ -21,6 +21,13 @@ public enum OutboxSchema {
         public static let final: [String] = [delivered, parked]
     }
 
+    /// Documents that carry no relay state yet: as a writer leaves them (no `status`, or one a
+    /// model wrote as null) or written with `status: "pending"` but no scan id. The relay reads
+    /// them in the order they were written and gives them its state with its first write, which
+    /// applies only while this still holds.
+    /// (A scan id that is not a string, set by hand, counts as none: no scan reads it.)
+    public static let firstSight: Document = ["status": ["$in": [.null, .string(Status.pending)]], "sid": ["$not": ["$type": "string"]]]
+
     /// The query for every document that is not delivered or parked: pending events and
     /// documents the relay has not seen yet.
     public static let notFinal: Document = ["status": ["$nin": .array(Status.final.map { .string($0) })]]
@@ -130,6 +137,9 @@ public enum OutboxSchema {
                 "routingKey": ["bsonType": "string", "maxLength": 255],
                 "headers": ["bsonType": "object"],
                 "correlationId": ["bsonType": "string"],
+                // Absent, null or pending when written (documents the relay reads as new); the
+                // relay's own states after that.
+                "status": ["enum": [.null, .string(Status.pending), .string(Status.delivered), .string(Status.parked)]],
                 "bodyFormat": ["enum": .array(BodyFormat.allCases.map { .string($0.rawValue) })],
             ],
         ]

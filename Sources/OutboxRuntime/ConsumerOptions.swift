@@ -97,6 +97,6 @@ public struct ConsumerOptions: ParsableArguments {
             maxAttempts: try settings.int(maxAttempts, env: "CONSUMER_MAX_ATTEMPTS", default: 5, flagName: "--max-attempts", range: 1...100),
             inboxRetention: try settings.duration(inboxRetention, env: "CONSUMER_INBOX_RETENTION", default: "168h", flagName: "--inbox-retention"),
             batchSize: batchSize,
-            batchWait: try settings.duration(batchWait, env: "CONSUMER_BATCH_WAIT", default: "100ms", flagName: "--batch-wait"))
+            batchWait: try settings.duration(batchWait, env: "CONSUMER_BATCH_WAIT", default: "100ms", flagName: "--batch-wait", allowZero: true))
     }
 }

@@ -69,9 +69,15 @@ public struct Settings: Sendable {
         return resolved
     }
 
-    public func duration(_ flag: String?, env: String, default value: String, flagName: String) throws -> Duration {
+    /// A duration setting; zero is refused unless `allowZero` (a zero poll interval spins, a zero
+    /// confirm timeout fails every publish).
+    public func duration(_ flag: String?, env: String, default value: String, flagName: String, allowZero: Bool = false) throws -> Duration {
         let raw = (flag?.isEmpty == false ? flag : nil) ?? Setting.fromEnvironment(env, environment) ?? value
-        return try Setting.duration(raw, setting: "\(env) (\(flagName))")
+        let duration = try Setting.duration(raw, setting: "\(env) (\(flagName))")
+        guard allowZero || duration > .zero else {
+            throw ConfigurationError(setting: "\(env) (\(flagName))", reason: "must be more than 0, got '\(raw)'")
+        }
+        return duration
     }
 
     /// A duration that may also be `off`: nil when neither flag nor environment gives one,

@@ -49,7 +49,7 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Wait between polls when nothing is due, e.g. 200ms (env RELAY_POLL_INTERVAL; default 200ms).")
     var pollInterval: String?
 
-    @Option(help: "How long to wait for broker confirms of a batch (env RELAY_CONFIRM_TIMEOUT; default 10s).")
+    @Option(help: "How long to wait for broker confirms of a batch; at most the lease TTL (a longer one is lowered to it) (env RELAY_CONFIRM_TIMEOUT; default 10s).")
     var confirmTimeout: String?
 
     @Option(help: "Delivery attempts before an unroutable (returned) event is parked, 1-1000; nacks and confirm timeouts never park (env RELAY_MAX_ATTEMPTS; default 10).")
@@ -147,7 +147,7 @@ struct RelayCommand: AsyncParsableCommand {
                 pollInterval: try settings.duration(pollInterval, env: "RELAY_POLL_INTERVAL", default: "200ms", flagName: "--poll-interval"),
                 retryPolicy: RetryPolicy(
                     maxAttempts: try settings.int(maxAttempts, env: "RELAY_MAX_ATTEMPTS", default: 10, flagName: "--max-attempts", range: 1...1000),
-                    baseDelay: try settings.duration(retryBaseDelay, env: "RELAY_RETRY_BASE_DELAY", default: "500ms", flagName: "--retry-base-delay"),
+                    baseDelay: try settings.duration(retryBaseDelay, env: "RELAY_RETRY_BASE_DELAY", default: "500ms", flagName: "--retry-base-delay", allowZero: true),
                     maxDelay: try settings.duration(retryMaxDelay, env: "RELAY_RETRY_MAX_DELAY", default: "5m", flagName: "--retry-max-delay"),
                     parkTransientAfter: try settings.durationOrOff(parkTransientAfter, env: "RELAY_PARK_TRANSIENT_AFTER", flagName: "--park-transient-after") ?? nil),
                 batchMaxBytes: try settings.int(
@@ -156,7 +156,7 @@ struct RelayCommand: AsyncParsableCommand {
                 // Until a batch was seen, events as large as allowed: the first fetch fits the budget too.
                 assumedBytesPerEvent: maxBody,
                 wallClock: { Int64(Date().timeIntervalSince1970 * 1000) })
-            let options = ConfirmPublisher.Options(
+            var options = ConfirmPublisher.Options(
                 maxInFlight: try settings.int(maxInFlight, env: "RELAY_MAX_IN_FLIGHT", default: 1000, flagName: "--max-in-flight", range: 1...10_000),
                 confirmTimeout: try settings.duration(confirmTimeout, env: "RELAY_CONFIRM_TIMEOUT", default: "10s", flagName: "--confirm-timeout"),
 )
@@ -193,6 +193,14 @@ struct RelayCommand: AsyncParsableCommand {
             store = MongoOutboxStore(
                 pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount, routing: routing, body: body),
                 logger: logger)
+            if options.confirmTimeout > ttl {
+                // A pass waits for confirms up to this long; no longer than a lease, so a pass whose
+                // lease lapsed meanwhile ends before its partitions could be another relay's for long.
+                logger.notice(
+                    "confirm timeout lowered to the lease TTL",
+                    metadata: ["relay.confirm_timeout": "\(options.confirmTimeout)", "relay.lease_ttl": "\(ttl)"])
+                options.confirmTimeout = ttl
+            }
             leaseStore = MongoLeaseStore(pool: pool, partitions: partitionCount)
             leases = LeaseManager(store: leaseStore, configuration: .init(owner: owner, partitions: partitionCount, ttl: ttl), logger: logger)
             publisher = ConfirmPublisher(configuration: amqp, options: options, logger: logger)

@@ -270,18 +270,18 @@ final class FaultFixture: @unchecked Sendable {
     }
 
     /// Inserts `count` documents as a service in any language writes them (no relay fields; ids
-    /// alternately ObjectIds and strings), `perAggregate` events per aggregate in timestamp order;
-    /// returns their message ids.
-    func appendMinimal(_ count: Int, perAggregate: Int) async throws -> [String] {
+    /// alternately ObjectIds and strings), `perAggregate` events per aggregate in timestamp order,
+    /// each with the fields `extra` gives it; returns their message ids.
+    func appendMinimal(_ count: Int, perAggregate: Int, extra: (Int) -> Document = { _ in [:] }) async throws -> [String] {
         var ids: [String] = []
         let start = Int64(Date().timeIntervalSince1970 * 1000) - Int64(count)
         for chunk in stride(from: 0, to: count, by: 1000) {
             let documents: [Document] = (chunk..<min(chunk + 1000, count)).map { index in
                 let id: BSON = index % 2 == 0 ? .objectId(ObjectId()) : .string("event-\(index)")
-                return [
+                return ([
                     "_id": id, "type": "OrderCreated", "aggregateId": .string("min-\(index / perAggregate)"),
                     "data": ["index": .int64(Int64(index))], "timestamp": .datetime(start + Int64(index)),
-                ]
+                ] as Document).merging(extra(index))
             }
             ids += documents.compactMap { $0["_id"].flatMap(OutboxDocument.messageId(of:)) }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
@@ -375,13 +375,15 @@ final class FaultFixture: @unchecked Sendable {
     }
 
     /// Checks that every id arrived at least once and reports the duplicates.
-    func checkReceived(_ ids: [String], test: String) async throws {
+    /// Every event reached the broker; with `maxDuplicates`, no more than that were published twice.
+    func checkReceived(_ ids: [String], test: String, maxDuplicates: Int? = nil) async throws {
         let received = try await receivedIds()
         let unique = Set(received)
         let missing = Set(ids).subtracting(unique)
         #expect(missing.count == 0, "events never reached the broker, e.g. \(missing.prefix(5).sorted())")
         #expect(unique.isSubset(of: Set(ids)))
         print("\(test): \(ids.count) events, \(received.count) messages received, \(received.count - unique.count) duplicate publishes")
+        if let maxDuplicates { #expect(received.count - unique.count <= maxDuplicates, "\(test): duplicate publishes") }
     }
 }
 
@@ -479,6 +481,32 @@ struct FaultTests {
         #expect(await f.waitUntilDelivered(ids.count))
         relay.stop()
         try await f.checkReceived(ids, test: "database restart")
+        await f.cleanup()
+    }
+
+    /// Documents written in the status-pending format: half with a partition, attempts and a due
+    /// time as older writers added them, half with the status alone.
+    static func pendingFormat(_ index: Int) -> Document {
+        index % 2 == 0 ? ["status": "pending"] : ["status": "pending", "attempts": 0, "nextAttemptAt": .datetime(0), "partition": .int32(Int32(index % 16))]
+    }
+
+    @Test(
+        "a relay draining 20,000 minimal events in batches of 5,000 with a 3 s lease, joined by two more mid-drain: no event published twice",
+        arguments: [1, 2])
+    func joinMidDrain(round: Int) async throws {
+        let f = try FaultFixture()
+        try await f.prepare()
+        let ids = try await f.appendMinimal(20_000, perAggregate: 4)
+        let settings = ["RELAY_BATCH_SIZE": "5000", "RELAY_LEASE_TTL": "3s", "RELAY_EXCHANGE": f.exchange]
+        var relays = [try f.startRelay("relay-first", extra: settings)]
+        try await Task.sleep(for: .seconds(4))
+        relays.append(try f.startRelay("relay-second", extra: settings))
+        try await Task.sleep(for: .milliseconds(1500))
+        relays.append(try f.startRelay("relay-third", extra: settings))
+        #expect(await f.waitUntilDelivered(ids.count, timeout: .seconds(300)))
+        for relay in relays { #expect(relay.stop() == 0) }
+        try await f.checkReceived(ids, test: "three relays joining a drain (round \(round))", maxDuplicates: 0)
+        #expect(await f.count(["status": "parked"]) == 0)
         await f.cleanup()
     }
 

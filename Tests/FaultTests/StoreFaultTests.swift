@@ -63,17 +63,28 @@ struct StoreFaults {
 }
 
 extension FaultTests {
-    @Test("two relays while the store fails or drops their updates, finds, findAndModifys and aggregates: 0 lost, order kept, duplicates ≤ 5 %")
-    func storeFaults() async throws {
+    @Test(
+        "two relays while the store fails or drops their updates, finds, findAndModifys and aggregates: 0 lost, order kept, duplicates ≤ 5 %",
+        arguments: ["OutboxWriter", "minimal", "status pending"])
+    func storeFaults(shape: String) async throws {
         let f = try FaultFixture()
         try await f.prepare()
-        // 600 aggregates × 5 versions, in version order.
+        // 600 aggregates × 5 events, in order: versions for OutboxWriter's, timestamps for the others.
         let aggregates = 600
-        let ids = try await f.appendEvents(3000, aggregates: aggregates)
         var position: [String: (aggregate: Int, version: Int)] = [:]
-        for (index, id) in ids.enumerated() { position[id] = (index % aggregates, index / aggregates + 1) }
+        let ids: [String]
+        switch shape {
+        case "OutboxWriter":
+            ids = try await f.appendEvents(3000, aggregates: aggregates)
+            for (index, id) in ids.enumerated() { position[id] = (index % aggregates, index / aggregates + 1) }
+        default:
+            ids = try await f.appendMinimal(3000, perAggregate: 5, extra: shape == "minimal" ? { _ in [:] } : Self.pendingFormat)
+            for (index, id) in ids.enumerated() { position[id] = (index / 5, index % 5 + 1) }
+        }
         try await StoreFaults.set(f.pool, mode: "off")
-        let relays = [try f.startRelay("relay-a"), try f.startRelay("relay-b")]
+        // Documents without an exchange go to the relay's default one.
+        let exchange = ["RELAY_EXCHANGE": f.exchange]
+        let relays = [try f.startRelay("relay-a", extra: exchange), try f.startRelay("relay-b", extra: exchange)]
         let injected = StoreFaults.inject(f.pool)
         let delivered = await f.waitUntilDelivered(ids.count, timeout: .seconds(300))
         injected.cancel()
@@ -100,7 +111,7 @@ extension FaultTests {
         let duplicates = received.count - unique.count
         #expect(duplicates * 20 <= ids.count, "duplicate publishes \(duplicates) exceed 5 % of \(ids.count) events")
         #expect(await f.count(["status": "parked"]) == 0)
-        print("store faults (\(faults) fail points, 2 relays): \(ids.count) events, \(received.count) messages received, \(duplicates) duplicate publishes")
+        print("store faults, \(shape) documents (\(faults) fail points, 2 relays): \(ids.count) events, \(received.count) messages received, \(duplicates) duplicate publishes")
         await f.cleanup()
     }
 

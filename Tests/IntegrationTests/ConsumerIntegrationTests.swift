@@ -188,6 +188,38 @@ struct ConsumerIntegrationTests {
         }
     }
 
+    /// Records each order's customer in a collection with a unique index: a second order of the
+    /// same customer makes the handler's own insert hit a duplicate key.
+    struct UniqueCustomerHandler: InboxHandler {
+        func handle(_ message: IncomingMessage, connection: MongoConnection) throws {
+            try connection.collection("customers").insertOne(["_id": .string(message.messageId), "customer": "c-1"])
+        }
+    }
+
+    @Test("a handler's own duplicate key is a handler failure: retried and dead-lettered, never acked as a duplicate")
+    func handlerDuplicateKey() async throws {
+        try await Fixture.with { f in
+            try await f.pool.withConnection {
+                try $0.collection("customers").createIndexes([["key": ["customer": 1], "name": "one_per_customer", "unique": true]])
+            }
+            let service = consumer(f, name: "unique", handler: UniqueCustomerHandler(), maxAttempts: 3, batchSize: 1)
+            let running = Task { try await service.run() }
+            defer { running.cancel() }
+            #expect(await eventually { await service.isConnected })
+            let publisher = f.makePublisher()
+            #expect(await publisher.publish([orderCreated(f, orderId: "first", items: [("A", 1)])]).allSatisfy { $0 == .acked })
+            #expect(await eventually { service.stats.processed == 1 })
+            #expect(await publisher.publish([orderCreated(f, orderId: "second", items: [("A", 1)])]).allSatisfy { $0 == .acked })
+            await publisher.close()
+            #expect(await eventually { service.stats.deadLettered == 1 })
+            #expect(service.stats.duplicates == 0, "not taken for a redelivery")
+            #expect(service.stats.handlerFailures == 3)
+            let dead = try await f.admin.drain(service.configuration.topology.deadLetterQueue)
+            #expect(dead.map(\.messageId) == ["evt-second"])
+            #expect(try await f.count("inbox") == 1, "only the first is recorded as processed")
+        }
+    }
+
     @Test("notifications: one confirmation per order, with lines and total, also when delivered twice")
     func notifications() async throws {
         try await Fixture.with { f in

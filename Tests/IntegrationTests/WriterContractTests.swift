@@ -79,7 +79,7 @@ struct WriterContractTests {
             #expect(try await f.admin.drain(queue).count == 60)
             // The first writes: statements on documents that still have no status.
             let firstWrites = commands.values.filter { $0.name == "update" }.flatMap { $0.command["updates"]?.arrayValue ?? [] }
-                .compactMap(\.documentValue).filter { $0["q"]?.documentValue?["status"] == .null }
+                .compactMap(\.documentValue).filter { $0["q"]?.documentValue?["status"] == OutboxSchema.firstSight["status"] }
             let ids = firstWrites.flatMap { statement -> [BSON] in
                 let id = statement["q"]?.documentValue?["_id"]
                 return id?.documentValue?["$in"]?.arrayValue ?? [id].compactMap { $0 }

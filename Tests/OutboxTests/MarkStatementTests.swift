@@ -42,7 +42,7 @@ struct MarkStatementTests {
         var scanIds: Set<String> = []
         for id in ["n", "m"] as [BSON] {
             let new = try #require(statements.first { $0.filter["_id"] == id })
-            #expect(new.filter["status"] == .null, "a new document is written only while it has no state")
+            #expect(new.filter["status"] == OutboxSchema.firstSight["status"] && new.filter["sid"] == OutboxSchema.firstSight["sid"], "a new document is written only while it has no state")
             let set = new.update.documentValue?["$set"]?.documentValue
             #expect(set?["partition"] == .int32(1) && set?["status"] == "pending", "and gets the relay's state")
             scanIds.insert(try #require(set?["sid"]?.stringValue))
@@ -58,7 +58,7 @@ struct MarkStatementTests {
             + [Self.write("k", partition: 1)]
         let statements = MongoOutboxStore.fencedStatements(writes, epochs: [1: 4, 2: 4], now: Date())
         func ids(_ filter: Document) -> [BSON] { filter["_id"]?.documentValue?["$in"]?.arrayValue ?? [filter["_id"]].compactMap { $0 } }
-        let new = statements.filter { $0.filter["status"] == .null }
+        let new = statements.filter { $0.filter["status"] == OutboxSchema.firstSight["status"] }
         #expect(new.map { ids($0.filter).count } == [50, 20, 2], "statements of at most 50 ids, one partition each")
         for (statement, partition) in zip(new, [1, 1, 2]) {
             let set = statement.update.documentValue?["$set"]?.documentValue

@@ -267,6 +267,7 @@ final class SharedLeaseStore: LeaseStore {
     init(partitions: Int) { state = Mutex(State(owners: Array(repeating: nil, count: partitions), epochs: Array(repeating: 0, count: partitions))) }
 
     func held(by owner: String) -> Int { state.withLock { $0.owners.filter { $0 == owner }.count } }
+    func epoch(of partition: Int) -> Int64 { state.withLock { $0.epochs[partition] } }
 
     func round(owner: String, held: [PartitionLease], release: [PartitionLease], want: Int, ttl: Duration) async throws -> LeaseRound {
         state.withLock { s in
@@ -350,6 +351,28 @@ struct LeaseManagerTests {
         #expect(store.held(by: "a") == 8, "handed back")
         try await b.tick()
         #expect(b.current.count == 8)
+    }
+
+    @Test("a pass still holding a batch keeps the extras however many rounds go by; they are handed back once it ends")
+    func handBackWaitsForThePass() async throws {
+        let store = SharedLeaseStore(partitions: 16)
+        let a = LeaseManager(store: store, configuration: .init(owner: "a", partitions: 16, ttl: .seconds(30)), logger: Self.logger)
+        let b = LeaseManager(store: store, configuration: .init(owner: "b", partitions: 16, ttl: .seconds(30)), logger: Self.logger)
+        try await a.tick()
+        #expect(a.leasesForPass().count == 16, "a long pass starts with every partition")
+        try await b.tick()
+        try await a.tick()  // sees two relays: 8 set aside
+        for _ in 0..<3 {
+            try await a.tick()  // rounds that came at their deadline while the pass goes on
+            #expect(store.held(by: "a") == 16, "not handed back while the pass may publish their events")
+            #expect(a.isHeld(PartitionLease(partition: 15, epoch: store.epoch(of: 15))), "still the pass's to publish and mark")
+        }
+        a.passEnded()
+        try await a.tick()
+        #expect(store.held(by: "a") == 8, "handed back once the pass ended")
+        try await b.tick()
+        #expect(b.current.count == 8)
+        #expect(!a.isHeld(PartitionLease(partition: 15, epoch: store.epoch(of: 15))))
     }
 
     @Test("a relay below its share while another holds more rounds every TTL/20; at its share, every TTL/3")
@@ -480,6 +503,26 @@ struct ConfirmBatchTests {
         batch.apply(.ack(tag: 105, multiple: true))
         #expect(batch.outstanding == 0)
         #expect(batch.outcomes(orElse: .timedOut) == [.acked, .returned("312 NO_ROUTE"), .acked, .nacked, .acked])
+    }
+
+    @Test("publishes held back while blocked are settled by later confirms, once; a nacked one is sent again")
+    func heldBack() {
+        var batch = ConfirmBatch(count: 4, messageIds: ["a", "b", "c", "d"])
+        batch.settled(index: 0, .acked)
+        for (i, tag) in [(1, 7), (2, 8), (3, 9)] { batch.published(index: i, tag: UInt64(tag)) }
+        batch.apply(.ack(tag: 7, multiple: false))
+        #expect(batch.unconfirmed.map(\.messageId) == ["c", "d"])
+        var held = HeldBackPublishes()
+        held.hold(batch.unconfirmed, reason: "low memory")
+        batch.settleOutstanding(.blocked("low memory"))
+        #expect(batch.outcomes(orElse: .timedOut) == [.acked, .acked, .blocked("low memory"), .blocked("low memory")])
+        #expect(held.isWaiting && held.holds("c") == "low memory")
+        held.apply(.ack(tag: 8, multiple: true))
+        held.apply(.nack(tag: 9, multiple: false))
+        #expect(!held.isWaiting)
+        #expect(held.take("c") == .acked)
+        #expect(held.take("c") == nil, "once")
+        #expect(held.take("d") == nil, "nacked: published again")
     }
 
     @Test("outstanding confirms on a closed channel are not delivered; unpublished ones neither")
