@@ -179,6 +179,14 @@ struct RelayCommand: AsyncParsableCommand {
             guard ttl >= .milliseconds(300) else {
                 throw ConfigurationError(setting: "RELAY_LEASE_TTL (--lease-ttl)", reason: "must be at least 300ms")
             }
+            if options.confirmTimeout > ttl {
+                // A pass waits for confirms up to this long; no longer than a lease, so a pass whose
+                // lease lapsed meanwhile ends before its partitions could be another relay's for long.
+                logger.notice(
+                    "confirm timeout lowered to the lease TTL",
+                    metadata: ["relay.confirm_timeout": "\(options.confirmTimeout)", "relay.lease_ttl": "\(ttl)"])
+                options.confirmTimeout = ttl
+            }
             // A healthy pass may wait the whole confirm timeout (and a failed one backs off up to 5 s).
             let liveness = try settings.duration(livenessTimeout, env: "RELAY_LIVENESS_TIMEOUT", default: "60s", flagName: "--liveness-timeout")
             guard liveness > options.confirmTimeout + .seconds(5) else {
@@ -193,14 +201,6 @@ struct RelayCommand: AsyncParsableCommand {
             store = MongoOutboxStore(
                 pool: pool, owner: owner, options: .init(collection: collection, maxBodyBytes: maxBody, partitions: partitionCount, routing: routing, body: body),
                 logger: logger)
-            if options.confirmTimeout > ttl {
-                // A pass waits for confirms up to this long; no longer than a lease, so a pass whose
-                // lease lapsed meanwhile ends before its partitions could be another relay's for long.
-                logger.notice(
-                    "confirm timeout lowered to the lease TTL",
-                    metadata: ["relay.confirm_timeout": "\(options.confirmTimeout)", "relay.lease_ttl": "\(ttl)"])
-                options.confirmTimeout = ttl
-            }
             leaseStore = MongoLeaseStore(pool: pool, partitions: partitionCount)
             leases = LeaseManager(store: leaseStore, configuration: .init(owner: owner, partitions: partitionCount, ttl: ttl), logger: logger)
             publisher = ConfirmPublisher(configuration: amqp, options: options, logger: logger)
