@@ -186,6 +186,7 @@ public final class MongoOutboxStore: OutboxStore {
         // away) does not leave them unseen: malformed ones are parked, those of other partitions
         // handed over. Known events left out for them are read again (the scan's next rewind).
         var newOwned: [Candidate] = []
+        var handOver: [Candidate] = []
         var firstSight: [(document: Document, pendingFormat: Bool)] = []
         let firstSightLimit = max(limit - candidates.count, limit / 8, 1)
         if adopt {
@@ -200,22 +201,43 @@ public final class MongoOutboxStore: OutboxStore {
             firstSight += found.documents.map { ($0, true) }
         }
         for (document, pendingFormat) in firstSight {
-                switch OutboxDocument.decode(document, options: decoding, isNew: true, now: now) {
-                case .success(let message):
-                    if owned.contains(message.partition) {
-                        newOwned.append(Candidate(message: message, sid: nil, timestamp: message.occurredAt, pendingFormat: pendingFormat))
-                    } else {
-                        fetch.handOver.append(message)
-                    }
-                case .failure(let failure):
-                    fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
-                }
+            switch OutboxDocument.decode(document, options: decoding, isNew: true, now: now) {
+            case .success(let message):
+                let candidate = Candidate(message: message, sid: nil, timestamp: message.occurredAt, pendingFormat: pendingFormat)
+                if owned.contains(message.partition) { newOwned.append(candidate) } else { handOver.append(candidate) }
+            case .failure(let failure):
+                fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
+            }
         }
+        // The two scans of first sights each read in the order written; together, too.
+        newOwned = newOwned.enumerated().sorted { ($0.element.timestamp ?? 0, $0.offset) < ($1.element.timestamp ?? 0, $1.offset) }.map(\.element)
+        handOver = handOver.enumerated().sorted { ($0.element.timestamp ?? 0, $0.offset) < ($1.element.timestamp ?? 0, $1.offset) }.map(\.element)
         if candidates.count + newOwned.count > limit { candidates.removeLast(candidates.count + newOwned.count - limit) }
         if sweep {
             try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
         }
 
+        // A hand-over gets its scan id now, which orders it for its owner: not before an earlier
+        // event of its aggregate that is still to be seen (one a scan passed over, or whose
+        // hand-over could not be written). It waits, still new, and is read again.
+        let unseen = try firstUnseen(of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox)
+        var handedOver = Set<AggregateKey>()
+        var heldBack: [Candidate] = []
+        var heldBackKeys = Set<AggregateKey>()
+        for candidate in handOver {
+            let key = AggregateKey(candidate.message)
+            let waits = heldBackKeys.contains(key) || (
+                candidate.message.aggregateVersion == nil && !handedOver.contains(key) && unseen[key].map { first in
+                    (try? OutboxDocument.bson(storeKey: candidate.message.storeKey)).map { writtenBefore(first, (candidate.message.occurredAt, $0)) } ?? false
+                } ?? false)
+            if waits {
+                heldBack.append(candidate)
+                heldBackKeys.insert(key)
+            } else {
+                handedOver.insert(key)
+                fetch.handOver.append(candidate.message)
+            }
+        }
         var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
         let colliding = try collidingMessageIds(heads.map(\.message), outbox: outbox)
         if !colliding.isEmpty {
@@ -231,10 +253,11 @@ public final class MongoOutboxStore: OutboxStore {
         // either is read again before the later events of its aggregate, so none is passed over
         // (what was delivered is no longer new and is not read again).
         // (A scan that reached the newest starts from the lowest anyway.)
-        if let first = newOwned.filter({ !$0.pendingFormat }).compactMap(\.timestamp).min(), let from = fetch.state.new.from {
+        let readAgain = newOwned + heldBack
+        if let first = readAgain.filter({ !$0.pendingFormat }).compactMap(\.timestamp).min(), let from = fetch.state.new.from {
             fetch.state.new.from = min(first, from)
         }
-        if let first = newOwned.filter(\.pendingFormat).compactMap(\.timestamp).min(), let from = fetch.state.pendingFormat.from, first <= from {
+        if let first = readAgain.filter(\.pendingFormat).compactMap(\.timestamp).min(), let from = fetch.state.pendingFormat.from, first <= from {
             fetch.state.pendingFormat.from = first
             fetch.state.pendingFormat.skip = 0
         }
@@ -664,26 +687,76 @@ public final class MongoOutboxStore: OutboxStore {
 
         // Events without versions wait for known pending events of their aggregate seen before
         // them: any such event for a new document, one with a lower scan id for a known event.
+        // A new document also waits for an event of its aggregate not seen yet that was written
+        // before it (by timestamp, then id): one a scan passed over, or whose first sight could
+        // not be written.
         let unversioned = heads.filter { $0.message.aggregateVersion == nil }
         if !unversioned.isEmpty {
-            // Known pending events without versions of these aggregates: normally only those that
-            // failed and wait for a retry, or were handed over.
-            let pending = try eventsOf(aggregates: unversioned.map(\.message.aggregateId), outbox: outbox).filter {
-                $0["status"]?.stringValue == OutboxSchema.Status.pending
-            }
+            // Pending and new events without versions of these aggregates: normally only those
+            // that failed and wait for a retry, or were handed over.
+            let waiting = try unversionedWaiting(of: unversioned.map(\.message.aggregateId), outbox: outbox)
             var lowestSid: [AggregateKey: String] = [:]
-            for document in pending where document["aggregateVersion"] == nil {
-                guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue else { continue }
+            for document in waiting {
+                guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue,
+                      document["status"]?.stringValue == OutboxSchema.Status.pending else { continue }
                 let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
                 lowestSid[key] = min(lowestSid[key] ?? sid, sid)
             }
+            let firstUnseen = firstUnseen(in: waiting)
             heads.removeAll { head in
-                guard head.message.aggregateVersion == nil, let lowest = lowestSid[AggregateKey(head.message)] else { return false }
-                guard let sid = head.sid else { return true }  // a new document: a known pending one goes first
-                return lowest < sid
+                guard head.message.aggregateVersion == nil else { return false }
+                let key = AggregateKey(head.message)
+                guard let sid = head.sid else {
+                    // A new document: a known pending one goes first, and one written before it.
+                    if lowestSid[key] != nil { return true }
+                    guard let unseen = firstUnseen[key], let raw = try? OutboxDocument.bson(storeKey: head.message.storeKey) else { return false }
+                    return writtenBefore(unseen, (head.message.occurredAt, raw))
+                }
+                // A known event goes by scan ids alone (also between clocks that disagree: a
+                // written-before rule for them could make two events wait for each other); events
+                // get theirs in the order written (hand-overs wait for earlier unseen ones).
+                return lowestSid[key].map { $0 < sid } ?? false
             }
         }
         return heads
+    }
+
+    /// The pending and new events without versions of these aggregates.
+    static func unversionedWaiting(of aggregates: [String], outbox: MongoCollection) throws -> [Document] {
+        guard !aggregates.isEmpty else { return [] }
+        return try eventsOf(aggregates: aggregates, outbox: outbox).filter {
+            let status = $0["status"]?.stringValue
+            return (status == nil || status == OutboxSchema.Status.pending) && $0["aggregateVersion"] == nil
+        }
+    }
+
+    /// Per aggregate, the earliest written of these events no relay has seen yet (no scan id).
+    static func firstUnseen(in events: [Document]) -> [AggregateKey: (timestamp: Int64, id: BSON)] {
+        var first: [AggregateKey: (timestamp: Int64, id: BSON)] = [:]
+        for document in events where document["sid"]?.stringValue == nil {
+            guard let id = document["aggregateId"]?.stringValue, case .datetime(let ms)? = document["timestamp"], let raw = document["_id"] else { continue }
+            let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
+            if let current = first[key], !writtenBefore((ms, raw), current) { continue }
+            first[key] = (ms, raw)
+        }
+        return first
+    }
+
+    static func firstUnseen(of aggregates: [String], outbox: MongoCollection) throws -> [AggregateKey: (timestamp: Int64, id: BSON)] {
+        firstUnseen(in: try unversionedWaiting(of: aggregates, outbox: outbox))
+    }
+
+    /// Whether a document was written before another: an earlier timestamp, or the same one and a
+    /// lower id of the same type (the order the scans of first sights read them in). Ids of
+    /// different types tell nothing.
+    static func writtenBefore(_ a: (timestamp: Int64, id: BSON), _ b: (timestamp: Int64, id: BSON)) -> Bool {
+        guard a.timestamp == b.timestamp else { return a.timestamp < b.timestamp }
+        switch (a.id, b.id) {
+        case (.string(let x), .string(let y)): return x < y
+        case (.objectId(let x), .objectId(let y)): return x.hex < y.hex
+        case (.int32, _), (.int64, _), (.double, _): return a.id.intValue.flatMap { x in b.id.intValue.map { x < $0 } } ?? false
+        default: return false
+        }
     }
 
     /// Every event of the given aggregates (order fields and `status` only), through the aggregate
@@ -696,7 +769,7 @@ public final class MongoOutboxStore: OutboxStore {
         for start in stride(from: 0, to: ids.count, by: 40) {
             events += try outbox.find(
                 ["aggregateId": ["$in": .array(ids[start..<min(start + 40, ids.count)].map { .string($0) })]],
-                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1, "sid": 1]])
+                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1, "sid": 1, "timestamp": 1]])
         }
         return events
     }

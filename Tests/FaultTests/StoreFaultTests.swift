@@ -102,12 +102,21 @@ extension FaultTests {
         var seen = Set<String>()
         var lastVersion: [Int: Int] = [:]
         var outOfOrder = 0
+        var examples: [String] = []
         for id in received where seen.insert(id).inserted {
             guard let (aggregate, version) = position[id] else { continue }
-            if version != (lastVersion[aggregate] ?? 0) + 1 { outOfOrder += 1 }
+            if version != (lastVersion[aggregate] ?? 0) + 1 {
+                outOfOrder += 1
+                if examples.count < 3 {
+                    let events = (try? await f.pool.withConnection {
+                        try $0.collection("outbox").find(["aggregateId": .string("min-\(aggregate)")], options: ["projection": ["data": 0]])
+                    }) ?? []
+                    examples.append("aggregate \(aggregate): version \(version) after \(lastVersion[aggregate] ?? 0); \(events)")
+                }
+            }
             lastVersion[aggregate] = version
         }
-        #expect(outOfOrder == 0, "versions of an aggregate arrived out of order \(outOfOrder) times")
+        #expect(outOfOrder == 0, "versions of an aggregate arrived out of order \(outOfOrder) times: \(examples)")
         let duplicates = received.count - unique.count
         #expect(duplicates * 20 <= ids.count, "duplicate publishes \(duplicates) exceed 5 % of \(ids.count) events")
         #expect(await f.count(["status": "parked"]) == 0)
