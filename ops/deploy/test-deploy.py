@@ -162,6 +162,16 @@ def nothing_lost(name, outbox, queue):
     )
 
 
+def test_data(kind):
+    """A database and a queue of their own for one test, dropped at the end."""
+    database = f"deploy_{kind}_{RUN}"
+    outbox = Outbox(database)
+    queue = Queue(f"deploy-{kind}-{RUN}")
+    cleanups.append(queue.delete)
+    cleanups.append(outbox.drop)
+    return database, outbox, queue
+
+
 def secret_files(folder, mode):
     """The URIs as container secrets: one file each, readable by the relay's uid only."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -260,11 +270,7 @@ def test_container(work):
     check("outboxctl runs in the image", listing.returncode == 0 and "probe" in listing.stdout, listing.stdout.strip()[:80])
     check("image holds no compiler, shell or package manager", *toolchain_free())
 
-    database = f"deploy_container_{RUN}"
-    outbox = Outbox(database)
-    queue = Queue(f"deploy-container-{RUN}")
-    cleanups.append(queue.delete)
-    cleanups.append(outbox.drop)
+    database, outbox, queue = test_data("container")
     secrets_dir = secret_files(work / "container-secrets", 0o400)
     port = free_port()
 
@@ -404,11 +410,7 @@ def test_kubernetes(work):
     )
 
     log("kubernetes: podman kube play of the manifests against the stack")
-    database = f"deploy_kube_{RUN}"
-    outbox = Outbox(database)
-    queue = Queue(f"deploy-kube-{RUN}")
-    cleanups.append(queue.delete)
-    cleanups.append(outbox.drop)
+    database, outbox, queue = test_data("kube")
     # Substitutions, and why:
     # - the Secret's values become the stack's URIs; podman 4.3 writes secret volume files still
     #   base64-encoded, so the play mounts the same two files from a host folder instead;
