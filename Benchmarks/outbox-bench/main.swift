@@ -21,7 +21,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     @OptionGroup var mongo: MongoOptions
 
-    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
+    @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp)
     var amqpURL: String?
 
     @Option(help: "Folder with the release build of outbox-relay.")
@@ -78,7 +78,7 @@ struct BenchCommand: AsyncParsableCommand {
         let uri = try mongo.resolvedURI(settings)
         let amqp = try settings.amqp(amqpURL)
         let bench = Bench(
-            uri: uri, amqp: amqp, amqpURL: try settings.secret(amqpURL, env: "AMQP_URL", flagName: "--amqp-url"), bin: binDirectory,
+            uri: uri, amqp: amqp, amqpURL: try settings.secret(amqpURL, .amqpURL, file: .amqpURLFile), bin: binDirectory,
             stackScript: stackScript, logger: logger)
         var rows: [(String, String)] = []
         func report(_ name: String, _ value: String) {

@@ -20,12 +20,16 @@ struct ConsumerCommand: AsyncParsableCommand {
     @OptionGroup var mongo: MongoOptions
     @OptionGroup var consumer: ConsumerOptions
 
-    @Option(help: "Exchange for InventoryReserved / InventoryReservationFailed (env INVENTORY_EXCHANGE; default inventory).")
+    static let eventsExchangeSetting = SettingDeclaration(
+        env: "INVENTORY_EXCHANGE", flag: "events-exchange", default: "inventory", usedBy: "inventory-consumer",
+        "Exchange for InventoryReserved / InventoryReservationFailed")
+
+    @Option(name: eventsExchangeSetting.name, help: eventsExchangeSetting.argumentHelp)
     var eventsExchange: String?
 
     func run() async throws {
         try await ConsumerProgram.run(name: "inventory", defaultHTTPPort: 9401, mongo: mongo, options: consumer) { settings in
-            InventoryHandler(writer: OutboxWriter(), exchange: try settings.string(eventsExchange, env: "INVENTORY_EXCHANGE", default: "inventory", flagName: "--events-exchange"))
+            InventoryHandler(writer: OutboxWriter(), exchange: try settings.string(eventsExchange, Self.eventsExchangeSetting))
         }
     }
 }

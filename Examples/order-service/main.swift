@@ -18,13 +18,20 @@ struct OrderServiceCommand: AsyncParsableCommand {
 
     @OptionGroup var mongo: MongoOptions
 
-    @Option(help: "Address to listen on (env ORDER_SERVICE_HOST; default 127.0.0.1).")
+    static let hostSetting = SettingDeclaration(
+        env: "ORDER_SERVICE_HOST", flag: "host", default: "127.0.0.1", usedBy: "order-service", "Address to listen on")
+    static let portSetting = SettingDeclaration(
+        env: "ORDER_SERVICE_PORT", flag: "port", kind: .integer(0...65535), default: "8080", usedBy: "order-service", "Port to listen on")
+    static let exchangeSetting = SettingDeclaration(
+        env: "ORDER_EXCHANGE", flag: "exchange", default: "orders", usedBy: "order-service", "Exchange the order events go to")
+
+    @Option(name: hostSetting.name, help: hostSetting.argumentHelp)
     var host: String?
 
-    @Option(help: "Port to listen on (env ORDER_SERVICE_PORT; default 8080).")
+    @Option(name: portSetting.name, help: portSetting.argumentHelp)
     var port: Int?
 
-    @Option(help: "Exchange the order events go to (env ORDER_EXCHANGE; default orders).")
+    @Option(name: exchangeSetting.name, help: exchangeSetting.argumentHelp)
     var exchange: String?
 
     func run() async throws {
@@ -34,9 +41,9 @@ struct OrderServiceCommand: AsyncParsableCommand {
         let store: OrderStore
         do {
             logger = Runtime.bootstrap(label: "order-service", level: try settings.logLevel(mongo.logLevel))
-            let host = try settings.string(host, env: "ORDER_SERVICE_HOST", default: "127.0.0.1", flagName: "--host")
-            let port = try settings.int(port, env: "ORDER_SERVICE_PORT", default: 8080, flagName: "--port", range: 0...65535)
-            let exchange = try settings.string(exchange, env: "ORDER_EXCHANGE", default: "orders", flagName: "--exchange")
+            let host = try settings.string(host, Self.hostSetting)
+            let port = try settings.int(port, Self.portSetting)
+            let exchange = try settings.string(exchange, Self.exchangeSetting)
             let pool = try settings.mongoPool(
                 uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "order-service", threads: 8)
             await Runtime.checkLinks(program: "order-service", mongo: pool, amqp: nil, broker: .exit, logger: logger)

@@ -29,7 +29,7 @@ struct DemoCommand: AsyncParsableCommand {
 
     @OptionGroup var mongo: MongoOptions
 
-    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
+    @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp)
     var amqpURL: String?
 
     @Option(help: "Base URL of the order service.")

@@ -152,7 +152,7 @@ public final class LeaseManager: Service {
     public func lost(_ partitions: Set<Int>) {
         guard !partitions.isEmpty else { return }
         state.withLock { $0.held.removeAll { partitions.contains($0.partition) } }
-        logger.warning("lease lost: writes were fenced", metadata: ["outbox.partitions": "\(partitions.sorted())"])
+        logger.warning("lease lost: writes were fenced", metadata: [LogKey.outboxPartitions: "\(partitions.sorted())"])
     }
 
     /// One heartbeat / renew / balance round. Rounds run one at a time: by `run()`, or (before
@@ -195,8 +195,8 @@ public final class LeaseManager: Service {
             logger.info(
                 "partition leases changed",
                 metadata: [
-                    "outbox.partitions": "\(round.held.sorted().map(\.description))", "outbox.relays": "\(round.activeRelays)",
-                    "outbox.gained": "\(after.subtracting(before).sorted())", "outbox.released_or_lost": "\(before.subtracting(after).sorted())",
+                    LogKey.outboxPartitions: "\(round.held.sorted().map(\.description))", LogKey.outboxRelays: "\(round.activeRelays)",
+                    LogKey.outboxGained: "\(after.subtracting(before).sorted())", LogKey.outboxReleasedOrLost: "\(before.subtracting(after).sorted())",
                 ])
         }
     }
@@ -209,7 +209,7 @@ public final class LeaseManager: Service {
                 failures = 0
             } catch {
                 failures += 1
-                logger.warning("lease renewal failed", metadata: ["error": "\(error)", "relay.failed_rounds": "\(failures)"])
+                logger.warning("lease renewal failed", metadata: [LogKey.error: "\(error)", LogKey.relayFailedRounds: "\(failures)"])
             }
             await waitForNextRound(failures == 0 ? roundInterval : Self.retryDelay(ttl: configuration.ttl, failures: failures))
         }
@@ -252,9 +252,9 @@ public final class LeaseManager: Service {
         }
         do {
             try await store.resign(owner: configuration.owner, leases: held)
-            logger.info("leases released", metadata: ["outbox.partitions": "\(held.map(\.partition))"])
+            logger.info("leases released", metadata: [LogKey.outboxPartitions: "\(held.map(\.partition))"])
         } catch {
-            logger.warning("could not release leases; they expire by themselves", metadata: ["error": "\(error)"])
+            logger.warning("could not release leases; they expire by themselves", metadata: [LogKey.error: "\(error)"])
         }
     }
 }

@@ -115,7 +115,7 @@ public final class Relay: Service {
     }
 
     public func run() async throws {
-        logger.info("relay started", metadata: ["outbox.batch_size": "\(configuration.batchSize)"])
+        logger.info("relay started", metadata: [LogKey.outboxBatchSize: "\(configuration.batchSize)"])
         var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             defer { onIteration() }  // each pass, delivered, idle or failed (a liveness watchdog counts them)
@@ -139,7 +139,7 @@ public final class Relay: Service {
             } catch {
                 failures += 1
                 let delay = errorBackoff(failures)
-                logger.warning("relay pass failed; retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+                logger.warning("relay pass failed; retrying", metadata: [LogKey.error: "\(error)", LogKey.retryIn: "\(delay)"])
                 try? await Task.sleep(for: delay)
             }
         }
@@ -171,7 +171,7 @@ public final class Relay: Service {
         let gone = Set(held.filter { !leases.isHeld($0) }.map(\.partition))
         if !gone.isEmpty {
             batch.removeAll { gone.contains($0.partition) }
-            logger.warning("lease lost before publishing; its events are left to its new owner", metadata: ["outbox.partitions": "\(gone.sorted())"])
+            logger.warning("lease lost before publishing; its events are left to its new owner", metadata: [LogKey.outboxPartitions: "\(gone.sorted())"])
             guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
         }
         RelayMetrics.batchSize.record(batch.count)
@@ -219,7 +219,7 @@ public final class Relay: Service {
             logFailures(failed)
         }
         if unsent > 0 {
-            logger.warning("broker connection lost or blocked; events stay pending", metadata: ["outbox.unsent": "\(unsent)"])
+            logger.warning("broker connection lost or blocked; events stay pending", metadata: [LogKey.outboxUnsent: "\(unsent)"])
         }
         var fenced = 0
         if !fencedPartitions.isEmpty {
@@ -263,7 +263,7 @@ public final class Relay: Service {
             } catch {
                 guard attempt < configuration.markAttempts, !Task.isCancelled else { throw error }
                 RelayMetrics.markRetries.increment()
-                logger.debug("marking failed; trying again", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+                logger.debug("marking failed; trying again", metadata: [LogKey.error: "\(error)", LogKey.retryIn: "\(delay)"])
                 try? await Task.sleep(for: delay)
                 delay *= 4
                 attempt += 1
@@ -278,7 +278,7 @@ public final class Relay: Service {
                 state[message.partition, default: []].append(message)
             }
         }
-        logger.warning("confirmed events could not be marked; marking them before the next fetch", metadata: ["outbox.unmarked": "\(confirmed.count)"])
+        logger.warning("confirmed events could not be marked; marking them before the next fetch", metadata: [LogKey.outboxUnmarked: "\(confirmed.count)"])
     }
 
     /// Marks the events remembered as confirmed but unmarked whose partitions this relay still
@@ -297,7 +297,7 @@ public final class Relay: Service {
         }
         if !fenced.isEmpty { leases.lost(fenced) }
         let marked = waiting.filter { !fenced.contains($0.partition) }.count
-        logger.info("marked events confirmed in an earlier pass", metadata: ["outbox.marked": "\(marked)"])
+        logger.info("marked events confirmed in an earlier pass", metadata: [LogKey.outboxMarked: "\(marked)"])
         return marked
     }
 
@@ -307,8 +307,8 @@ public final class Relay: Service {
             logger.warning(
                 "delivery failed; \(action)",
                 metadata: [
-                    "outbox.event_id": "\(failure.id)", "outbox.attempts": "\(failure.attempts)",
-                    "error": "\(failure.error)",
+                    LogKey.outboxEventID: "\(failure.id)", LogKey.outboxAttempts: "\(failure.attempts)",
+                    LogKey.error: "\(failure.error)",
                 ])
         }
         if failed.count > 5 { logger.warning("\(failed.count - 5) more deliveries failed in this batch") }

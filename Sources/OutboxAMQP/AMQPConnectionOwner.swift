@@ -111,7 +111,7 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
         if let reason {
             logger.warning(
                 "broker blocked publishing (resource alarm); events stay pending until it unblocks",
-                metadata: ["amqp.blocked_reason": "\(reason)"])
+                metadata: [LogKey.amqpBlockedReason: "\(reason)"])
         } else if connection?.isOpen == true {
             logger.notice("broker unblocked publishing")
         } else {
@@ -142,7 +142,7 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
                     endpoint: endpoint, address: endpoint.addresses[index], heartbeatSeconds: Int32(configuration.heartbeatSeconds),
                     connectTimeout: configuration.connectTimeout, generation: generation)
                 try setup(fresh)
-                logger.info("AMQP connection open", metadata: ["amqp.endpoint": "\(endpoint.link(endpoint.addresses[index]))"])
+                logger.info("AMQP connection open", metadata: [LogKey.amqpEndpoint: "\(endpoint.link(endpoint.addresses[index]))"])
                 lastAddress = index
                 lastFailure = nil
                 connection = fresh
@@ -155,7 +155,7 @@ public final class AMQPConnectionOwner: @unchecked Sendable {
         if error.description != lastFailure {
             lastFailure = error.description
             logger.error(
-                "AMQP link down", metadata: ["amqp.endpoint": "\(endpoint)", "error": "\(error)", "error.cause": "\(error.cause)"])
+                "AMQP link down", metadata: [LogKey.amqpEndpoint: "\(endpoint)", LogKey.error: "\(error)", LogKey.errorCause: "\(error.cause)"])
         }
         throw error
     }

@@ -142,7 +142,7 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                 return batch.outcomes(orElse: .timedOut)
             }
         } catch {
-            logger.warning("publish failed", metadata: ["error": "\(error)", "outbox.batch_size": "\(messages.count)"])
+            logger.warning("publish failed", metadata: [LogKey.error: "\(error)", LogKey.outboxBatchSize: "\(messages.count)"])
             return Array(repeating: .connectionLost("\(error)"), count: messages.count)
         }
     }
@@ -249,7 +249,7 @@ extension ConfirmPublisher {
                     if !connection.declaredExchanges.contains(exchange) { try connection.declareExchange(exchange, type: type) }
                 }
             } catch let error as AMQPError where error.operation.hasPrefix("exchange.declare") {
-                logger.error("cannot declare exchange", metadata: ["amqp.exchange": "\(exchange)", "error": "\(error)"])
+                logger.error("cannot declare exchange", metadata: [LogKey.amqpExchange: "\(exchange)", LogKey.error: "\(error)"])
                 broken[exchange] = error.message
             } catch {
                 // Not this exchange's fault (broker unreachable): the publish will report it.

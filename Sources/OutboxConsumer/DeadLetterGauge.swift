@@ -1,5 +1,6 @@
 import Logging
 import Metrics
+import Outbox
 import OutboxAMQP
 import ServiceLifecycle
 
@@ -36,7 +37,7 @@ public final class DeadLetterGauge: Service {
                 try await sample()
             } catch {
                 // The consumer declares the queue when it connects; until then there is nothing to count.
-                logger.debug("dead-letter queue depth not read", metadata: ["error": "\(error)"])
+                logger.debug("dead-letter queue depth not read", metadata: [LogKey.error: "\(error)"])
             }
             try? await Task.sleep(for: interval)
         }

@@ -154,7 +154,7 @@ public final class InboxConsumer: Service {
         try await ensureIndexes()
         logger.info(
             "consumer started",
-            metadata: ["amqp.queue": "\(configuration.topology.queue)", "consumer.batch_size": "\(configuration.batchSize)"])
+            metadata: [LogKey.amqpQueue: "\(configuration.topology.queue)", LogKey.consumerBatchSize: "\(configuration.batchSize)"])
         var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
@@ -164,13 +164,13 @@ public final class InboxConsumer: Service {
             } catch {
                 failures += 1
                 let delay = Duration.milliseconds(min(100 << min(failures, 6), 5000))
-                logger.warning("broker connection failed; reconnecting", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+                logger.warning("broker connection failed; reconnecting", metadata: [LogKey.error: "\(error)", LogKey.retryIn: "\(delay)"])
                 try? await Task.sleep(for: delay)
             }
         }
         await channel.close()
         await deadLetters.close()
-        logger.info("consumer stopped", metadata: ["consumer.processed": "\(stats.processed)"])
+        logger.info("consumer stopped", metadata: [LogKey.consumerProcessed: "\(stats.processed)"])
     }
 
     /// Takes what has arrived, up to the batch size, waiting at most `batchWait` for more (after
@@ -254,7 +254,7 @@ public final class InboxConsumer: Service {
         if duplicates > 0 {
             counters.withLock { $0.duplicates += duplicates }
             metrics.duplicates.increment(by: duplicates)
-            logger.debug("duplicates skipped", metadata: ["count": "\(duplicates)"])
+            logger.debug("duplicates skipped", metadata: [LogKey.count: "\(duplicates)"])
             await recordDuplicates(duplicates)
         }
         await settle(deliveries, settlements)
@@ -279,7 +279,7 @@ public final class InboxConsumer: Service {
             for item in items { settlements[item.delivery.deliveryTag] = .ack }
         case .unavailable(let error):
             // The database is down: not the messages' fault. Give them back and wait.
-            logger.warning("database unavailable; batch requeued", metadata: ["error": "\(error)", "batch.size": "\(items.count)"])
+            logger.warning("database unavailable; batch requeued", metadata: [LogKey.error: "\(error)", LogKey.consumerBatchSize: "\(items.count)"])
             try? await Task.sleep(for: .seconds(1))
             for item in items { settlements[item.delivery.deliveryTag] = .requeue }
         case .duplicate:
@@ -288,12 +288,12 @@ public final class InboxConsumer: Service {
         case .failed(let error, _, let index?) where index < items.count:
             logger.info(
                 "message failed in a batch; applying the others without it",
-                metadata: ["message.id": "\(items[index].message.messageId)", "error": "\(error)"])
+                metadata: [LogKey.messageID: "\(items[index].message.messageId)", LogKey.error: "\(error)"])
             await apply(Array(items[..<index]), into: &settlements)
             settlements[items[index].delivery.deliveryTag] = await applyAlone(items[index])
             await apply(Array(items[(index + 1)...]), into: &settlements)
         case .failed(let error, _, _):
-            logger.info("batch failed; splitting it", metadata: ["batch.size": "\(items.count)", "error": "\(error)"])
+            logger.info("batch failed; splitting it", metadata: [LogKey.consumerBatchSize: "\(items.count)", LogKey.error: "\(error)"])
             let middle = items.count / 2
             await apply(Array(items[..<middle]), into: &settlements)
             await apply(Array(items[middle...]), into: &settlements)
@@ -316,11 +316,11 @@ public final class InboxConsumer: Service {
             case .duplicate:
                 counters.withLock { $0.duplicates += 1 }
                 metrics.duplicates.increment()
-                logger.debug("duplicate skipped", metadata: ["message.id": "\(item.message.messageId)"])
+                logger.debug("duplicate skipped", metadata: [LogKey.messageID: "\(item.message.messageId)"])
                 await recordDuplicates(1)
                 return .ack
             case .unavailable(let error):
-                logger.warning("database unavailable; message requeued", metadata: ["error": "\(error)"])
+                logger.warning("database unavailable; message requeued", metadata: [LogKey.error: "\(error)"])
                 try? await Task.sleep(for: .seconds(1))
                 return .requeue
             case .failed(let error, let permanent, _):
@@ -331,7 +331,7 @@ public final class InboxConsumer: Service {
                 }
                 logger.info(
                     "handler failed; retrying",
-                    metadata: ["message.id": "\(item.message.messageId)", "attempt": "\(attempts)", "error": "\(error)"])
+                    metadata: [LogKey.messageID: "\(item.message.messageId)", LogKey.attempts: "\(attempts)", LogKey.error: "\(error)"])
                 try? await Task.sleep(for: configuration.retryDelay)
             }
         }
@@ -412,7 +412,7 @@ public final class InboxConsumer: Service {
             try await channel.ack(upTo: newestAcked)
         } catch {
             // The effects are committed; the redeliveries this causes are skipped as duplicates.
-            logger.warning("ack failed; messages will be redelivered and skipped", metadata: ["error": "\(error)"])
+            logger.warning("ack failed; messages will be redelivered and skipped", metadata: [LogKey.error: "\(error)"])
         }
     }
 
@@ -460,10 +460,10 @@ public final class InboxConsumer: Service {
             metrics.deadLettered.increment()
             logger.error(
                 "message dead-lettered",
-                metadata: ["message.id": "\(delivery.messageId ?? "-")", "attempts": "\(attempts)", "reason": "\(reason)"])
+                metadata: [LogKey.messageID: "\(delivery.messageId ?? "-")", LogKey.attempts: "\(attempts)", LogKey.reason: "\(reason)"])
             return .ack
         }
-        logger.error("dead-letter publish not confirmed; message requeued", metadata: ["outcome": "\(String(describing: outcome))"])
+        logger.error("dead-letter publish not confirmed; message requeued", metadata: [LogKey.outcome: "\(String(describing: outcome))"])
         // Pause so a broker that refuses dead letters does not turn into a redelivery storm.
         try? await Task.sleep(for: .seconds(1))
         return .requeue

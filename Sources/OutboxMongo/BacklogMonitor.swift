@@ -84,7 +84,7 @@ public final class BacklogMonitor: Service {
                 Self.databaseUp.record(1)
             } catch {
                 Self.databaseUp.record(0)
-                logger.warning("backlog sample failed", metadata: ["error": "\(error)"])
+                logger.warning("backlog sample failed", metadata: [LogKey.error: "\(error)"])
             }
             try? await Task.sleep(for: interval)
         }

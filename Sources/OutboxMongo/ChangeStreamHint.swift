@@ -54,7 +54,7 @@ public final class ChangeStreamHint: Service {
                     failures = 0
                 } catch {
                     failures += 1
-                    logger.warning("change stream failed; polling continues, retrying the watch", metadata: ["error": "\(error)"])
+                    logger.warning("change stream failed; polling continues, retrying the watch", metadata: [LogKey.error: "\(error)"])
                     try? await Task.sleep(for: .milliseconds(min(250 << min(failures, 5), 5000)))
                 }
             }
@@ -66,7 +66,7 @@ public final class ChangeStreamHint: Service {
     /// One change stream, until shutdown or an error.
     private func watch() async throws {
         let stream = try await thread.runIfActive { [pool, collection] in try Stream(pool: pool, collection: collection) }
-        logger.debug("change stream open", metadata: ["outbox.collection": "\(collection)"])
+        logger.debug("change stream open", metadata: [LogKey.outboxCollection: "\(collection)"])
         do {
             try await follow(stream)
         } catch {

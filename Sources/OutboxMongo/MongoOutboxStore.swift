@@ -815,7 +815,7 @@ public final class MongoOutboxStore: OutboxStore {
     /// New documents are parked by a conditional update on their still having no state.
     private func park(_ malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)], leases: [PartitionLease]) async throws {
         for item in malformed.prefix(20) {
-            logger.error("parking malformed outbox document", metadata: ["outbox.event_id": "\(ExtendedJSON.render(item.id))", "reason": "\(item.reason)"])
+            logger.error("parking malformed outbox document", metadata: [LogKey.outboxEventID: "\(ExtendedJSON.render(item.id))", LogKey.reason: "\(item.reason)"])
         }
         if malformed.count > 20 { logger.error("parking \(malformed.count - 20) more malformed outbox documents") }
         let now = Date()
@@ -860,7 +860,7 @@ public final class MongoOutboxStore: OutboxStore {
         let collection = options.collection
         let all = statements
         let (matched, refused) = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), all) }
-        logger.debug("stamped outbox documents for their partitions", metadata: ["outbox.stamped": "\(matched)"])
+        logger.debug("stamped outbox documents for their partitions", metadata: [LogKey.outboxStamped: "\(matched)"])
         try await parkUnwritable(refused, partitionOf: partitionOf)
     }
 
@@ -940,7 +940,7 @@ public final class MongoOutboxStore: OutboxStore {
             let delivered = intended[key] == OutboxSchema.Status.delivered
             logger.error(
                 delivered ? "outbox document delivered, its relay fields replaced" : "parking outbox document the relay cannot update",
-                metadata: ["outbox.event_id": "\(key)", "reason": "\(reason)"])
+                metadata: [LogKey.outboxEventID: "\(key)", LogKey.reason: "\(reason)"])
             var filter: Document = ["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })]]
             let attempts = max(documents[key]?["attempts"]?.intValue ?? 0, 0) + (delivered ? 1 : 0)
             var fields: Document =
@@ -971,7 +971,7 @@ public final class MongoOutboxStore: OutboxStore {
         for item in refused.prefix(20) {
             logger.error(
                 "outbox document can be neither marked nor parked; this relay skips it",
-                metadata: ["outbox.event_id": "\(ExtendedJSON.render(item.id))", "error": "\(item.message)"])
+                metadata: [LogKey.outboxEventID: "\(ExtendedJSON.render(item.id))", LogKey.error: "\(item.message)"])
         }
         let count = quarantined.withLock { set in
             for item in refused { set.insert(OutboxDocument.storeKey(of: item.id)) }

@@ -289,11 +289,11 @@ public struct DeadLetters: Sendable {
             try await admin.nack(held, requeue: true)
         } catch {
             // Closing the connection gives them back just as well.
-            logger.warning("dead letters not given back one by one; closing the connection returns them", metadata: ["error": "\(error)"])
+            logger.warning("dead letters not given back one by one; closing the connection returns them", metadata: [LogKey.error: "\(error)"])
         }
         await admin.close()
         if result.interrupted != nil {
-            logger.warning("dead-letter command stopped early", metadata: ["amqp.queue": "\(deadLetterQueue)", "reason": "\(result.interrupted ?? "")"])
+            logger.warning("dead-letter command stopped early", metadata: [LogKey.amqpQueue: "\(deadLetterQueue)", LogKey.reason: "\(result.interrupted ?? "")"])
         }
         return result
     }

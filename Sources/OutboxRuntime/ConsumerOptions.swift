@@ -9,37 +9,37 @@ import OutboxConsumer
 
 /// Options every consumer takes.
 public struct ConsumerOptions: ParsableArguments {
-    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
+    @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp)
     public var amqpURL: String?
 
-    @Option(help: "Exchange to consume from (env CONSUMER_EXCHANGE; default orders).")
+    @Option(name: SettingDeclaration.consumerExchange.name, help: SettingDeclaration.consumerExchange.argumentHelp)
     public var exchange: String?
 
-    @Option(help: "Queue name (env CONSUMER_QUEUE; default <consumer>.order-created).")
+    @Option(name: SettingDeclaration.consumerQueue.name, help: SettingDeclaration.consumerQueue.argumentHelp)
     public var queue: String?
 
-    @Option(help: "Type of the queue and its dead-letter queue: quorum (replicated, RabbitMQ's choice for data safety) or classic (env CONSUMER_QUEUE_TYPE; default quorum). An existing queue keeps its type; see docs/production-checklist.md to move one.")
+    @Option(name: SettingDeclaration.consumerQueueType.name, help: SettingDeclaration.consumerQueueType.argumentHelp)
     public var queueType: String?
 
-    @Option(help: "Unacknowledged messages in flight, 1-1000, at least the batch size (env CONSUMER_PREFETCH; default twice the batch size, at least 32).")
+    @Option(name: SettingDeclaration.consumerPrefetch.name, help: SettingDeclaration.consumerPrefetch.argumentHelp)
     public var prefetch: Int?
 
-    @Option(help: "Most messages applied in one transaction and acked together, 1-1000; 1 applies them one by one (env CONSUMER_BATCH_SIZE; default 32).")
+    @Option(name: SettingDeclaration.consumerBatchSize.name, help: SettingDeclaration.consumerBatchSize.argumentHelp)
     public var batchSize: Int?
 
-    @Option(help: "How long a batch waits for more messages once it has one, e.g. 100ms; bounds the latency batching adds to a lone message, and under a steady trickle makes batches of more than one (env CONSUMER_BATCH_WAIT; default 100ms; 0 takes only what has arrived).")
+    @Option(name: SettingDeclaration.consumerBatchWait.name, help: SettingDeclaration.consumerBatchWait.argumentHelp)
     public var batchWait: String?
 
-    @Option(help: "Handler tries before a message is dead-lettered, 1-100 (env CONSUMER_MAX_ATTEMPTS; default 5).")
+    @Option(name: SettingDeclaration.consumerMaxAttempts.name, help: SettingDeclaration.consumerMaxAttempts.argumentHelp)
     public var maxAttempts: Int?
 
-    @Option(help: "How long processed message ids are kept, e.g. 7d as 168h (env CONSUMER_INBOX_RETENTION; default 168h).")
+    @Option(name: SettingDeclaration.consumerInboxRetention.name, help: SettingDeclaration.consumerInboxRetention.argumentHelp)
     public var inboxRetention: String?
 
-    @Option(help: "Address of /metrics, /health/live and /health/ready, host:port; 'off' for none (env CONSUMER_HTTP_ADDRESS; default 127.0.0.1:9401 inventory, 9402 notification).")
+    @Option(name: SettingDeclaration.consumerHTTPAddress.name, help: SettingDeclaration.consumerHTTPAddress.argumentHelp)
     public var httpAddress: String?
 
-    @Option(help: "How often the dead-letter queue's depth is read for outbox_consumer_dead_letters, e.g. 15s (env CONSUMER_METRICS_INTERVAL; default 15s).")
+    @Option(name: SettingDeclaration.consumerMetricsInterval.name, help: SettingDeclaration.consumerMetricsInterval.argumentHelp)
     public var metricsInterval: String?
 
     public init() {}
@@ -49,8 +49,8 @@ public struct ConsumerOptions: ParsableArguments {
         _ settings: Settings, consumer: InboxConsumer, pool: MongoClientPool, amqp: AMQPConfiguration, defaultPort: Int,
         registry: PrometheusCollectorRegistry, logger: Logger
     ) throws -> [any Service] {
-        let text = try settings.string(httpAddress, env: "CONSUMER_HTTP_ADDRESS", default: "127.0.0.1:\(defaultPort)", flagName: "--http-address")
-        let interval = try settings.duration(metricsInterval, env: "CONSUMER_METRICS_INTERVAL", default: "15s", flagName: "--metrics-interval")
+        let text = try settings.string(httpAddress, .consumerHTTPAddress, default: "127.0.0.1:\(defaultPort)")
+        let interval = try settings.duration(metricsInterval, .consumerMetricsInterval)
         var services: [any Service] = [
             ConnectionGauges(probes: [("broker", { consumer.isConnectedNow })]),
             DeadLetterGauge(
@@ -58,7 +58,7 @@ public struct ConsumerOptions: ParsableArguments {
                 interval: interval, logger: logger),
         ]
         guard text != "off" else { return services }
-        let endpoint = try OpsServer.address(text, setting: "CONSUMER_HTTP_ADDRESS (--http-address)")
+        let endpoint = try OpsServer.address(text, setting: SettingDeclaration.consumerHTTPAddress.label)
         services.append(OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) {
             ["database": .init(up: (try? await pool.ping()) != nil), "broker": .init(up: consumer.isConnectedNow)]
         })
@@ -70,33 +70,32 @@ public struct ConsumerOptions: ParsableArguments {
     }
 
     func queueType(_ settings: Settings) throws -> ConsumerTopology.QueueType {
-        let raw = try settings.string(queueType, env: "CONSUMER_QUEUE_TYPE", default: "quorum", flagName: "--queue-type")
+        let raw = try settings.string(queueType, .consumerQueueType)
         guard let type = ConsumerTopology.QueueType(rawValue: raw) else {
-            throw ConfigurationError(setting: "CONSUMER_QUEUE_TYPE (--queue-type)", reason: "'\(raw)' is not quorum or classic")
+            throw ConfigurationError(setting: SettingDeclaration.consumerQueueType.label, reason: "'\(raw)' is not quorum or classic")
         }
         return type
     }
 
     public func configuration(_ settings: Settings, name: String) throws -> ConsumerConfiguration {
-        let queue = try settings.string(queue, env: "CONSUMER_QUEUE", default: "\(name).order-created", flagName: "--queue")
-        let batchSize = try settings.int(batchSize, env: "CONSUMER_BATCH_SIZE", default: 32, flagName: "--batch-size", range: 1...1000)
-        let prefetch = try settings.int(
-            prefetch, env: "CONSUMER_PREFETCH", default: min(max(2 * batchSize, 32), 1000), flagName: "--prefetch", range: 1...1000)
+        let queue = try settings.string(queue, .consumerQueue, default: "\(name).order-created")
+        let batchSize = try settings.int(batchSize, .consumerBatchSize)
+        let prefetch = try settings.int(prefetch, .consumerPrefetch, default: min(max(2 * batchSize, 32), 1000))
         guard prefetch >= batchSize else {
             throw ConfigurationError(
-                setting: "CONSUMER_PREFETCH (--prefetch)",
-                reason: "\(prefetch) is less than the batch size \(batchSize) (CONSUMER_BATCH_SIZE): batches could never fill")
+                setting: SettingDeclaration.consumerPrefetch.label,
+                reason: "\(prefetch) is less than the batch size \(batchSize) (\(SettingDeclaration.consumerBatchSize.env)): batches could never fill")
         }
         let topology = ConsumerTopology(
-            exchange: try settings.string(exchange, env: "CONSUMER_EXCHANGE", default: "orders", flagName: "--exchange"),
+            exchange: try settings.string(exchange, .consumerExchange),
             queue: queue, bindings: ["order.created"],
             queueType: try queueType(settings),
             prefetch: UInt16(prefetch))
         return ConsumerConfiguration(
             name: name, topology: topology,
-            maxAttempts: try settings.int(maxAttempts, env: "CONSUMER_MAX_ATTEMPTS", default: 5, flagName: "--max-attempts", range: 1...100),
-            inboxRetention: try settings.duration(inboxRetention, env: "CONSUMER_INBOX_RETENTION", default: "168h", flagName: "--inbox-retention"),
+            maxAttempts: try settings.int(maxAttempts, .consumerMaxAttempts),
+            inboxRetention: try settings.duration(inboxRetention, .consumerInboxRetention),
             batchSize: batchSize,
-            batchWait: try settings.duration(batchWait, env: "CONSUMER_BATCH_WAIT", default: "100ms", flagName: "--batch-wait", allowZero: true))
+            batchWait: try settings.duration(batchWait, .consumerBatchWait))
     }
 }

@@ -44,17 +44,21 @@ struct ConfigurationTests {
     @Test("settings: flag beats environment beats default; bad values name flag and variable")
     func settings() throws {
         let settings = Settings(environment: ["RELAY_BATCH_SIZE": "250", "BAD": "x", "LOG_LEVEL": "loud"])
-        #expect(try settings.int(nil, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000) == 250)
-        #expect(try settings.int(7, env: "RELAY_BATCH_SIZE", default: 500, flagName: "--batch-size", range: 1...10_000) == 7)
-        #expect(try settings.int(nil, env: "UNSET", default: 500, flagName: "--x", range: 1...10_000) == 500)
+        let unset = SettingDeclaration(env: "UNSET", flag: "x", kind: .integer(1...10_000), default: "500", usedBy: "test", "unset")
+        let bad = SettingDeclaration(env: "BAD", flag: "bad", kind: .integer(1...2), default: "1", usedBy: "test", "bad")
+        let narrow = SettingDeclaration(env: "RELAY_BATCH_SIZE", flag: "batch-size", kind: .integer(1...100), default: "1", usedBy: "test", "narrow")
+        #expect(try settings.int(nil, .relayBatchSize) == 250)
+        #expect(try settings.int(7, .relayBatchSize) == 7)
+        #expect(try settings.int(nil, unset) == 500)
+        #expect(try settings.int(nil, unset, default: 42) == 42, "a computed default stands in for the declared one")
         #expect(throws: ConfigurationError(setting: "BAD (--bad)", reason: "'x' is not an integer")) {
-            try settings.int(nil, env: "BAD", default: 1, flagName: "--bad", range: 1...2)
+            try settings.int(nil, bad)
         }
         #expect(throws: ConfigurationError(setting: "RELAY_BATCH_SIZE (--batch-size)", reason: "must be between 1 and 100, got 250")) {
-            try settings.int(nil, env: "RELAY_BATCH_SIZE", default: 1, flagName: "--batch-size", range: 1...100)
+            try settings.int(nil, narrow)
         }
         #expect(throws: ConfigurationError(setting: "MONGODB_URI (--mongodb-uri)", reason: "is required")) {
-            try settings.string(nil, env: "MONGODB_URI", flagName: "--mongodb-uri")
+            try settings.string(nil, .mongodbURI)
         }
         #expect { try settings.logLevel(nil) } throws: { ($0 as? ConfigurationError)?.setting == "LOG_LEVEL (--log-level)" }
     }

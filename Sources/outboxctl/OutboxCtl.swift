@@ -27,14 +27,14 @@ struct OutboxCtl: AsyncParsableCommand {
             """,
         subcommands: [
             Init.self, Status.self, List.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self,
-            Repartition.self, Dlq.self, Probe.self,
+            Repartition.self, Dlq.self, Probe.self, SettingsCommand.self,
         ])
 }
 
 struct Common: ParsableArguments {
     @OptionGroup var mongo: MongoOptions
 
-    @Option(help: "Outbox collection (env OUTBOX_COLLECTION; default outbox).")
+    @Option(name: SettingDeclaration.collection.name, help: SettingDeclaration.collection.argumentHelp)
     var collection: String?
 
     @Flag(help: "Print JSON instead of a table.")
@@ -49,7 +49,7 @@ struct Common: ParsableArguments {
             logger = Runtime.bootstrap(label: "outboxctl", level: try settings.logLevel(mongo.logLevel ?? "error"))
             let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl", threads: 1)
             await Runtime.checkLinks(program: "outboxctl", mongo: pool, amqp: nil, broker: .exit, logger: logger)
-            admin = OutboxAdmin(pool: pool, collection: try settings.string(collection, env: "OUTBOX_COLLECTION", default: "outbox", flagName: "--collection"))
+            admin = OutboxAdmin(pool: pool, collection: try settings.string(collection, .collection))
         } catch {
             Runtime.failConfiguration(error, program: "outboxctl")
         }
@@ -344,7 +344,7 @@ extension OutboxCtl {
         @OptionGroup var common: Common
         @OptionGroup var filters: Filters
         @Option(help: "pending, delivered or parked (default: any).") var status: String?
-        @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL)) var amqpURL: String?
+        @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp) var amqpURL: String?
         @Option(help: "Exchange to publish to (default: each event's own).") var exchange: String?
         @Option(help: "Routing key (default: each event's own).") var routingKey: String?
         @Flag(help: "Show what would be published; publish nothing.") var dryRun = false
@@ -440,7 +440,7 @@ struct DeadLetterOptions: ParsableArguments {
     @Option(help: "The dead-letter queue, when it is not <queue>.dlq.")
     var deadLetterQueue: String?
 
-    @Option(name: .customLong("amqp-url"), help: ArgumentHelp(Help.amqpURL))
+    @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp)
     var amqpURL: String?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error (default error).")

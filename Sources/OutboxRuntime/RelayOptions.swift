@@ -1,0 +1,202 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+
+/// The relay's options; each is declared in `SettingCatalog`, and `resolve` turns them (with the
+/// environment) into checked settings.
+public struct RelayOptions: ParsableArguments {
+    @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp)
+    public var amqpURL: String?
+
+    @Option(name: SettingDeclaration.collection.name, help: SettingDeclaration.collection.argumentHelp)
+    public var collection: String?
+
+    @Option(name: SettingDeclaration.relayExchange.name, help: SettingDeclaration.relayExchange.argumentHelp)
+    public var exchange: String?
+
+    @Option(name: SettingDeclaration.relayExchangeMap.name, help: SettingDeclaration.relayExchangeMap.argumentHelp)
+    public var exchangeMap: String?
+
+    @Option(name: SettingDeclaration.relayBatchSize.name, help: SettingDeclaration.relayBatchSize.argumentHelp)
+    public var batchSize: Int?
+
+    @Option(name: SettingDeclaration.relayBatchMaxBytes.name, help: SettingDeclaration.relayBatchMaxBytes.argumentHelp)
+    public var batchMaxBytes: Int?
+
+    @Option(name: SettingDeclaration.relayMaxInFlight.name, help: SettingDeclaration.relayMaxInFlight.argumentHelp)
+    public var maxInFlight: Int?
+
+    @Option(name: SettingDeclaration.relayPollInterval.name, help: SettingDeclaration.relayPollInterval.argumentHelp)
+    public var pollInterval: String?
+
+    @Option(name: SettingDeclaration.relayConfirmTimeout.name, help: SettingDeclaration.relayConfirmTimeout.argumentHelp)
+    public var confirmTimeout: String?
+
+    @Option(name: SettingDeclaration.relayMaxAttempts.name, help: SettingDeclaration.relayMaxAttempts.argumentHelp)
+    public var maxAttempts: Int?
+
+    @Option(name: SettingDeclaration.relayRetryBaseDelay.name, help: SettingDeclaration.relayRetryBaseDelay.argumentHelp)
+    public var retryBaseDelay: String?
+
+    @Option(name: SettingDeclaration.relayRetryMaxDelay.name, help: SettingDeclaration.relayRetryMaxDelay.argumentHelp)
+    public var retryMaxDelay: String?
+
+    @Option(name: SettingDeclaration.relayMaxBodyBytes.name, help: SettingDeclaration.relayMaxBodyBytes.argumentHelp)
+    public var maxBodyBytes: Int?
+
+    @Option(name: SettingDeclaration.relayBodyFormat.name, help: SettingDeclaration.relayBodyFormat.argumentHelp)
+    public var bodyFormat: String?
+
+    @Option(name: SettingDeclaration.relayBodyFormatByExchange.name, help: SettingDeclaration.relayBodyFormatByExchange.argumentHelp)
+    public var bodyFormatByExchange: String?
+
+    @Option(name: SettingDeclaration.relayDecimalFormat.name, help: SettingDeclaration.relayDecimalFormat.argumentHelp)
+    public var decimalFormat: String?
+
+    @Option(name: SettingDeclaration.relayCloudEventsSource.name, help: SettingDeclaration.relayCloudEventsSource.argumentHelp)
+    public var cloudEventsSource: String?
+
+    @Option(name: SettingDeclaration.relayShutdownTimeout.name, help: SettingDeclaration.relayShutdownTimeout.argumentHelp)
+    public var shutdownTimeout: String?
+
+    @Option(name: SettingDeclaration.partitions.name, help: SettingDeclaration.partitions.argumentHelp)
+    public var partitions: Int?
+
+    @Option(name: SettingDeclaration.relayLeaseTTL.name, help: SettingDeclaration.relayLeaseTTL.argumentHelp)
+    public var leaseTTL: String?
+
+    @Option(name: SettingDeclaration.relayLivenessTimeout.name, help: SettingDeclaration.relayLivenessTimeout.argumentHelp)
+    public var livenessTimeout: String?
+
+    @Option(name: SettingDeclaration.relayID.name, help: SettingDeclaration.relayID.argumentHelp)
+    public var relayID: String?
+
+    @Option(name: SettingDeclaration.relayHTTPAddress.name, help: SettingDeclaration.relayHTTPAddress.argumentHelp)
+    public var httpAddress: String?
+
+    @Option(name: SettingDeclaration.relayParkTransientAfter.name, help: SettingDeclaration.relayParkTransientAfter.argumentHelp)
+    public var parkTransientAfter: String?
+
+    @Option(name: SettingDeclaration.relayDeliveredRetention.name, help: SettingDeclaration.relayDeliveredRetention.argumentHelp)
+    public var deliveredRetention: String?
+
+    @Option(name: SettingDeclaration.relayMetricsInterval.name, help: SettingDeclaration.relayMetricsInterval.argumentHelp)
+    public var metricsInterval: String?
+
+    @Flag(name: SettingDeclaration.relayChangeStream.name, inversion: .prefixedNo, help: SettingDeclaration.relayChangeStream.argumentHelp)
+    public var changeStream: Bool?
+
+    @Flag(help: "Exit once no event is due (for batch jobs and tests) instead of polling for ever.")
+    public var exitWhenIdle = false
+
+    public init() {}
+
+    /// Every relay setting, checked: a bad one throws a `ConfigurationError` naming it.
+    public func resolve(_ settings: Settings, mongo: MongoOptions) throws -> RelaySettings {
+        let maxBody = try settings.int(maxBodyBytes, .relayMaxBodyBytes)
+        let ttl = try settings.duration(leaseTTL, .relayLeaseTTL)
+        guard ttl >= .milliseconds(300) else {
+            throw ConfigurationError(setting: SettingDeclaration.relayLeaseTTL.label, reason: "must be at least 300ms")
+        }
+        let confirmTimeout = try settings.duration(confirmTimeout, .relayConfirmTimeout)
+        // A pass waits for confirms up to this long; no longer than a lease, so a pass whose lease
+        // lapsed meanwhile ends before its partitions could be another relay's for long.
+        let confirmTimeoutInEffect = min(confirmTimeout, ttl)
+        // A healthy pass may wait the whole confirm timeout (and a failed one backs off up to 5 s).
+        let liveness = try settings.duration(livenessTimeout, .relayLivenessTimeout)
+        guard liveness > confirmTimeoutInEffect + .seconds(5) else {
+            throw ConfigurationError(
+                setting: SettingDeclaration.relayLivenessTimeout.label,
+                reason: "must be longer than \(SettingDeclaration.relayConfirmTimeout.env) plus 5s (\(confirmTimeoutInEffect + .seconds(5))), "
+                    + "which a healthy pass may take")
+        }
+        let retention = try settings.durationOrOff(deliveredRetention, .relayDeliveredRetention)
+        if let keep = retention ?? nil, keep < .seconds(1) {
+            throw ConfigurationError(setting: SettingDeclaration.relayDeliveredRetention.label, reason: "must be at least 1s, or 'off'")
+        }
+        let http = try settings.string(httpAddress, .relayHTTPAddress)
+        return RelaySettings(
+            uri: try mongo.resolvedURI(settings),
+            database: try mongo.resolvedDatabase(settings),
+            amqp: try settings.amqp(amqpURL),
+            httpEndpoint: http == "off" ? nil : try OpsServer.address(http, setting: SettingDeclaration.relayHTTPAddress.label),
+            collection: try settings.string(collection, .collection),
+            routing: try routing(settings),
+            relay: RelayConfiguration(
+                batchSize: try settings.int(batchSize, .relayBatchSize),
+                pollInterval: try settings.duration(pollInterval, .relayPollInterval),
+                retryPolicy: RetryPolicy(
+                    maxAttempts: try settings.int(maxAttempts, .relayMaxAttempts),
+                    baseDelay: try settings.duration(retryBaseDelay, .relayRetryBaseDelay),
+                    maxDelay: try settings.duration(retryMaxDelay, .relayRetryMaxDelay),
+                    parkTransientAfter: try settings.durationOrOff(parkTransientAfter, .relayParkTransientAfter) ?? nil),
+                batchMaxBytes: try settings.int(batchMaxBytes, .relayBatchMaxBytes),
+                // Until a batch was seen, events as large as allowed: the first fetch fits the budget too.
+                assumedBytesPerEvent: maxBody,
+                wallClock: { Int64(Date().timeIntervalSince1970 * 1000) }),
+            publisher: ConfirmPublisher.Options(maxInFlight: try settings.int(maxInFlight, .relayMaxInFlight), confirmTimeout: confirmTimeoutInEffect),
+            confirmTimeoutAsSet: confirmTimeout,
+            maxBodyBytes: maxBody,
+            body: try body(settings),
+            shutdownTimeout: try settings.duration(shutdownTimeout, .relayShutdownTimeout),
+            partitions: try settings.int(partitions, .partitions),
+            leaseTTL: ttl,
+            livenessTimeout: liveness,
+            owner: try settings.string(relayID, .relayID, default: Runtime.defaultInstanceName()),
+            changeStream: try settings.bool(changeStream, .relayChangeStream),
+            retentionSeconds: retention.map { $0.map { Int($0.components.seconds) } },
+            metricsInterval: try settings.duration(metricsInterval, .relayMetricsInterval))
+    }
+
+    func routing(_ settings: Settings) throws -> EventRouting {
+        let defaultExchange = try settings.string(exchange, .relayExchange)
+        guard defaultExchange.utf8.count <= 255 else {
+            throw ConfigurationError(setting: SettingDeclaration.relayExchange.label, reason: "must be at most 255 bytes")
+        }
+        return EventRouting(
+            defaultExchange: defaultExchange,
+            exchangeByName: try EventRouting.parseMap(
+                try settings.string(exchangeMap, .relayExchangeMap), setting: SettingDeclaration.relayExchangeMap.label))
+    }
+
+    func body(_ settings: Settings) throws -> MessageBodyOptions {
+        MessageBodyOptions(
+            format: try BodyFormat(parsing: try settings.string(bodyFormat, .relayBodyFormat), setting: SettingDeclaration.relayBodyFormat.label),
+            formatByExchange: try WireFormat.parseFormatByExchange(
+                try settings.string(bodyFormatByExchange, .relayBodyFormatByExchange), setting: SettingDeclaration.relayBodyFormatByExchange.label),
+            decimals: try DecimalFormat(
+                parsing: try settings.string(decimalFormat, .relayDecimalFormat), setting: SettingDeclaration.relayDecimalFormat.label),
+            cloudEventsSource: try WireFormat.parseCloudEventsSource(
+                try settings.string(cloudEventsSource, .relayCloudEventsSource), setting: SettingDeclaration.relayCloudEventsSource.label))
+    }
+}
+
+/// The relay's settings once checked.
+public struct RelaySettings: Sendable {
+    public var uri: String
+    public var database: String
+    public var amqp: AMQPConfiguration
+    /// Where /metrics and the health endpoints listen; nil for none.
+    public var httpEndpoint: (host: String, port: Int)?
+    public var collection: String
+    public var routing: EventRouting
+    public var relay: RelayConfiguration
+    /// The confirm timeout is the one in effect: at most the lease TTL.
+    public var publisher: ConfirmPublisher.Options
+    /// The confirm timeout as set, to say when it was lowered.
+    public var confirmTimeoutAsSet: Duration
+    public var maxBodyBytes: Int
+    public var body: MessageBodyOptions
+    public var shutdownTimeout: Duration
+    public var partitions: Int
+    public var leaseTTL: Duration
+    public var livenessTimeout: Duration
+    public var owner: String
+    public var changeStream: Bool
+    /// Seconds to keep delivered events, `.some(nil)` for ever; nil when not set (left as is).
+    public var retentionSeconds: Int??
+    public var metricsInterval: Duration
+}
