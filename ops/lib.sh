@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the ops/ scripts. Sourced, not run.
 set -euo pipefail
 
@@ -6,6 +7,7 @@ ROOT="$(cd "$OPS_DIR/.." && pwd)"
 # Everything the local stack writes lives here; git ignores it.
 STACK_NAME="${STACK_NAME:-default}"
 STACK_DIR="${STACK_DIR:-$ROOT/.stack/$STACK_NAME}"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 VENV="$ROOT/.venv"
 BUILD_CONFIG="${BUILD_CONFIG:-debug}"
 
@@ -22,6 +24,35 @@ port_open() {
 }
 
 pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# A file's contents, or nothing when it does not exist.
+read_file() { if [ -f "$1" ]; then cat "$1"; fi; }
+
+# Waits up to 30 s for a server started in the background to be ready (COMMAND succeeds); dies with
+# the end of its log if its process is gone or it never gets ready.
+wait_ready() {  # wait_ready NAME PIDFILE LOGFILE COMMAND...
+    local name=$1 pidfile=$2 logfile=$3
+    shift 3
+    for _ in $(seq 1 300); do
+        "$@" && { log "$name ready"; return 0; }
+        pid_alive "$(read_file "$pidfile")" || { tail -20 "$logfile" >&2; die "$name exited; log: $logfile"; }
+        sleep 0.1
+    done
+    die "$name was not ready within 30 s; log: $logfile"
+}
+
+# Stops the process whose pid a file holds: SIGNAL (default TERM), then KILL after 10 s; removes the file.
+stop_pidfile() {  # stop_pidfile PIDFILE NAME [SIGNAL]
+    local pid
+    pid="$(read_file "$1")"
+    if pid_alive "$pid"; then
+        log "stopping $2 (pid $pid, ${3:-TERM})"
+        kill "-${3:-TERM}" "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
+        if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    fi
+    rm -f "$1"
+}
 
 # Builds the package's products once; prints the binary folder.
 build_products() {
