@@ -145,10 +145,12 @@ extension FaultTests {
             #expect(pendingAtA > 0, "node \(relayNode) must be killed while events are pending")
 
             // (b) The leader of the inventory consumer's queue, while the second backlog flows through it.
-            _ = try await f.appendEvents(orders - half, aggregates: orders - half, prefix: "late-order", data: { f.orderData(half + $0) })
-            #expect(await waitFor { await count("reservations") >= half + 50 }, "the second backlog reaches the inventory consumer")
+            // It is looked up before that backlog is written (asking the cluster takes seconds, in
+            // which the consumers could apply it all); no node fails in between, so it stays leader.
             let inventoryQueue = "\(f.exchange).inventory"
             let leader = try #require(try await ClusterEnv.queues()[inventoryQueue]?.leader, "the inventory queue's leader")
+            _ = try await f.appendEvents(orders - half, aggregates: orders - half, prefix: "late-order", data: { f.orderData(half + $0) })
+            #expect(await waitFor { await count("reservations") >= half + 50 }, "the second backlog reaches the inventory consumer")
             let appliedAtB = await count("reservations")
             #expect(appliedAtB < orders, "the leader must be killed while orders are still being applied (\(appliedAtB))")
             let movedB = try await killNode(leader, because: "the inventory queue's leader")
