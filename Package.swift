@@ -45,7 +45,8 @@ let package = Package(
             providers: [.apt(["librabbitmq-dev", "libssl-dev"])]
         ),
 
-        // Pure Swift core: event model, relay engine, retry policy, configuration. No C imports.
+        // Pure Swift core: event model, relay engine, retry policy, configuration errors. No C imports
+        // and nothing of the links (AMQP endpoints live in OutboxAMQP, MongoDB URIs in OutboxMongo).
         .target(
             name: "Outbox",
             dependencies: [

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Outbox
+import OutboxMongo
 
 /// Options every process that talks to MongoDB takes.
 public struct MongoOptions: ParsableArguments {

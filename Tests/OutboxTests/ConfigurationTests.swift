@@ -1,4 +1,5 @@
 import Outbox
+import OutboxAMQP
 import OutboxRuntime
 import Testing
 

@@ -1,6 +1,7 @@
 import Foundation
 import Outbox
 import OutboxAMQP
+import OutboxMongo
 import OutboxRuntime
 import Testing
 
