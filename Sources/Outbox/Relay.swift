@@ -183,26 +183,7 @@ public final class Relay: Service {
         for outcome in outcomes { byResult[outcome.label, default: 0] += 1 }
         for (label, count) in byResult { RelayMetrics.publishes(label).increment(by: count) }
 
-        var delivered: [OutboxMessage] = []
-        var failed: [FailedDelivery] = []
-        var unsent = 0
-        delivered.reserveCapacity(batch.count)
-        for (message, outcome) in zip(batch, outcomes) {
-            if outcome.isDelivered {
-                delivered.append(message)
-            } else if outcome.leavesEventUntouched {
-                // Broker gone or blocked: not the event's fault; it stays pending as it is, no attempt counted.
-                unsent += 1
-            } else {
-                // Transient outcomes count for the backoff only; they park only if parkTransientAfter says so.
-                let attempts = message.attempts + 1
-                let age = configuration.wallClock.map { Duration.milliseconds($0() - message.occurredAt) }
-                failed.append(
-                    FailedDelivery(
-                        message, attempts: attempts, error: outcome.reason,
-                        decision: configuration.retryPolicy.decision(afterAttempts: attempts, transient: outcome.isTransient, age: age)))
-            }
-        }
+        var (delivered, failed, unsent) = sort(batch, by: outcomes)
         var fencedPartitions = Set<Int>()
         if !delivered.isEmpty {
             do {
@@ -233,6 +214,31 @@ public final class Relay: Service {
         return RelayPassResult(
             fetched: batch.count, delivered: earlier + delivered.count, retried: failed.count - parked, parked: parked,
             unsent: unsent, fenced: fenced)
+    }
+
+    /// The batch by outcome: delivered; failed, with the retry policy's decision; and how many
+    /// were not sent (broker gone or blocked: not the event's fault, so no attempt is counted).
+    func sort(_ batch: [OutboxMessage], by outcomes: [PublishOutcome]) -> (delivered: [OutboxMessage], failed: [FailedDelivery], unsent: Int) {
+        var delivered: [OutboxMessage] = []
+        var failed: [FailedDelivery] = []
+        var unsent = 0
+        delivered.reserveCapacity(batch.count)
+        for (message, outcome) in zip(batch, outcomes) {
+            if outcome.isDelivered {
+                delivered.append(message)
+            } else if outcome.leavesEventUntouched {
+                unsent += 1
+            } else {
+                // Transient outcomes count for the backoff only; they park only if parkTransientAfter says so.
+                let attempts = message.attempts + 1
+                let age = configuration.wallClock.map { Duration.milliseconds($0() - message.occurredAt) }
+                failed.append(
+                    FailedDelivery(
+                        message, attempts: attempts, error: outcome.reason,
+                        decision: configuration.retryPolicy.decision(afterAttempts: attempts, transient: outcome.isTransient, age: age)))
+            }
+        }
+        return (delivered, failed, unsent)
     }
 
     /// Events to ask the store for: the batch size, or fewer if the byte budget holds fewer at the

@@ -2,101 +2,6 @@ import CRabbitMQ
 import Foundation
 import Outbox
 
-/// An AMQP failure. Any AMQPError means the connection is no longer usable.
-public struct AMQPError: Error, CustomStringConvertible, Sendable {
-    /// Why a connection failed, as far as the client can tell.
-    public enum Cause: Sendable, Equatable {
-        /// The broker could not be reached or went away (refused, timed out, closed, no route).
-        case unreachable
-        /// The broker refused the user name or password, or the user's access to the virtual host.
-        case authentication
-        /// The broker's certificate does not chain to a trusted CA.
-        case certificate
-        /// The broker's certificate does not name the host connected to.
-        case hostname
-        /// The TLS handshake failed (e.g. `amqps://` to a plain AMQP port, or no client certificate
-        /// where the broker requires one).
-        case tlsHandshake
-        /// The broker closed the connection before speaking AMQP (e.g. `amqp://` to a TLS port).
-        case protocolMismatch
-        /// A settings file (CA, certificate, key) could not be used.
-        case tlsSettings
-        /// A declaration differs from what exists on the broker (406 PRECONDITION_FAILED, e.g. a
-        /// classic queue declared as a quorum queue).
-        case inequivalent
-        /// Anything else (a channel error, a refused declaration, ...).
-        case other
-
-        /// True when retrying cannot help: the settings must change.
-        public var isConfiguration: Bool {
-            switch self {
-            case .authentication, .certificate, .hostname, .tlsHandshake, .protocolMismatch, .tlsSettings, .inequivalent: true
-            case .unreachable, .other: false
-            }
-        }
-    }
-
-    public let operation: String
-    public let message: String
-    public let cause: Cause
-
-    public init(operation: String, message: String, cause: Cause = .other) {
-        self.operation = operation
-        self.message = message
-        self.cause = cause
-    }
-
-    public var description: String { "AMQP \(operation) failed: \(message)" }
-}
-
-/// A queue argument (`x-max-length`, `x-overflow`, `x-dead-letter-exchange`, ...).
-public enum AMQPArgument: Sendable, Hashable {
-    case string(String)
-    case int(Int64)
-    case bool(Bool)
-}
-
-/// A message received from a queue, with the properties and the string and integer headers the
-/// relay sets (`AMQPMessage` carries every property and header type).
-public struct AMQPDelivery: Sendable {
-    public var deliveryTag: UInt64
-    public var redelivered: Bool
-    public var exchange: String
-    public var routingKey: String
-    public var messageId: String?
-    public var type: String?
-    public var correlationId: String?
-    /// The AMQP `content_type`, when the publisher set one.
-    public var contentType: String? = nil
-    public var headers: [String: HeaderValue]
-    public var body: [UInt8]
-    /// The owner's connection generation that received it (acks go only to that connection).
-    public var connectionGeneration: Int = 0
-
-    init(
-        deliveryTag: UInt64, redelivered: Bool, exchange: String, routingKey: String, properties: AMQPProperties, body: [UInt8],
-        connectionGeneration: Int
-    ) {
-        self.deliveryTag = deliveryTag
-        self.redelivered = redelivered
-        self.exchange = exchange
-        self.routingKey = routingKey
-        messageId = properties.messageId
-        type = properties.type
-        correlationId = properties.correlationId
-        contentType = properties.contentType
-        headers = properties.headers.compactMapValues { field in
-            switch field {
-            case .string(let s): .string(s)
-            case .int(let i): .int(i)
-            default: nil
-            }
-        }
-        self.body = body
-        self.connectionGeneration = connectionGeneration
-    }
-}
-
 /// The confirm-mode channel number used by every connection here (one channel per connection).
 let channel: amqp_channel_t = 1
 
@@ -105,10 +10,10 @@ let channel: amqp_channel_t = 1
 /// rabbitmq-c connections are not thread-safe: an instance is created, used and closed on one
 /// thread only (see `AMQPConnectionOwner`), which is why it is not Sendable.
 final class AMQPConnection {
-    private let state: amqp_connection_state_t
+    let state: amqp_connection_state_t
     private(set) var isOpen = false
     /// Next publish sequence number on a confirm channel (RabbitMQ numbers from 1).
-    private(set) var nextDeliveryTag: UInt64 = 1
+    var nextDeliveryTag: UInt64 = 1
     private(set) var confirmMode = false
     /// Why the broker blocked this connection (`connection.blocked`, e.g. a memory or disk alarm);
     /// nil while it accepts publishes. Set and cleared by the frames read here.
@@ -254,7 +159,7 @@ final class AMQPConnection {
     /// Marks the connection unusable after a failure, without a polite close that could block.
     func abandon() { isOpen = false }
 
-    private func check(_ operation: String) throws {
+    func check(_ operation: String) throws {
         let reply = amqp_get_rpc_reply(state)
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
             isOpen = false
@@ -461,7 +366,7 @@ final class AMQPConnection {
         }
     }
 
-    private func failed(_ operation: String, _ message: String) -> AMQPError {
+    func failed(_ operation: String, _ message: String) -> AMQPError {
         isOpen = false
         return AMQPError(operation: operation, message: message)
     }
@@ -559,7 +464,7 @@ final class AMQPConnection {
         }
     }
 
-    private func replyText(_ reply: amqp_rpc_reply_t) -> String {
+    func replyText(_ reply: amqp_rpc_reply_t) -> String {
         switch reply.reply_type {
         case AMQP_RESPONSE_NONE: return "no reply (missing RPC reply type)"
         case AMQP_RESPONSE_LIBRARY_EXCEPTION: return statusText(reply.library_error)
@@ -576,171 +481,5 @@ final class AMQPConnection {
             }
         default: return "unknown reply"
         }
-    }
-}
-
-let AMQP_BASIC_GET_OK_METHOD_ID: amqp_method_number_t = 0x003C_0047
-
-// MARK: - Reading a queue without taking its messages (dead-letter tools)
-
-extension AMQPConnection {
-    /// `queue.declare` passive: the queue's ready messages and consumers, without creating it; nil
-    /// when there is no such queue. The broker closes the channel for a missing queue (which gives
-    /// back every message got on it without ack); it is opened again here, in confirm mode if it was.
-    func inspectQueue(_ name: String) throws -> (messages: Int, consumers: Int)? {
-        let arena = CArena()
-        let ok = amqp_queue_declare(state, channel, arena.bytes(name), 1, 0, 0, 0, amqp_empty_table)
-        let reply = amqp_get_rpc_reply(state)
-        if reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION, reply.reply.id == OUTBOX_AMQP_CHANNEL_CLOSE,
-            reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee.reply_code == 404
-        {
-            var closeOk = amqp_channel_close_ok_t()
-            let status = amqp_send_method(state, channel, OUTBOX_AMQP_CHANNEL_CLOSE_OK, &closeOk)
-            guard status == AMQP_STATUS_OK.rawValue else { throw failed("channel.close-ok", statusText(status)) }
-            amqp_channel_open(state, channel)
-            try check("channel.open")
-            if confirmMode { try confirmSelect() }
-            return nil
-        }
-        try check("queue.declare passive \(name)")
-        return (Int(ok?.pointee.message_count ?? 0), Int(ok?.pointee.consumer_count ?? 0))
-    }
-
-    /// Fetches one message with `basic.get`, every property and header as the broker holds it;
-    /// nil when the queue is empty. Without `autoAck` the message stays this channel's until it
-    /// is acked, nacked or the connection closes.
-    func get(queue: String, autoAck: Bool) throws -> AMQPMessage? {
-        releaseBuffers()
-        let arena = CArena()
-        let reply = amqp_basic_get(state, channel, arena.bytes(queue), autoAck ? 1 : 0)
-        guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("basic.get", replyText(reply)) }
-        guard reply.reply.id == AMQP_BASIC_GET_OK_METHOD_ID else { return nil }
-        let ok = reply.reply.decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
-        var message = amqp_message_t()
-        let read = amqp_read_message(state, channel, &message, 0)
-        guard read.reply_type == AMQP_RESPONSE_NORMAL else { throw failed("basic.get", replyText(read)) }
-        defer { amqp_destroy_message(&message) }
-        return AMQPMessage(
-            deliveryTag: ok.delivery_tag, redelivered: ok.redelivered != 0, exchange: String(amqpBytes: ok.exchange),
-            routingKey: String(amqpBytes: ok.routing_key), messagesLeft: Int(ok.message_count),
-            properties: AMQPProperties(message.properties), body: [UInt8](amqpBytes: message.body), connectionGeneration: generation)
-    }
-
-    /// `basic.nack`: with `requeue` the broker puts the message(s) back in their queue, else it
-    /// dead-letters or drops them. `multiple` covers every unacknowledged tag up to `deliveryTag`.
-    func nack(_ deliveryTag: UInt64, multiple: Bool, requeue: Bool) throws {
-        let status = amqp_basic_nack(state, channel, deliveryTag, multiple ? 1 : 0, requeue ? 1 : 0)
-        guard status == AMQP_STATUS_OK.rawValue else { throw failed("basic.nack", statusText(status)) }
-    }
-
-    /// Sends one `basic.publish` with exactly `properties`; returns its delivery tag on a confirm channel.
-    @discardableResult
-    func publish(exchange: String, routingKey: String, mandatory: Bool, properties: AMQPProperties, body: [UInt8]) throws -> UInt64 {
-        let arena = CArena()
-        var props = properties.encoded(in: arena)
-        let status = amqp_basic_publish(
-            state, channel, arena.bytes(exchange), arena.bytes(routingKey), mandatory ? 1 : 0, 0, &props, arena.bytes(body))
-        guard status == AMQP_STATUS_OK.rawValue else { throw failed("basic.publish", statusText(status)) }
-        guard confirmMode else { return 0 }
-        defer { nextDeliveryTag += 1 }
-        return nextDeliveryTag
-    }
-
-    /// Waits up to `timeout` for the confirm of the publish tagged `tag` (confirms of earlier tags
-    /// are passed over). A mandatory message that came back is `.returned`, even though an ack follows.
-    func awaitConfirm(of tag: UInt64, messageId: String?, timeout: Duration) throws -> PublishOutcome {
-        let deadline = ContinuousClock.now + timeout
-        var returned: String?
-        while true {
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else { return blockedReason.map { .blocked($0) } ?? .timedOut }
-            guard let event = try nextConfirmEvent(timeout: left) else { continue }
-            switch event {
-            case .ack(let acked, let multiple) where acked == tag || (multiple && acked > tag):
-                return returned.map { .returned($0) } ?? .acked
-            case .nack(let nacked, let multiple) where nacked == tag || (multiple && nacked > tag):
-                return .nacked
-            case .returned(let id, let text) where id == messageId:
-                returned = text
-            default:
-                continue
-            }
-        }
-    }
-}
-
-
-private func statusText(_ status: Int32) -> String {
-    String(cString: amqp_error_string2(status))
-}
-
-extension timeval {
-    init(duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self.init(tv_sec: Int(max(seconds, 0)), tv_usec: Int(max(attoseconds, 0) / 1_000_000_000_000))
-    }
-}
-
-extension String {
-    init(amqpBytes bytes: amqp_bytes_t) {
-        guard let base = bytes.bytes, bytes.len > 0 else {
-            self = ""
-            return
-        }
-        self = String(decoding: UnsafeRawBufferPointer(start: base, count: bytes.len), as: UTF8.self)
-    }
-}
-
-extension Array where Element == UInt8 {
-    init(amqpBytes bytes: amqp_bytes_t) {
-        guard let base = bytes.bytes, bytes.len > 0 else {
-            self = []
-            return
-        }
-        self = Array(UnsafeRawBufferPointer(start: base, count: bytes.len))
-    }
-}
-
-/// C memory for the duration of one rabbitmq-c call: strings, bodies and tables copied into
-/// malloc'd buffers that stay valid until the arena is released.
-final class CArena {
-    private var allocations: [UnsafeMutableRawPointer] = []
-
-    deinit { allocations.forEach { free($0) } }
-
-    func allocate(_ count: Int) -> UnsafeMutableRawPointer {
-        let pointer = malloc(Swift.max(count, 1))!
-        allocations.append(pointer)
-        return pointer
-    }
-
-    func bytes(_ string: String) -> amqp_bytes_t { bytes(Array(string.utf8)) }
-
-    func bytes(_ array: [UInt8]) -> amqp_bytes_t {
-        let pointer = allocate(array.count)
-        array.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: array.count) }
-        return amqp_bytes_t(len: array.count, bytes: pointer)
-    }
-
-    func table(_ arguments: [String: AMQPArgument]) -> amqp_table_t {
-        guard !arguments.isEmpty else { return amqp_empty_table }
-        let entries = allocate(MemoryLayout<amqp_table_entry_t>.stride * arguments.count)
-            .bindMemory(to: amqp_table_entry_t.self, capacity: arguments.count)
-        for (i, (key, value)) in arguments.sorted(by: { $0.key < $1.key }).enumerated() {
-            var field = amqp_field_value_t()
-            switch value {
-            case .string(let s):
-                field.kind = UInt8(ascii: "S")
-                field.value.bytes = bytes(s)
-            case .int(let n):
-                field.kind = UInt8(ascii: "l")
-                field.value.i64 = n
-            case .bool(let b):
-                field.kind = UInt8(ascii: "t")
-                field.value.boolean = b ? 1 : 0
-            }
-            (entries + i).initialize(to: amqp_table_entry_t(key: bytes(key), value: field))
-        }
-        return amqp_table_t(num_entries: Int32(arguments.count), entries: entries)
     }
 }

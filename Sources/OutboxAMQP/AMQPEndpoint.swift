@@ -109,20 +109,10 @@ public struct AMQPEndpoint: Sendable, Equatable, CustomStringConvertible {
             }
             rest = rest[..<slash]
         }
-        var user = "guest"
-        var password = "guest"
+        var (user, password) = ("guest", "guest")
         if let at = rest.lastIndex(of: "@") {
-            let credentials = rest[..<at]
+            (user, password) = try Self.credentials(rest[..<at], fail: fail)
             rest = rest[rest.index(after: at)...]
-            let parts = credentials.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-            guard let u = String(percentDecoding: parts[0]) else { throw fail("user is not valid percent-encoding") }
-            user = u
-            // Without a password in the URL the password is empty (it may come from a file).
-            password = ""
-            if parts.count == 2 {
-                guard let p = String(percentDecoding: parts[1]) else { throw fail("password is not valid percent-encoding") }
-                password = p
-            }
         }
         let defaultPort = secure ? 5671 : 5672
         var addresses: [Address] = []
@@ -169,6 +159,16 @@ public struct AMQPEndpoint: Sendable, Equatable, CustomStringConvertible {
         self.init(
             addresses: addresses, user: user, password: password, virtualHost: vhost, tls: tls, heartbeatSeconds: heartbeat,
             connectionTimeout: timeout)
+    }
+
+    /// `user[:password]`, percent-decoded. Without a password in the URL the password is empty
+    /// (it may come from a file).
+    private static func credentials(_ text: Substring, fail: (String) -> ConfigurationError) throws -> (user: String, password: String) {
+        let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let user = String(percentDecoding: parts[0]) else { throw fail("user is not valid percent-encoding") }
+        guard parts.count == 2 else { return (user, "") }
+        guard let password = String(percentDecoding: parts[1]) else { throw fail("password is not valid percent-encoding") }
+        return (user, password)
     }
 
     private static func address(_ text: Substring, defaultPort: Int, fail: (String) -> ConfigurationError) throws -> Address {

@@ -1,0 +1,50 @@
+import Foundation
+import Outbox
+
+/// A queue argument (`x-max-length`, `x-overflow`, `x-dead-letter-exchange`, ...).
+public enum AMQPArgument: Sendable, Hashable {
+    case string(String)
+    case int(Int64)
+    case bool(Bool)
+}
+
+/// A message received from a queue, with the properties and the string and integer headers the
+/// relay sets (`AMQPMessage` carries every property and header type).
+public struct AMQPDelivery: Sendable {
+    public var deliveryTag: UInt64
+    public var redelivered: Bool
+    public var exchange: String
+    public var routingKey: String
+    public var messageId: String?
+    public var type: String?
+    public var correlationId: String?
+    /// The AMQP `content_type`, when the publisher set one.
+    public var contentType: String? = nil
+    public var headers: [String: HeaderValue]
+    public var body: [UInt8]
+    /// The owner's connection generation that received it (acks go only to that connection).
+    public var connectionGeneration: Int = 0
+
+    init(
+        deliveryTag: UInt64, redelivered: Bool, exchange: String, routingKey: String, properties: AMQPProperties, body: [UInt8],
+        connectionGeneration: Int
+    ) {
+        self.deliveryTag = deliveryTag
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routingKey = routingKey
+        messageId = properties.messageId
+        type = properties.type
+        correlationId = properties.correlationId
+        contentType = properties.contentType
+        headers = properties.headers.compactMapValues { field in
+            switch field {
+            case .string(let s): .string(s)
+            case .int(let i): .int(i)
+            default: nil
+            }
+        }
+        self.body = body
+        self.connectionGeneration = connectionGeneration
+    }
+}

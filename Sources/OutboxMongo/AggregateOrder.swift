@@ -1,0 +1,147 @@
+import Foundation
+import Outbox
+
+/// Per-aggregate order (I5): which candidate of each aggregate may go out now.
+extension MongoOutboxStore {
+    /// Keeps, per aggregate, only the event that goes first, so event n+1 is never published
+    /// before event n was confirmed or parked (I5). Events with versions go in version order;
+    /// others in the order the relay first saw them: known events (in scan order) before new
+    /// documents (in the order they were written).
+    static func headsOfAggregates(_ candidates: [Candidate], outbox: MongoCollection) throws -> [Candidate] {
+        guard !candidates.isEmpty else { return [] }
+        // The first candidate per aggregate, in the order described above.
+        var first: [AggregateKey: Candidate] = [:]
+        var order: [AggregateKey] = []
+        for candidate in candidates {
+            let key = AggregateKey(candidate.message)
+            guard let current = first[key] else {
+                first[key] = candidate
+                order.append(key)
+                continue
+            }
+            if let a = candidate.message.aggregateVersion, let b = current.message.aggregateVersion, a < b { first[key] = candidate }
+        }
+        var heads = order.map { first[$0]! }
+
+        // Earlier versions still pending (or new) block a versioned event. Version 1 has no
+        // predecessor; only later versions need the check.
+        let later = heads.filter { ($0.message.aggregateVersion ?? 1) > 1 }
+        if !later.isEmpty {
+            let earlier = try eventsOf(aggregates: later.map(\.message.aggregateId), outbox: outbox)
+            var lowest: [AggregateKey: Int] = [:]
+            for document in earlier {
+                let status = document["status"]?.stringValue
+                guard status == nil || status == OutboxSchema.Status.pending else { continue }
+                guard let id = document["aggregateId"]?.stringValue, let version = document["aggregateVersion"]?.intValue else { continue }
+                let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
+                lowest[key] = min(lowest[key] ?? version, version)
+            }
+            heads.removeAll { head in
+                guard let version = head.message.aggregateVersion, let lower = lowest[AggregateKey(head.message)] else { return false }
+                return lower < version
+            }
+        }
+
+        // Events without versions wait for known pending events of their aggregate seen before
+        // them: any such event for a new document, one with a lower scan id for a known event.
+        // A new document also waits for an event of its aggregate not seen yet that was written
+        // before it (by timestamp, then id): one a scan passed over, or whose first sight could
+        // not be written.
+        let unversioned = heads.filter { $0.message.aggregateVersion == nil }
+        if !unversioned.isEmpty {
+            // Pending and new events without versions of these aggregates: normally only those
+            // that failed and wait for a retry, or were handed over.
+            let waiting = try unversionedWaiting(of: unversioned.map(\.message.aggregateId), outbox: outbox)
+            var lowestSid: [AggregateKey: String] = [:]
+            for document in waiting {
+                guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue,
+                      document["status"]?.stringValue == OutboxSchema.Status.pending else { continue }
+                let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
+                lowestSid[key] = min(lowestSid[key] ?? sid, sid)
+            }
+            let firstUnseen = firstUnseen(in: waiting)
+            heads.removeAll { head in
+                guard head.message.aggregateVersion == nil else { return false }
+                let key = AggregateKey(head.message)
+                guard let sid = head.sid else {
+                    // A new document: a known pending one goes first, and one written before it.
+                    if lowestSid[key] != nil { return true }
+                    guard let unseen = firstUnseen[key], let raw = try? OutboxDocument.bson(storeKey: head.message.storeKey) else { return false }
+                    return writtenBefore(unseen, (head.message.occurredAt, raw))
+                }
+                // A known event goes by scan ids alone (also between clocks that disagree: a
+                // written-before rule for them could make two events wait for each other); events
+                // get theirs in the order written (hand-overs wait for earlier unseen ones).
+                return lowestSid[key].map { $0 < sid } ?? false
+            }
+        }
+        return heads
+    }
+
+    /// The pending and new events without versions of these aggregates.
+    static func unversionedWaiting(of aggregates: [String], outbox: MongoCollection) throws -> [Document] {
+        guard !aggregates.isEmpty else { return [] }
+        return try eventsOf(aggregates: aggregates, outbox: outbox).filter {
+            let status = $0["status"]?.stringValue
+            return (status == nil || status == OutboxSchema.Status.pending) && $0["aggregateVersion"] == nil
+        }
+    }
+
+    /// Per aggregate, the earliest written of these events no relay has seen yet (no scan id).
+    static func firstUnseen(in events: [Document]) -> [AggregateKey: (timestamp: Int64, id: BSON)] {
+        var first: [AggregateKey: (timestamp: Int64, id: BSON)] = [:]
+        for document in events where document["sid"]?.stringValue == nil {
+            guard let id = document["aggregateId"]?.stringValue, case .datetime(let ms)? = document["timestamp"], let raw = document["_id"] else { continue }
+            let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
+            if let current = first[key], !writtenBefore((ms, raw), current) { continue }
+            first[key] = (ms, raw)
+        }
+        return first
+    }
+
+    static func firstUnseen(of aggregates: [String], outbox: MongoCollection) throws -> [AggregateKey: (timestamp: Int64, id: BSON)] {
+        firstUnseen(in: try unversionedWaiting(of: aggregates, outbox: outbox))
+    }
+
+    /// Whether a document was written before another: an earlier timestamp, or the same one and a
+    /// lower id of the same type (the order the scans of first sights read them in). Ids of
+    /// different types tell nothing.
+    static func writtenBefore(_ a: (timestamp: Int64, id: BSON), _ b: (timestamp: Int64, id: BSON)) -> Bool {
+        guard a.timestamp == b.timestamp else { return a.timestamp < b.timestamp }
+        switch (a.id, b.id) {
+        case (.string(let x), .string(let y)): return x < y
+        case (.objectId(let x), .objectId(let y)): return x.hex < y.hex
+        case (.int32, _), (.int64, _), (.double, _): return a.id.intValue.flatMap { x in b.id.intValue.map { x < $0 } } ?? false
+        default: return false
+        }
+    }
+
+    /// Every event of the given aggregates (order fields and `status` only), through the aggregate
+    /// index: an `$in` of aggregate ids alone, in small groups. Versions and `status` are compared
+    /// by the caller, as a condition beside the `$in` (or a long `$in`) turns some servers to a
+    /// scan of the whole collection, delivered events included.
+    static func eventsOf(aggregates: [String], outbox: MongoCollection) throws -> [Document] {
+        let ids = Set(aggregates).sorted()
+        var events: [Document] = []
+        for start in stride(from: 0, to: ids.count, by: 40) {
+            events += try outbox.find(
+                ["aggregateId": ["$in": .array(ids[start..<min(start + 40, ids.count)].map { .string($0) })]],
+                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1, "sid": 1, "timestamp": 1]])
+        }
+        return events
+    }
+}
+
+struct AggregateKey: Hashable {
+    var type: String
+    var id: String
+
+    init(type: String, id: String) {
+        self.type = type
+        self.id = id
+    }
+
+    init(_ message: OutboxMessage) {
+        self.init(type: message.aggregateType, id: message.aggregateId)
+    }
+}

@@ -1,0 +1,273 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import OutboxOps
+import OutboxRuntime
+
+/// The commands on outbox events: set-up, status, listing, history, and repairs (retry, park,
+/// unpark, replay, purge, repartition).
+extension OutboxCtl {
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Prepare a database for a service that writes the outbox: collection, indexes, optional validator.",
+            discussion: """
+                Creates the outbox collection (--collection) if it does not exist and the indexes the relay \
+                needs. With --validator it also sets a $jsonSchema validator of the writer's contract \
+                (schema/outbox-event.schema.json: type, aggregateId and data required, the rest optional and \
+                typed), so that a malformed insert fails inside the writer's own transaction instead of \
+                reaching the relay, and checks that the server enforces it. Safe to run again: it only adds \
+                what is missing.
+                """)
+        @OptionGroup var common: Common
+        @Flag(help: "Also set the contract's $jsonSchema validator on the collection.") var validator = false
+        @Flag(help: "Say what would be done; change nothing.") var dryRun = false
+
+        func run() async throws {
+            let result = try await common.run { admin, _ in try await admin.initialize(validator: validator, dryRun: dryRun) }
+            if common.json {
+                printJSON([
+                    "actions": .array(result.actions.map { .string($0) }), "dryRun": .bool(result.dryRun),
+                    "validatorEnforced": result.validatorEnforced.map { .bool($0) } ?? .null,
+                ])
+                return
+            }
+            if result.actions.isEmpty { print("nothing to do: the outbox is ready") }
+            for action in result.actions { print(result.dryRun ? "would \(action)" : action) }
+            if result.dryRun { print("dry run: nothing changed") }
+            switch result.validatorEnforced {
+            case true?: print("validator enforced: the server refuses documents that break the contract")
+            case false?:
+                print("validator NOT enforced by this server: malformed documents are accepted, and the relay parks them with a reason")
+            case nil: break
+            }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Backlog, oldest pending age, parked count, deliveries in the last minute, partition leases.")
+        @OptionGroup var common: Common
+
+        func run() async throws {
+            let status = try await common.run { admin, _ in try await admin.status() }
+            if common.json {
+                printJSON([
+                    "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)), "parked": .int64(Int64(status.parked)),
+                    "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
+                    "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
+                    "leases": .array(status.leases.map { lease in
+                        ["partition": .int64(Int64(lease.partition)), "owner": lease.owner.map { .string($0) } ?? .null, "epoch": .int64(Int64(lease.epoch)), "expiresInSeconds": .double(lease.expiresIn)]
+                    }),
+                ])
+                return
+            }
+            print("pending              \(status.pending) (\(status.due) due now, \(status.unseen) not yet seen by a relay)")
+            print("oldest pending age   \(status.oldestPendingAge.map { String(format: "%.1f s", $0) } ?? "-")")
+            print("parked               \(status.parked)")
+            print("delivered            \(status.delivered) (\(status.deliveredLastMinute) in the last minute)")
+            print("")
+            printTable(
+                ["PARTITION", "OWNER", "EPOCH", "EXPIRES IN"],
+                status.leases.map { lease in
+                    [String(lease.partition), lease.owner ?? "-", String(lease.epoch), lease.owner == nil ? "-" : (lease.expiresIn < 0 ? "expired" : String(format: "%.1f s", lease.expiresIn))]
+                })
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List events by status, type, aggregate and age.")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Option(help: "pending, delivered or parked.") var status: String?
+        @Option(help: "At most this many events.") var limit = 50
+
+        func validate() throws { _ = try statusOption(status) }
+
+        func run() async throws {
+            let filter = try filters.filter(status: statusOption(status))
+            let events = try await common.run { admin, _ in try await admin.list(filter, limit: limit) }
+            if common.json { printJSON(.array(events.map { .document($0) })) } else { printTable(eventHeader, eventRows(events)) }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one event in full.")
+        @OptionGroup var common: Common
+        @Argument(help: "Event id.") var id: String
+
+        func run() async throws {
+            guard let event = try await common.run({ admin, _ in try await admin.show(id: id) }) else {
+                FileHandle.standardError.write(Data("outboxctl: no event \(id)\n".utf8))
+                throw ExitCode(Exit.partial)
+            }
+            print(ExtendedJSON.render(.document(event)))
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make pending events due now: by id, by filter, or every stuck one (--stuck --older-than 10m).")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Flag(help: "Every pending event older than --older-than (default 5m).") var stuck = false
+        @Flag(help: "Show what would change; change nothing.") var dryRun = false
+
+        func validate() throws {
+            if !stuck && !filters.selectsSomething {
+                throw ValidationError("say which events: --id, a filter (--type, --aggregate, --older-than, --since, --until) or --stuck")
+            }
+        }
+
+        func run() async throws {
+            var filter = try filters.filter()
+            if stuck && filter.olderThan == nil { filter.olderThan = .seconds(300) }
+            let result = try await common.run { admin, _ in try await admin.retry(filter, dryRun: dryRun) }
+            report(result, verb: "made due now", json: common.json)
+        }
+    }
+
+    struct Park: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Park pending events so the relay leaves them alone.")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Option(help: "Why (kept in lastError).") var reason = "parked by an operator"
+        @Flag(help: "Show what would change; change nothing.") var dryRun = false
+
+        func validate() throws {
+            if !filters.selectsSomething {
+                throw ValidationError("say which events: --id or a filter (--type, --aggregate, --older-than, --since, --until)")
+            }
+        }
+
+        func run() async throws {
+            let filter = try filters.filter()
+            let result = try await common.run { admin, _ in try await admin.park(filter, reason: reason, dryRun: dryRun) }
+            report(result, verb: "parked", json: common.json)
+        }
+    }
+
+    struct Unpark: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Return parked events to pending (due now, attempts reset); all parked ones with --all.")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Flag(help: "Every parked event.") var all = false
+        @Flag(help: "Show what would change; change nothing.") var dryRun = false
+
+        func validate() throws {
+            if !all && !filters.selectsSomething {
+                throw ValidationError("say which events: --id, a filter or --all")
+            }
+        }
+
+        func run() async throws {
+            let filter = try filters.filter()
+            let result = try await common.run { admin, _ in try await admin.unpark(filter, dryRun: dryRun) }
+            report(result, verb: "unparked", json: common.json)
+        }
+    }
+
+    struct History: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "An aggregate's events in version order (the event store view).")
+        @OptionGroup var common: Common
+        @Argument(help: "Aggregate id.") var aggregateId: String
+        @Option(help: "Aggregate type, when ids are shared between types.") var aggregateType: String?
+
+        func run() async throws {
+            let events = try await common.run { admin, _ in try await admin.history(aggregateId: aggregateId, aggregateType: aggregateType) }
+            if common.json { printJSON(.array(events.map { .document($0) })) } else { printTable(eventHeader, eventRows(events)) }
+        }
+    }
+
+    struct Replay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Publish matching events again with their original message ids (consumers skip what they have seen).")
+        @OptionGroup var common: Common
+        @OptionGroup var filters: Filters
+        @Option(help: "pending, delivered or parked (default: any).") var status: String?
+        @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp) var amqpURL: String?
+        @Option(help: "Exchange to publish to (default: each event's own).") var exchange: String?
+        @Option(help: "Routing key (default: each event's own).") var routingKey: String?
+        @Flag(help: "Show what would be published; publish nothing.") var dryRun = false
+
+        func validate() throws {
+            _ = try statusOption(status)
+            if !filters.selectsSomething && status == nil {
+                throw ValidationError("say which events: --id, --status or a filter (--type, --aggregate, --since, --until, --older-than)")
+            }
+        }
+
+        func run() async throws {
+            let filter = try filters.filter(status: statusOption(status))
+            let settings = Settings()
+            let amqp: AMQPConfiguration
+            do { amqp = try settings.amqp(amqpURL) } catch {
+                Runtime.failConfiguration(error, program: "outboxctl")
+            }
+            let result = try await common.run { admin, logger in
+                if !dryRun { await Runtime.checkLinks(program: "outboxctl", mongo: nil, amqp: amqp, broker: .exit, logger: logger) }
+                return try await admin.replay(filter, exchange: exchange, routingKey: routingKey, amqp: amqp, dryRun: dryRun, logger: logger)
+            }
+            report(result, verb: "republished (confirmed)", json: common.json)
+            if !result.dryRun && result.changed < result.matched { throw ExitCode(Exit.partial) }
+        }
+    }
+
+    struct Repartition: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change the number of partitions the relays share, while no relay runs.",
+            discussion: """
+                Stop every relay, run this, then start the relays with --partitions (OUTBOX_PARTITIONS) set \
+                to the new count; a relay started with another count than the outbox's refuses to start. \
+                Pending and parked events move to their aggregate's partition under the new count (one \
+                aggregate's events stay together, so their order holds) and every partition's lease is freed \
+                with an epoch above every fence in the outbox. Nothing is published or lost; running it \
+                again is harmless. Refuses while a relay's heartbeat is live.
+                """)
+        @OptionGroup var common: Common
+        @Option(help: "The new number of partitions, 1-1024.") var partitions: Int
+        @Flag(help: "Show what would change; change nothing (also while relays run).") var dryRun = false
+
+        func validate() throws {
+            guard (1...1024).contains(partitions) else { throw ValidationError("--partitions must be between 1 and 1024, got \(partitions)") }
+        }
+
+        func run() async throws {
+            let result: RepartitionResult
+            do {
+                result = try await common.run { admin, _ in try await admin.repartition(to: partitions, dryRun: dryRun) }
+            } catch let error as RelaysRunning {
+                FileHandle.standardError.write(Data("outboxctl: \(error)\n".utf8))
+                throw ExitCode(Exit.partial)
+            }
+            let from = result.from.map(String.init) ?? "none yet"
+            if common.json {
+                printJSON([
+                    "from": result.from.map { .int64(Int64($0)) } ?? .null, "to": .int64(Int64(result.to)), "moved": .int64(Int64(result.moved)),
+                    "epoch": .int64(result.epoch), "dryRun": .bool(result.dryRun),
+                ])
+            } else if result.dryRun {
+                print("dry run: partitions \(from) → \(result.to); \(result.moved) pending or parked event(s) would move; nothing changed")
+            } else {
+                print("partitions \(from) → \(result.to); \(result.moved) pending or parked event(s) moved; leases free from epoch \(result.epoch)")
+                print("start the relays with --partitions \(result.to) (OUTBOX_PARTITIONS=\(result.to))")
+            }
+        }
+    }
+
+    struct Purge: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete delivered events delivered longer ago than --older-than.")
+        @OptionGroup var common: Common
+        @Option(help: "Retention, e.g. 30d as 720h.") var olderThan: String
+        @Flag(help: "Show how many would go; delete nothing.") var dryRun = false
+
+        func validate() throws { _ = try duration(olderThan, "--older-than") }
+
+        func run() async throws {
+            let retention = try duration(olderThan, "--older-than")
+            let result = try await common.run { admin, _ in try await admin.purge(olderThan: retention, dryRun: dryRun) }
+            report(result, verb: "deleted", json: common.json)
+        }
+    }
+}
