@@ -8,7 +8,7 @@ import OutboxRuntime
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Measures the relay against the raw ceilings of the store and the broker, in one run.
@@ -92,22 +92,30 @@ struct BenchCommand: AsyncParsableCommand {
             let brokerCeiling = try await bench.brokerCeiling(messages: brokerMessages)
             report("broker ceiling: pipelined confirmed publishes", "\(Int(brokerCeiling)) msg/s")
             let relayNoStore = try await bench.relayWithoutStore(messages: brokerMessages)
-            report("relay, store taken out (in-memory events, real broker)", "\(Int(relayNoStore)) ev/s  (\(ratio(relayNoStore, brokerCeiling)) of broker ceiling)")
+            report(
+                "relay, store taken out (in-memory events, real broker)",
+                "\(Int(relayNoStore)) ev/s  (\(ratio(relayNoStore, brokerCeiling)) of broker ceiling)")
         }
 
-        print("store (MongoDB wire: \(Secrets.displayURI(uri, query: false))), backlog \(backlog)\(stackScript == nil ? "" : "; a new store for each phase")")
+        print(
+            "store (MongoDB wire: \(Secrets.displayURI(uri, query: false))), backlog \(backlog)\(stackScript == nil ? "" : "; a new store for each phase")"
+        )
         if run.contains(.store) {
             try await bench.freshStore()
             let storeCeiling = try await bench.storeCeiling(events: backlog)
             report("store ceiling: find 500 pending + mark them, in a loop", "\(Int(storeCeiling)) ev/s")
             try await bench.freshStore()
             let drain = try await bench.drain(events: backlog)
-            report("relay drain of a \(backlog) backlog", "\(Int(drain.eventsPerSecond)) ev/s  (\(ratio(drain.eventsPerSecond, storeCeiling)) of store ceiling)")
+            report(
+                "relay drain of a \(backlog) backlog",
+                "\(Int(drain.eventsPerSecond)) ev/s  (\(ratio(drain.eventsPerSecond, storeCeiling)) of store ceiling)")
             report("relay CPU time per event", String(format: "%.1f µs", drain.cpuMicrosPerEvent))
             report("relay peak RSS, \(backlog) backlog", "\(drain.peakRSSKiB / 1024) MiB")
             try await bench.freshStore()
             let minimal = try await bench.drain(events: backlog, shape: .minimal)
-            report("relay drain of \(backlog) minimal documents (no relay fields)", "\(Int(minimal.eventsPerSecond)) ev/s  (\(ratio(minimal.eventsPerSecond, drain.eventsPerSecond)) of OutboxWriter documents)")
+            report(
+                "relay drain of \(backlog) minimal documents (no relay fields)",
+                "\(Int(minimal.eventsPerSecond)) ev/s  (\(ratio(minimal.eventsPerSecond, drain.eventsPerSecond)) of OutboxWriter documents)")
             report("relay CPU time per minimal document", String(format: "%.1f µs", minimal.cpuMicrosPerEvent))
             try await bench.freshStore()
             let pending = try await bench.drain(events: backlog, shape: .pendingFormat)
@@ -143,7 +151,10 @@ struct BenchCommand: AsyncParsableCommand {
             func all(_ relays: Int) -> String { runs[relays]!.map { "\(Int($0.eventsPerSecond))" }.joined(separator: ", ") }
             let one = best(1)
             let three = best(3)
-            report("1 relay", String(format: "%d ev/s, %.2f documents read per event", Int(one.eventsPerSecond), one.documentsReadPerEvent) + "  (rounds: \(all(1)))")
+            report(
+                "1 relay",
+                String(format: "%d ev/s, %.2f documents read per event", Int(one.eventsPerSecond), one.documentsReadPerEvent)
+                    + "  (rounds: \(all(1)))")
             // Round by round too: on a machine whose speed drifts, the best of each may come from
             // different minutes.
             let byRound = zip(runs[3]!, runs[1]!).map { ratio($0.eventsPerSecond, $1.eventsPerSecond) }.joined(separator: ", ")
@@ -213,7 +224,7 @@ struct Bench {
             do {
                 try await pool.ping()
                 return
-            } catch where attempt < 50 {
+            } catch  where attempt < 50 {
                 try await Task.sleep(for: .milliseconds(200))
             }
         }
@@ -247,7 +258,9 @@ struct Bench {
     }
 
     func messages(_ count: Int, exchange: String) -> [OutboxMessage] {
-        let body = Array(#"{"id":"x","type":"OrderCreated","data":{"orderId":"o","customerId":"c","totalAmount":"12.50","items":[{"sku":"A","quantity":1,"unitPrice":"12.50"}]}}"#.utf8)
+        let body = Array(
+            #"{"id":"x","type":"OrderCreated","data":{"orderId":"o","customerId":"c","totalAmount":"12.50","items":[{"sku":"A","quantity":1,"unitPrice":"12.50"}]}}"#
+                .utf8)
         return (0..<count).map { i in
             OutboxMessage(
                 id: "m-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "a-\(i)", aggregateVersion: 1,
@@ -322,7 +335,8 @@ struct Bench {
                     }
                     return document
                 }
-                return writer.document(for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", data: data, exchange: exchange))
+                return writer.document(
+                    for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", data: data, exchange: exchange))
             }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
         }
@@ -346,7 +360,10 @@ struct Bench {
                 // store the square of its length).
                 let per = MongoOutboxStore.idsPerStatement
                 let statements: [(filter: Document, update: BSON, multi: Bool)] = stride(from: 0, to: ids.count, by: per).map {
-                    (["_id": ["$in": .array(Array(ids[$0..<min($0 + per, ids.count)]))], "status": "pending"], ["$set": ["status": "delivered"]], true)
+                    (
+                        ["_id": ["$in": .array(Array(ids[$0..<min($0 + per, ids.count)]))], "status": "pending"], ["$set": ["status": "delivered"]],
+                        true
+                    )
                 }
                 try outbox.bulkUpdate(statements)
                 return (ids.count, newest)
@@ -367,9 +384,13 @@ struct Bench {
         let pool = try await backlog(database, events: count, exchange: "bench.drain", shape: shape, payloadBytes: payloadBytes)
         var environment = relayEnvironment(database: database)
         environment["RELAY_EXCHANGE"] = "bench.drain"
-        let outputs = (0..<relays).map { FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-relay-\(getpid())-\($0).out").path }
+        let outputs = (0..<relays).map {
+            FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-relay-\(getpid())-\($0).out").path
+        }
         let started = Date()
-        let pids = try outputs.map { try spawnChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment, stdout: $0) }
+        let pids = try outputs.map {
+            try spawnChild(["\(bin)/outbox-relay", "--exit-when-idle", "--no-change-stream"], environment: environment, stdout: $0)
+        }
         let usages = pids.map { waitChild($0) }
         // The drain ends with the last event marked delivered; relays that had drained their
         // partitions wait until nothing is due anywhere (up to a second more) before they exit.
@@ -442,9 +463,12 @@ struct Bench {
             next += interval
             try await pool.withTransaction { connection in
                 let sentAt = Date().timeIntervalSince1970
-                try writer.append([NewEvent(
-                    type: "OrderCreated", aggregateType: "Order", aggregateId: "lat-\(i)",
-                    data: ["sentAt": .double(sentAt)], exchange: "bench.latency")], using: connection)
+                try writer.append(
+                    [
+                        NewEvent(
+                            type: "OrderCreated", aggregateType: "Order", aggregateId: "lat-\(i)",
+                            data: ["sentAt": .double(sentAt)], exchange: "bench.latency")
+                    ], using: connection)
             }
             try await Task.sleep(until: next)
         }
@@ -474,7 +498,9 @@ extension Bench {
     /// `count` OrderCreated messages of distinct orders, one item of SKU A each.
     func orderCreated(_ count: Int, exchange: String) -> [OutboxMessage] {
         (0..<count).map { i in
-            let body = Array(#"{"id":"m-\#(i)","type":"OrderCreated","data":{"orderId":"order-\#(i)","customerId":"c","totalAmount":"12.50","items":[{"sku":"A","quantity":1,"unitPrice":"12.50"}]}}"#.utf8)
+            let body = Array(
+                #"{"id":"m-\#(i)","type":"OrderCreated","data":{"orderId":"order-\#(i)","customerId":"c","totalAmount":"12.50","items":[{"sku":"A","quantity":1,"unitPrice":"12.50"}]}}"#
+                    .utf8)
             return OutboxMessage(
                 id: "m-\(i)", type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", aggregateVersion: 1,
                 exchange: exchange, routingKey: "order.created", occurredAt: 0, body: body)
@@ -500,10 +526,12 @@ extension Bench {
             throw ValidationError("the broker refused messages for the consumer run")
         }
         await publisher.close()
-        let environment = productEnvironment(database: database, [
-            "CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": topology.queue, "CONSUMER_BATCH_SIZE": "\(batchSize)",
-            "CONSUMER_HTTP_ADDRESS": "off", "INVENTORY_EXCHANGE": "\(exchange).events",
-        ])
+        let environment = productEnvironment(
+            database: database,
+            [
+                "CONSUMER_EXCHANGE": exchange, "CONSUMER_QUEUE": topology.queue, "CONSUMER_BATCH_SIZE": "\(batchSize)",
+                "CONSUMER_HTTP_ADDRESS": "off", "INVENTORY_EXCHANGE": "\(exchange).events",
+            ])
         let started = ContinuousClock.now
         let pid = try spawnChild(["\(bin)/inventory-consumer"], environment: environment)
         var applied = 0
@@ -543,8 +571,10 @@ extension Bench {
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-flow-\(getpid()).out").path
         defer { try? FileManager.default.removeItem(atPath: output) }
         let demo = try spawnChild(
-            ["\(bin)/outbox-demo", "--service-url", "http://127.0.0.1:\(port)", "--orders", "\(orders)", "--duplicate-every", "0",
-             "--timeout", "900"],
+            [
+                "\(bin)/outbox-demo", "--service-url", "http://127.0.0.1:\(port)", "--orders", "\(orders)", "--duplicate-every", "0",
+                "--timeout", "900",
+            ],
             environment: environment, stdout: output)
         let status = waitChild(demo)
         let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""

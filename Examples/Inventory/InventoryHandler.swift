@@ -65,18 +65,20 @@ public struct InventoryHandler: InboxHandler {
                     available[sku]! -= needed[sku]!
                     taken[sku, default: 0] += needed[sku]!
                 }
-                events.append(NewEvent(
-                    type: "InventoryReserved", aggregateType: Self.aggregateType, aggregateId: order.orderId,
-                    data: ["orderId": .string(order.orderId), "items": .array(lines)], exchange: exchange,
-                    correlationId: message.messageId))
+                events.append(
+                    NewEvent(
+                        type: "InventoryReserved", aggregateType: Self.aggregateType, aggregateId: order.orderId,
+                        data: ["orderId": .string(order.orderId), "items": .array(lines)], exchange: exchange,
+                        correlationId: message.messageId))
             } else {
                 let shortages: [BSON] = missing.map {
                     ["sku": .string($0), "requested": .int64(Int64(needed[$0]!)), "available": .int64(Int64(available[$0] ?? 0))]
                 }
-                events.append(NewEvent(
-                    type: "InventoryReservationFailed", aggregateType: Self.aggregateType, aggregateId: order.orderId,
-                    data: ["orderId": .string(order.orderId), "missing": .array(shortages)], exchange: exchange,
-                    correlationId: message.messageId))
+                events.append(
+                    NewEvent(
+                        type: "InventoryReservationFailed", aggregateType: Self.aggregateType, aggregateId: order.orderId,
+                        data: ["orderId": .string(order.orderId), "missing": .array(shortages)], exchange: exchange,
+                        correlationId: message.messageId))
             }
             reservations.append([
                 "_id": .string(order.orderId), "status": .string(missing.isEmpty ? "reserved" : "failed"),

@@ -10,7 +10,7 @@ import OutboxRuntime
 import Synchronization
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// Drives the whole flow against running processes and checks the outcome.
@@ -49,12 +49,15 @@ struct DemoCommand: AsyncParsableCommand {
 
     static let skus = ["SKU-APPLE", "SKU-BREAD", "SKU-CHEESE", "SKU-DATES", "SKU-EGGS", "SKU-FLOUR"]
     /// One SKU runs short on purpose, so some orders get InventoryReservationFailed.
-    static let initialStock = ["SKU-APPLE": 100_000, "SKU-BREAD": 100_000, "SKU-CHEESE": 100_000, "SKU-DATES": 100_000, "SKU-EGGS": 100_000, "SKU-FLOUR": 40]
+    static let initialStock = [
+        "SKU-APPLE": 100_000, "SKU-BREAD": 100_000, "SKU-CHEESE": 100_000, "SKU-DATES": 100_000, "SKU-EGGS": 100_000, "SKU-FLOUR": 40,
+    ]
 
     func run() async throws {
         let settings = Settings()
         let logger = Runtime.bootstrap(label: "outbox-demo", level: .warning)
-        let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outbox-demo")
+        let pool = try settings.mongoPool(
+            uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outbox-demo")
         let amqp = try settings.amqp(amqpURL)
         let started = ContinuousClock.now
 
@@ -118,7 +121,9 @@ struct DemoCommand: AsyncParsableCommand {
         print("──────── summary ────────")
         print("orders created (HTTP 201)        \(created.count)")
         print("OrderCreated events delivered    \(report.orderEventsDelivered) / \(report.orders)")
-        print("inventory effects applied        \(report.reservations) (reserved \(report.reserved), failed for lack of stock \(report.reservations - report.reserved))")
+        print(
+            "inventory effects applied        \(report.reservations) (reserved \(report.reserved), failed for lack of stock \(report.reservations - report.reserved))"
+        )
         print("notifications recorded           \(report.notifications)")
         print("follow-up events delivered       \(report.followUpsDelivered) (received on demo.inventory-events: \(report.followUpsReceived))")
         print("duplicates suppressed            \(report.duplicatesSkipped) (re-published \(duplicates) × 2 consumers)")
@@ -183,7 +188,7 @@ struct DemoCommand: AsyncParsableCommand {
                     return nil
                 }
                 return CreatedOrder(id: id, items: items)
-            } catch where attempt < 5 {
+            } catch  where attempt < 5 {
                 // The same Idempotency-Key makes the retry safe: at most one order results.
                 try await Task.sleep(for: .milliseconds(200 * attempt))
             }
@@ -206,7 +211,9 @@ struct DemoCommand: AsyncParsableCommand {
             try await Task.sleep(for: .seconds(1))
         }
         let documents = try await pool.withConnection { try $0.collection("outbox").find(["type": "OrderCreated"], options: ["sort": ["_id": 1]]) }
-        let copies = documents.enumerated().filter { $0.offset % every == 0 }.compactMap { OutboxDocument.decode($0.element, options: .init(), isNew: true).success }
+        let copies = documents.enumerated().filter { $0.offset % every == 0 }.compactMap {
+            OutboxDocument.decode($0.element, options: .init(), isNew: true).success
+        }
         let publisher = ConfirmPublisher(configuration: amqp, options: .init(appId: "outbox-demo"), logger: logger)
         let outcomes = await publisher.publish(copies)
         await publisher.close()
@@ -234,10 +241,11 @@ struct DemoCommand: AsyncParsableCommand {
         var lastLine = ""
         while ContinuousClock.now < deadline {
             let progress = stages.latest
-            let line = progress.map {
-                "  OrderCreated pending \($0.orderEventsPending) · inventory \($0.reservations) · notifications \($0.notifications) · "
-                    + "follow-ups received \($0.followUpsReceived), pending \($0.followUpsPending) · duplicates skipped \($0.duplicatesSkipped)/\(duplicates * 2)"
-            } ?? ""
+            let line =
+                progress.map {
+                    "  OrderCreated pending \($0.orderEventsPending) · inventory \($0.reservations) · notifications \($0.notifications) · "
+                        + "follow-ups received \($0.followUpsReceived), pending \($0.followUpsPending) · duplicates skipped \($0.duplicatesSkipped)/\(duplicates * 2)"
+                } ?? ""
             if line != lastLine {
                 print(line)
                 lastLine = line

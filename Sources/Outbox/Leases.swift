@@ -188,7 +188,8 @@ public final class LeaseManager: Service {
             // the first third of a TTL come often too.
             let firstRound = $0.firstRound ?? started
             $0.firstRound = firstRound
-            $0.rebalancing = started - firstRound < configuration.ttl / 3
+            $0.rebalancing =
+                started - firstRound < configuration.ttl / 3
                 || $0.held.count < share && round.heldByOthers > partitions - share
         }
         if before != after {
@@ -196,7 +197,8 @@ public final class LeaseManager: Service {
                 "partition leases changed",
                 metadata: [
                     LogKey.outboxPartitions: "\(round.held.sorted().map(\.description))", LogKey.outboxRelays: "\(round.activeRelays)",
-                    LogKey.outboxGained: "\(after.subtracting(before).sorted())", LogKey.outboxReleasedOrLost: "\(before.subtracting(after).sorted())",
+                    LogKey.outboxGained: "\(after.subtracting(before).sorted())",
+                    LogKey.outboxReleasedOrLost: "\(before.subtracting(after).sorted())",
                 ])
         }
     }

@@ -171,7 +171,8 @@ public final class Relay: Service {
         let gone = Set(held.filter { !leases.isHeld($0) }.map(\.partition))
         if !gone.isEmpty {
             batch.removeAll { gone.contains($0.partition) }
-            logger.warning("lease lost before publishing; its events are left to its new owner", metadata: [LogKey.outboxPartitions: "\(gone.sorted())"])
+            logger.warning(
+                "lease lost before publishing; its events are left to its new owner", metadata: [LogKey.outboxPartitions: "\(gone.sorted())"])
             guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
         }
         RelayMetrics.batchSize.record(batch.count)
@@ -205,7 +206,8 @@ public final class Relay: Service {
         var fenced = 0
         if !fencedPartitions.isEmpty {
             leases.lost(fencedPartitions)
-            fenced = delivered.filter { fencedPartitions.contains($0.partition) }.count
+            fenced =
+                delivered.filter { fencedPartitions.contains($0.partition) }.count
                 + failed.filter { fencedPartitions.contains($0.partition) }.count
             delivered.removeAll { fencedPartitions.contains($0.partition) }
             failed.removeAll { fencedPartitions.contains($0.partition) }
@@ -284,7 +286,8 @@ public final class Relay: Service {
                 state[message.partition, default: []].append(message)
             }
         }
-        logger.warning("confirmed events could not be marked; marking them before the next fetch", metadata: [LogKey.outboxUnmarked: "\(confirmed.count)"])
+        logger.warning(
+            "confirmed events could not be marked; marking them before the next fetch", metadata: [LogKey.outboxUnmarked: "\(confirmed.count)"])
     }
 
     /// Marks the events remembered as confirmed but unmarked whose partitions this relay still

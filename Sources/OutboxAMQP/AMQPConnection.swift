@@ -130,7 +130,8 @@ final class AMQPConnection {
                 AMQP_STATUS_INCOMPATIBLE_AMQP_VERSION.rawValue, AMQP_STATUS_SSL_ERROR.rawValue, AMQP_STATUS_UNEXPECTED_STATE.rawValue:
                 if tls {
                     // TLS 1.3 reports a refused client certificate only at the first read.
-                    let text = "the broker closed the TLS connection before the AMQP handshake (does it require a client certificate, AMQP_TLS_CERT_FILE?)"
+                    let text =
+                        "the broker closed the TLS connection before the AMQP handshake (does it require a client certificate, AMQP_TLS_CERT_FILE?)"
                     return ("\(text): \(statusText(reply.library_error))", .tlsHandshake)
                 }
                 let text = "the broker closed the connection before the AMQP handshake (a TLS port needs amqps://)"
@@ -259,12 +260,13 @@ final class AMQPConnection {
         }
         if !headers.isEmpty {
             flags |= UInt32(AMQP_BASIC_HEADERS_FLAG)
-            props.headers = arena.table(headers.mapValues { value in
-                switch value {
-                case .string(let s): AMQPArgument.string(s)
-                case .int(let i): AMQPArgument.int(i)
-                }
-            })
+            props.headers = arena.table(
+                headers.mapValues { value in
+                    switch value {
+                    case .string(let s): AMQPArgument.string(s)
+                    case .int(let i): AMQPArgument.int(i)
+                    }
+                })
         }
         props._flags = amqp_flags_t(flags)
         let status = amqp_basic_publish(

@@ -237,8 +237,9 @@ public final class InboxConsumer: Service {
             let ids = fresh.map { BSON.string($0.inboxId) }
             do {
                 let known = try await pool.withConnection { connection in
-                    Set(try connection.collection(inbox).find(["_id": ["$in": .array(ids)]], options: ["projection": ["_id": 1]])
-                        .compactMap { $0["_id"]?.stringValue })
+                    Set(
+                        try connection.collection(inbox).find(["_id": ["$in": .array(ids)]], options: ["projection": ["_id": 1]])
+                            .compactMap { $0["_id"]?.stringValue })
                 }
                 fresh.removeAll { item in
                     guard known.contains(item.inboxId) else { return false }

@@ -55,7 +55,8 @@ extension MongoOutboxStore {
             var lowestSid: [AggregateKey: String] = [:]
             for document in waiting {
                 guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue,
-                      document["status"]?.stringValue == OutboxSchema.Status.pending else { continue }
+                    document["status"]?.stringValue == OutboxSchema.Status.pending
+                else { continue }
                 let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
                 lowestSid[key] = min(lowestSid[key] ?? sid, sid)
             }
@@ -91,7 +92,9 @@ extension MongoOutboxStore {
     static func firstUnseen(in events: [Document]) -> [AggregateKey: (timestamp: Int64, id: BSON)] {
         var first: [AggregateKey: (timestamp: Int64, id: BSON)] = [:]
         for document in events where document["sid"]?.stringValue == nil {
-            guard let id = document["aggregateId"]?.stringValue, case .datetime(let ms)? = document["timestamp"], let raw = document["_id"] else { continue }
+            guard let id = document["aggregateId"]?.stringValue, case .datetime(let ms)? = document["timestamp"], let raw = document["_id"] else {
+                continue
+            }
             let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
             if let current = first[key], !writtenBefore((ms, raw), current) { continue }
             first[key] = (ms, raw)

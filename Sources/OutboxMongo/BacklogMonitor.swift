@@ -60,7 +60,8 @@ public final class BacklogMonitor: Service {
             let oldest = try OutboxSchema.oldestPending(outbox)
             let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
             let cutoff = now.addingTimeInterval(-Double(stuckAfter.milliseconds) / 1000)
-            let stuck = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lt": .date(cutoff)]])
+            let stuck =
+                try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lt": .date(cutoff)]])
                 + outbox.countDocuments(["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate, "$lt": .date(cutoff)]])
             let live = try connection.collection(MongoLeaseStore.leasesCollection).countDocuments([
                 "owner": ["$ne": .null], "$expr": MongoLeaseStore.live,

@@ -24,7 +24,10 @@ public final class ChangeStreamHint: Service {
     private let thread = NIOThreadPool(numberOfThreads: 1)
     private let stopping = Atomic<Bool>(false)
 
-    public init(pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, wake: WakeSignal, logger: Logger, maxAwait: Duration = .milliseconds(500)) {
+    public init(
+        pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, wake: WakeSignal, logger: Logger,
+        maxAwait: Duration = .milliseconds(500)
+    ) {
         self.pool = pool
         self.collection = collection
         self.wake = wake

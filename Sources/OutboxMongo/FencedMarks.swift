@@ -38,7 +38,8 @@ extension MongoOutboxStore {
                 fields["status"] = .string(OutboxSchema.Status.parked)
                 fields["parkedAt"] = .date(now)
             }
-            return FencedWrite(key: failure.storeKey, id: failure.id, partition: failure.partition, isNew: failure.isFirstSight, update: ["$set": .document(fields)])
+            return FencedWrite(
+                key: failure.storeKey, id: failure.id, partition: failure.partition, isNew: failure.isFirstSight, update: ["$set": .document(fields)])
         }
         return try await fencedUpdate(writes, leases: leases)
     }
@@ -47,7 +48,9 @@ extension MongoOutboxStore {
     /// New documents are parked by a conditional update on their still having no state.
     func park(_ malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)], leases: [PartitionLease]) async throws {
         for item in malformed.prefix(20) {
-            logger.error("parking malformed outbox document", metadata: [LogKey.outboxEventID: "\(ExtendedJSON.render(item.id))", LogKey.reason: "\(item.reason)"])
+            logger.error(
+                "parking malformed outbox document",
+                metadata: [LogKey.outboxEventID: "\(ExtendedJSON.render(item.id))", LogKey.reason: "\(item.reason)"])
         }
         if malformed.count > 20 { logger.error("parking \(malformed.count - 20) more malformed outbox documents") }
         let now = Date()
@@ -65,7 +68,10 @@ extension MongoOutboxStore {
         let collection = options.collection
         let statements: [(filter: Document, update: BSON, multi: Bool)] = new.map { item in
             // Whatever non-final status it was found with (none, unknown, or pending without state).
-            (["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })], "sid": OutboxSchema.firstSight["sid"]!], ["$set": .document(fields(item))], false)
+            (
+                ["_id": item.id, "status": ["$nin": .array(OutboxSchema.Status.final.map { .string($0) })], "sid": OutboxSchema.firstSight["sid"]!],
+                ["$set": .document(fields(item))], false
+            )
         }
         let refused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), statements).refused }
         quarantine(refused)
@@ -86,7 +92,11 @@ extension MongoOutboxStore {
             partitionOf[ExtendedJSON.render(id)] = message.partition
         }
         for item in rehome {
-            statements.append((["_id": item.id, "status": .string(OutboxSchema.Status.pending), "partition": item.from], ["$set": ["partition": .int32(Int32(item.to))]], false))
+            statements.append(
+                (
+                    ["_id": item.id, "status": .string(OutboxSchema.Status.pending), "partition": item.from],
+                    ["$set": ["partition": .int32(Int32(item.to))]], false
+                ))
             partitionOf[ExtendedJSON.render(item.id)] = item.to
         }
         let collection = options.collection
@@ -166,7 +176,8 @@ extension MongoOutboxStore {
         for item in refused {
             let key = ExtendedJSON.render(item.id)
             let problems = documents[key].map(OutboxDocument.relayFieldProblems) ?? []
-            let reason = problems.isEmpty
+            let reason =
+                problems.isEmpty
                 ? "the relay could not record the event's state: \(item.message)"
                 : "relay field \(problems.joined(separator: ", ")) (the relay sets these; leave them out): \(item.message)"
             let delivered = intended[key] == OutboxSchema.Status.delivered
@@ -261,7 +272,9 @@ extension MongoOutboxStore {
         if !unwritable.isEmpty {
             let partitionOf = Dictionary(allowed.map { (ExtendedJSON.render($0.id), $0.partition) }, uniquingKeysWith: { a, _ in a })
             let intended = Dictionary(
-                allowed.compactMap { write in write.update.documentValue?["$set"]?.documentValue?["status"]?.stringValue.map { (ExtendedJSON.render(write.id), $0) } },
+                allowed.compactMap { write in
+                    write.update.documentValue?["$set"]?.documentValue?["status"]?.stringValue.map { (ExtendedJSON.render(write.id), $0) }
+                },
                 uniquingKeysWith: { a, _ in a })
             try await parkUnwritable(unwritable, partitionOf: partitionOf, intended: intended, leases: leases)
         }

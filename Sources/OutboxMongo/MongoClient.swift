@@ -23,20 +23,21 @@ private let mongocInitialised: Bool = {
     mongoc_init()
     MongoCounters.releaseSegment()
     // libmongoc's own log lines go through swift-log instead of straight to stderr.
-    mongoc_log_set_handler({ level, domain, message, _ in
-        let text = "\(domain.map { String(cString: $0) } ?? "mongoc"): \(message.map { String(cString: $0) } ?? "")"
-        switch level {
-        case MONGOC_LOG_LEVEL_ERROR, MONGOC_LOG_LEVEL_CRITICAL: mongocLogger.error("\(text)")
-        // After a write conflict the server has already aborted the transaction; libmongoc's own
-        // abort then fails and says so. with_transaction retries; nothing is wrong.
-        case MONGOC_LOG_LEVEL_WARNING where text.contains("Error in abortTransaction"): mongocLogger.debug("\(text)")
-        // The operation that needed the connection fails with the same cause and reports it.
-        case MONGOC_LOG_LEVEL_WARNING where text.contains("Failed authentication"): mongocLogger.debug("\(text)")
-        case MONGOC_LOG_LEVEL_WARNING: mongocLogger.warning("\(text)")
-        case MONGOC_LOG_LEVEL_MESSAGE, MONGOC_LOG_LEVEL_INFO: mongocLogger.info("\(text)")
-        default: mongocLogger.trace("\(text)")
-        }
-    }, nil)
+    mongoc_log_set_handler(
+        { level, domain, message, _ in
+            let text = "\(domain.map { String(cString: $0) } ?? "mongoc"): \(message.map { String(cString: $0) } ?? "")"
+            switch level {
+            case MONGOC_LOG_LEVEL_ERROR, MONGOC_LOG_LEVEL_CRITICAL: mongocLogger.error("\(text)")
+            // After a write conflict the server has already aborted the transaction; libmongoc's own
+            // abort then fails and says so. with_transaction retries; nothing is wrong.
+            case MONGOC_LOG_LEVEL_WARNING where text.contains("Error in abortTransaction"): mongocLogger.debug("\(text)")
+            // The operation that needed the connection fails with the same cause and reports it.
+            case MONGOC_LOG_LEVEL_WARNING where text.contains("Failed authentication"): mongocLogger.debug("\(text)")
+            case MONGOC_LOG_LEVEL_WARNING: mongocLogger.warning("\(text)")
+            case MONGOC_LOG_LEVEL_MESSAGE, MONGOC_LOG_LEVEL_INFO: mongocLogger.info("\(text)")
+            default: mongocLogger.trace("\(text)")
+            }
+        }, nil)
     return true
 }()
 

@@ -252,4 +252,3 @@ public struct MongoCollection {
         return results
     }
 }
-

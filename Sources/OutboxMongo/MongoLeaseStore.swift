@@ -78,7 +78,8 @@ public final class MongoLeaseStore: LeaseStore {
                 let clauses: [BSON] = renewing.map { ["_id": .int32(Int32($0.partition)), "epoch": .int64($0.epoch)] }
                 try leases.updateMany(["owner": .string(owner), "$or": .array(clauses)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl)]]])
                 let ours = try leases.find(["owner": .string(owner)], options: ["projection": ["epoch": 1]])
-                let epochs = Dictionary(ours.compactMap { d in d["_id"]?.intValue.map { ($0, Int64(d["epoch"]?.intValue ?? -1)) } }, uniquingKeysWith: max)
+                let epochs = Dictionary(
+                    ours.compactMap { d in d["_id"]?.intValue.map { ($0, Int64(d["epoch"]?.intValue ?? -1)) } }, uniquingKeysWith: max)
                 kept = renewing.filter { epochs[$0.partition] == $0.epoch }
             }
             // Free, expired, or held under this relay's name by an earlier instance (a restart with

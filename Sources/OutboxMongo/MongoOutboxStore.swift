@@ -141,7 +141,8 @@ public final class MongoOutboxStore: OutboxStore {
         if sweep { state.lastSweep = now }
         let start = state
         let fetch = try await pool.withConnection { connection in
-            try Self.fetch(connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options)
+            try Self.fetch(
+                connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options)
         }
         Self.documentsRead.increment(by: fetch.read)
         documentsReadCount.add(fetch.read, ordering: .relaxed)
@@ -187,7 +188,11 @@ public final class MongoOutboxStore: OutboxStore {
         if !colliding.isEmpty {
             heads.removeAll { colliding[$0.message.storeKey] != nil }
             for (key, reason) in colliding {
-                fetch.malformed.append(((try? OutboxDocument.bson(storeKey: key)) ?? .null, newOwned.first { $0.message.storeKey == key }?.message.partition ?? 0, reason, true))
+                fetch.malformed.append(
+                    (
+                        (try? OutboxDocument.bson(storeKey: key)) ?? .null, newOwned.first { $0.message.storeKey == key }?.message.partition ?? 0,
+                        reason, true
+                    ))
             }
         }
         fetch.heads = heads.map(\.message)
@@ -227,7 +232,11 @@ public final class MongoOutboxStore: OutboxStore {
                     fetch.malformed.append((document["_id"] ?? .null, partition, failure.reason, false))
                 } else {
                     // Written under another partition count: moved to its partition.
-                    fetch.rehome.append((document["_id"] ?? .null, document["partition"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions)))
+                    fetch.rehome.append(
+                        (
+                            document["_id"] ?? .null, document["partition"] ?? .null,
+                            OutboxDocument.partition(of: document, partitions: options.partitions)
+                        ))
                 }
             }
         }
@@ -257,7 +266,8 @@ public final class MongoOutboxStore: OutboxStore {
                 let candidate = Candidate(message: message, sid: nil, timestamp: message.occurredAt, pendingFormat: pendingFormat)
                 if owned.contains(message.partition) { newOwned.append(candidate) } else { handOver.append(candidate) }
             case .failure(let failure):
-                fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
+                fetch.malformed.append(
+                    (document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
             }
         }
         // The two scans of first sights each read in the order written; together, too.
@@ -278,10 +288,14 @@ public final class MongoOutboxStore: OutboxStore {
         var heldBackKeys = Set<AggregateKey>()
         for candidate in handOver {
             let key = AggregateKey(candidate.message)
-            let waits = heldBackKeys.contains(key) || (
-                candidate.message.aggregateVersion == nil && !handedOver.contains(key) && unseen[key].map { first in
-                    (try? OutboxDocument.bson(storeKey: candidate.message.storeKey)).map { writtenBefore(first, (candidate.message.occurredAt, $0)) } ?? false
-                } ?? false)
+            let waits =
+                heldBackKeys.contains(key)
+                || (candidate.message.aggregateVersion == nil && !handedOver.contains(key)
+                    && unseen[key].map { first in
+                        (try? OutboxDocument.bson(storeKey: candidate.message.storeKey)).map {
+                            writtenBefore(first, (candidate.message.occurredAt, $0))
+                        } ?? false
+                    } ?? false)
             if waits {
                 heldBack.append(candidate)
                 heldBackKeys.insert(key)
@@ -313,7 +327,9 @@ public final class MongoOutboxStore: OutboxStore {
         }
         // An ObjectId's twin would be a string of its hex: not looked for (one look per batch
         // costs some servers the square of its ids). Ids that spell another type are.
-        let alternates = firstSight.filter { !$0.storeKeyIsObjectId }.map { OutboxDocument.idCandidates($0.id) }.filter { $0.count > 1 }.flatMap { $0 }
+        let alternates = firstSight.filter { !$0.storeKeyIsObjectId }.map { OutboxDocument.idCandidates($0.id) }.filter { $0.count > 1 }.flatMap {
+            $0
+        }
         var found: [Document] = []
         for start in stride(from: 0, to: alternates.count, by: idsPerStatement) {
             found += try outbox.find(
@@ -331,7 +347,8 @@ public final class MongoOutboxStore: OutboxStore {
                 // one parked, which may be parked for this very collision.
                 let status = document["status"]?.stringValue
                 let otherIsNew = (status == nil || status == OutboxSchema.Status.pending) && document["sid"]?.stringValue == nil
-                let yields = status == OutboxSchema.Status.delivered || (status == OutboxSchema.Status.pending && !otherIsNew)
+                let yields =
+                    status == OutboxSchema.Status.delivered || (status == OutboxSchema.Status.pending && !otherIsNew)
                     || (otherIsNew && otherKey.lexicographicallyPrecedes(message.storeKey))
                 guard yields else { continue }
                 colliding[message.storeKey] = Self.collisionReason((try? OutboxDocument.bson(storeKey: message.storeKey)) ?? .null, other)

@@ -184,7 +184,8 @@ extension MongoOutboxStore {
             guard state.lastPendingFormatLook.map({ now - $0 >= pendingFormatLookInterval }) ?? true else { return read }
             state.lastPendingFormatLook = now
             let look = try outbox.find(
-                ["status": .string(OutboxSchema.Status.pending), "sid": OutboxSchema.firstSight["sid"]!], options: ["limit": 1, "projection": ["_id": 1]])
+                ["status": .string(OutboxSchema.Status.pending), "sid": OutboxSchema.firstSight["sid"]!],
+                options: ["limit": 1, "projection": ["_id": 1]])
             read.read += look.count
             guard !look.isEmpty else { return read }
             state.pendingFormatFound = true
@@ -289,10 +290,11 @@ extension MongoOutboxStore {
         let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000, "projection": .document(small)])
         for document in unknownStatus {
             let status = document["status"].map { ExtendedJSON.render($0) } ?? "?"
-            fetch.malformed.append((
-                document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
-                "status must be absent when an event is written (the relay sets it), found \(status)", true
-            ))
+            fetch.malformed.append(
+                (
+                    document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
+                    "status must be absent when an event is written (the relay sets it), found \(status)", true
+                ))
         }
         let badTimestamp = try [BSON.null, .string(OutboxSchema.Status.pending)].flatMap { status in
             try outbox.find(
@@ -301,19 +303,22 @@ extension MongoOutboxStore {
             ).filter { $0["sid"]?.stringValue == nil }
         }
         for document in badTimestamp {
-            fetch.malformed.append((
-                document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
-                "timestamp must be a date (BSON datetime), found \(typeName(document["timestamp"] ?? .null))", true
-            ))
+            fetch.malformed.append(
+                (
+                    document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions),
+                    "timestamp must be a date (BSON datetime), found \(typeName(document["timestamp"] ?? .null))", true
+                ))
         }
         // Pending without a scan id are read by the scan of new documents; these have one but no partition.
         let incomplete = try outbox.find(
-            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$type": "string"]], options: ["limit": .int64(Int64(limit))])
+            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$type": "string"]], options: ["limit": .int64(Int64(limit))]
+        )
         for document in incomplete {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
             case .success(let message): fetch.incomplete.append(message)
             case .failure(let failure):
-                fetch.malformed.append((document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
+                fetch.malformed.append(
+                    (document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
             }
         }
         let valid: [BSON] = (0..<options.partitions).map { .int32(Int32($0)) }
@@ -321,9 +326,10 @@ extension MongoOutboxStore {
             ["status": .string(OutboxSchema.Status.pending), "sid": ["$exists": true], "partition": ["$exists": true, "$nin": .array(valid)]],
             options: ["limit": 1000, "projection": ["aggregateId": 1, "partition": 1]])
         for document in outOfRange {
-            fetch.rehome.append((
-                document["_id"] ?? .null, document["partition"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions)
-            ))
+            fetch.rehome.append(
+                (
+                    document["_id"] ?? .null, document["partition"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions)
+                ))
         }
         fetch.read += unknownStatus.count + badTimestamp.count + incomplete.count + outOfRange.count
     }

@@ -52,7 +52,8 @@ public enum OutboxSchema {
         ).first.flatMap { $0["timestamp"]?.dateValue ?? $0["seenAt"]?.dateValue }
         // A range on a date matches dates only.
         let new = try outbox.find(
-            ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]], options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]]
+            ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]],
+            options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]]
         ).first?["timestamp"]?.dateValue
         return [known, new].compactMap { $0 }.min()
     }

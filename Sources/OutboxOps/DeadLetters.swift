@@ -200,7 +200,11 @@ public struct DeadLetters: Sendable {
                 timeout: timeout)
             switch outcome {
             case .acked:
-                return try await admin.ack(message) ? .done : .failed("copy confirmed on \(target), but the connection closed before the dead letter was removed: it is in both queues (the inbox skips the duplicate)")
+                return try await admin.ack(message)
+                    ? .done
+                    : .failed(
+                        "copy confirmed on \(target), but the connection closed before the dead letter was removed: it is in both queues (the inbox skips the duplicate)"
+                    )
             case .nacked: return .failed("the broker refused the copy (basic.nack)")
             case .returned(let text): return .failed("no queue took the copy: \(text)")
             case .timedOut: return .stop("no confirm within \(timeout)")
@@ -293,7 +297,8 @@ public struct DeadLetters: Sendable {
         }
         await admin.close()
         if result.interrupted != nil {
-            logger.warning("dead-letter command stopped early", metadata: [LogKey.amqpQueue: "\(deadLetterQueue)", LogKey.reason: "\(result.interrupted ?? "")"])
+            logger.warning(
+                "dead-letter command stopped early", metadata: [LogKey.amqpQueue: "\(deadLetterQueue)", LogKey.reason: "\(result.interrupted ?? "")"])
         }
         return result
     }

@@ -197,7 +197,8 @@ public struct OutboxAdmin: Sendable {
         let collection = self.collection
         let query = filter.query()
         return try await pool.withConnection { connection in
-            try connection.collection(collection).find(query, options: ["sort": ["_id": 1], "limit": .int64(Int64(limit)), "projection": ["data": 0]])
+            try connection.collection(collection).find(
+                query, options: ["sort": ["_id": 1], "limit": .int64(Int64(limit)), "projection": ["data": 0]])
         }
     }
 
@@ -220,14 +221,16 @@ public struct OutboxAdmin: Sendable {
     /// Makes pending events due now (and resets their backoff). With `stuck`, the filter's
     /// `olderThan` selects pending events that have waited longer than that.
     public func retry(_ filter: EventFilter, dryRun: Bool) async throws -> ChangeResult {
-        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: .string(OutboxSchema.Status.pending)) { now in
+        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: .string(OutboxSchema.Status.pending)) {
+            now in
             ["$set": ["nextAttemptAt": .date(now)]]
         }
     }
 
     /// Parks pending events (including ones no relay has seen yet) so the relay leaves them alone.
     public func park(_ filter: EventFilter, reason: String, dryRun: Bool) async throws -> ChangeResult {
-        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.notFinal["status"]!) { now in
+        try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.notFinal["status"]!) {
+            now in
             ["$set": ["status": .string(OutboxSchema.Status.parked), "lastError": .string("parked by operator: \(reason)"), "parkedAt": .date(now)]]
         }
     }
@@ -235,8 +238,12 @@ public struct OutboxAdmin: Sendable {
     /// Returns parked events to pending, due now, with a fresh attempt count. (One parked before a
     /// relay gave it its state, e.g. as malformed, gets that state from the relay's next sweep.)
     public func unpark(_ filter: EventFilter, dryRun: Bool) async throws -> ChangeResult {
-        try await change(filter, defaultStatus: OutboxSchema.Status.parked, dryRun: dryRun, requiredStatus: .string(OutboxSchema.Status.parked)) { now in
-            ["$set": ["status": .string(OutboxSchema.Status.pending), "attempts": .int32(0), "nextAttemptAt": .date(now)], "$unset": ["parkedAt": ""]]
+        try await change(filter, defaultStatus: OutboxSchema.Status.parked, dryRun: dryRun, requiredStatus: .string(OutboxSchema.Status.parked)) {
+            now in
+            [
+                "$set": ["status": .string(OutboxSchema.Status.pending), "attempts": .int32(0), "nextAttemptAt": .date(now)],
+                "$unset": ["parkedAt": ""],
+            ]
         }
     }
 

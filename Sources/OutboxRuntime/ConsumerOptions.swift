@@ -59,9 +59,10 @@ public struct ConsumerOptions: ParsableArguments {
         ]
         guard text != "off" else { return services }
         let endpoint = try OpsServer.address(text, setting: SettingDeclaration.consumerHTTPAddress.label)
-        services.append(OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) {
-            ["database": .init(up: (try? await pool.ping()) != nil), "broker": .init(up: consumer.isConnectedNow)]
-        })
+        services.append(
+            OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger) {
+                ["database": .init(up: (try? await pool.ping()) != nil), "broker": .init(up: consumer.isConnectedNow)]
+            })
         return services
     }
 
@@ -84,7 +85,8 @@ public struct ConsumerOptions: ParsableArguments {
         guard prefetch >= batchSize else {
             throw ConfigurationError(
                 setting: SettingDeclaration.consumerPrefetch.label,
-                reason: "\(prefetch) is less than the batch size \(batchSize) (\(SettingDeclaration.consumerBatchSize.env)): batches could never fill")
+                reason: "\(prefetch) is less than the batch size \(batchSize) (\(SettingDeclaration.consumerBatchSize.env)): batches could never fill"
+            )
         }
         let topology = ConsumerTopology(
             exchange: try settings.string(exchange, .consumerExchange),

@@ -24,7 +24,8 @@ public enum ConsumerProgram {
             await Runtime.checkLinks(
                 program: program, mongo: pool, amqp: amqp, broker: .wait, brokerCheck: { try await $0.declare(topology) }, logger: logger)
             consumer = InboxConsumer(configuration: configuration, pool: pool, amqp: amqp, handler: try handler(settings), logger: logger)
-            services = try options.opsServices(settings, consumer: consumer, pool: pool, amqp: amqp, defaultPort: defaultHTTPPort, registry: registry, logger: logger)
+            services = try options.opsServices(
+                settings, consumer: consumer, pool: pool, amqp: amqp, defaultPort: defaultHTTPPort, registry: registry, logger: logger)
         } catch {
             Runtime.failConfiguration(error, program: program)
         }

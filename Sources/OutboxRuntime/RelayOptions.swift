@@ -137,7 +137,8 @@ public struct RelayOptions: ParsableArguments {
                 // Until a batch was seen, events as large as allowed: the first fetch fits the budget too.
                 assumedBytesPerEvent: maxBody,
                 wallClock: { Int64(Date().timeIntervalSince1970 * 1000) }),
-            publisher: ConfirmPublisher.Options(maxInFlight: try settings.int(maxInFlight, .relayMaxInFlight), confirmTimeout: confirmTimeoutInEffect),
+            publisher: ConfirmPublisher.Options(
+                maxInFlight: try settings.int(maxInFlight, .relayMaxInFlight), confirmTimeout: confirmTimeoutInEffect),
             confirmTimeoutAsSet: confirmTimeout,
             maxBodyBytes: maxBody,
             body: try body(settings),

@@ -86,12 +86,14 @@ public enum RelayProgram {
             idle: { [publisher] in await publisher.keepAlive() },
             onIteration: { [watchdog] in watchdog.iterationCompleted() })
         var services: [any Service] = [
-            BacklogMonitor(pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval, logger: logger),
+            BacklogMonitor(
+                pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval, logger: logger),
             ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]),
         ]
         if let endpoint = settings.httpEndpoint {
             services.append(
-                OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger, live: { [watchdog] in watchdog.status }) {
+                OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger, live: { [watchdog] in watchdog.status })
+                {
                     [publisher, pool] in
                     let database = (try? await pool.ping()) != nil
                     let broker: OpsServer.Check = !publisher.isConnectedNow ? .down : publisher.isBlockedNow ? .blocked : .up
@@ -108,7 +110,8 @@ public enum RelayProgram {
         logger.info(
             "configuration",
             metadata: [
-                LogKey.mongodbDatabase: "\(settings.database)", LogKey.outboxCollection: "\(settings.collection)", LogKey.amqpEndpoint: "\(settings.amqp.endpoint)",
+                LogKey.mongodbDatabase: "\(settings.database)", LogKey.outboxCollection: "\(settings.collection)",
+                LogKey.amqpEndpoint: "\(settings.amqp.endpoint)",
                 LogKey.outboxDefaultExchange: "\(settings.routing.defaultExchange)",
                 LogKey.outboxBatchSize: "\(settings.relay.batchSize)", LogKey.outboxBatchMaxBytes: "\(settings.relay.batchMaxBytes)",
                 LogKey.amqpMaxInFlight: "\(settings.publisher.maxInFlight)",
@@ -126,11 +129,16 @@ public enum RelayProgram {
         let (store, leaseStore, logger) = (parts.store, parts.leaseStore, parts.logger)
         try await Runtime.retryingAtStart("creating the outbox indexes", logger: logger) { try await store.ensureIndexes() }
         if let retention = parts.settings.retentionSeconds {
-            switch try await Runtime.retryingAtStart("setting the retention", logger: logger, { try await store.applyRetention(seconds: retention) }) {
-            case .unchanged: logger.info("delivered events kept", metadata: [LogKey.outboxDeliveredRetention: "\(retention.map { "\($0)s" } ?? "forever")"])
-            case .created(let seconds): logger.notice("delivered events now deleted after retention", metadata: [LogKey.outboxDeliveredRetention: "\(seconds)s"])
+            switch try await Runtime.retryingAtStart("setting the retention", logger: logger, { try await store.applyRetention(seconds: retention) })
+            {
+            case .unchanged:
+                logger.info("delivered events kept", metadata: [LogKey.outboxDeliveredRetention: "\(retention.map { "\($0)s" } ?? "forever")"])
+            case .created(let seconds):
+                logger.notice("delivered events now deleted after retention", metadata: [LogKey.outboxDeliveredRetention: "\(seconds)s"])
             case .changed(let from, let to):
-                logger.notice("delivered-event retention changed", metadata: [LogKey.outboxDeliveredRetention: "\(to)s", LogKey.outboxPreviousRetention: "\(from)s"])
+                logger.notice(
+                    "delivered-event retention changed",
+                    metadata: [LogKey.outboxDeliveredRetention: "\(to)s", LogKey.outboxPreviousRetention: "\(from)s"])
             case .removed(let seconds):
                 logger.notice("delivered events now kept for ever", metadata: [LogKey.outboxPreviousRetention: "\(seconds)s"])
             }

@@ -7,7 +7,7 @@ import OutboxMongo
 import ServiceLifecycle
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 public enum Runtime {
@@ -22,12 +22,12 @@ public enum Runtime {
         // keep their pages: peak memory then grows with every size seen. A fixed threshold
         // (which also fixes the trim threshold) gives large blocks back to the system when freed.
         #if canImport(Glibc)
-        // `mallopt` is in malloc.h, which the Glibc module leaves out.
-        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
-        let M_MMAP_THRESHOLD: Int32 = -3
-        if let symbol = dlsym(dlopen(nil, RTLD_NOW), "mallopt") {
-            _ = unsafeBitCast(symbol, to: Mallopt.self)(M_MMAP_THRESHOLD, 128 * 1024)
-        }
+            // `mallopt` is in malloc.h, which the Glibc module leaves out.
+            typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+            let M_MMAP_THRESHOLD: Int32 = -3
+            if let symbol = dlsym(dlopen(nil, RTLD_NOW), "mallopt") {
+                _ = unsafeBitCast(symbol, to: Mallopt.self)(M_MMAP_THRESHOLD, 128 * 1024)
+            }
         #endif
         LoggingSystem.bootstrap { label in
             var handler = RedactingLogHandler(StreamLogHandler.standardError(label: label))
@@ -144,7 +144,10 @@ extension Runtime {
                 let failure =
                     error.cause == .inequivalent
                     ? LinkFailure(
-                        link: "\(error)", cause: "a queue exists with another type or arguments: CONSUMER_QUEUE_TYPE (--queue-type) must match it (see docs/production-checklist.md)")
+                        link: "\(error)",
+                        cause:
+                            "a queue exists with another type or arguments: CONSUMER_QUEUE_TYPE (--queue-type) must match it (see docs/production-checklist.md)"
+                    )
                     : LinkFailure(link: "", cause: "\(error)")
                 if error.cause.isConfiguration { failConfiguration(failure, program: program) }
                 if broker == .exit { failUnavailable(failure, program: program) }

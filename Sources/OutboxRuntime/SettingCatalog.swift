@@ -27,7 +27,8 @@ public enum SettingCatalog {
 extension SettingDeclaration {
     public static let mongodbURI = SettingDeclaration(
         env: "MONGODB_URI", flag: "mongodb-uri", default: nil, shown: "required, unless MONGODB_URI_FILE is set", usedBy: "all", secret: true,
-        example: "mongodb://outbox@mongo1:27017,mongo2:27017,mongo3:27017/?replicaSet=rs0&tls=true&tlsCAFile=/etc/outbox/ca.pem&authSource=admin&authMechanism=SCRAM-SHA-256",
+        example:
+            "mongodb://outbox@mongo1:27017,mongo2:27017,mongo3:27017/?replicaSet=rs0&tls=true&tlsCAFile=/etc/outbox/ca.pem&authSource=admin&authMechanism=SCRAM-SHA-256",
         "MongoDB connection string; must reach a replica set. TLS and authentication go in the URI: "
             + "tls=true&tlsCAFile=...&authSource=admin&authMechanism=SCRAM-SHA-256. Or a file named by MONGODB_URI_FILE; "
             + "the password may come from a file named by MONGODB_PASSWORD_FILE")
@@ -94,7 +95,8 @@ extension SettingDeclaration {
     public static let relayBatchSize = SettingDeclaration(
         env: "RELAY_BATCH_SIZE", flag: "batch-size", kind: .integer(1...10_000), default: "500", usedBy: "relay", "Events per batch")
     public static let relayBatchMaxBytes = SettingDeclaration(
-        env: "RELAY_BATCH_MAX_BYTES", flag: "batch-max-bytes", kind: .integer(1024...(1 << 30)), default: "\(RelayConfiguration.defaultBatchMaxBytes)", usedBy: "relay",
+        env: "RELAY_BATCH_MAX_BYTES", flag: "batch-max-bytes", kind: .integer(1024...(1 << 30)),
+        default: "\(RelayConfiguration.defaultBatchMaxBytes)", usedBy: "relay",
         "Message bytes per batch (and so in flight); the fetch asks for as many events as fit at the size seen last, "
             + "and an event larger than it goes out alone")
     public static let relayMaxInFlight = SettingDeclaration(

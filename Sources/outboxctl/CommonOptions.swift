@@ -23,7 +23,8 @@ struct Common: ParsableArguments {
         let logger: Logger
         do {
             logger = Runtime.bootstrap(label: "outboxctl", level: try settings.logLevel(mongo.logLevel ?? "error"))
-            let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl", threads: 1)
+            let pool = try settings.mongoPool(
+                uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl", threads: 1)
             await Runtime.checkLinks(program: "outboxctl", mongo: pool, amqp: nil, broker: .exit, logger: logger)
             admin = OutboxAdmin(pool: pool, collection: try settings.string(collection, .collection))
         } catch {
@@ -82,7 +83,9 @@ struct Filters: ParsableArguments {
 
 /// A duration option; a bad one is a usage error (exit 64).
 func duration(_ text: String, _ option: String) throws -> Duration {
-    do { return try Setting.duration(text, setting: option) } catch let error as ConfigurationError { throw ValidationError("\(option): \(error.reason)") }
+    do { return try Setting.duration(text, setting: option) } catch let error as ConfigurationError {
+        throw ValidationError("\(option): \(error.reason)")
+    }
 }
 
 func statusOption(_ value: String?) throws -> String? {

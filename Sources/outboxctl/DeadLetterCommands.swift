@@ -64,13 +64,17 @@ struct DeadLetterFilters: ParsableArguments {
     @Option(name: .customLong("id"), help: "Message id (repeatable).")
     var ids: [String] = []
 
-    @Option(help: "Only dead letters whose reason contains this text, ignoring case (x-error; for a message the broker dead-lettered, x-death's reason such as rejected or expired).")
+    @Option(
+        help:
+            "Only dead letters whose reason contains this text, ignoring case (x-error; for a message the broker dead-lettered, x-death's reason such as rejected or expired)."
+    )
     var reason: String?
 
-    @Option(help: """
-        Only dead letters dead-lettered longer ago than this, e.g. 10m, 2h (time from x-dead-lettered-at, \
-        else the broker's x-death, else the event's x-occurred-at; one of unknown time never matches).
-        """)
+    @Option(
+        help: """
+            Only dead letters dead-lettered longer ago than this, e.g. 10m, 2h (time from x-dead-lettered-at, \
+            else the broker's x-death, else the event's x-occurred-at; one of unknown time never matches).
+            """)
     var olderThan: String?
 
     @Option(help: "At most this many dead letters, the first in the queue.")

@@ -47,19 +47,25 @@ extension OutboxCtl {
     }
 
     struct Status: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Backlog, oldest pending age, parked count, deliveries in the last minute, partition leases.")
+        static let configuration = CommandConfiguration(
+            abstract: "Backlog, oldest pending age, parked count, deliveries in the last minute, partition leases.")
         @OptionGroup var common: Common
 
         func run() async throws {
             let status = try await common.run { admin, _ in try await admin.status() }
             if common.json {
                 printJSON([
-                    "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)), "parked": .int64(Int64(status.parked)),
+                    "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)),
+                    "parked": .int64(Int64(status.parked)),
                     "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
                     "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
-                    "leases": .array(status.leases.map { lease in
-                        ["partition": .int64(Int64(lease.partition)), "owner": lease.owner.map { .string($0) } ?? .null, "epoch": .int64(Int64(lease.epoch)), "expiresInSeconds": .double(lease.expiresIn)]
-                    }),
+                    "leases": .array(
+                        status.leases.map { lease in
+                            [
+                                "partition": .int64(Int64(lease.partition)), "owner": lease.owner.map { .string($0) } ?? .null,
+                                "epoch": .int64(Int64(lease.epoch)), "expiresInSeconds": .double(lease.expiresIn),
+                            ]
+                        }),
                 ])
                 return
             }
@@ -71,7 +77,10 @@ extension OutboxCtl {
             printTable(
                 ["PARTITION", "OWNER", "EPOCH", "EXPIRES IN"],
                 status.leases.map { lease in
-                    [String(lease.partition), lease.owner ?? "-", String(lease.epoch), lease.owner == nil ? "-" : (lease.expiresIn < 0 ? "expired" : String(format: "%.1f s", lease.expiresIn))]
+                    [
+                        String(lease.partition), lease.owner ?? "-", String(lease.epoch),
+                        lease.owner == nil ? "-" : (lease.expiresIn < 0 ? "expired" : String(format: "%.1f s", lease.expiresIn)),
+                    ]
                 })
         }
     }
@@ -149,7 +158,8 @@ extension OutboxCtl {
     }
 
     struct Unpark: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Return parked events to pending (due now, attempts reset); all parked ones with --all.")
+        static let configuration = CommandConfiguration(
+            abstract: "Return parked events to pending (due now, attempts reset); all parked ones with --all.")
         @OptionGroup var common: Common
         @OptionGroup var filters: Filters
         @Flag(help: "Every parked event.") var all = false

@@ -32,7 +32,8 @@ func age(_ date: Date?) -> String {
 func eventRows(_ documents: [Document]) -> [[String]] {
     documents.map { d in
         [
-            d["_id"].flatMap(OutboxDocument.messageId(of:)) ?? ExtendedJSON.render(d["_id"] ?? .null), d["status"]?.stringValue ?? "new", d["type"]?.stringValue ?? "-",
+            d["_id"].flatMap(OutboxDocument.messageId(of:)) ?? ExtendedJSON.render(d["_id"] ?? .null), d["status"]?.stringValue ?? "new",
+            d["type"]?.stringValue ?? "-",
             d["aggregateId"]?.stringValue ?? "-", d["aggregateVersion"].map { ExtendedJSON.render($0) } ?? "-", age(d["timestamp"]?.dateValue),
             d["attempts"].map { ExtendedJSON.render($0) } ?? "0", String((d["lastError"]?.stringValue ?? "").prefix(60)),
         ]
@@ -43,7 +44,10 @@ let eventHeader = ["ID", "STATUS", "TYPE", "AGGREGATE", "VERSION", "AGE", "ATTEM
 
 func report(_ result: ChangeResult, verb: String, json: Bool) {
     if json {
-        printJSON(["matched": .int64(Int64(result.matched)), "changed": .int64(Int64(result.changed)), "dryRun": .bool(result.dryRun), "ids": .array(result.ids.map { .string($0) })])
+        printJSON([
+            "matched": .int64(Int64(result.matched)), "changed": .int64(Int64(result.changed)), "dryRun": .bool(result.dryRun),
+            "ids": .array(result.ids.map { .string($0) }),
+        ])
     } else if result.dryRun {
         print("dry run: \(result.matched) event(s) would be \(verb); nothing changed")
         for id in result.ids.prefix(20) { print("  \(id)") }

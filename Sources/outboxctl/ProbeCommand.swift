@@ -14,7 +14,10 @@ extension OutboxCtl {
                 same container listens on (a wildcard host such as 0.0.0.0 is asked on the loopback interface).
                 """)
 
-        @Argument(help: "http://host:port/path to ask (default: /health/ready at RELAY_HTTP_ADDRESS, or \(SettingDeclaration.relayHTTPAddress.shownDefault)).")
+        @Argument(
+            help:
+                "http://host:port/path to ask (default: /health/ready at RELAY_HTTP_ADDRESS, or \(SettingDeclaration.relayHTTPAddress.shownDefault))."
+        )
         var url: String?
 
         @Flag(help: "Ask /health/live instead of /health/ready when no URL is given.")

@@ -4,7 +4,7 @@ import OutboxAMQP
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// The Prometheus that `ops/stack` starts beside the test stack (STACK_PROMETHEUS=1): the shipped
@@ -60,9 +60,11 @@ extension FaultTests {
         let f = try FaultFixture()
         try await f.prepare()
         let relay = try f.startRelay("relay", extra: ["RELAY_HTTP_ADDRESS": PrometheusEnv.relayAddress])
-        let consumer = try f.startConsumer("consumer", extra: [
-            "CONSUMER_HTTP_ADDRESS": PrometheusEnv.inventoryAddress, "CONSUMER_METRICS_INTERVAL": "1s",
-        ])
+        let consumer = try f.startConsumer(
+            "consumer",
+            extra: [
+                "CONSUMER_HTTP_ADDRESS": PrometheusEnv.inventoryAddress, "CONSUMER_METRICS_INTERVAL": "1s",
+            ])
         #expect(await within(.seconds(30)) { await PrometheusEnv.scraped(PrometheusEnv.relayAddress) }, "Prometheus scrapes the relay")
         #expect(await within(.seconds(30)) { await PrometheusEnv.scraped(PrometheusEnv.inventoryAddress) }, "Prometheus scrapes the consumer")
         func active(_ name: String) async -> [(name: String, state: String, labels: [String: String])] {
@@ -79,9 +81,10 @@ extension FaultTests {
         let publisher = ConfirmPublisher(configuration: AMQPConfiguration(endpoint: try AMQPEndpoint(url: Env.amqpURL)), logger: Env.logger)
         #expect(await publisher.publish([poison]) == [.acked])
         await publisher.close()
-        #expect(await within(.seconds(60)) {
-            await active("OutboxDeadLettersWaiting").contains { $0.state == "firing" && $0.labels["consumer"] == "inventory" }
-        }, "a dead letter waiting in inventory's dead-letter queue fires OutboxDeadLettersWaiting")
+        #expect(
+            await within(.seconds(60)) {
+                await active("OutboxDeadLettersWaiting").contains { $0.state == "firing" && $0.labels["consumer"] == "inventory" }
+            }, "a dead letter waiting in inventory's dead-letter queue fires OutboxDeadLettersWaiting")
 
         try stack("stop-rabbit")
         let fired = await within(.seconds(60)) {

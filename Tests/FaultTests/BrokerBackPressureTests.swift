@@ -5,7 +5,7 @@ import OutboxMongo
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `ops/stack rabbitmqctl ARGS` against the test stack's broker; returns the exit status.

@@ -71,13 +71,15 @@ private struct LogMark {
 /// Nested in `FaultTests` so that it runs serialized with them: it uses the test stack's
 /// SecantusDB, which other fault tests stop and start.
 extension FaultTests {
-    @Suite("Broker cluster: three clustered RabbitMQ nodes, quorum queues, nodes killed under a relay and both consumers",
-           .enabled(if: ClusterEnv.enabled), .timeLimit(.minutes(6)))
+    @Suite(
+        "Broker cluster: three clustered RabbitMQ nodes, quorum queues, nodes killed under a relay and both consumers",
+        .enabled(if: ClusterEnv.enabled), .timeLimit(.minutes(6)))
     struct BrokerClusterTests {
         @Test("kill -9 of the relay's node, then of the inventory queue's leader: every order applied exactly once by both consumers")
         func nodesKilledUnderLoad() async throws {
-            try #require(!ClusterEnv.amqpURL.isEmpty && !ClusterEnv.nodes.directory.isEmpty && !Env.stackScript.isEmpty,
-                         "the cluster stack was promised (CLUSTER_AMQP_URL, CLUSTER_STACK_DIR); run ops/test")
+            try #require(
+                !ClusterEnv.amqpURL.isEmpty && !ClusterEnv.nodes.directory.isEmpty && !Env.stackScript.isEmpty,
+                "the cluster stack was promised (CLUSTER_AMQP_URL, CLUSTER_STACK_DIR); run ops/test")
             let started = ContinuousClock.now
             let orders = 2000
             let f = try FaultFixture(amqpURL: ClusterEnv.amqpURL)
@@ -138,7 +140,8 @@ extension FaultTests {
 
             // (a) The node the relay publishes through, a fifth of the way into the first backlog.
             #expect(await waitFor { await count("outbox", ["status": "delivered"]) >= half / 5 }, "a fifth of the first backlog delivered")
-            let relayNode = try #require(connectionPorts(relay.log[...]).last.flatMap(ClusterEnv.node(port:)), "the relay's node: \(relay.log.suffix(2000))")
+            let relayNode = try #require(
+                connectionPorts(relay.log[...]).last.flatMap(ClusterEnv.node(port:)), "the relay's node: \(relay.log.suffix(2000))")
             let deliveredAtA = await count("outbox", ["status": "delivered"]), pendingAtA = await count("outbox", ["status": "pending"])
             let movedA = try await killNode(relayNode, because: "the relay's")
             #expect(Set(movedA) == Set(programs.map(\.0)), "all three started on the URL's first node and moved: \(movedA)")
@@ -157,10 +160,11 @@ extension FaultTests {
 
             // Every event delivered: the OrderCreated ones and the inventory consumer's follow-ups.
             #expect(await f.waitUntilDelivered(2 * orders, timeout: .seconds(180)), "relay log: \(relay.log.suffix(3000))")
-            #expect(await waitFor {
-                let reservations = await count("reservations"), notifications = await count("notifications")
-                return reservations == orders && notifications == orders
-            }, "both consumers finish")
+            #expect(
+                await waitFor {
+                    let reservations = await count("reservations"), notifications = await count("notifications")
+                    return reservations == orders && notifications == orders
+                }, "both consumers finish")
             for program in [relay] + consumers { #expect(program.stop() == 0, "SIGTERM ends \(program.logPath) cleanly") }
 
             // Exactly once: one reservation, one notification and one inbox entry per order per
@@ -184,7 +188,8 @@ extension FaultTests {
             }
             let seconds = (ContinuousClock.now - started).components.seconds
             func moved(_ names: [String]) -> String { names.isEmpty ? "no program on it" : names.joined(separator: ", ") + " moved" }
-            print("""
+            print(
+                """
                 broker cluster: \(orders) orders, node \(relayNode) (relay's) killed at \(deliveredAtA) events delivered [\(moved(movedA))], \
                 node \(leader) (inventory leader) at \(appliedAtB) orders applied [\(moved(movedB))]; \(2 * orders) events delivered, \
                 \(orders) reservations, \(orders) notifications, \(2 * orders) inbox entries, \(skipped) duplicates skipped, \

@@ -5,7 +5,7 @@ import OutboxMongo
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The secure stack of `ops/test`: TLS everywhere, two RabbitMQ nodes that are not clustered.
@@ -45,7 +45,10 @@ struct BrokerFailoverTests {
         try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
 
         // Unclustered nodes: each needs the queue, as every node of a cluster would see it.
-        let admins = [try AMQPAdmin(configuration: SecureEnv.amqp(node: 1), logger: Env.logger), try AMQPAdmin(configuration: SecureEnv.amqp(node: 2), logger: Env.logger)]
+        let admins = [
+            try AMQPAdmin(configuration: SecureEnv.amqp(node: 1), logger: Env.logger),
+            try AMQPAdmin(configuration: SecureEnv.amqp(node: 2), logger: Env.logger),
+        ]
         for admin in admins {
             try await admin.declareExchange(exchange)
             try await admin.declareQueue(queue)
@@ -74,9 +77,10 @@ struct BrokerFailoverTests {
         let writer = OutboxWriter()
         func append(_ range: Range<Int>) async throws -> [String] {
             let documents = range.map { i in
-                writer.document(for: NewEvent(
-                    type: "OrderCreated", aggregateType: "Order", aggregateId: "failover-\(i % 50)", aggregateVersion: i / 50 + 1,
-                    data: ["index": .int64(Int64(i))], exchange: exchange))
+                writer.document(
+                    for: NewEvent(
+                        type: "OrderCreated", aggregateType: "Order", aggregateId: "failover-\(i % 50)", aggregateVersion: i / 50 + 1,
+                        data: ["index": .int64(Int64(i))], exchange: exchange))
             }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
             return documents.compactMap { $0["_id"]?.stringValue }
@@ -117,7 +121,9 @@ struct BrokerFailoverTests {
         let parked = try await pool.withConnection { try $0.collection("outbox").countDocuments(["status": "parked"]) }
         #expect(parked == 0)
         let relayLog = SecureEnv.read(log)
-        #expect(relayLog.contains("AMQP connection open") && relayLog.contains(":\(SecureEnv.nodes.port(node: 2))/"), "the relay moved to node 2: \(relayLog.suffix(3000))")
+        #expect(
+            relayLog.contains("AMQP connection open") && relayLog.contains(":\(SecureEnv.nodes.port(node: 2))/"),
+            "the relay moved to node 2: \(relayLog.suffix(3000))")
         kill(relay, SIGTERM)
         #expect(wait(pid: relay) == 0, "SIGTERM ends the relay cleanly")
         relayStopped = true

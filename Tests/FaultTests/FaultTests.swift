@@ -6,10 +6,10 @@ import OutboxMongo
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
@@ -259,9 +259,10 @@ final class FaultFixture: @unchecked Sendable {
             let documents: [Document] = (chunk..<min(chunk + 1000, count)).map { index in
                 let aggregate = index % aggregates
                 version[aggregate, default: 0] += 1
-                return writer.document(for: NewEvent(
-                    type: "OrderCreated", aggregateType: "Order", aggregateId: "\(prefix)-\(aggregate)",
-                    aggregateVersion: version[aggregate]!, data: data(index), exchange: exchange))
+                return writer.document(
+                    for: NewEvent(
+                        type: "OrderCreated", aggregateType: "Order", aggregateId: "\(prefix)-\(aggregate)",
+                        aggregateVersion: version[aggregate]!, data: data(index), exchange: exchange))
             }
             ids += documents.compactMap { $0["_id"]?.stringValue }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
@@ -278,10 +279,11 @@ final class FaultFixture: @unchecked Sendable {
         for chunk in stride(from: 0, to: count, by: 1000) {
             let documents: [Document] = (chunk..<min(chunk + 1000, count)).map { index in
                 let id: BSON = index % 2 == 0 ? .objectId(ObjectId()) : .string("event-\(index)")
-                return ([
-                    "_id": id, "type": "OrderCreated", "aggregateId": .string("min-\(index / perAggregate)"),
-                    "data": ["index": .int64(Int64(index))], "timestamp": .datetime(start + Int64(index)),
-                ] as Document).merging(extra(index))
+                return
+                    ([
+                        "_id": id, "type": "OrderCreated", "aggregateId": .string("min-\(index / perAggregate)"),
+                        "data": ["index": .int64(Int64(index))], "timestamp": .datetime(start + Int64(index)),
+                    ] as Document).merging(extra(index))
             }
             ids += documents.compactMap { $0["_id"].flatMap(OutboxDocument.messageId(of:)) }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
@@ -487,7 +489,8 @@ struct FaultTests {
     /// Documents written in the status-pending format: half with a partition, attempts and a due
     /// time as older writers added them, half with the status alone.
     static func pendingFormat(_ index: Int) -> Document {
-        index % 2 == 0 ? ["status": "pending"] : ["status": "pending", "attempts": 0, "nextAttemptAt": .datetime(0), "partition": .int32(Int32(index % 16))]
+        index % 2 == 0
+            ? ["status": "pending"] : ["status": "pending", "attempts": 0, "nextAttemptAt": .datetime(0), "partition": .int32(Int32(index % 16))]
     }
 
     @Test(
@@ -612,14 +615,19 @@ struct FaultTests {
             return false
         }
         // A relay whose broker is unreachable: nothing drains, so the backlog is still.
-        let stalled = try f.startRelay("stalled", extra: [
-            "RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)", "RELAY_METRICS_INTERVAL": "100ms", "AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2f",
-        ])
+        let stalled = try f.startRelay(
+            "stalled",
+            extra: [
+                "RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)", "RELAY_METRICS_INTERVAL": "100ms", "AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2f",
+            ])
         try await f.pool.withConnection { connection in
-            try connection.collection("outbox").insertMany((0..<3).map { i in
-                ["_id": .string(ObjectId().hex), "status": "pending", "partition": .int32(Int32(i)), "nextAttemptAt": .date(Date()),
-                 "type": .int32(1), "aggregateId": .string("bad-\(i)"), "aggregateVersion": 1]
-            })
+            try connection.collection("outbox").insertMany(
+                (0..<3).map { i in
+                    [
+                        "_id": .string(ObjectId().hex), "status": "pending", "partition": .int32(Int32(i)), "nextAttemptAt": .date(Date()),
+                        "type": .int32(1), "aggregateId": .string("bad-\(i)"), "aggregateVersion": 1,
+                    ]
+                })
         }
         _ = try await f.appendEvents(400, aggregates: 400)
         #expect(await settles("outbox_parked_events", at: 3), "malformed documents are parked while the broker is down")

@@ -18,7 +18,9 @@ struct StoreFaults {
     static let consumerCommands: [BSON] = ["insert", "update", "find", "commitTransaction"]
 
     static func random(commands: [BSON] = commands, appName: String = "outbox-relay") -> Document {
-        var data: Document = ["failCommands": .array(commands.shuffled().prefix(Int.random(in: 1...commands.count)).map { $0 }), "appName": .string(appName)]
+        var data: Document = [
+            "failCommands": .array(commands.shuffled().prefix(Int.random(in: 1...commands.count)).map { $0 }), "appName": .string(appName),
+        ]
         switch Int.random(in: 0..<4) {
         case 0:
             data["errorCode"] = .int32(11600)  // InterruptedAtShutdown
@@ -108,9 +110,10 @@ extension FaultTests {
             if version != (lastVersion[aggregate] ?? 0) + 1 {
                 outOfOrder += 1
                 if examples.count < 3 {
-                    let events = (try? await f.pool.withConnection {
-                        try $0.collection("outbox").find(["aggregateId": .string("min-\(aggregate)")], options: ["projection": ["data": 0]])
-                    }) ?? []
+                    let events =
+                        (try? await f.pool.withConnection {
+                            try $0.collection("outbox").find(["aggregateId": .string("min-\(aggregate)")], options: ["projection": ["data": 0]])
+                        }) ?? []
                     examples.append("aggregate \(aggregate): version \(version) after \(lastVersion[aggregate] ?? 0); \(events)")
                 }
             }
@@ -120,7 +123,9 @@ extension FaultTests {
         let duplicates = received.count - unique.count
         #expect(duplicates * 20 <= ids.count, "duplicate publishes \(duplicates) exceed 5 % of \(ids.count) events")
         #expect(await f.count(["status": "parked"]) == 0)
-        print("store faults, \(shape) documents (\(faults) fail points, 2 relays): \(ids.count) events, \(received.count) messages received, \(duplicates) duplicate publishes")
+        print(
+            "store faults, \(shape) documents (\(faults) fail points, 2 relays): \(ids.count) events, \(received.count) messages received, \(duplicates) duplicate publishes"
+        )
         await f.cleanup()
     }
 

@@ -267,10 +267,11 @@ struct FollowUpTests {
             _ = try await store.create(order(5))  // only 1 left: fails
             let publisher = f.makePublisher()
             let relay = try await f.makeRelay(store: f.makeStore(), publisher: publisher)
-            #expect(await eventually {
-                _ = try? await relay.runOnce()
-                return (try? await f.count("outbox", ["status": "delivered"])) == 4
-            })
+            #expect(
+                await eventually {
+                    _ = try? await relay.runOnce()
+                    return (try? await f.count("outbox", ["status": "delivered"])) == 4
+                })
             await publisher.close()
             let received = try await f.admin.drain(followUps)
             #expect(Set(received.compactMap(\.type)) == ["InventoryReserved", "InventoryReservationFailed"])

@@ -12,11 +12,12 @@ struct DeadLetterCommandRuleTests {
     let now = Date(timeIntervalSince1970: 1_800_000_000)
 
     func letter(_ headers: [String: AMQPFieldValue], id: String? = "evt-1", body: [UInt8] = Array(#"{"n":1}"#.utf8)) -> DeadLetter {
-        DeadLetter(AMQPMessage(
-            properties: AMQPProperties(
-                contentType: "application/json", headers: headers, deliveryMode: 2, correlationId: "corr-1", expiration: "60000",
-                messageId: id, timestamp: 1_799_999_000, type: "OrderCreated", userId: "guest", appId: "inventory"),
-            body: body))
+        DeadLetter(
+            AMQPMessage(
+                properties: AMQPProperties(
+                    contentType: "application/json", headers: headers, deliveryMode: 2, correlationId: "corr-1", expiration: "60000",
+                    messageId: id, timestamp: 1_799_999_000, type: "OrderCreated", userId: "guest", appId: "inventory"),
+                body: body))
     }
 
     func consumerDeadLetter(minutesAgo: Double, error: String = "PermanentFailure: no such SKU") -> DeadLetter {
@@ -41,8 +42,10 @@ struct DeadLetterCommandRuleTests {
     @Test("a broker's dead letter: reason, routing key and time from the newest x-death entry")
     func brokerFields() {
         let death: AMQPFieldValue = .array([
-            .table(["reason": .string("rejected"), "queue": .string("q"), "time": .timestamp(1_799_999_400), "count": .int(1),
-                    "routing-keys": .array([.string("order.created")]), "exchange": .string("orders")]),
+            .table([
+                "reason": .string("rejected"), "queue": .string("q"), "time": .timestamp(1_799_999_400), "count": .int(1),
+                "routing-keys": .array([.string("order.created")]), "exchange": .string("orders"),
+            ]),
             .table(["reason": .string("expired"), "time": .timestamp(1_700_000_000)]),
         ])
         let dead = letter(["x-death": death, "x-occurred-at": .int(1_600_000_000_000)])
@@ -233,7 +236,10 @@ struct DeadLetterCommandTests {
             try await deadLetter(f, topology, ids: ["p-1", "p-2"], failing: ["p-1": "bad quantity", "p-2": "bad sku"])
             let shown = try await outboxctl(["show", "--queue", topology.queue, "--id", "p-2"])
             #expect(shown.status == 0, "\(shown.errors)")
-            for text in ["p-2", "bad sku", "consumer inventory", "x-error", "x-tenant", "tenant-7", "x-dead-lettered-at", "corr-p-2", "JSON", #""orderId": "order-p-2""#] {
+            for text in [
+                "p-2", "bad sku", "consumer inventory", "x-error", "x-tenant", "tenant-7", "x-dead-lettered-at", "corr-p-2", "JSON",
+                #""orderId": "order-p-2""#,
+            ] {
                 #expect(shown.output.contains(text), "show lacks \(text): \(shown.output)")
             }
             #expect(!shown.output.contains("bad quantity"))
@@ -250,7 +256,8 @@ struct DeadLetterCommandTests {
         try await Fixture.with { f in
             let topology = topology(f)
             try await deadLetter(
-                f, topology, ids: ["p-1", "p-2", "p-3"], failing: ["p-1": "Stock service TIMED OUT", "p-2": "malformed body", "p-3": "malformed body"])
+                f, topology, ids: ["p-1", "p-2", "p-3"],
+                failing: ["p-1": "Stock service TIMED OUT", "p-2": "malformed body", "p-3": "malformed body"])
             // A dead letter from two hours ago, as the consumer would have made it then.
             let twoHoursAgo = Int64((Date().timeIntervalSince1970 - 7200) * 1000)
             let old = AMQPProperties(
@@ -259,9 +266,13 @@ struct DeadLetterCommandTests {
                     "x-error": .string("malformed body"), "x-attempts": .int(5), "x-consumer": .string("inventory"),
                     "x-dead-lettered-at": .int(twoHoursAgo), "x-original-routing-key": .string("order.created"),
                 ], deliveryMode: 2, messageId: "old-1", type: "OrderCreated")
-            #expect(await f.admin.publishConfirmed(exchange: "", routingKey: topology.deadLetterQueue, properties: old, body: Array("{}".utf8)) == .acked)
+            #expect(
+                await f.admin.publishConfirmed(exchange: "", routingKey: topology.deadLetterQueue, properties: old, body: Array("{}".utf8)) == .acked)
             // One the broker dead-letters: rejected without requeue from the consumer's queue.
-            #expect(await f.admin.publishConfirmed(exchange: "", routingKey: topology.queue, properties: AMQPProperties(messageId: "rej-1", type: "OrderCreated"), body: Array("{}".utf8)) == .acked)
+            #expect(
+                await f.admin.publishConfirmed(
+                    exchange: "", routingKey: topology.queue, properties: AMQPProperties(messageId: "rej-1", type: "OrderCreated"),
+                    body: Array("{}".utf8)) == .acked)
             let rejected = try #require(try await f.admin.getUnacked(topology.queue))
             try await f.admin.nack([rejected], requeue: false)
             #expect(await eventually { (try? await count(f, topology.deadLetterQueue)) == 5 })

@@ -15,7 +15,8 @@ struct DurableLinkTests {
             MongoConfiguration(uri: Servers.mongoURI, database: database, threads: 2, appName: "write-concern-test") { name, command in
                 if name == "insert" || name == "commitTransaction" { commands.append((name, command)) }
             })
-        let event = NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "wc-1", aggregateVersion: 1, data: ["n": 1], exchange: "orders")
+        let event = NewEvent(
+            type: "OrderCreated", aggregateType: "Order", aggregateId: "wc-1", aggregateVersion: 1, data: ["n": 1], exchange: "orders")
         try await pool.withTransaction { connection in
             try connection.collection("orders").insertOne(["_id": "wc-1"])
             _ = try OutboxWriter().append([event], using: connection)
@@ -45,10 +46,12 @@ struct DurableLinkTests {
             let dlx: [String: AMQPArgument] = ["x-dead-letter-exchange": .string(topology.deadLetterExchange)]
             for (queue, arguments) in [(topology.queue, dlx), (topology.deadLetterQueue, [:])] {
                 let classic = arguments.merging(["x-queue-type": .string("classic")]) { $1 }
-                await #expect(performing: { try await f.admin.declareQueue(queue, arguments: classic) }, throws: { error in
-                    let error = error as? AMQPError
-                    return error?.cause == .inequivalent && error?.message.contains("x-queue-type") == true
-                })
+                await #expect(
+                    performing: { try await f.admin.declareQueue(queue, arguments: classic) },
+                    throws: { error in
+                        let error = error as? AMQPError
+                        return error?.cause == .inequivalent && error?.message.contains("x-queue-type") == true
+                    })
             }
             // Messages flow through it and the dead-letter exchange reaches the quorum dead-letter queue.
             let channel = AMQPConsumerChannel(configuration: f.amqp, topology: topology, logger: f.logger)
@@ -62,7 +65,9 @@ struct DurableLinkTests {
             for _ in 0..<40 where delivery == nil { delivery = try await channel.next(timeout: .milliseconds(250)) }
             #expect(delivery?.messageId == "q-1")
             if let delivery { try await channel.reject(delivery, requeue: false) }
-            let deadLettered = await eventually(timeout: .seconds(10)) { (try? await f.admin.declareQueue(topology.deadLetterQueue, arguments: topology.queueTypeArguments)) == 1 }
+            let deadLettered = await eventually(timeout: .seconds(10)) {
+                (try? await f.admin.declareQueue(topology.deadLetterQueue, arguments: topology.queueTypeArguments)) == 1
+            }
             #expect(deadLettered)
             await channel.close()
             await publisher.close()

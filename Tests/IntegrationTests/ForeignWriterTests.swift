@@ -22,7 +22,8 @@ struct ForeignWriterTests {
 
     func python(_ f: Fixture, _ arguments: [String], collection: String = "outbox") async throws -> [Written] {
         let result = try await Programs.run(
-            Programs.python, [Programs.root.appendingPathComponent("Examples/python-writer/writer.py").path] + arguments + ["--collection", collection],
+            Programs.python,
+            [Programs.root.appendingPathComponent("Examples/python-writer/writer.py").path] + arguments + ["--collection", collection],
             environment: Programs.environment(f))
         #expect(result.status == 0, "python writer: \(result.errors)")
         return try JSONDecoder().decode(Output.self, from: Data(result.output.utf8)).events
@@ -68,7 +69,8 @@ struct ForeignWriterTests {
             let queue = try await f.queue("all")
             let written = try await python(f, ["--orders", "200", "--id-kind", "mixed", "--first-int-id", "1000"])
             #expect(written.count == 200)
-            #expect(Dictionary(grouping: written, by: { $0.kind ?? "" }).mapValues(\.count) == ["default": 50, "objectid": 50, "uuid": 50, "int": 50])
+            #expect(
+                Dictionary(grouping: written, by: { $0.kind ?? "" }).mapValues(\.count) == ["default": 50, "objectid": 50, "uuid": 50, "int": 50])
             try await relay(f)
             try await check(f, written, queue: queue)
         }

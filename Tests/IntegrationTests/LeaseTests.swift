@@ -30,17 +30,20 @@ struct LeaseTests {
                 try connection.collection(MongoLeaseStore.relaysCollection).updateMany(["_id": "relay-a"], ["$set": ["expiresAt": .datetime(0)]])
             }
             let leasesB = manager(f, owner: "relay-b")
-            #expect(await eventually(timeout: .seconds(20)) {
-                try? await leasesB.tick()
-                return leasesB.current.count == 16
-            })
+            #expect(
+                await eventually(timeout: .seconds(20)) {
+                    try? await leasesB.tick()
+                    return leasesB.current.count == 16
+                })
             #expect(Set(leasesB.current.map(\.partition)) == Set(stale.map(\.partition)))
             #expect(zip(leasesB.current.sorted(), stale.sorted()).allSatisfy { $0.epoch > $1.epoch })
 
             // B, the new owner, has handled the events (here: a failed attempt, rescheduled),
             // which stamps them with its epoch.
             let storeB = f.makeStore(owner: "relay-b")
-            let retries = batch.map { FailedDelivery(id: $0.id, partition: $0.partition, attempts: 1, error: "nacked", decision: .retry(after: .zero)) }
+            let retries = batch.map {
+                FailedDelivery(id: $0.id, partition: $0.partition, attempts: 1, error: "nacked", decision: .retry(after: .zero))
+            }
             #expect(try await storeB.markFailed(retries, leases: leasesB.current).isEmpty)
 
             // A wakes up and tries to record what it did: every write is refused.
@@ -182,10 +185,11 @@ struct LeaseTests {
             let relay = try await f.makeRelay(
                 store: f.makeStore(), publisher: FaultyPublisher(publisher) as ConfirmingPublisher,
                 retry: .init(maxAttempts: 1000, baseDelay: .milliseconds(1), maxDelay: .milliseconds(20)))
-            #expect(await eventually(timeout: .seconds(60)) {
-                _ = try? await relay.runOnce()
-                return (try? await f.count("outbox", ["status": "delivered"])) == events.count
-            })
+            #expect(
+                await eventually(timeout: .seconds(60)) {
+                    _ = try? await relay.runOnce()
+                    return (try? await f.count("outbox", ["status": "delivered"])) == events.count
+                })
             await publisher.close()
             let received = try await f.admin.drain(queue)
             var lastSeen: [String: Int] = [:]

@@ -42,16 +42,24 @@ struct OddDocumentTests {
                 seed("null-attempts", aggregate: "o-1", at: t, ["attempts": .null]),
                 seed("all-null", aggregate: "o-2", at: t, Self.nullRelayFields),
                 seed("pending-bare", aggregate: "o-3", at: t, ["status": "pending"]),
-                seed("pending-full", aggregate: "o-4", at: t, ["status": "pending", "partition": partition("o-4"), "attempts": 0, "nextAttemptAt": .datetime(t)]),
+                seed(
+                    "pending-full", aggregate: "o-4", at: t,
+                    ["status": "pending", "partition": partition("o-4"), "attempts": 0, "nextAttemptAt": .datetime(t)]),
                 seed("pending-wrong-partition", aggregate: "o-5", at: t, ["status": "pending", "partition": 3, "attempts": 0]),
                 seed("negative-attempts", aggregate: "o-6", at: t, ["attempts": -5]),
                 seed("string-delivered-at", aggregate: "o-7", at: t, ["deliveredAt": "yesterday", "lastError": 42]),
                 seed("int-sid", aggregate: "o-8", at: t, ["status": "pending", "sid": 12345]),
                 // Known to the relay by their shape (status, partition, scan id), with a field
                 // the relay's update cannot apply to, or wrong types it reads past.
-                seed("string-attempts", aggregate: "o-9", at: t, ["status": "pending", "partition": partition("o-9"), "sid": .string(ObjectId().hex), "attempts": "three"]),
-                seed("string-fence", aggregate: "o-10", at: t, ["status": "pending", "partition": partition("o-10"), "sid": .string(ObjectId().hex), "fence": "x"]),
-                seed("string-next-attempt", aggregate: "o-11", at: t, ["status": "pending", "partition": partition("o-11"), "sid": .string(ObjectId().hex), "nextAttemptAt": "soon"]),
+                seed(
+                    "string-attempts", aggregate: "o-9", at: t,
+                    ["status": "pending", "partition": partition("o-9"), "sid": .string(ObjectId().hex), "attempts": "three"]),
+                seed(
+                    "string-fence", aggregate: "o-10", at: t,
+                    ["status": "pending", "partition": partition("o-10"), "sid": .string(ObjectId().hex), "fence": "x"]),
+                seed(
+                    "string-next-attempt", aggregate: "o-11", at: t,
+                    ["status": "pending", "partition": partition("o-11"), "sid": .string(ObjectId().hex), "nextAttemptAt": "soon"]),
                 seed("string-partition", aggregate: "o-12", at: t, ["status": "pending", "partition": "3", "sid": .string(ObjectId().hex)]),
                 seed("huge-partition", aggregate: "o-13", at: t, ["status": "pending", "partition": 999_999, "sid": .string(ObjectId().hex)]),
                 seed("sid-without-partition", aggregate: "o-14", at: t, ["status": "pending", "sid": .string(ObjectId().hex)]),
@@ -74,7 +82,9 @@ struct OddDocumentTests {
             let received = try await f.admin.drain(queue).compactMap(\.messageId)
             let expected = good.compactMap { $0["_id"]?.stringValue } + deliverable.compactMap { $0["_id"]?.stringValue }
             #expect(Set(received) == Set(expected), "missing: \(Set(expected).subtracting(received).sorted())")
-            #expect(received.count == expected.count, "each published once; twice: \(Dictionary(grouping: received) { $0 }.filter { $0.value.count > 1 }.keys.sorted())")
+            #expect(
+                received.count == expected.count,
+                "each published once; twice: \(Dictionary(grouping: received) { $0 }.filter { $0.value.count > 1 }.keys.sorted())")
             let stored = try await f.find("outbox")
             for document in good + deliverable {
                 let found = stored.first { $0["_id"] == document["_id"] }
@@ -87,7 +97,9 @@ struct OddDocumentTests {
             for (document, reason) in parkable {
                 let found = stored.first { $0["_id"] == document["_id"] }
                 #expect(found?["status"] == "parked", "\(document["_id"]!): \(found?["status"] ?? .null)")
-                #expect(found?["lastError"]?.stringValue?.contains(reason) == true, "\(document["_id"]!): \(found?["lastError"] ?? .null) should name '\(reason)'")
+                #expect(
+                    found?["lastError"]?.stringValue?.contains(reason) == true,
+                    "\(document["_id"]!): \(found?["lastError"] ?? .null) should name '\(reason)'")
             }
             #expect(stored.count == good.count + deliverable.count + parkable.count)
         }
@@ -103,7 +115,10 @@ struct OddDocumentTests {
                 try connection.collection("outbox").insertMany([
                     seed("42", aggregate: "c-1", at: t),
                     ["_id": .int32(42), "type": "OrderCreated", "aggregateId": "c-2", "data": ["n": 2], "timestamp": .datetime(t + 1)],
-                    ["_id": .binary(subtype: 4, bytes: uuid), "type": "OrderCreated", "aggregateId": "c-3", "data": ["n": 3], "timestamp": .datetime(t + 2)],
+                    [
+                        "_id": .binary(subtype: 4, bytes: uuid), "type": "OrderCreated", "aggregateId": "c-3", "data": ["n": 3],
+                        "timestamp": .datetime(t + 2),
+                    ],
                     seed("00010203-0405-0607-0809-0a0b0c0d0e0f", aggregate: "c-4", at: t + 3),
                     seed("unique", aggregate: "c-5", at: t + 4),
                 ])
@@ -115,7 +130,8 @@ struct OddDocumentTests {
             #expect(received.sorted() == ["00010203-0405-0607-0809-0a0b0c0d0e0f", "42", "unique"], "each message id once: \(received)")
             let parked = try await f.find("outbox", ["status": "parked"])
             #expect(parked.count == 2)
-            #expect(parked.allSatisfy { $0["lastError"]?.stringValue?.contains("same message id") == true }, "\(parked.map { $0["lastError"] ?? .null })")
+            #expect(
+                parked.allSatisfy { $0["lastError"]?.stringValue?.contains("same message id") == true }, "\(parked.map { $0["lastError"] ?? .null })")
             #expect(try await f.count("outbox", ["status": "delivered"]) == 3)
         }
     }

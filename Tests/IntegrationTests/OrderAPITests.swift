@@ -20,22 +20,52 @@ struct OrderAPITests {
         ("missing customerId", "application/json", #"{"items":[\#(item)]}"#, .badRequest, "customerId"),
         ("empty customerId", "application/json", #"{"customerId":"  ","items":[\#(item)]}"#, .badRequest, "customerId"),
         ("customerId not a string", "application/json", #"{"customerId":42,"items":[\#(item)]}"#, .badRequest, "customerId"),
-        ("customerId too long", "application/json", #"{"customerId":"\#(String(repeating: "x", count: 200))","items":[\#(item)]}"#, .badRequest, "customerId"),
+        (
+            "customerId too long", "application/json", #"{"customerId":"\#(String(repeating: "x", count: 200))","items":[\#(item)]}"#, .badRequest,
+            "customerId"
+        ),
         ("items missing", "application/json", #"{"customerId":"c"}"#, .badRequest, "items"),
         ("items empty", "application/json", #"{"customerId":"c","items":[]}"#, .badRequest, "items"),
         ("items not an array", "application/json", #"{"customerId":"c","items":"A"}"#, .badRequest, "items"),
         ("item not an object", "application/json", #"{"customerId":"c","items":[7]}"#, .badRequest, "items[0]"),
         ("sku missing", "application/json", #"{"customerId":"c","items":[{"quantity":1,"unitPrice":"1"}]}"#, .badRequest, "items[0].sku"),
-        ("quantity zero", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":0,"unitPrice":"1"}]}"#, .badRequest, "items[0].quantity"),
-        ("quantity negative", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":-2,"unitPrice":"1"}]}"#, .badRequest, "items[0].quantity"),
-        ("quantity fractional", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1.5,"unitPrice":"1"}]}"#, .badRequest, "items[0].quantity"),
-        ("quantity a string", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":"2","unitPrice":"1"}]}"#, .badRequest, "items[0].quantity"),
-        ("price negative", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"-0.01"}]}"#, .badRequest, "items[0].unitPrice"),
-        ("price not decimal", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"ten"}]}"#, .badRequest, "items[0].unitPrice"),
-        ("price with exponent", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":1e2}]}"#, .badRequest, "items[0].unitPrice"),
-        ("price a boolean", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":false}]}"#, .badRequest, "items[0].unitPrice"),
+        (
+            "quantity zero", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":0,"unitPrice":"1"}]}"#, .badRequest,
+            "items[0].quantity"
+        ),
+        (
+            "quantity negative", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":-2,"unitPrice":"1"}]}"#, .badRequest,
+            "items[0].quantity"
+        ),
+        (
+            "quantity fractional", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1.5,"unitPrice":"1"}]}"#, .badRequest,
+            "items[0].quantity"
+        ),
+        (
+            "quantity a string", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":"2","unitPrice":"1"}]}"#, .badRequest,
+            "items[0].quantity"
+        ),
+        (
+            "price negative", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"-0.01"}]}"#, .badRequest,
+            "items[0].unitPrice"
+        ),
+        (
+            "price not decimal", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"ten"}]}"#, .badRequest,
+            "items[0].unitPrice"
+        ),
+        (
+            "price with exponent", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":1e2}]}"#, .badRequest,
+            "items[0].unitPrice"
+        ),
+        (
+            "price a boolean", "application/json", #"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":false}]}"#, .badRequest,
+            "items[0].unitPrice"
+        ),
         ("unknown field", "application/json", #"{"customerId":"c","items":[\#(item)],"discount":5}"#, .badRequest, "discount"),
-        ("too many items", "application/json", #"{"customerId":"c","items":[\#(Array(repeating: item, count: 101).joined(separator: ","))]}"#, .badRequest, "items"),
+        (
+            "too many items", "application/json", #"{"customerId":"c","items":[\#(Array(repeating: item, count: 101).joined(separator: ","))]}"#,
+            .badRequest, "items"
+        ),
         ("oversize body", "application/json", #"{"customerId":"\#(String(repeating: "x", count: 70_000))","items":[]}"#, .contentTooLarge, nil),
         ("text/plain", "text/plain", #"{"customerId":"c","items":[\#(item)]}"#, .unsupportedMediaType, nil),
         ("no content type", nil, #"{"customerId":"c","items":[\#(item)]}"#, .unsupportedMediaType, nil),

@@ -21,7 +21,12 @@ struct OutboxCtlTests {
             let ids = try await f.appendEvents((0..<6).map { f.event(aggregate: "s-\($0)") })
             // Four are stuck: written an hour ago, backed off into the far future.
             let stuck = Array(ids.prefix(4))
-            try await set(f, stuck, ["timestamp": .date(Date().addingTimeInterval(-3600)), "nextAttemptAt": .date(Date().addingTimeInterval(86_400)), "attempts": .int32(3)])
+            try await set(
+                f, stuck,
+                [
+                    "timestamp": .date(Date().addingTimeInterval(-3600)), "nextAttemptAt": .date(Date().addingTimeInterval(86_400)),
+                    "attempts": .int32(3),
+                ])
             try await set(f, Array(ids.suffix(2)), ["nextAttemptAt": .date(Date().addingTimeInterval(86_400))])
             let admin = OutboxAdmin(pool: f.pool)
             let filter = EventFilter(olderThan: .seconds(600))
@@ -65,17 +70,21 @@ struct OutboxCtlTests {
     @Test("history lists an aggregate's events in version order; replay republishes with the original ids")
     func historyAndReplay() async throws {
         try await Fixture.with { f in
-            let ids = try await f.appendEvents([f.event(aggregate: "h", version: 2), f.event(aggregate: "h", version: 1), f.event(aggregate: "other")])
+            let ids = try await f.appendEvents([
+                f.event(aggregate: "h", version: 2), f.event(aggregate: "h", version: 1), f.event(aggregate: "other"),
+            ])
             let admin = OutboxAdmin(pool: f.pool)
             let history = try await admin.history(aggregateId: "h")
             #expect(history.compactMap { $0["aggregateVersion"]?.intValue } == [1, 2])
             #expect(history.compactMap { $0["_id"]?.stringValue } == [ids[1], ids[0]])
 
             let target = try await f.queue("replayed", bindings: ["replay.key"])
-            let dry = try await admin.replay(EventFilter(aggregateId: "h"), exchange: f.exchange, routingKey: "replay.key", amqp: f.amqp, dryRun: true, logger: f.logger)
+            let dry = try await admin.replay(
+                EventFilter(aggregateId: "h"), exchange: f.exchange, routingKey: "replay.key", amqp: f.amqp, dryRun: true, logger: f.logger)
             #expect(dry.matched == 2 && dry.changed == 0)
             #expect(try await f.admin.drain(target).isEmpty, "a dry run publishes nothing")
-            let done = try await admin.replay(EventFilter(aggregateId: "h"), exchange: f.exchange, routingKey: "replay.key", amqp: f.amqp, dryRun: false, logger: f.logger)
+            let done = try await admin.replay(
+                EventFilter(aggregateId: "h"), exchange: f.exchange, routingKey: "replay.key", amqp: f.amqp, dryRun: false, logger: f.logger)
             #expect(done.changed == 2)
             let received = try await f.admin.drain(target)
             #expect(Set(received.compactMap(\.messageId)) == [ids[0], ids[1]], "original message ids")
@@ -120,7 +129,9 @@ struct OutboxCtlTests {
             return (result.status, result.output + result.errors)
         }
         let environment = ["MONGODB_URI": Servers.mongoURI, "OUTBOX_DATABASE": "outboxctl_exit_codes"]
-        for arguments in [["retry"], ["list", "--status", "lost"], ["purge", "--older-than", "soon"], ["park"], ["frobnicate"], ["list", "--since", "yesterday"]] {
+        for arguments in [
+            ["retry"], ["list", "--status", "lost"], ["purge", "--older-than", "soon"], ["park"], ["frobnicate"], ["list", "--since", "yesterday"],
+        ] {
             let (code, text) = try await run(arguments, environment: environment)
             #expect(code == 64, "\(arguments) exited \(code)")
             #expect(text.contains("Error:"), "\(arguments): \(text)")

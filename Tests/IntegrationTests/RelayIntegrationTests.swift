@@ -91,8 +91,10 @@ struct RelayIntegrationTests {
             try await f.pool.withConnection { connection in
                 try connection.collection("outbox").insertMany([
                     ["_id": "bad-1", "status": "pending", "nextAttemptAt": .date(Date()), "type": .int32(5)],
-                    ["_id": "bad-2", "status": "pending", "nextAttemptAt": .date(Date()), "type": "X", "aggregateType": "A",
-                     "aggregateId": "x", "aggregateVersion": 1, "data": "not a document"],
+                    [
+                        "_id": "bad-2", "status": "pending", "nextAttemptAt": .date(Date()), "type": "X", "aggregateType": "A",
+                        "aggregateId": "x", "aggregateVersion": 1, "data": "not a document",
+                    ],
                 ])
             }
             let good = try await f.appendEvents([f.event(aggregate: "fine")])

@@ -31,7 +31,9 @@ struct RepartitionTests {
                 _ = try connection.collection("outbox").updateOne(["_id": .string(ids[0])], ["$set": ["fence": .int64(7)]])
                 _ = try connection.collection("outbox").updateOne(["_id": .string(parkedId)], ["$set": ["status": "parked", "lastError": "test"]])
                 // A running relay's heartbeat.
-                try connection.collection(MongoLeaseStore.relaysCollection).insertOne(["_id": "running-relay", "expiresAt": .date(Date().addingTimeInterval(60))])
+                try connection.collection(MongoLeaseStore.relaysCollection).insertOne([
+                    "_id": "running-relay", "expiresAt": .date(Date().addingTimeInterval(60)),
+                ])
             }
 
             let refused = try await ctl(f, ["repartition", "--partitions", "4"])

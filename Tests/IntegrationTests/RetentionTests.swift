@@ -18,8 +18,10 @@ struct RetentionTests {
     func retentionSeconds(_ f: Fixture) async throws -> Int? {
         let database = f.database
         return try await f.pool.withConnection { connection in
-            let indexes = try connection.runCommand(["listIndexes": "outbox"], database: database)["cursor"]?.documentValue?["firstBatch"]?.arrayValue ?? []
-            return indexes.compactMap(\.documentValue).first { $0["name"]?.stringValue == OutboxSchema.retentionIndex }?["expireAfterSeconds"]?.intValue
+            let indexes =
+                try connection.runCommand(["listIndexes": "outbox"], database: database)["cursor"]?.documentValue?["firstBatch"]?.arrayValue ?? []
+            return indexes.compactMap(\.documentValue).first { $0["name"]?.stringValue == OutboxSchema.retentionIndex }?["expireAfterSeconds"]?
+                .intValue
         }
     }
 
@@ -33,7 +35,10 @@ struct RetentionTests {
             let longAgo = Date().addingTimeInterval(-86_400)
             try await f.pool.withConnection { connection in
                 try connection.collection("outbox").insertMany([
-                    ["_id": "kept-parked", "type": "OrderCreated", "aggregateId": "kept-1", "data": [:], "status": "parked", "deliveredAt": .date(longAgo)],
+                    [
+                        "_id": "kept-parked", "type": "OrderCreated", "aggregateId": "kept-1", "data": [:], "status": "parked",
+                        "deliveredAt": .date(longAgo),
+                    ],
                     [
                         "_id": "kept-pending", "type": "OrderCreated", "aggregateId": "kept-2", "data": [:], "status": "pending",
                         "partition": 0, "sid": .string(ObjectId().hex), "attempts": 1, "deliveredAt": .date(longAgo),

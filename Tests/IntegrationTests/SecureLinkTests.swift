@@ -5,14 +5,16 @@ import OutboxMongo
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Issue 9 on real servers: every program over TLS with authentication, bad settings failing with
 /// one clear message and the documented exit status, and no password in any output.
 @Suite("Secure links: TLS, authentication, secrets (secure stack)", .serialized, .enabled(if: SecureStack.enabled), .timeLimit(.minutes(8)))
 struct SecureLinkTests {
-    static let executables = ["outbox-relay", "outboxctl", "inventory-consumer", "notification-consumer", "order-service", "outbox-demo", "outbox-bench"]
+    static let executables = [
+        "outbox-relay", "outboxctl", "inventory-consumer", "notification-consumer", "order-service", "outbox-demo", "outbox-bench",
+    ]
 
     init() {
         #expect(SecureStack.configured, "OUTBOX_REQUIRE_SERVERS=1 but the SECURE_* settings are missing; run ops/test")
@@ -28,11 +30,15 @@ struct SecureLinkTests {
         var programs: [Program] = []
         programs.append(try Program("order-service", environment: environment.merging(["ORDER_SERVICE_PORT": "\(servicePort)"]) { $1 }))
         programs.append(try Program("outbox-relay", environment: environment.merging(["RELAY_HTTP_ADDRESS": "127.0.0.1:\(relayPort)"]) { $1 }))
-        programs.append(try Program("inventory-consumer", environment: environment.merging(["CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(consumerPorts[0])"]) { $1 }))
-        programs.append(try Program("notification-consumer", environment: environment.merging(["CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(consumerPorts[1])"]) { $1 }))
+        programs.append(
+            try Program("inventory-consumer", environment: environment.merging(["CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(consumerPorts[0])"]) { $1 }))
+        programs.append(
+            try Program("notification-consumer", environment: environment.merging(["CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(consumerPorts[1])"]) { $1 }))
         var outputs: [(name: String, text: String)] = []
         do {
-            for (port, path) in [(servicePort, "/health"), (relayPort, "/health/ready"), (consumerPorts[0], "/health/ready"), (consumerPorts[1], "/health/ready")] {
+            for (port, path) in [
+                (servicePort, "/health"), (relayPort, "/health/ready"), (consumerPorts[0], "/health/ready"), (consumerPorts[1], "/health/ready"),
+            ] {
                 let up = await eventually(timeout: .seconds(60)) { await httpGet(port: port, path)?.status == 200 }
                 #expect(up, "127.0.0.1:\(port)\(path) is not ready: \(programs.map { "\($0.label): \($0.output.suffix(600))" })")
             }
@@ -80,7 +86,8 @@ struct SecureLinkTests {
         let bench = try Program(
             "outbox-bench",
             [
-                "--bin-directory", Program.binDirectory.path, "--backlog", "100", "--broker-messages", "200", "--rate", "20", "--latency-seconds", "1",
+                "--bin-directory", Program.binDirectory.path, "--backlog", "100", "--broker-messages", "200", "--rate", "20", "--latency-seconds",
+                "1",
                 "--large-events", "10", "--large-event-bytes", "10000", "--consumer-messages", "0", "--flow-orders", "0",
             ],
             environment: SecureStack.programEnvironment(["OUTBOX_DATABASE": "secure_bench"]))
@@ -130,7 +137,9 @@ struct SecureLinkTests {
             BadLink(
                 name: "MongoDB plain text to the TLS port",
                 // tlsCAFile alone would turn TLS on again.
-                environment: ["MONGODB_URI_FILE": try secretFile(uri.replacingOccurrences(of: "tls=true&tlsCAFile=\(SecureStack.caFile)&", with: ""))],
+                environment: [
+                    "MONGODB_URI_FILE": try secretFile(uri.replacingOccurrences(of: "tls=true&tlsCAFile=\(SecureStack.caFile)&", with: ""))
+                ],
                 status: 69, message: [link, "add tls=true"]),
         ]
     }
@@ -174,7 +183,9 @@ struct SecureLinkTests {
         var outputs: [(name: String, text: String)] = []
         var runs: [(BadLink, String, Program)] = []
         func start(_ bad: BadLink, _ executable: String, _ arguments: [String] = []) throws {
-            var environment = SecureStack.programEnvironment(["OUTBOX_DATABASE": database, "RELAY_HTTP_ADDRESS": "off", "CONSUMER_HTTP_ADDRESS": "off"])
+            var environment = SecureStack.programEnvironment([
+                "OUTBOX_DATABASE": database, "RELAY_HTTP_ADDRESS": "off", "CONSUMER_HTTP_ADDRESS": "off",
+            ])
             for (key, value) in bad.environment { environment[key] = value.isEmpty ? nil : value }
             let label = "\(executable) \(arguments.first ?? "") \(bad.name)"
             runs.append((bad, label, try Program(executable, arguments, environment: environment, label: executable)))
@@ -222,7 +233,8 @@ struct SecureLinkTests {
         #expect(replay.output.contains("cannot connect"), "\(replay.output)")
 
         let port = unusedPort()
-        let relay = try Program("outbox-relay", environment: environment.merging(["RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)", "RELAY_POLL_INTERVAL": "100ms"]) { $1 })
+        let relay = try Program(
+            "outbox-relay", environment: environment.merging(["RELAY_HTTP_ADDRESS": "127.0.0.1:\(port)", "RELAY_POLL_INTERVAL": "100ms"]) { $1 })
         let answered = await eventually(timeout: .seconds(60)) { await httpGet(port: port, "/health/ready") != nil }
         #expect(answered, "\(relay.output)")
         let ready = await httpGet(port: port, "/health/ready")
@@ -264,11 +276,14 @@ struct SecureLinkTests {
             try await Task.sleep(for: .seconds(2))
             let refusals = relay.output.split(separator: "\n").filter { $0.contains("AMQP link down") }
             #expect(refusals.count == 1, "one error for the refused password, not one per retry: \(relay.output)")
-            #expect(refusals.first?.contains("refused the user name or password") == true && refusals.first?.contains("error.cause=authentication") == true)
+            #expect(
+                refusals.first?.contains("refused the user name or password") == true
+                    && refusals.first?.contains("error.cause=authentication") == true)
             let back = try await SecureStack.stack(["rabbitmqctl", "-q", "change_password", "outbox", SecureStack.passwords[1]], node: 2)
             #expect(back.status == 0, "\(back.output)")
             restored = back.status == 0
-            #expect(await eventually(timeout: .seconds(30)) { await httpGet(port: port, "/health/ready")?.status == 200 }, "ready again: \(relay.output)")
+            #expect(
+                await eventually(timeout: .seconds(30)) { await httpGet(port: port, "/health/ready")?.status == 200 }, "ready again: \(relay.output)")
         } catch {
             Issue.record(error)
         }

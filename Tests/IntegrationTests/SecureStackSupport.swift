@@ -5,10 +5,10 @@ import OutboxMongo
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// The secure stack `ops/test` starts beside the plain one (`STACK_NAME=secure STACK_TLS=1
@@ -110,7 +110,8 @@ final class Program: @unchecked Sendable {
 
     /// Starts a product executable (from the build folder).
     convenience init(_ executable: String, _ arguments: [String] = [], environment: [String: String], label: String? = nil) throws {
-        try self.init(path: Self.binDirectory.appendingPathComponent(executable).path, arguments, environment: environment, label: label ?? executable)
+        try self.init(
+            path: Self.binDirectory.appendingPathComponent(executable).path, arguments, environment: environment, label: label ?? executable)
     }
 
     init(path: String, _ arguments: [String], environment: [String: String], label: String) throws {

@@ -218,7 +218,9 @@ enum Programs {
     }
 
     /// Runs one of the package's executables.
-    static func product(_ name: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)) async throws -> Result {
+    static func product(_ name: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)) async throws
+        -> Result
+    {
         try await run(binaries.appendingPathComponent(name).path, arguments, environment: environment, timeout: timeout)
     }
 

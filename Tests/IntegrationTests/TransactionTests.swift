@@ -85,7 +85,8 @@ struct TransactionTests {
             let app = Application(router: api.buildRouter())
             try await app.test(.router) { client in
                 let body = #"{"customerId":"c-9","items":[{"sku":"A","quantity":3,"unitPrice":"0.10"}]}"#
-                let created = try await client.execute(uri: "/orders", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: body))
+                let created = try await client.execute(
+                    uri: "/orders", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: body))
                 #expect(created.status == .created)
                 let json = try JSONValue.parse(created.body.readableBytesView)
                 guard case .string(let id)? = json["id"] else { Issue.record("no id in \(json)"); return }
@@ -97,7 +98,9 @@ struct TransactionTests {
                 let missing = try await client.execute(uri: "/orders/\(ObjectId().hex)", method: .get)
                 #expect(missing.status == .notFound)
                 #expect(try JSONValue.parse(missing.body.readableBytesView)["error"]?["message"] != nil)
-                let bad = try await client.execute(uri: "/orders", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: #"{"customerId":"c","items":[]}"#))
+                let bad = try await client.execute(
+                    uri: "/orders", method: .post, headers: [.contentType: "application/json"],
+                    body: ByteBuffer(string: #"{"customerId":"c","items":[]}"#))
                 #expect(bad.status == .badRequest)
                 #expect(try JSONValue.parse(bad.body.readableBytesView)["error"]?["field"] == .string("items"))
             }

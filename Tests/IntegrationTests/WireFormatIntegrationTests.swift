@@ -12,7 +12,7 @@ import Testing
 @testable import OrderService
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Programs the wire-format tests run: the relay executable and Python clients no one here wrote
@@ -35,7 +35,9 @@ enum ExternalPrograms {
     }
 
     /// Runs a program to its end (killed after `timeout`), its output captured through files.
-    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = Servers.environment, timeout: Duration = .seconds(60)) async throws -> Result {
+    static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String] = Servers.environment, timeout: Duration = .seconds(60)
+    ) async throws -> Result {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: executable])
         }
@@ -85,7 +87,8 @@ enum ExternalPrograms {
 
     /// Reads `queue=format` pairs with the Python client; one parsed report per message.
     static func readOrders(_ reads: [(queue: String, format: BodyFormat)], count: Int = 1) async throws -> [JSONValue] {
-        let arguments = [orderReader, Servers.amqpURL] + reads.map { "\($0.queue)=\($0.format.rawValue)" } + ["--count", "\(count)", "--timeout", "15"]
+        let arguments =
+            [orderReader, Servers.amqpURL] + reads.map { "\($0.queue)=\($0.format.rawValue)" } + ["--count", "\(count)", "--timeout", "15"]
         let result = try await run(python, arguments)
         #expect(result.status == 0, "read_orders.py exited \(result.status): \(result.errors)")
         return try result.output.split(separator: "\n").map { try JSONValue.parse(Array($0.utf8)) }
@@ -171,10 +174,12 @@ struct ForeignClientTests {
                 #expect(order?["totalAmount"] == .string("44.99"), context)
                 #expect(order?["linesTotal"] == .string("44.99"), context)
                 #expect(order?["totalAmountJSON"] == json, context)
-                #expect(order?["items"] == .array([
-                    .object([("sku", .string("A")), ("quantity", .number("2")), ("unitPrice", .string("19.99")), ("unitPriceJSON", json)]),
-                    .object([("sku", .string("B")), ("quantity", .number("1")), ("unitPrice", .string("5.01")), ("unitPriceJSON", json)]),
-                ]), context)
+                #expect(
+                    order?["items"]
+                        == .array([
+                            .object([("sku", .string("A")), ("quantity", .number("2")), ("unitPrice", .string("19.99")), ("unitPriceJSON", json)]),
+                            .object([("sku", .string("B")), ("quantity", .number("1")), ("unitPrice", .string("5.01")), ("unitPriceJSON", json)]),
+                        ]), context)
                 switch format {
                 case .cloudEvents, .cloudEventsBinary:
                     let ce = report["cloudevent"]
@@ -210,11 +215,13 @@ struct ForeignClientTests {
             let orderId = try await postSeedOrder(f, exchange: f.exchange)
             // A writer choosing NestJS for one event, and one naming a format that does not exist.
             let writer = OutboxWriter()
-            var nest = writer.document(for: NewEvent(
-                type: "OrderCreated", aggregateType: "Order", aggregateId: "nest-1", data: ["orderId": "nest-1"], exchange: f.exchange,
-                routingKey: "order.created.nest"))
+            var nest = writer.document(
+                for: NewEvent(
+                    type: "OrderCreated", aggregateType: "Order", aggregateId: "nest-1", data: ["orderId": "nest-1"], exchange: f.exchange,
+                    routingKey: "order.created.nest"))
             nest["bodyFormat"] = "nestjs"
-            var bad = writer.document(for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "bad-1", data: [:], exchange: f.exchange))
+            var bad = writer.document(
+                for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "bad-1", data: [:], exchange: f.exchange))
             bad["bodyFormat"] = "xml"
             try await f.pool.withConnection { [nest, bad] in try $0.collection("outbox").insertMany([nest, bad]) }
 
@@ -225,7 +232,9 @@ struct ForeignClientTests {
             let seed = try #require(messages.first { $0.routingKey == "order.created" })
             let body = String(decoding: seed.body, as: UTF8.self)
             #expect(
-                body == #"{"orderId":"\#(orderId)","customerId":"c-seed","totalAmount":44.99,"items":[{"sku":"A","quantity":2,"unitPrice":19.99},{"sku":"B","quantity":1,"unitPrice":5.01}]}"#)
+                body
+                    == #"{"orderId":"\#(orderId)","customerId":"c-seed","totalAmount":44.99,"items":[{"sku":"A","quantity":2,"unitPrice":19.99},{"sku":"B","quantity":1,"unitPrice":5.01}]}"#
+            )
             #expect(seed.contentType == "application/json")
             let event = try #require(try await f.find("outbox", ["aggregateId": .string(orderId)]).first)
             #expect(seed.messageId == event["_id"]?.stringValue)
@@ -256,12 +265,16 @@ struct ConsumerFormatTests {
     }
 
     func message(_ f: Fixture, orderId: String, data: Document, options: MessageBodyOptions) throws -> OutboxMessage {
-        let document = OutboxWriter().document(for: NewEvent(
-            type: "OrderCreated", aggregateType: "Order", aggregateId: orderId, data: data, exchange: f.exchange, correlationId: "req-\(orderId)"))
+        let document = OutboxWriter().document(
+            for: NewEvent(
+                type: "OrderCreated", aggregateType: "Order", aggregateId: orderId, data: data, exchange: f.exchange, correlationId: "req-\(orderId)")
+        )
         return try OutboxDocument.decode(document, options: .init(body: options), isNew: false).get()
     }
 
-    @Test("inventory and notifications apply each order once, skip duplicates by message id, dead-letter with the original content type and headers", arguments: BodyFormat.allCases)
+    @Test(
+        "inventory and notifications apply each order once, skip duplicates by message id, dead-letter with the original content type and headers",
+        arguments: BodyFormat.allCases)
     func everyFormat(format: BodyFormat) async throws {
         try await Fixture.with { f in
             try await InventoryHandler.setStock(["A": 100, "B": 100], pool: f.pool)

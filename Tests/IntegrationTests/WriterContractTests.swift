@@ -50,10 +50,11 @@ struct WriterContractTests {
             try await f.drain(try await f.makeRelay(store: store(f), publisher: publisher))
             await publisher.close()
             let received = try await f.admin.drain(queue)
-            #expect(Set(received.compactMap(\.messageId)) == [
-                oid.hex, "4c6f8a6e-0000-4000-8000-000000000001", "42", "1099511627776", "00010203-0405-0607-0809-0a0b0c0d0e0f",
-                untimed.hex,
-            ])
+            #expect(
+                Set(received.compactMap(\.messageId)) == [
+                    oid.hex, "4c6f8a6e-0000-4000-8000-000000000001", "42", "1099511627776", "00010203-0405-0607-0809-0a0b0c0d0e0f",
+                    untimed.hex,
+                ])
             #expect(received.count == 6)
             #expect(received.allSatisfy { $0.routingKey == "order.created" && $0.type == "OrderCreated" })
             let stored = try await f.find("outbox")
@@ -102,18 +103,49 @@ struct WriterContractTests {
                 (["_id": "no-type", "aggregateId": "x", "data": [:], "timestamp": .datetime(t)], "type must be"),
                 (["_id": "int-type", "type": .int32(5), "aggregateId": "x", "data": [:], "timestamp": .datetime(t)], "type must be"),
                 (["_id": "no-aggregate", "type": "T", "data": [:], "timestamp": .datetime(t)], "aggregateId must be"),
-                (["_id": "oid-aggregate", "type": "T", "aggregateId": .objectId(ObjectId()), "data": [:], "timestamp": .datetime(t)], "aggregateId must be"),
+                (
+                    ["_id": "oid-aggregate", "type": "T", "aggregateId": .objectId(ObjectId()), "data": [:], "timestamp": .datetime(t)],
+                    "aggregateId must be"
+                ),
                 (["_id": "no-data", "type": "T", "aggregateId": "x", "timestamp": .datetime(t)], "data must be"),
                 (["_id": "string-data", "type": "T", "aggregateId": "x", "data": "{}", "timestamp": .datetime(t)], "data must be"),
-                (["_id": "string-timestamp", "type": "T", "aggregateId": "x", "data": [:], "timestamp": "2026-11-28T10:00:00Z"], "timestamp must be a date"),
-                (["_id": "zero-version", "type": "T", "aggregateId": "v", "data": [:], "aggregateVersion": .int32(0), "timestamp": .datetime(t)], "aggregateVersion must be"),
-                (["_id": "int-type-of-aggregate", "type": "T", "aggregateId": "x", "aggregateType": .int32(1), "data": [:], "timestamp": .datetime(t)], "aggregateType must be"),
-                (["_id": "int-exchange", "type": "T", "aggregateId": "x", "exchange": .int32(1), "data": [:], "timestamp": .datetime(t)], "exchange must be"),
-                (["_id": "long-key", "type": "T", "aggregateId": "x", "routingKey": .string(String(repeating: "k", count: 300)), "data": [:], "timestamp": .datetime(t)], "routingKey must be"),
-                (["_id": "bool-header", "type": "T", "aggregateId": "x", "headers": ["h": true], "data": [:], "timestamp": .datetime(t)], "headers.h must be"),
-                (["_id": "int-correlation", "type": "T", "aggregateId": "x", "correlationId": .int32(7), "data": [:], "timestamp": .datetime(t)], "correlationId must be"),
+                (
+                    ["_id": "string-timestamp", "type": "T", "aggregateId": "x", "data": [:], "timestamp": "2026-11-28T10:00:00Z"],
+                    "timestamp must be a date"
+                ),
+                (
+                    ["_id": "zero-version", "type": "T", "aggregateId": "v", "data": [:], "aggregateVersion": .int32(0), "timestamp": .datetime(t)],
+                    "aggregateVersion must be"
+                ),
+                (
+                    [
+                        "_id": "int-type-of-aggregate", "type": "T", "aggregateId": "x", "aggregateType": .int32(1), "data": [:],
+                        "timestamp": .datetime(t),
+                    ], "aggregateType must be"
+                ),
+                (
+                    ["_id": "int-exchange", "type": "T", "aggregateId": "x", "exchange": .int32(1), "data": [:], "timestamp": .datetime(t)],
+                    "exchange must be"
+                ),
+                (
+                    [
+                        "_id": "long-key", "type": "T", "aggregateId": "x", "routingKey": .string(String(repeating: "k", count: 300)), "data": [:],
+                        "timestamp": .datetime(t),
+                    ], "routingKey must be"
+                ),
+                (
+                    ["_id": "bool-header", "type": "T", "aggregateId": "x", "headers": ["h": true], "data": [:], "timestamp": .datetime(t)],
+                    "headers.h must be"
+                ),
+                (
+                    ["_id": "int-correlation", "type": "T", "aggregateId": "x", "correlationId": .int32(7), "data": [:], "timestamp": .datetime(t)],
+                    "correlationId must be"
+                ),
                 (["_id": ["nested": 1], "type": "T", "aggregateId": "x", "data": [:], "timestamp": .datetime(t)], "_id of type document"),
-                (["_id": "odd-status", "status": "NEW", "type": "T", "aggregateId": "x", "data": [:], "timestamp": .datetime(t)], "status must be absent"),
+                (
+                    ["_id": "odd-status", "status": "NEW", "type": "T", "aggregateId": "x", "data": [:], "timestamp": .datetime(t)],
+                    "status must be absent"
+                ),
             ]
             try await insert(f, defects.map(\.0))
             // Good documents, before and after, keep flowing.
@@ -132,7 +164,9 @@ struct WriterContractTests {
             #expect(parked.count == defects.count)
             for (document, reason) in defects {
                 let found = parked.first { $0["_id"] == document["_id"] }
-                #expect(found?["lastError"]?.stringValue?.contains(reason) == true, "\(document["_id"]!): \(found?["lastError"] ?? .null) should name '\(reason)'")
+                #expect(
+                    found?["lastError"]?.stringValue?.contains(reason) == true,
+                    "\(document["_id"]!): \(found?["lastError"] ?? .null) should name '\(reason)'")
             }
             let sample = try await monitor.sample()
             #expect(sample.pending == 0 && sample.parked == defects.count)
@@ -150,7 +184,10 @@ struct WriterContractTests {
             var documents: [Document] = []
             for step in 0..<6 {
                 for aggregate in 0..<8 {
-                    documents.append(minimal(.string("o-\(aggregate)-\(step)"), aggregate: "agg-\(aggregate)", at: t + Int64(step * 10), data: ["step": .int32(Int32(step))]))
+                    documents.append(
+                        minimal(
+                            .string("o-\(aggregate)-\(step)"), aggregate: "agg-\(aggregate)", at: t + Int64(step * 10),
+                            data: ["step": .int32(Int32(step))]))
                 }
             }
             try await insert(f, documents.shuffled())
@@ -159,11 +196,13 @@ struct WriterContractTests {
             let publisher = FlakyPublisher(inner: f.makePublisher(), refuse: 0.3)
             let relay = Relay(
                 store: store(f), publisher: publisher, leases: try await f.makeLeases(),
-                configuration: .init(batchSize: 100, retryPolicy: .init(maxAttempts: 50, baseDelay: .milliseconds(50), maxDelay: .milliseconds(200))), logger: f.logger)
-            #expect(await eventually(timeout: .seconds(90)) {
-                _ = try? await relay.runOnce()
-                return (try? await f.count("outbox", ["status": "delivered"])) == documents.count
-            })
+                configuration: .init(batchSize: 100, retryPolicy: .init(maxAttempts: 50, baseDelay: .milliseconds(50), maxDelay: .milliseconds(200))),
+                logger: f.logger)
+            #expect(
+                await eventually(timeout: .seconds(90)) {
+                    _ = try? await relay.runOnce()
+                    return (try? await f.count("outbox", ["status": "delivered"])) == documents.count
+                })
             await publisher.close()
             var next: [String: Int] = [:]
             for message in try await f.admin.drain(queue) {
@@ -171,7 +210,8 @@ struct WriterContractTests {
                 let parts = id.split(separator: "-")
                 let aggregate = String(parts[1])
                 let step = Int(parts[2])!
-                #expect(step == next[aggregate, default: 0], "aggregate \(aggregate): step \(step) arrived when \(next[aggregate, default: 0]) was due")
+                #expect(
+                    step == next[aggregate, default: 0], "aggregate \(aggregate): step \(step) arrived when \(next[aggregate, default: 0]) was due")
                 next[aggregate] = step + 1
             }
             #expect(next.values.allSatisfy { $0 == 6 })
@@ -188,25 +228,28 @@ struct WriterContractTests {
             try await leaseStore.ensurePartitions()
             let a = LeaseManager(store: leaseStore, configuration: .init(owner: "relay-a", ttl: .seconds(30)), logger: f.logger)
             let b = LeaseManager(store: leaseStore, configuration: .init(owner: "relay-b", ttl: .seconds(30)), logger: f.logger)
-            #expect(await eventually {
-                try? await a.tick()
-                try? await b.tick()
-                return a.current.count == 8 && b.current.count == 8
-            })
+            #expect(
+                await eventually {
+                    try? await a.tick()
+                    try? await b.tick()
+                    return a.current.count == 8 && b.current.count == 8
+                })
             let publisher = f.makePublisher()
             let relays = [(a, "relay-a"), (b, "relay-b")].map { leases, owner in
                 Relay(store: store(f, owner: owner), publisher: publisher, leases: leases, configuration: .init(batchSize: 500), logger: f.logger)
             }
-            #expect(await eventually(timeout: .seconds(60)) {
-                for relay in relays { _ = try? await relay.runOnce() }
-                return (try? await f.count("outbox", ["status": "delivered"])) == 200
-            })
+            #expect(
+                await eventually(timeout: .seconds(60)) {
+                    for relay in relays { _ = try? await relay.runOnce() }
+                    return (try? await f.count("outbox", ["status": "delivered"])) == 200
+                })
             await publisher.close()
             let received = try await f.admin.drain(queue).compactMap(\.messageId)
             #expect(received.count == 200 && Set(received).count == 200)
             // Every event was written by the owner of its partition (fence = that lease's epoch).
             let owners = Dictionary(uniqueKeysWithValues: (a.current + b.current).map { ($0.partition, $0.epoch) })
-            #expect(try await f.find("outbox").allSatisfy { $0["fence"]?.intValue.map(Int64.init) == $0["partition"]?.intValue.flatMap { owners[$0] } })
+            #expect(
+                try await f.find("outbox").allSatisfy { $0["fence"]?.intValue.map(Int64.init) == $0["partition"]?.intValue.flatMap { owners[$0] } })
         }
     }
 
@@ -219,10 +262,11 @@ struct WriterContractTests {
             try await insert(f, [document])
             let publisher = f.makePublisher()
             let relay = try await f.makeRelay(store: store(f), publisher: publisher)
-            #expect(await eventually {
-                _ = try? await relay.runOnce()
-                return (try? await f.count("outbox", ["status": "delivered"])) == 1
-            })
+            #expect(
+                await eventually {
+                    _ = try? await relay.runOnce()
+                    return (try? await f.count("outbox", ["status": "delivered"])) == 1
+                })
             await publisher.close()
             #expect(try await f.admin.drain(queue).count == 1)
         }

@@ -14,13 +14,15 @@ struct ConfigurationTests {
         #expect(!full.description.contains("p@ss"), "the password never reaches logs")
     }
 
-    @Test("bad AMQP URLs name the setting", arguments: [
-        ("http://x", "must start with amqp://"), ("amqp://h:notaport", "port"), ("amqp://h:70000", "port"),
-        ("amqp://", "host is missing"), ("amqp://h/%zz", "percent-encoding"), ("amqp://h,/", "host is missing"),
-        ("amqp://h?cacertfile=/ca.pem", "needs an amqps:// URL"), ("amqps://h?verify=maybe", "verify_peer or verify_none"),
-        ("amqp://h?heartbeat=-1", "heartbeat"), ("amqp://h?connection_timeout=0", "connection_timeout"),
-        ("amqp://h?frame_max=1", "unknown parameter 'frame_max'"), ("amqp://h?heartbeat", "needs a value"),
-    ])
+    @Test(
+        "bad AMQP URLs name the setting",
+        arguments: [
+            ("http://x", "must start with amqp://"), ("amqp://h:notaport", "port"), ("amqp://h:70000", "port"),
+            ("amqp://", "host is missing"), ("amqp://h/%zz", "percent-encoding"), ("amqp://h,/", "host is missing"),
+            ("amqp://h?cacertfile=/ca.pem", "needs an amqps:// URL"), ("amqps://h?verify=maybe", "verify_peer or verify_none"),
+            ("amqp://h?heartbeat=-1", "heartbeat"), ("amqp://h?connection_timeout=0", "connection_timeout"),
+            ("amqp://h?frame_max=1", "unknown parameter 'frame_max'"), ("amqp://h?heartbeat", "needs a value"),
+        ])
     func badAMQPURL(url: String, expected: String) {
         #expect {
             try AMQPEndpoint(url: url, setting: "AMQP_URL (--amqp-url)")

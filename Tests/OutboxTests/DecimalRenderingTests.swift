@@ -23,8 +23,9 @@ struct DecimalRenderingTests {
         let nan = Decimal128(low: 0, high: 0x7C00_0000_0000_0000)
         let infinity = Decimal128(low: 0, high: 0x7800_0000_0000_0000)
         let negativeInfinity = Decimal128(low: 0, high: 0xF800_0000_0000_0000)
-        #expect(ExtendedJSON.render(["a": .decimal128(nan), "b": .decimal128(infinity), "c": .decimal128(negativeInfinity)], decimals: .number)
-            == #"{"a":"NaN","b":"Infinity","c":"-Infinity"}"#)
+        #expect(
+            ExtendedJSON.render(["a": .decimal128(nan), "b": .decimal128(infinity), "c": .decimal128(negativeInfinity)], decimals: .number)
+                == #"{"a":"NaN","b":"Infinity","c":"-Infinity"}"#)
         // Other types are not touched by the setting.
         #expect(ExtendedJSON.render(["d": 1.5, "i": .int64(7), "s": "44.99"], decimals: .number) == #"{"d":1.5,"i":7,"s":"44.99"}"#)
     }

@@ -15,7 +15,9 @@ struct HealthProbeTests {
 
     @Test("a wildcard listen address is probed on the loopback interface")
     func listenAddresses() throws {
-        #expect(try HealthProbe.target(listenAddress: "0.0.0.0:9400", path: "/health/ready") == .init(host: "127.0.0.1", port: 9400, path: "/health/ready"))
+        #expect(
+            try HealthProbe.target(listenAddress: "0.0.0.0:9400", path: "/health/ready")
+                == .init(host: "127.0.0.1", port: 9400, path: "/health/ready"))
         #expect(try HealthProbe.target(listenAddress: "[::]:9401", path: "/x") == .init(host: "::1", port: 9401, path: "/x"))
         #expect(try HealthProbe.target(listenAddress: "10.1.2.3:80", path: "/").host == "10.1.2.3")
         #expect(throws: HealthProbe.Failure.self) { try HealthProbe.target(listenAddress: "off", path: "/") }

@@ -26,7 +26,9 @@ struct LeaseManagerTests {
     @Test("a third relay joining two that hold 8 each gets 5: 6, 5, 5, where rounded-up shares stop at 6, 6, 4")
     func evensOut() async throws {
         let store = SharedLeaseStore(partitions: 16)
-        let managers = ["a", "b", "c"].map { LeaseManager(store: store, configuration: .init(owner: $0, partitions: 16, ttl: .seconds(30)), logger: Self.logger) }
+        let managers = ["a", "b", "c"].map {
+            LeaseManager(store: store, configuration: .init(owner: $0, partitions: 16, ttl: .seconds(30)), logger: Self.logger)
+        }
         func rounds(_ count: Int, _ which: ArraySlice<LeaseManager>) async throws {
             for _ in 0..<count {
                 for manager in which {
@@ -110,7 +112,9 @@ struct LeaseManagerTests {
     @Test("relays started together share the partitions within a few seconds, though the first took them all")
     func startTogether() async throws {
         let store = SharedLeaseStore(partitions: 16)
-        let managers = ["a", "b", "c"].map { LeaseManager(store: store, configuration: .init(owner: $0, partitions: 16, ttl: .seconds(20)), logger: Self.logger) }
+        let managers = ["a", "b", "c"].map {
+            LeaseManager(store: store, configuration: .init(owner: $0, partitions: 16, ttl: .seconds(20)), logger: Self.logger)
+        }
         // Relays at work: each starts a pass every 20 ms.
         let passes = managers.map { manager in
             Task {

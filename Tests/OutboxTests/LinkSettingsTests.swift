@@ -70,7 +70,8 @@ struct LinkSettingsTests {
 
         let mongo = try MongoOptions.parse([])
         let mongoPassword = try files.write("mongo_password", "p@ss:word/x\n")
-        let uri = try mongo.resolvedURI(Settings(environment: ["MONGODB_URI": "mongodb://app@db1,db2/?replicaSet=rs0", "MONGODB_PASSWORD_FILE": mongoPassword]))
+        let uri = try mongo.resolvedURI(
+            Settings(environment: ["MONGODB_URI": "mongodb://app@db1,db2/?replicaSet=rs0", "MONGODB_PASSWORD_FILE": mongoPassword]))
         #expect(uri == "mongodb://app:p%40ss%3Aword%2Fx@db1,db2/?replicaSet=rs0")
         #expect(MongoURI.password(in: uri) == "p@ss:word/x")
         let uriFile = try files.write("mongodb_uri", "mongodb://db/?replicaSet=rs0\n")
@@ -113,9 +114,11 @@ struct LinkSettingsTests {
             (["AMQP_URL": url, "AMQP_TLS_VERIFY_PEER": "perhaps"], "AMQP_TLS_VERIFY_PEER"),
         ]
         for (environment, setting) in cases {
-            #expect(performing: { try Settings(environment: environment).amqp(nil) }, throws: { error in
-                (error as? ConfigurationError)?.setting.hasPrefix(setting) == true
-            })
+            #expect(
+                performing: { try Settings(environment: environment).amqp(nil) },
+                throws: { error in
+                    (error as? ConfigurationError)?.setting.hasPrefix(setting) == true
+                })
         }
     }
 

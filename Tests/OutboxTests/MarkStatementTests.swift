@@ -42,7 +42,9 @@ struct MarkStatementTests {
         var scanIds: Set<String> = []
         for id in ["n", "m"] as [BSON] {
             let new = try #require(statements.first { $0.filter["_id"] == id })
-            #expect(new.filter["status"] == OutboxSchema.firstSight["status"] && new.filter["sid"] == OutboxSchema.firstSight["sid"], "a new document is written only while it has no state")
+            #expect(
+                new.filter["status"] == OutboxSchema.firstSight["status"] && new.filter["sid"] == OutboxSchema.firstSight["sid"],
+                "a new document is written only while it has no state")
             let set = new.update.documentValue?["$set"]?.documentValue
             #expect(set?["partition"] == .int32(1) && set?["status"] == "pending", "and gets the relay's state")
             scanIds.insert(try #require(set?["sid"]?.stringValue))
@@ -54,7 +56,8 @@ struct MarkStatementTests {
 
     @Test("new documents delivered at first sight share statements per partition and epoch, with their state and no scan id")
     func newDocumentsDelivered() throws {
-        let writes = (0..<70).map { Self.write("n\($0)", partition: 1, isNew: true) } + (0..<2).map { Self.write("p\($0)", partition: 2, isNew: true) }
+        let writes =
+            (0..<70).map { Self.write("n\($0)", partition: 1, isNew: true) } + (0..<2).map { Self.write("p\($0)", partition: 2, isNew: true) }
             + [Self.write("k", partition: 1)]
         let statements = MongoOutboxStore.fencedStatements(writes, epochs: [1: 4, 2: 4], now: Date())
         func ids(_ filter: Document) -> [BSON] { filter["_id"]?.documentValue?["$in"]?.arrayValue ?? [filter["_id"]].compactMap { $0 } }

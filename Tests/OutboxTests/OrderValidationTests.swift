@@ -12,7 +12,8 @@ struct OrderValidationTests {
 
     @Test("a valid order; money is exact")
     func valid() throws {
-        let order = try validate(#"{"customerId":" c-1 ","items":[{"sku":"A","quantity":3,"unitPrice":"0.10"},{"sku":"B","quantity":1,"unitPrice":0.2}]}"#)
+        let order = try validate(
+            #"{"customerId":" c-1 ","items":[{"sku":"A","quantity":3,"unitPrice":"0.10"},{"sku":"B","quantity":1,"unitPrice":0.2}]}"#)
         #expect(order.customerId == "c-1")
         #expect(order.items.map(\.quantity) == [3, 1])
         #expect(order.totalAmount == Decimal(string: "0.5")!)
@@ -29,28 +30,30 @@ struct OrderValidationTests {
         #expect(order.totalAmount == Decimal(1))
     }
 
-    @Test("bad requests name the field", arguments: [
-        ("not json", nil as String?),
-        ("[]", nil),
-        (#"{"items":[{"sku":"A","quantity":1,"unitPrice":"1"}]}"#, "customerId"),
-        (#"{"customerId":"","items":[{"sku":"A","quantity":1,"unitPrice":"1"}]}"#, "customerId"),
-        (#"{"customerId":7,"items":[{"sku":"A","quantity":1,"unitPrice":"1"}]}"#, "customerId"),
-        (#"{"customerId":"c","items":[]}"#, "items"),
-        (#"{"customerId":"c","items":{}}"#, "items"),
-        (#"{"customerId":"c"}"#, "items"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":0,"unitPrice":"1"}]}"#, "items[0].quantity"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":-1,"unitPrice":"1"}]}"#, "items[0].quantity"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":1.5,"unitPrice":"1"}]}"#, "items[0].quantity"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":"1","unitPrice":"1"}]}"#, "items[0].quantity"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"-1"}]}"#, "items[0].unitPrice"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"1e3"}]}"#, "items[0].unitPrice"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"abc"}]}"#, "items[0].unitPrice"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":true}]}"#, "items[0].unitPrice"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"1.00001"}]}"#, "items[0].unitPrice"),
-        (#"{"customerId":"c","items":[{"quantity":1,"unitPrice":"1"}]}"#, "items[0].sku"),
-        (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"1","color":"red"}]}"#, "items[0].color"),
-        (#"{"customerId":"c","extra":1,"items":[]}"#, "extra"),
-    ])
+    @Test(
+        "bad requests name the field",
+        arguments: [
+            ("not json", nil as String?),
+            ("[]", nil),
+            (#"{"items":[{"sku":"A","quantity":1,"unitPrice":"1"}]}"#, "customerId"),
+            (#"{"customerId":"","items":[{"sku":"A","quantity":1,"unitPrice":"1"}]}"#, "customerId"),
+            (#"{"customerId":7,"items":[{"sku":"A","quantity":1,"unitPrice":"1"}]}"#, "customerId"),
+            (#"{"customerId":"c","items":[]}"#, "items"),
+            (#"{"customerId":"c","items":{}}"#, "items"),
+            (#"{"customerId":"c"}"#, "items"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":0,"unitPrice":"1"}]}"#, "items[0].quantity"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":-1,"unitPrice":"1"}]}"#, "items[0].quantity"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":1.5,"unitPrice":"1"}]}"#, "items[0].quantity"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":"1","unitPrice":"1"}]}"#, "items[0].quantity"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"-1"}]}"#, "items[0].unitPrice"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"1e3"}]}"#, "items[0].unitPrice"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"abc"}]}"#, "items[0].unitPrice"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":true}]}"#, "items[0].unitPrice"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"1.00001"}]}"#, "items[0].unitPrice"),
+            (#"{"customerId":"c","items":[{"quantity":1,"unitPrice":"1"}]}"#, "items[0].sku"),
+            (#"{"customerId":"c","items":[{"sku":"A","quantity":1,"unitPrice":"1","color":"red"}]}"#, "items[0].color"),
+            (#"{"customerId":"c","extra":1,"items":[]}"#, "extra"),
+        ])
     func invalid(json: String, field: String?) {
         #expect {
             try validate(json)

@@ -11,7 +11,9 @@ struct RelayEngineTests {
 
     @Test("acked events are delivered; returned ones are retried, then parked; nacked and timed-out ones are retried, never parked")
     func outcomes() async throws {
-        let store = MemoryStore([event("ok", aggregate: "1"), event("nack", aggregate: "2"), event("ret", aggregate: "3"), event("slow", aggregate: "4")])
+        let store = MemoryStore([
+            event("ok", aggregate: "1"), event("nack", aggregate: "2"), event("ret", aggregate: "3"), event("slow", aggregate: "4"),
+        ])
         let publisher = ScriptedPublisher { message in
             switch message.id {
             case "ok": .acked
@@ -20,7 +22,9 @@ struct RelayEngineTests {
             default: .timedOut
             }
         }
-        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 3, baseDelay: .zero)), logger: logger)
+        let relay = Relay(
+            store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 3, baseDelay: .zero)),
+            logger: logger)
         #expect(try await relay.runOnce() == RelayPassResult(fetched: 4, delivered: 1, retried: 3))
         #expect(store.status("ok") == "delivered")
         #expect(store.status("nack") == "pending" && store.attempts("nack") == 1)
@@ -59,7 +63,9 @@ struct RelayEngineTests {
     @Test("a blocked broker leaves events pending with no attempt counted, however long it lasts")
     func blocked() async throws {
         let store = MemoryStore([event("x")])
-        let relay = Relay(store: store, publisher: ScriptedPublisher { _ in .blocked("low on memory") }, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
+        let relay = Relay(
+            store: store, publisher: ScriptedPublisher { _ in .blocked("low on memory") }, leases: StaticLeases(),
+            configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
         for _ in 0..<5 { #expect(try await relay.runOnce() == RelayPassResult(fetched: 1, unsent: 1)) }
         #expect(store.status("x") == "pending" && store.attempts("x") == 0)
     }
@@ -67,7 +73,9 @@ struct RelayEngineTests {
     @Test("a lost connection leaves events pending with no attempt counted")
     func connectionLost() async throws {
         let store = MemoryStore([event("x")])
-        let relay = Relay(store: store, publisher: ScriptedPublisher { _ in .connectionLost("refused") }, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
+        let relay = Relay(
+            store: store, publisher: ScriptedPublisher { _ in .connectionLost("refused") }, leases: StaticLeases(),
+            configuration: .init(retryPolicy: .init(maxAttempts: 1)), logger: logger)
         for _ in 0..<5 { #expect(try await relay.runOnce().unsent == 1) }
         #expect(store.status("x") == "pending" && store.attempts("x") == 0)
     }
@@ -75,9 +83,14 @@ struct RelayEngineTests {
     @Test("one aggregate's versions go out one at a time, in order, even while one is retried")
     func perAggregateOrder() async throws {
         let failOnce = Mutex<Set<String>>(["a-2"])
-        let store = MemoryStore([event("a-1", aggregate: "a", version: 1), event("a-2", aggregate: "a", version: 2), event("a-3", aggregate: "a", version: 3), event("b-1", aggregate: "b", version: 1)])
+        let store = MemoryStore([
+            event("a-1", aggregate: "a", version: 1), event("a-2", aggregate: "a", version: 2), event("a-3", aggregate: "a", version: 3),
+            event("b-1", aggregate: "b", version: 1),
+        ])
         let publisher = ScriptedPublisher { message in failOnce.withLock { $0.remove(message.id) } != nil ? .nacked : .acked }
-        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 5, baseDelay: .zero)), logger: logger)
+        let relay = Relay(
+            store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(retryPolicy: .init(maxAttempts: 5, baseDelay: .zero)),
+            logger: logger)
         while try await relay.runOnce().fetched > 0 {}
         #expect(publisher.published.withLock { $0 } == ["a-1", "b-1", "a-2", "a-2", "a-3"])
     }

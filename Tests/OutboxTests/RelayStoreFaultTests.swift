@@ -13,7 +13,8 @@ struct RelayStoreFaultTests {
     func markRetried() async throws {
         let store = FlakyMarkStore(MemoryStore([event("a"), event("b", aggregate: "b")]), failures: 2)
         let publisher = ScriptedPublisher { _ in .acked }
-        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(markRetryDelay: .milliseconds(1)), logger: logger)
+        let relay = Relay(
+            store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(markRetryDelay: .milliseconds(1)), logger: logger)
         #expect(try await relay.runOnce() == RelayPassResult(fetched: 2, delivered: 2))
         #expect(store.markCalls.withLock { $0 } == 3)
         #expect(store.inner.status("a") == "delivered")
@@ -22,7 +23,8 @@ struct RelayStoreFaultTests {
     @Test("confirmed events whose mark keeps failing are marked before the next fetch, never published again")
     func confirmedRemembered() async throws {
         let store = FlakyMarkStore(
-            MemoryStore([event("a-1", aggregate: "a", version: 1), event("a-2", aggregate: "a", version: 2), event("b-1", aggregate: "b")]), failures: 6)
+            MemoryStore([event("a-1", aggregate: "a", version: 1), event("a-2", aggregate: "a", version: 2), event("b-1", aggregate: "b")]),
+            failures: 6)
         let publisher = ScriptedPublisher { _ in .acked }
         let relay = Relay(
             store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(markAttempts: 3, markRetryDelay: .milliseconds(1)),
@@ -47,7 +49,9 @@ struct RelayStoreFaultTests {
         }
         let store = MemoryStore([sized("big", 5000)] + (0..<20).map { sized("m\($0)", 1000) })
         let publisher = ScriptedPublisher { _ in .acked }
-        let relay = Relay(store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(batchMaxBytes: 4000, assumedBytesPerEvent: 300), logger: logger)
+        let relay = Relay(
+            store: store, publisher: publisher, leases: StaticLeases(), configuration: .init(batchMaxBytes: 4000, assumedBytesPerEvent: 300),
+            logger: logger)
         var batches: [Int] = []
         while true {
             let pass = try await relay.runOnce()

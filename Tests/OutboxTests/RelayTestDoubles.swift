@@ -98,7 +98,11 @@ final class FlakyMarkStore: OutboxStore {
 
     func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> {
         markCalls.withLock { $0 += 1 }
-        if failuresLeft.withLock({ left in defer { left -= 1 }; return left > 0 }) { throw StoreDown() }
+        if failuresLeft.withLock({ left in
+            defer { left -= 1 }; return left > 0
+        }) {
+            throw StoreDown()
+        }
         return try await inner.markDelivered(messages, leases: leases)
     }
 
@@ -114,7 +118,11 @@ final class FlakyLeaseStore: LeaseStore {
     struct Down: Error {}
 
     func round(owner: String, held: [PartitionLease], release: [PartitionLease], want: Int, ttl: Duration) async throws -> LeaseRound {
-        if failuresLeft.withLock({ left in defer { left = max(left - 1, 0) }; return left > 0 }) { throw Down() }
+        if failuresLeft.withLock({ left in
+            defer { left = max(left - 1, 0) }; return left > 0
+        }) {
+            throw Down()
+        }
         return LeaseRound(held: held.isEmpty ? [PartitionLease(partition: 0, epoch: 1)] : held, activeRelays: 1)
     }
 
@@ -144,7 +152,8 @@ final class SharedLeaseStore: LeaseStore {
             }
             let released = Set(release.map(\.partition))
             var kept = held.filter { !released.contains($0.partition) && s.owners[$0.partition] == owner && s.epochs[$0.partition] == $0.epoch }
-            for partition in s.owners.indices where s.owners[partition] == nil && !released.contains(partition) && kept.count < held.count - released.count + want {
+            for partition in s.owners.indices
+            where s.owners[partition] == nil && !released.contains(partition) && kept.count < held.count - released.count + want {
                 s.owners[partition] = owner
                 s.epochs[partition] += 1
                 kept.append(PartitionLease(partition: partition, epoch: s.epochs[partition]))

@@ -30,10 +30,14 @@ import Testing
     }
 
     @Test func parsingFollowsTheKind() throws {
-        #expect(throws: ConfigurationError.self) { try Settings(environment: [SettingDeclaration.relayPollInterval.env: "0ms"]).duration(nil, .relayPollInterval) }
+        #expect(throws: ConfigurationError.self) {
+            try Settings(environment: [SettingDeclaration.relayPollInterval.env: "0ms"]).duration(nil, .relayPollInterval)
+        }
         #expect(try Settings(environment: [SettingDeclaration.consumerBatchWait.env: "0ms"]).duration(nil, .consumerBatchWait) == .zero)
         #expect(try Settings(environment: [:]).durationOrOff(nil, .relayDeliveredRetention) == nil, "unset stays unset")
-        #expect(try Settings(environment: [SettingDeclaration.relayDeliveredRetention.env: "off"]).durationOrOff(nil, .relayDeliveredRetention) == .some(nil))
+        #expect(
+            try Settings(environment: [SettingDeclaration.relayDeliveredRetention.env: "off"]).durationOrOff(nil, .relayDeliveredRetention)
+                == .some(nil))
         #expect(try Settings(environment: [SettingDeclaration.relayChangeStream.env: "off"]).bool(nil, .relayChangeStream) == false)
         #expect(try Settings(environment: [SettingDeclaration.relayChangeStream.env: "off"]).bool(true, .relayChangeStream), "the flag wins")
     }

@@ -27,8 +27,9 @@ enum SeedOrder {
 
     static func document(exchange: String = "orders", extra: Document = [:]) -> Document {
         var document = OutboxWriter().document(
-            for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: orderId, data: data, exchange: exchange,
-                          correlationId: "key-1"))
+            for: NewEvent(
+                type: "OrderCreated", aggregateType: "Order", aggregateId: orderId, data: data, exchange: exchange,
+                correlationId: "key-1"))
         document["_id"] = .string(eventId)
         document["timestamp"] = .datetime(occurredAt)
         for (key, value) in extra.fields { document[key] = value }

@@ -21,7 +21,8 @@ struct WireFormatRenderingTests {
         let message = try SeedOrder.message(.init())
         #expect(
             message.bodyText
-                == #"{"id":"\#(SeedOrder.eventId)","type":"OrderCreated","aggregateType":"Order","aggregateId":"\#(SeedOrder.orderId)","aggregateVersion":1,"timestamp":"\#(SeedOrder.time)","data":\#(SeedOrder.dataWithStrings)}"#)
+                == #"{"id":"\#(SeedOrder.eventId)","type":"OrderCreated","aggregateType":"Order","aggregateId":"\#(SeedOrder.orderId)","aggregateVersion":1,"timestamp":"\#(SeedOrder.time)","data":\#(SeedOrder.dataWithStrings)}"#
+        )
         #expect(message.contentType == "application/json")
     }
 
@@ -31,7 +32,8 @@ struct WireFormatRenderingTests {
         #expect(message.contentType == "application/cloudevents+json")
         #expect(
             message.bodyText
-                == #"{"specversion":"1.0","id":"\#(SeedOrder.eventId)","source":"https://shop.example/orders","type":"OrderCreated","subject":"\#(SeedOrder.orderId)","time":"\#(SeedOrder.time)","datacontenttype":"application/json","data":\#(SeedOrder.dataWithNumbers)}"#)
+                == #"{"specversion":"1.0","id":"\#(SeedOrder.eventId)","source":"https://shop.example/orders","type":"OrderCreated","subject":"\#(SeedOrder.orderId)","time":"\#(SeedOrder.time)","datacontenttype":"application/json","data":\#(SeedOrder.dataWithNumbers)}"#
+        )
         #expect(message.headers.keys.allSatisfy { !$0.hasPrefix("ce-") })
     }
 
