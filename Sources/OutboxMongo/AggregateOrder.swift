@@ -102,6 +102,37 @@ extension MongoOutboxStore {
         return first
     }
 
+    /// Per aggregate, the highest scan id of these events that are pending.
+    static func highestPendingSid(in events: [Document]) -> [AggregateKey: String] {
+        var highest: [AggregateKey: String] = [:]
+        for document in events where document["status"]?.stringValue == OutboxSchema.Status.pending {
+            guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue else { continue }
+            let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
+            highest[key] = max(highest[key] ?? sid, sid)
+        }
+        return highest
+    }
+
+    /// A new scan id (an ObjectId's hex, in this relay's clock) that sorts after `floor`: when the
+    /// clock gives one that does not, the next id after `floor` (as a 96-bit number; a scan id
+    /// that is not ObjectId hex gets a digit appended, which also sorts right after it).
+    static func scanId(after floor: String?) -> String {
+        let fresh = ObjectId().hex
+        guard let floor, fresh <= floor else { return fresh }
+        let digits = Array("0123456789abcdef")
+        var next = Array(floor)
+        guard next.count == 24, next.allSatisfy({ digits.contains($0) }) else { return floor + "0" }
+        for index in next.indices.reversed() {
+            let value = digits.firstIndex(of: next[index])!
+            if value < 15 {
+                next[index] = digits[value + 1]
+                return String(next)
+            }
+            next[index] = "0"
+        }
+        return floor + "0"  // all f: nothing above it in 24 digits
+    }
+
     static func firstUnseen(of aggregates: [String], outbox: MongoCollection) throws -> [AggregateKey: (timestamp: Int64, id: BSON)] {
         firstUnseen(in: try unversionedWaiting(of: aggregates, outbox: outbox))
     }

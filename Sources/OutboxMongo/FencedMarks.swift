@@ -80,15 +80,17 @@ extension MongoOutboxStore {
     /// Gives new documents of other relays' partitions (and pending ones written without state)
     /// the relay's state, so their owners' scans find them, in the order they were read; moves
     /// pending events whose partition is out of range to their partition.
-    func stamp(handOver: [OutboxMessage], incomplete: [OutboxMessage], rehome: [(id: BSON, from: BSON, to: Int)]) async throws {
+    func stamp(handOver: [(message: OutboxMessage, sid: String)], incomplete: [OutboxMessage], rehome: [(id: BSON, from: BSON, to: Int)]) async throws
+    {
         let now = Date()
         var statements: [(filter: Document, update: BSON, multi: Bool)] = []
         var partitionOf: [String: Int] = [:]
-        for (message, isNew) in handOver.map({ ($0, true) }) + incomplete.map({ ($0, false) }) {
+        for (message, sid, isNew) in handOver.map({ ($0.message, $0.sid, true) }) + incomplete.map({ ($0, ObjectId().hex, false) }) {
             let id = try OutboxDocument.bson(storeKey: message.storeKey)
             let filter = (["_id": id] as Document).merging(
                 isNew ? OutboxSchema.firstSight : ["status": .string(OutboxSchema.Status.pending), "partition": .null])
-            statements.append((filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending))], false))
+            statements.append(
+                (filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending, sid: sid))], false))
             partitionOf[ExtendedJSON.render(id)] = message.partition
         }
         for item in rehome {
@@ -108,9 +110,9 @@ extension MongoOutboxStore {
 
     /// The relay's state for a document seen for the first time: its partition and a scan id in
     /// the order seen (an ObjectId, so it sorts with the ids `OutboxWriter` uses).
-    static func relayState(for message: OutboxMessage, now: Date, status: String) -> Document {
+    static func relayState(for message: OutboxMessage, now: Date, status: String, sid: String = ObjectId().hex) -> Document {
         [
-            "status": .string(status), "partition": .int32(Int32(message.partition)), "sid": .string(ObjectId().hex),
+            "status": .string(status), "partition": .int32(Int32(message.partition)), "sid": .string(sid),
             "attempts": .int32(Int32(message.attempts)), "nextAttemptAt": .date(now), "seenAt": .date(now),
         ]
     }

@@ -120,8 +120,9 @@ public final class MongoOutboxStore: OutboxStore {
         var heads: [OutboxMessage] = []
         /// Malformed documents to park: raw id, partition (nil for a new document), reason, new?
         var malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
-        /// New documents of partitions this relay does not own, to stamp as pending for their owners.
-        var handOver: [OutboxMessage] = []
+        /// New documents of partitions this relay does not own, to stamp as pending for their
+        /// owners, with the scan id each gets.
+        var handOver: [(message: OutboxMessage, sid: String)] = []
         /// Pending events with a scan id but no partition, to complete.
         var incomplete: [OutboxMessage] = []
         /// Pending documents whose partition is out of range, to move to their partition.
@@ -279,10 +280,14 @@ public final class MongoOutboxStore: OutboxStore {
 
     /// Puts hand-overs in `fetch` and returns those held back. A hand-over gets its scan id now,
     /// which orders it for its owner: not before an earlier event of its aggregate that is still
-    /// to be seen (one a scan passed over, or whose hand-over could not be written). It waits,
-    /// still new, and is read again.
+    /// to be seen (one a scan passed over, or whose hand-over could not be written); it waits,
+    /// still new, and is read again. And its scan id sorts after those of its aggregate's pending
+    /// events, whichever relay's clock made them (an adopter whose clock is behind another's would
+    /// otherwise give a later event a lower id).
     static func handOverInOrder(_ handOver: [Candidate], outbox: MongoCollection, into fetch: inout Fetch) throws -> [Candidate] {
-        let unseen = try firstUnseen(of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox)
+        let waiting = try unversionedWaiting(of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox)
+        let unseen = firstUnseen(in: waiting)
+        var floor = highestPendingSid(in: waiting)
         var handedOver = Set<AggregateKey>()
         var heldBack: [Candidate] = []
         var heldBackKeys = Set<AggregateKey>()
@@ -301,7 +306,9 @@ public final class MongoOutboxStore: OutboxStore {
                 heldBackKeys.insert(key)
             } else {
                 handedOver.insert(key)
-                fetch.handOver.append(candidate.message)
+                let sid = candidate.message.aggregateVersion == nil ? scanId(after: floor[key]) : ObjectId().hex
+                if candidate.message.aggregateVersion == nil { floor[key] = sid }
+                fetch.handOver.append((candidate.message, sid))
             }
         }
         return heldBack

@@ -253,6 +253,29 @@ struct WriterContractTests {
         }
     }
 
+    @Test("a hand-over by an adopter whose clock is behind the previous adopter's still goes after its aggregate's earlier event")
+    func skewedAdopters() async throws {
+        try await Fixture.with { f in
+            // An aggregate whose partition is not the adopter's (partition 0).
+            let aggregate = try #require((0..<100).map { "skew-\($0)" }.first { EventNaming.partition(ofAggregate: $0, partitions: 16) != 0 })
+            let partition = EventNaming.partition(ofAggregate: aggregate, partitions: 16)
+            let adopter = store(f, owner: "adopter"), adopterLeases = [PartitionLease(partition: 0, epoch: 1)]
+            try await insert(f, [minimal(.string("skew-1"), aggregate: aggregate, at: now)])
+            #expect(try await adopter.fetchDue(limit: 100, leases: adopterLeases).isEmpty, "handed over, not published")
+            // The first event's scan id as an adopter whose clock is an hour ahead of this one wrote it.
+            let first = try #require(try await f.find("outbox", ["_id": "skew-1"]).first?["sid"]?.stringValue)
+            let ahead = String(format: "%08x", UInt32(Date().timeIntervalSince1970) + 3600) + first.dropFirst(8)
+            try await f.pool.withConnection { _ = try $0.collection("outbox").updateOne(["_id": "skew-1"], ["$set": ["sid": .string(ahead)]]) }
+            try await insert(f, [minimal(.string("skew-2"), aggregate: aggregate, at: now + 1)])
+            _ = try await adopter.fetchDue(limit: 100, leases: adopterLeases)
+            let second = try #require(try await f.find("outbox", ["_id": "skew-2"]).first?["sid"]?.stringValue, "skew-2 handed over")
+            #expect(second > ahead, "the later event's scan id \(second) sorts after the earlier one's \(ahead)")
+            // The partition's owner publishes the earlier event first.
+            let heads = try await store(f, owner: "owner").fetchDue(limit: 100, leases: [PartitionLease(partition: partition, epoch: 1)])
+            #expect(heads.map(\.id) == ["skew-1"])
+        }
+    }
+
     @Test("a document written with status pending but no relay state is completed and delivered")
     func pendingWithoutState() async throws {
         try await Fixture.with { f in
