@@ -74,7 +74,7 @@ extension MongoOutboxStore {
             )
         }
         let refused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), statements).refused }
-        quarantine(refused)
+        await quarantine(refused)
     }
 
     /// Gives new documents of other relays' partitions (and pending ones written without state)
@@ -205,13 +205,15 @@ extension MongoOutboxStore {
         let all = statements
         let stillRefused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), all).refused }
         Self.parkedUnwritable.increment(by: refused.count - stillRefused.count)
-        quarantine(stillRefused)
+        await quarantine(stillRefused)
     }
 
     /// Documents that could be neither marked nor parked: this relay publishes them no more
-    /// (each would go out again at every fetch) and reports them; another relay, or an operator
-    /// who mends the document, picks them up.
-    func quarantine(_ refused: [(id: BSON, message: String)]) {
+    /// (each would go out again at every fetch) and reports them, in its log, in
+    /// `outbox_unwritable_documents`, and in the outbox's `_unwritable` collection, which
+    /// `outboxctl unwritable` and `status` read. Another relay, or an operator who mends the
+    /// document, picks them up.
+    func quarantine(_ refused: [(id: BSON, message: String)]) async {
         guard !refused.isEmpty else { return }
         for item in refused.prefix(20) {
             logger.error(
@@ -223,6 +225,22 @@ extension MongoOutboxStore {
             return set.count
         }
         Self.unwritable.record(count)
+        let (collection, owner, now) = (OutboxSchema.unwritableCollection(of: options.collection), owner, Date())
+        do {
+            try await pool.withConnection { connection in
+                let records = connection.collection(collection)
+                for item in refused {
+                    _ = try records.updateOne(
+                        ["_id": item.id],
+                        ["$set": ["relay": .string(owner), "at": .date(now), "error": .string(item.message)], "$inc": ["times": 1]],
+                        upsert: true)
+                }
+            }
+        } catch {
+            // The log line and the gauge still say it.
+            logger.warning(
+                "could not record the unwritable documents", metadata: [LogKey.outboxCollection: "\(collection)", LogKey.error: "\(error)"])
+        }
     }
 
     /// Documents settled (delivered or parked) with plain sets after a write of the relay's state

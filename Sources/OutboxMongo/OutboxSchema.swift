@@ -11,6 +11,10 @@ public enum OutboxSchema {
     public static let defaultCollection = "outbox"
     public static let defaultPartitions = 16
 
+    /// Where the relays record outbox documents they can neither mark nor park (by `_id`: the
+    /// relay, when, and the server's refusal), for `outboxctl unwritable` and `status`.
+    public static func unwritableCollection(of collection: String) -> String { "\(collection)_unwritable" }
+
     public enum Status {
         /// Known to the relay, waiting to be published (first attempt or a retry).
         public static let pending = "pending"

@@ -79,6 +79,18 @@ public struct OutboxStatus: Sendable {
     public var oldestPendingAge: Double?
     public var leases: [Lease]
     public var databaseTime: Date
+    /// Documents a relay could neither mark nor park and skips, still not delivered or parked.
+    public var unwritable: Int
+}
+
+/// A document a relay could neither mark nor park, as it recorded it, with its status now.
+public struct UnwritableDocument: Sendable {
+    public var id: BSON
+    public var relay: String
+    public var at: Date?
+    public var error: String
+    /// Its status in the outbox now (`pending` for one no relay wrote; nil when it is gone).
+    public var status: String?
 }
 
 /// What a changing command did (or, with a dry run, would do).
@@ -187,9 +199,37 @@ public struct OutboxAdmin: Sendable {
                     partition: lease["_id"]?.intValue ?? -1, owner: lease["owner"]?.stringValue, epoch: lease["epoch"]?.intValue ?? 0,
                     expiresIn: (lease["expiresAt"]?.dateValue ?? .distantPast).timeIntervalSince(now))
             }
+            let unwritable = try Self.unwritable(in: connection, collection: collection).filter {
+                $0.status.map { !OutboxSchema.Status.final.contains($0) } ?? false
+            }
             return OutboxStatus(
                 pending: pending, unseen: unseen, due: due, parked: parked, delivered: delivered, deliveredLastMinute: lastMinute,
-                oldestPendingAge: oldest.map { now.timeIntervalSince($0) }, leases: leases, databaseTime: now)
+                oldestPendingAge: oldest.map { now.timeIntervalSince($0) }, leases: leases, databaseTime: now, unwritable: unwritable.count)
+        }
+    }
+
+    /// The documents relays recorded as unwritable (neither marked nor parked), newest first,
+    /// with their status now. An operator mends such a document (removes the field the server
+    /// refuses to update, or the validator rule) and the next relay pass settles it.
+    public func unwritable() async throws -> [UnwritableDocument] {
+        let collection = self.collection
+        return try await pool.withConnection { try Self.unwritable(in: $0, collection: collection) }
+    }
+
+    static func unwritable(in connection: MongoConnection, collection: String) throws -> [UnwritableDocument] {
+        let records = try connection.collection(OutboxSchema.unwritableCollection(of: collection)).find(
+            [:], options: ["sort": ["at": -1], "limit": 1000])
+        guard !records.isEmpty else { return [] }
+        let ids = records.compactMap { $0["_id"] }
+        let statuses = try connection.collection(collection).find(["_id": ["$in": .array(ids)]], options: ["projection": ["status": 1]])
+        let statusOf = Dictionary(
+            statuses.map { (ExtendedJSON.render($0["_id"] ?? .null), $0["status"]?.stringValue ?? OutboxSchema.Status.pending) },
+            uniquingKeysWith: { a, _ in a })
+        return records.map { record in
+            let id = record["_id"] ?? .null
+            return UnwritableDocument(
+                id: id, relay: record["relay"]?.stringValue ?? "", at: record["at"]?.dateValue, error: record["error"]?.stringValue ?? "",
+                status: statusOf[ExtendedJSON.render(id)])
         }
     }
 

@@ -56,7 +56,7 @@ extension OutboxCtl {
             if common.json {
                 printJSON([
                     "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)),
-                    "parked": .int64(Int64(status.parked)),
+                    "parked": .int64(Int64(status.parked)), "unwritable": .int64(Int64(status.unwritable)),
                     "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
                     "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
                     "leases": .array(
@@ -73,6 +73,9 @@ extension OutboxCtl {
             print("oldest pending age   \(status.oldestPendingAge.map { String(format: "%.1f s", $0) } ?? "-")")
             print("parked               \(status.parked)")
             print("delivered            \(status.delivered) (\(status.deliveredLastMinute) in the last minute)")
+            if status.unwritable > 0 {
+                print("unwritable           \(status.unwritable) (relays can neither mark nor park them: outboxctl unwritable)")
+            }
             print("")
             printTable(
                 ["PARTITION", "OWNER", "EPOCH", "EXPIRES IN"],
@@ -98,6 +101,38 @@ extension OutboxCtl {
             let filter = try filters.filter(status: statusOption(status))
             let events = try await common.run { admin, _ in try await admin.list(filter, limit: limit) }
             if common.json { printJSON(.array(events.map { .document($0) })) } else { printTable(eventHeader, eventRows(events)) }
+        }
+    }
+
+    struct Unwritable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Documents a relay could neither mark nor park (it skips them): the server's refusal, which relay, when.",
+            discussion: """
+                A relay that cannot write an event's outcome, not even as parked with plain sets, stops \
+                publishing it and records it here. Mend the document (or the validator that refuses the \
+                relay's fields); a relay that has not skipped it settles it at its next pass, and every \
+                relay does after a restart.
+                """)
+        @OptionGroup var common: Common
+
+        func run() async throws {
+            let records = try await common.run { admin, _ in try await admin.unwritable() }
+            if common.json {
+                printJSON(
+                    .array(
+                        records.map { record in
+                            [
+                                "id": record.id, "relay": .string(record.relay), "at": record.at.map { .date($0) } ?? .null,
+                                "error": .string(record.error), "status": record.status.map { .string($0) } ?? .null,
+                            ]
+                        }))
+                return
+            }
+            printTable(
+                ["ID", "STATUS NOW", "RELAY", "AGE", "ERROR"],
+                records.map {
+                    [OutboxDocument.messageId(of: $0.id) ?? ExtendedJSON.render($0.id), $0.status ?? "gone", $0.relay, age($0.at), $0.error]
+                })
         }
     }
 

@@ -3,6 +3,7 @@ import Logging
 import Outbox
 import OutboxAMQP
 import OutboxMongo
+import OutboxOps
 import Testing
 
 /// Documents as real writers produce them beside the contract's fields: models that write `null`
@@ -102,6 +103,37 @@ struct OddDocumentTests {
                     "\(document["_id"]!): \(found?["lastError"] ?? .null) should name '\(reason)'")
             }
             #expect(stored.count == good.count + deliverable.count + parkable.count)
+        }
+    }
+
+    @Test("a document the server lets no relay write is skipped, reported in the _unwritable collection and outboxctl, and the rest flow")
+    func unwritableReported() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            // A validator (of the kind a team adds for its own rules) that refuses any relay state on one document.
+            _ = try await f.pool.withConnection { connection in
+                try connection.runCommand([
+                    "create": "outbox", "validator": ["$or": [["_id": ["$ne": "stuck-1"]], ["status": ["$exists": false]]]],
+                    "validationLevel": "strict", "validationAction": "error",
+                ])
+            }
+            let t = now
+            let documents = [seed("stuck-1", aggregate: "u-1", at: t)] + (0..<20).map { seed("fine-\($0)", aggregate: "u-\($0 + 2)", at: t + 1) }
+            try await f.pool.withTransaction { try $0.collection("outbox").insertMany(documents) }
+            let publisher = f.makePublisher()
+            try await f.drain(try await f.makeRelay(store: store(f), publisher: publisher))
+            await publisher.close()
+            #expect(try await f.count("outbox", ["status": "delivered"]) == 20, "every other event delivered")
+            #expect(try await f.find("outbox", ["_id": "stuck-1"]).first?["status"] == nil, "the server refused every write")
+            let received = try await f.admin.drain(queue).compactMap(\.messageId)
+            #expect(received.filter { $0 == "stuck-1" }.count == 1, "published once, then skipped: \(received.count) messages")
+            let records = try await f.find(OutboxSchema.unwritableCollection(of: "outbox"))
+            #expect(records.map { $0["_id"] } == ["stuck-1"])
+            #expect(records.first?["relay"]?.stringValue == "test-relay" && records.first?["error"]?.stringValue?.isEmpty == false)
+            let admin = OutboxAdmin(pool: f.pool)
+            #expect(try await admin.status().unwritable == 1)
+            let listed = try await admin.unwritable()
+            #expect(listed.map(\.status) == ["pending"] && listed.first?.id == "stuck-1", "listed with its status now")
         }
     }
 
