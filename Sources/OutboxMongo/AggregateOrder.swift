@@ -102,6 +102,19 @@ extension MongoOutboxStore {
         return first
     }
 
+    /// Per aggregate, these events that no relay has seen yet (no scan id).
+    static func unseenEvents(in events: [Document]) -> [AggregateKey: [(timestamp: Int64, id: BSON, storeKey: [UInt8])]] {
+        var unseen: [AggregateKey: [(timestamp: Int64, id: BSON, storeKey: [UInt8])]] = [:]
+        for document in events where document["sid"]?.stringValue == nil {
+            guard let id = document["aggregateId"]?.stringValue, case .datetime(let ms)? = document["timestamp"], let raw = document["_id"] else {
+                continue
+            }
+            unseen[AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id), default: []].append(
+                (ms, raw, OutboxDocument.storeKey(of: raw)))
+        }
+        return unseen
+    }
+
     /// Per aggregate, the highest scan id of these events that are pending.
     static func highestPendingSid(in events: [Document]) -> [AggregateKey: String] {
         var highest: [AggregateKey: String] = [:]
@@ -131,10 +144,6 @@ extension MongoOutboxStore {
             next[index] = "0"
         }
         return floor + "0"  // all f: nothing above it in 24 digits
-    }
-
-    static func firstUnseen(of aggregates: [String], outbox: MongoCollection) throws -> [AggregateKey: (timestamp: Int64, id: BSON)] {
-        firstUnseen(in: try unversionedWaiting(of: aggregates, outbox: outbox))
     }
 
     /// Whether a document was written before another: an earlier timestamp, or the same one and a

@@ -286,26 +286,29 @@ public final class MongoOutboxStore: OutboxStore {
     /// otherwise give a later event a lower id).
     static func handOverInOrder(_ handOver: [Candidate], outbox: MongoCollection, into fetch: inout Fetch) throws -> [Candidate] {
         let waiting = try unversionedWaiting(of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox)
-        let unseen = firstUnseen(in: waiting)
+        let unseen = unseenEvents(in: waiting)
         var floor = highestPendingSid(in: waiting)
-        var handedOver = Set<AggregateKey>()
+        var handedOver = Set<[UInt8]>()
         var heldBack: [Candidate] = []
         var heldBackKeys = Set<AggregateKey>()
         for candidate in handOver {
             let key = AggregateKey(candidate.message)
+            // Every unseen event of its aggregate written before it goes over first, in this batch
+            // or an earlier one: one this read missed (a scan passed over it, or its read failed)
+            // keeps it back, even when an earlier event of the aggregate goes over now.
             let waits =
                 heldBackKeys.contains(key)
-                || (candidate.message.aggregateVersion == nil && !handedOver.contains(key)
-                    && unseen[key].map { first in
-                        (try? OutboxDocument.bson(storeKey: candidate.message.storeKey)).map {
-                            writtenBefore(first, (candidate.message.occurredAt, $0))
-                        } ?? false
+                || (candidate.message.aggregateVersion == nil
+                    && (try? OutboxDocument.bson(storeKey: candidate.message.storeKey)).map { id in
+                        (unseen[key] ?? []).contains { event in
+                            !handedOver.contains(event.storeKey) && writtenBefore((event.timestamp, event.id), (candidate.message.occurredAt, id))
+                        }
                     } ?? false)
             if waits {
                 heldBack.append(candidate)
                 heldBackKeys.insert(key)
             } else {
-                handedOver.insert(key)
+                handedOver.insert(candidate.message.storeKey)
                 let sid = candidate.message.aggregateVersion == nil ? scanId(after: floor[key]) : ObjectId().hex
                 if candidate.message.aggregateVersion == nil { floor[key] = sid }
                 fetch.handOver.append((candidate.message, sid))
