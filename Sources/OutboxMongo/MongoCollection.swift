@@ -120,16 +120,49 @@ public struct MongoCollection {
         public var message: String
     }
 
-    /// One unordered `update` command: every statement the server accepts is applied, whatever
-    /// the others do, and the refused ones come back by index (e.g. `$inc` on a field a writer
-    /// set to `null`), so one document's error never holds up the rest. Throws only when the
-    /// command itself fails (connection, server).
+    /// Unordered `update` commands: every statement the server accepts is applied, whatever the
+    /// others do, and the refused ones come back by index (e.g. `$inc` on a field a writer set to
+    /// `null`), so one document's error never holds up the rest. Throws only when a command itself
+    /// fails (connection, server); the commands before it stay applied.
+    ///
+    /// The statements go in commands of at most `documentsPerCommand` documents (a statement on an
+    /// `_id` `$in` list counts its ids), in order: a server that runs one command at a time (as
+    /// SecantusDB does) answers other clients' commands, such as lease renewals, in between,
+    /// instead of after a whole batch's marks.
     public func bulkUpdateEach(_ statements: [(filter: Document, update: BSON, multi: Bool)]) throws -> (UpdateResult, [StatementError]) {
-        guard let reply = try runBulkUpdate(statements) else { return (UpdateResult(matched: 0, modified: 0, upserted: 0), []) }
-        let errors = (reply["writeErrors"]?.arrayValue ?? []).compactMap(\.documentValue).map {
-            StatementError(index: $0["index"]?.intValue ?? 0, code: $0["code"]?.intValue ?? 0, message: $0["errmsg"]?.stringValue ?? "write error")
+        var total = UpdateResult(matched: 0, modified: 0, upserted: 0)
+        var errors: [StatementError] = []
+        var start = 0
+        while start < statements.count {
+            var end = start
+            var documents = 0
+            while end < statements.count && (end == start || documents + Self.documents(of: statements[end]) <= Self.documentsPerCommand) {
+                documents += Self.documents(of: statements[end])
+                end += 1
+            }
+            if let reply = try runBulkUpdate(Array(statements[start..<end])) {
+                errors += (reply["writeErrors"]?.arrayValue ?? []).compactMap(\.documentValue).map {
+                    StatementError(
+                        index: start + ($0["index"]?.intValue ?? 0), code: $0["code"]?.intValue ?? 0,
+                        message: $0["errmsg"]?.stringValue ?? "write error")
+                }
+                let result = Self.updateResult(reply)
+                total.matched += result.matched
+                total.modified += result.modified
+            }
+            start = end
         }
-        return (Self.updateResult(reply), errors)
+        return (total, errors)
+    }
+
+    /// Documents per command of `bulkUpdateEach`. Measured on SecantusDB with three relays
+    /// draining: a batch's hand-overs in one command (3,000 statements) took 14 s, far beyond a
+    /// 3 s lease TTL.
+    public static let documentsPerCommand = 500
+
+    /// The documents a statement names: the ids of an `_id` `$in` list, or one.
+    static func documents(of statement: (filter: Document, update: BSON, multi: Bool)) -> Int {
+        statement.multi ? max(statement.filter["_id"]?.documentValue?["$in"]?.arrayValue?.count ?? 1, 1) : 1
     }
 
     private func runBulkUpdate(_ statements: [(filter: Document, update: BSON, multi: Bool)]) throws -> Document? {

@@ -137,6 +137,30 @@ struct OddDocumentTests {
         }
     }
 
+    @Test(
+        "a bulk update split into commands of at most 500 documents applies every statement and reports a refused one by its place in the whole list")
+    func bulkUpdateAcrossCommands() async throws {
+        try await Fixture.with { f in
+            let count = 1200
+            // One document the update cannot apply to ($inc on a string), in the second command.
+            let refusedAt = 550
+            let documents: [Document] = (0..<count).map { ["_id": .int32(Int32($0)), "n": $0 == refusedAt ? "text" : .int32(0)] }
+            try await f.pool.withConnection { try $0.collection("bulk").insertMany(documents) }
+            // Single-document statements, then statements of 50 ids each: both are counted by documents.
+            let singles: [(filter: Document, update: BSON, multi: Bool)] = (0..<count / 2).map {
+                (["_id": .int32(Int32($0))], ["$inc": ["n": 1]], false)
+            }
+            let shared: [(filter: Document, update: BSON, multi: Bool)] = stride(from: count / 2, to: count, by: 50).map { start in
+                (["_id": ["$in": .array((start..<start + 50).map { .int32(Int32($0)) })]], ["$inc": ["n": 1]], true)
+            }
+            #expect(MongoCollection.documentsPerCommand < count, "the statements need more than one command")
+            let (result, errors) = try await f.pool.withConnection { try $0.collection("bulk").bulkUpdateEach(singles + shared) }
+            #expect(errors.map(\.index) == [refusedAt], "the refused statement, by its place in the whole list")
+            #expect(result.matched == count - 1, "every other statement applied")
+            #expect(try await f.count("bulk", ["n": 1]) == count - 1)
+        }
+    }
+
     @Test("_ids that spell the same message id (42 and \"42\", a UUID and its text): one is delivered, the other parked naming both")
     func collidingIds() async throws {
         try await Fixture.with { f in
