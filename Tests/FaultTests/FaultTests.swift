@@ -334,15 +334,17 @@ final class FaultFixture: @unchecked Sendable {
     }
 
     /// Waits until `total` events are delivered; false on timeout. It counts what is left (pending
-    /// or unseen), which shrinks as the relays work, once a second: a count reads every document it
-    /// counts, and the relays share the store with it.
+    /// or unseen), which shrinks as the relays work: a count reads every document it counts, and
+    /// the relays share the store with it, so it waits nine times as long as the last look took
+    /// (at least a second) and takes at most a tenth of the store's time.
     func waitUntilDelivered(_ total: Int, timeout: Duration = .seconds(240)) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
+            let started = ContinuousClock.now
             if let pending = await count(["status": "pending"]), let unseen = await count(["status": .null]), pending + unseen == 0 {
                 if await count(["status": "delivered"]) == total { return true }
             }
-            try? await Task.sleep(for: .seconds(1))
+            try? await Task.sleep(for: max(.seconds(1), (ContinuousClock.now - started) * 9))
         }
         return false
     }
@@ -385,7 +387,11 @@ final class FaultFixture: @unchecked Sendable {
         #expect(missing.count == 0, "events never reached the broker, e.g. \(missing.prefix(5).sorted())")
         #expect(unique.isSubset(of: Set(ids)))
         print("\(test): \(ids.count) events, \(received.count) messages received, \(received.count - unique.count) duplicate publishes")
-        if let maxDuplicates { #expect(received.count - unique.count <= maxDuplicates, "\(test): duplicate publishes") }
+        if let maxDuplicates {
+            var seen = Set<String>()
+            let twice = received.filter { !seen.insert($0).inserted }
+            #expect(received.count - unique.count <= maxDuplicates, "\(test): duplicate publishes, e.g. \(twice.prefix(5).sorted())")
+        }
     }
 }
 
@@ -506,7 +512,9 @@ struct FaultTests {
         relays.append(try f.startRelay("relay-second", extra: settings))
         try await Task.sleep(for: .milliseconds(1500))
         relays.append(try f.startRelay("relay-third", extra: settings))
-        #expect(await f.waitUntilDelivered(ids.count, timeout: .seconds(300)))
+        // Two thirds of the events go through the adopter's hand-over (a write per event) on one
+        // single-threaded store shared by three debug-built relays: about five minutes here.
+        #expect(await f.waitUntilDelivered(ids.count, timeout: .seconds(480)))
         for relay in relays { #expect(relay.stop() == 0) }
         try await f.checkReceived(ids, test: "three relays joining a drain (round \(round))", maxDuplicates: 0)
         #expect(await f.count(["status": "parked"]) == 0)
