@@ -125,11 +125,15 @@ public final class LeaseManager: Service {
 
     public var activeRelays: Int { state.withLock { $0.activeRelays } }
 
-    /// Whether `lease` is still held, set aside for hand-back or not (a pass that began with it
-    /// may still use it): renewed within the TTL and not lost.
+    /// Whether `lease` is held for long enough to publish a batch under it, set aside for
+    /// hand-back or not (a pass that began with it may still use it): not lost, and renewed
+    /// within the last two thirds of the TTL, so at least a third is left, the time a pass is
+    /// given (`RelayConfiguration.passTarget`). A lease whose renewals lag (a busy store) is not
+    /// published under until a renewal lands: another relay may take it over when it runs out,
+    /// and would publish the same events while this relay's batch is still unmarked.
     public func isHeld(_ lease: PartitionLease) -> Bool {
         state.withLock { state in
-            guard let last = state.lastRenewal, ContinuousClock.now - last < configuration.ttl else { return false }
+            guard let last = state.lastRenewal, ContinuousClock.now - last < configuration.ttl - configuration.ttl / 3 else { return false }
             return state.held.contains(lease)
         }
     }

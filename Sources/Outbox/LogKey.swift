@@ -44,5 +44,6 @@ public enum LogKey {
     public static let relayLeaseTTL = "relay.lease_ttl"
     public static let relayLivenessTimeout = "relay.liveness_timeout"
     public static let relayParkTransientAfter = "relay.park_transient_after"
+    public static let relayPassDuration = "relay.pass_duration"
     public static let retryIn = "retry.in"
 }

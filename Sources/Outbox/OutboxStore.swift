@@ -55,8 +55,8 @@ public protocol LeaseProvider: Sendable {
     func lost(_ partitions: Set<Int>)
     /// Called when the pass that `leasesForPass` began has finished: nothing of it is in flight.
     func passEnded()
-    /// Whether `lease` is still this relay's (renewed within its TTL, not lost), e.g. for a pass
-    /// about to publish; by default, whether `current` holds it.
+    /// Whether `lease` is still this relay's for long enough to publish a batch under it (not
+    /// lost, and renewed recently enough); by default, whether `current` holds it.
     func isHeld(_ lease: PartitionLease) -> Bool
 }
 

@@ -30,15 +30,24 @@ public struct RelayConfiguration: Sendable {
     /// ages are unknown and transient failures never park.
     public var wallClock: (@Sendable () -> Int64)?
 
+    /// The longest a pass (fetch, publish, mark) should take: a pass that took longer makes the
+    /// next fetches ask for fewer events, in proportion, and passes well within it let the number
+    /// grow back (doubling) to `batchSize`. The relay sets it to a third of the lease TTL, so a
+    /// batch is published and marked while its leases hold (a slow store or broker otherwise lets
+    /// another relay take the partitions over mid-pass and publish the same events). nil: fetches
+    /// always ask for `batchSize`.
+    public var passTarget: Duration?
+
     public static let defaultBatchMaxBytes = 16 << 20
 
     public init(
         batchSize: Int = 500, pollInterval: Duration = .milliseconds(200), maxErrorBackoff: Duration = .seconds(5),
         retryPolicy: RetryPolicy = RetryPolicy(), markAttempts: Int = 4, markRetryDelay: Duration = .milliseconds(25),
         batchMaxBytes: Int = RelayConfiguration.defaultBatchMaxBytes, assumedBytesPerEvent: Int? = nil,
-        wallClock: (@Sendable () -> Int64)? = nil
+        wallClock: (@Sendable () -> Int64)? = nil, passTarget: Duration? = nil
     ) {
         self.wallClock = wallClock
+        self.passTarget = passTarget
         self.batchSize = batchSize
         self.pollInterval = pollInterval
         self.maxErrorBackoff = maxErrorBackoff
@@ -93,6 +102,9 @@ public final class Relay: Service {
     private let unmarked = Mutex<[Int: [OutboxMessage]]>([:])
     /// Mean body size of the last batch; nil before the first.
     private let bytesPerEvent = Mutex<Int?>(nil)
+    /// The most events a fetch asks for while passes run longer than `passTarget`; nil: no limit
+    /// beyond `batchSize`.
+    private let adaptedLimit = Mutex<Int?>(nil)
 
     /// `idle` runs when a poll found nothing due (e.g. to let the broker connection answer heartbeats).
     /// `wake`, when given, cuts the wait between polls short (e.g. on a change-stream event); the
@@ -116,6 +128,7 @@ public final class Relay: Service {
 
     public func run() async throws {
         logger.info("relay started", metadata: [LogKey.outboxBatchSize: "\(configuration.batchSize)"])
+        RelayMetrics.fetchLimit.record(fetchLimit())
         var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             defer { onIteration() }  // each pass, delivered, idle or failed (a liveness watchdog counts them)
@@ -158,21 +171,32 @@ public final class Relay: Service {
         defer { leases.passEnded() }
         RelayMetrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
+        let started = ContinuousClock.now
+        let limit = fetchLimit()
+        let result = try await pass(held: held, limit: limit)
+        adapt(limit: limit, took: ContinuousClock.now - started)
+        return result
+    }
+
+    /// The pass itself, fetching at most `limit` events.
+    private func pass(held: [PartitionLease], limit: Int) async throws -> RelayPassResult {
         let earlier = try await markRemembered(held: held)
-        var batch = try await store.fetchDue(limit: fetchLimit(), leases: held)
+        var batch = try await store.fetchDue(limit: limit, leases: held)
         let remembered = unmarked.withLock { Set($0.values.joined().map(\.id)) }
         if !remembered.isEmpty { batch.removeAll { remembered.contains($0.id) } }
         guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
         let bodies = batch.reduce(0) { $0 + $1.body.count }
         bytesPerEvent.withLock { $0 = max(bodies / batch.count, 1) }
         batch = Self.cut(batch, toBytes: configuration.batchMaxBytes)
-        // A lease lost since the fetch (renewal failing for a whole TTL, or fenced): its events
-        // are another relay's to publish now; they stay as they are.
+        // A lease lost since the fetch (fenced, or renewal failing for a whole TTL), or not renewed
+        // for two thirds of it (the store is slow): its events may be another relay's to publish
+        // before this batch is marked; they stay as they are.
         let gone = Set(held.filter { !leases.isHeld($0) }.map(\.partition))
         if !gone.isEmpty {
             batch.removeAll { gone.contains($0.partition) }
             logger.warning(
-                "lease lost before publishing; its events are left to its new owner", metadata: [LogKey.outboxPartitions: "\(gone.sorted())"])
+                "lease lost or not renewed lately; its events stay pending until a renewal lands, or for the partition's new owner",
+                metadata: [LogKey.outboxPartitions: "\(gone.sorted())"])
             guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
         }
         RelayMetrics.batchSize.record(batch.count)
@@ -244,10 +268,38 @@ public final class Relay: Service {
     }
 
     /// Events to ask the store for: the batch size, or fewer if the byte budget holds fewer at the
-    /// size seen last (before any batch, at the assumed size).
+    /// size seen last (before any batch, at the assumed size), or while passes run long (`adapt`).
     func fetchLimit() -> Int {
-        guard let size = bytesPerEvent.withLock({ $0 }) ?? configuration.assumedBytesPerEvent else { return configuration.batchSize }
-        return min(configuration.batchSize, max(configuration.batchMaxBytes / size, 1))
+        let adapted = adaptedLimit.withLock { $0 } ?? configuration.batchSize
+        guard let size = bytesPerEvent.withLock({ $0 }) ?? configuration.assumedBytesPerEvent else {
+            return min(configuration.batchSize, adapted)
+        }
+        return min(configuration.batchSize, adapted, max(configuration.batchMaxBytes / size, 1))
+    }
+
+    /// After a pass that asked for `limit` events and took `took`: longer than `passTarget`, the
+    /// next fetches ask for fewer in proportion (at least one); within half of it, for twice as
+    /// many, up to `batchSize`.
+    func adapt(limit: Int, took: Duration) {
+        guard let target = configuration.passTarget, target > .zero else { return }
+        let batchSize = configuration.batchSize
+        let (before, after) = adaptedLimit.withLock { adapted -> (Int, Int) in
+            let before = adapted ?? batchSize
+            if took > target {
+                adapted = max(Int(Double(limit) * (target / took)), 1)
+            } else if took * 2 < target && adapted != nil {
+                let grown = min(before * 2, batchSize)
+                adapted = grown >= batchSize ? nil : grown
+            }
+            return (before, adapted ?? batchSize)
+        }
+        guard after != before else { return }
+        RelayMetrics.fetchLimit.record(after)
+        if after < before {
+            logger.debug(
+                "pass took longer than its target; fetching fewer events",
+                metadata: [LogKey.outboxBatchSize: "\(after)", LogKey.relayPassDuration: "\(took)"])
+        }
     }
 
     /// The longest prefix of `batch` whose bodies fit in `budget` bytes, at least one event. The
@@ -335,6 +387,9 @@ public enum RelayMetrics {
     /// Time from the first publish of a batch to its last confirm.
     public static let confirmDuration = Timer(label: "outbox_confirm_duration_seconds")
     public static let batchSize = Recorder(label: "outbox_batch_size", aggregate: true)
+    /// The most events a fetch asks for now: the batch size, or fewer while passes run longer
+    /// than a third of the lease TTL.
+    public static let fetchLimit = Gauge(label: "outbox_fetch_limit")
     public static let partitionsOwned = Gauge(label: "outbox_partitions_owned")
     /// Marks tried again after a store error.
     public static let markRetries = Counter(label: "outbox_mark_retries_total")

@@ -9,12 +9,18 @@ import ServiceLifecycle
 /// event, parked events, stuck events (due for longer than `stuckAfter` and still not delivered,
 /// or written that long ago and not seen by a relay) and partitions without a live owner; and
 /// whether the database answered.
+///
+/// Every sample counts the backlog, which reads each document counted on some servers; relays
+/// sharing an outbox take turns: with N live relays each samples every N intervals, so the store
+/// counts once per interval whatever the number of relays (the alert rules take the `max` over
+/// relays, which is never older than about one interval).
 public final class BacklogMonitor: Service {
     private let pool: MongoClientPool
     private let collection: String
     private let partitions: Int
     private let interval: Duration
     private let stuckAfter: Duration
+    private let relays: @Sendable () -> Int
     private let logger: Logger
 
     static let pending = Gauge(label: "outbox_pending_events")
@@ -26,8 +32,10 @@ public final class BacklogMonitor: Service {
 
     public init(
         pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, partitions: Int = OutboxSchema.defaultPartitions,
-        interval: Duration = .seconds(15), stuckAfter: Duration = .seconds(60), logger: Logger
+        interval: Duration = .seconds(15), stuckAfter: Duration = .seconds(60), relays: @escaping @Sendable () -> Int = { 1 },
+        logger: Logger
     ) {
+        self.relays = relays
         self.pool = pool
         self.collection = collection
         self.partitions = partitions
@@ -87,7 +95,9 @@ public final class BacklogMonitor: Service {
                 Self.databaseUp.record(0)
                 logger.warning("backlog sample failed", metadata: [LogKey.error: "\(error)"])
             }
-            try? await Task.sleep(for: interval)
+            // Cut short by a graceful shutdown: a turn of several intervals must not hold it up.
+            let turn = interval * max(relays(), 1)
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: turn) }
         }
     }
 }

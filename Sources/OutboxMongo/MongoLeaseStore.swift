@@ -56,19 +56,8 @@ public final class MongoLeaseStore: LeaseStore {
         return try await pool.withConnection { connection in
             let relays = connection.collection(Self.relaysCollection)
             let leases = connection.collection(Self.leasesCollection)
-            // A heartbeat outlives one missed round, so a slow round does not make the relay vanish.
-            try relays.updateOne(["_id": .string(owner)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl * 2)]]], upsert: true)
-            // The live relays, this one included; its place among them by id decides which of
-            // them hold one partition more (`LeaseBalancer`).
-            let live = try relays.find(["$expr": Self.live], options: ["projection": ["_id": 1]]).compactMap { $0["_id"]?.stringValue }
-            let active = live.count
-            let rank = live.filter { $0 < owner }.count
-
-            for lease in release {
-                try leases.updateOne(
-                    ["_id": .int32(Int32(lease.partition)), "owner": .string(owner), "epoch": .int64(lease.epoch)],
-                    ["$set": ["owner": .null, "expiresAt": .datetime(0)]])
-            }
+            // Renewal first: on a busy store every command of the round waits its turn, and the
+            // leases run out one TTL after the last renewal, not after the round.
             var kept: [PartitionLease] = []
             let releasing = Set(release.map(\.partition))
             let renewing = held.filter { !releasing.contains($0.partition) }
@@ -81,6 +70,19 @@ public final class MongoLeaseStore: LeaseStore {
                 let epochs = Dictionary(
                     ours.compactMap { d in d["_id"]?.intValue.map { ($0, Int64(d["epoch"]?.intValue ?? -1)) } }, uniquingKeysWith: max)
                 kept = renewing.filter { epochs[$0.partition] == $0.epoch }
+            }
+            // A heartbeat outlives one missed round, so a slow round does not make the relay vanish.
+            try relays.updateOne(["_id": .string(owner)], pipeline: [["$set": ["expiresAt": Self.expiresIn(ttl * 2)]]], upsert: true)
+            // The live relays, this one included; its place among them by id decides which of
+            // them hold one partition more (`LeaseBalancer`).
+            let live = try relays.find(["$expr": Self.live], options: ["projection": ["_id": 1]]).compactMap { $0["_id"]?.stringValue }
+            let active = live.count
+            let rank = live.filter { $0 < owner }.count
+
+            for lease in release {
+                try leases.updateOne(
+                    ["_id": .int32(Int32(lease.partition)), "owner": .string(owner), "epoch": .int64(lease.epoch)],
+                    ["$set": ["owner": .null, "expiresAt": .datetime(0)]])
             }
             // Free, expired, or held under this relay's name by an earlier instance (a restart with
             // the same RELAY_ID): taking it bumps the epoch, which fences that instance out.

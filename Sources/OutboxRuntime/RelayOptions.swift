@@ -136,7 +136,9 @@ public struct RelayOptions: ParsableArguments {
                 batchMaxBytes: try settings.int(batchMaxBytes, .relayBatchMaxBytes),
                 // Until a batch was seen, events as large as allowed: the first fetch fits the budget too.
                 assumedBytesPerEvent: maxBody,
-                wallClock: { Int64(Date().timeIntervalSince1970 * 1000) }),
+                wallClock: { Int64(Date().timeIntervalSince1970 * 1000) },
+                // A pass fits in a third of the lease TTL, the time between renewals.
+                passTarget: ttl / 3),
             publisher: ConfirmPublisher.Options(
                 maxInFlight: try settings.int(maxInFlight, .relayMaxInFlight), confirmTimeout: confirmTimeoutInEffect),
             confirmTimeoutAsSet: confirmTimeout,

@@ -87,7 +87,8 @@ public enum RelayProgram {
             onIteration: { [watchdog] in watchdog.iterationCompleted() })
         var services: [any Service] = [
             BacklogMonitor(
-                pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval, logger: logger),
+                pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval,
+                relays: { [leases] in leases.activeRelays }, logger: logger),
             ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]),
         ]
         if let endpoint = settings.httpEndpoint {

@@ -93,7 +93,9 @@ extension SettingDeclaration {
         "Exchanges by event type or aggregate type for events whose document names none, e.g. "
             + "'Order=orders,InventoryReserved=inventory'; a type wins over an aggregate type")
     public static let relayBatchSize = SettingDeclaration(
-        env: "RELAY_BATCH_SIZE", flag: "batch-size", kind: .integer(1...10_000), default: "500", usedBy: "relay", "Events per batch")
+        env: "RELAY_BATCH_SIZE", flag: "batch-size", kind: .integer(1...10_000), default: "500", usedBy: "relay",
+        "Events per batch, at most: fewer while a pass takes longer than a third of the lease TTL, so a batch is published and marked "
+            + "while its leases hold")
     public static let relayBatchMaxBytes = SettingDeclaration(
         env: "RELAY_BATCH_MAX_BYTES", flag: "batch-max-bytes", kind: .integer(1024...(1 << 30)),
         default: "\(RelayConfiguration.defaultBatchMaxBytes)", usedBy: "relay",
@@ -158,7 +160,8 @@ extension SettingDeclaration {
             + "e.g. 30d; off keeps them for ever")
     public static let relayMetricsInterval = SettingDeclaration(
         env: "RELAY_METRICS_INTERVAL", flag: "metrics-interval", kind: .duration(allowZero: false), default: "15s", usedBy: "relay",
-        "How often the backlog gauges are sampled; each sample counts the backlog")
+        "How often the backlog gauges are sampled; each sample counts the backlog, and N live relays take turns "
+            + "(each samples every N intervals)")
     public static let relayShutdownTimeout = SettingDeclaration(
         env: "RELAY_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", kind: .duration(allowZero: false), default: "30s", usedBy: "relay",
         "Longest graceful shutdown before exiting anyway")

@@ -87,6 +87,20 @@ struct LeaseManagerTests {
         #expect(!a.isHeld(PartitionLease(partition: 15, epoch: store.epoch(of: 15))))
     }
 
+    @Test("a lease not renewed for two thirds of its TTL is still fetched under but not published under: a pass needs a third left")
+    func publishingNeedsAThirdLeft() async throws {
+        let store = SharedLeaseStore(partitions: 2)
+        let a = LeaseManager(store: store, configuration: .init(owner: "a", partitions: 2, ttl: .milliseconds(600)), logger: Self.logger)
+        try await a.tick()
+        let lease = try #require(a.current.first)
+        #expect(a.isHeld(lease))
+        try await Task.sleep(for: .milliseconds(450))
+        #expect(a.current.contains(lease), "within the TTL")
+        #expect(!a.isHeld(lease), "less than a third of the TTL left")
+        try await a.tick()
+        #expect(a.isHeld(lease), "renewed")
+    }
+
     @Test("a relay below its share while another holds more rounds every TTL/20; at its share, every TTL/3")
     func roundIntervals() async throws {
         let store = SharedLeaseStore(partitions: 16)

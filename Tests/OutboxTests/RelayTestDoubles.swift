@@ -170,3 +170,21 @@ final class SharedLeaseStore: LeaseStore {
         }
     }
 }
+
+/// A store whose fetch takes `perEvent` for every event asked for (and finds none); records the
+/// limits asked.
+final class SlowStore: OutboxStore {
+    let perEvent: Duration
+    let asked = Mutex<[Int]>([])
+
+    init(perEvent: Duration) { self.perEvent = perEvent }
+
+    func fetchDue(limit: Int, leases: [PartitionLease]) async throws -> [OutboxMessage] {
+        asked.withLock { $0.append(limit) }
+        try await Task.sleep(for: perEvent * limit)
+        return []
+    }
+
+    func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> { [] }
+    func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> { [] }
+}
