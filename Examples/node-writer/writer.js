@@ -22,6 +22,29 @@ function option(name, fallback) {
   return index > 0 ? process.argv[index + 1] : fallback;
 }
 
+// Runs `work` in a transaction (the driver retries transient transaction errors). The 3.6 driver
+// refuses to start a session while its view of the server is unknown (a heartbeat missed on a busy
+// server): a ping waits for the server to be selectable again, then the write is tried again. No
+// transaction has started then, so nothing is written twice.
+async function inTransaction(client, work) {
+  for (let attempt = 1; ; attempt++) {
+    let session;
+    try {
+      session = client.startSession();
+    } catch (error) {
+      if (attempt >= 10 || !/does not support sessions/.test(error.message)) throw error;
+      await client.db('admin').command({ ping: 1 });
+      continue;
+    }
+    try {
+      await session.withTransaction(() => work(session));
+      return;
+    } finally {
+      session.endSession();
+    }
+  }
+}
+
 async function main() {
   const orders = Number(option('orders', '10'));
   const perOrder = Number(option('events-per-order', '1'));
@@ -52,16 +75,11 @@ async function main() {
           data: { orderId, customerId: order.customerId, totalAmount: order.totalAmount, items: order.items, step },
           timestamp: new Date(),
         };
-        const session = client.startSession();
-        try {
-          await session.withTransaction(async () => {
-            if (step === 0) await db.collection('orders').insertOne(order, { session });
-            else await db.collection('orders').updateOne({ _id: orderId }, { $set: { status: type } }, { session });
-            await db.collection(collection).insertOne(event, { session });
-          });
-        } finally {
-          session.endSession();
-        }
+        await inTransaction(client, async (session) => {
+          if (step === 0) await db.collection('orders').insertOne(order, { session });
+          else await db.collection('orders').updateOne({ _id: orderId }, { $set: { status: type } }, { session });
+          await db.collection(collection).insertOne(event, { session });
+        });
         written.push({ id: event._id.toHexString(), type, aggregateId: orderId });
       }
     }
