@@ -90,13 +90,17 @@ struct LeaseManagerTests {
     @Test("a lease not renewed for two thirds of its TTL is still fetched under but not published under: a pass needs a third left")
     func publishingNeedsAThirdLeft() async throws {
         let store = SharedLeaseStore(partitions: 2)
-        let a = LeaseManager(store: store, configuration: .init(owner: "a", partitions: 2, ttl: .milliseconds(600)), logger: Self.logger)
+        let ttl = Duration.seconds(3)
+        let a = LeaseManager(store: store, configuration: .init(owner: "a", partitions: 2, ttl: ttl), logger: Self.logger)
+        let renewed = ContinuousClock.now
         try await a.tick()
         let lease = try #require(a.current.first)
         #expect(a.isHeld(lease))
-        try await Task.sleep(for: .milliseconds(450))
+        // Held for publishing until two thirds of the TTL have gone by, fetched under until the TTL.
+        while a.isHeld(lease) && ContinuousClock.now - renewed < ttl { try await Task.sleep(for: .milliseconds(10)) }
+        let published = ContinuousClock.now - renewed
         #expect(a.current.contains(lease), "within the TTL")
-        #expect(!a.isHeld(lease), "less than a third of the TTL left")
+        #expect(published >= ttl * 2 / 3 && published < ttl, "published under for \(published)")
         try await a.tick()
         #expect(a.isHeld(lease), "renewed")
     }
