@@ -270,11 +270,9 @@ public final class Relay: Service {
     /// Events to ask the store for: the batch size, or fewer if the byte budget holds fewer at the
     /// size seen last (before any batch, at the assumed size), or while passes run long (`adapt`).
     func fetchLimit() -> Int {
-        let adapted = adaptedLimit.withLock { $0 } ?? configuration.batchSize
-        guard let size = bytesPerEvent.withLock({ $0 }) ?? configuration.assumedBytesPerEvent else {
-            return min(configuration.batchSize, adapted)
-        }
-        return min(configuration.batchSize, adapted, max(configuration.batchMaxBytes / size, 1))
+        let limit = min(configuration.batchSize, adaptedLimit.withLock { $0 } ?? configuration.batchSize)
+        guard let size = bytesPerEvent.withLock({ $0 }) ?? configuration.assumedBytesPerEvent else { return limit }
+        return min(limit, max(configuration.batchMaxBytes / size, 1))
     }
 
     /// After a pass that asked for `limit` events and took `took`: longer than `passTarget`, the

@@ -90,16 +90,9 @@ extension MongoOutboxStore {
 
     /// Per aggregate, the earliest written of these events no relay has seen yet (no scan id).
     static func firstUnseen(in events: [Document]) -> [AggregateKey: (timestamp: Int64, id: BSON)] {
-        var first: [AggregateKey: (timestamp: Int64, id: BSON)] = [:]
-        for document in events where document["sid"]?.stringValue == nil {
-            guard let id = document["aggregateId"]?.stringValue, case .datetime(let ms)? = document["timestamp"], let raw = document["_id"] else {
-                continue
-            }
-            let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
-            if let current = first[key], !writtenBefore((ms, raw), current) { continue }
-            first[key] = (ms, raw)
+        unseenEvents(in: events).compactMapValues { unseen in
+            unseen.min { writtenBefore(($0.timestamp, $0.id), ($1.timestamp, $1.id)) }.map { ($0.timestamp, $0.id) }
         }
-        return first
     }
 
     /// Per aggregate, these events that no relay has seen yet (no scan id).
