@@ -119,11 +119,12 @@ extension MongoOutboxStore {
         return highest
     }
 
-    /// A new scan id (an ObjectId's hex, in this relay's clock) that sorts after `floor`: when the
-    /// clock gives one that does not, the next id after `floor` (as a 96-bit number; a scan id
-    /// that is not ObjectId hex gets a digit appended, which also sorts right after it).
-    static func scanId(after floor: String?) -> String {
-        let fresh = ObjectId().hex
+    /// A new scan id (an ObjectId's hex, at `now` on the database's clock) that sorts after
+    /// `floor`: when that gives one that does not (a floor made by a clock ahead), the next id
+    /// after `floor` (as a 96-bit number; a scan id that is not ObjectId hex gets a digit
+    /// appended, which also sorts right after it).
+    static func scanId(after floor: String?, now: Date) -> String {
+        let fresh = ObjectId(time: now).hex
         guard let floor, fresh <= floor else { return fresh }
         let digits = Array("0123456789abcdef")
         var next = Array(floor)

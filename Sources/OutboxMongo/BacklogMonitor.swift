@@ -21,6 +21,7 @@ public final class BacklogMonitor: Service {
     private let interval: Duration
     private let stuckAfter: Duration
     private let relays: @Sendable () -> Int
+    private let clock: DatabaseClock
     private let logger: Logger
 
     static let pending = Gauge(label: "outbox_pending_events")
@@ -33,9 +34,10 @@ public final class BacklogMonitor: Service {
     public init(
         pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, partitions: Int = OutboxSchema.defaultPartitions,
         interval: Duration = .seconds(15), stuckAfter: Duration = .seconds(60), relays: @escaping @Sendable () -> Int = { 1 },
-        logger: Logger
+        clock: DatabaseClock = DatabaseClock(), logger: Logger
     ) {
         self.relays = relays
+        self.clock = clock
         self.pool = pool
         self.collection = collection
         self.partitions = partitions
@@ -57,10 +59,12 @@ public final class BacklogMonitor: Service {
     public func sample() async throws -> Sample {
         let collection = self.collection
         let partitions = self.partitions
-        let stuckAfter = self.stuckAfter
+        let (stuckAfter, clock) = (self.stuckAfter, self.clock)
         let sample = try await pool.withConnection { connection -> Sample in
             let outbox = connection.collection(collection)
-            let now = Date()
+            // Ages on the database's clock, as the relay's due times.
+            try clock.measureIfStale(on: connection)
+            let now = clock.now()
             // Pending counts the pending events and the documents no relay has seen yet (no
             // status), by equality on `status` (indexed everywhere). A document with a status the
             // relay does not know is parked by the relay's sweep within a minute.

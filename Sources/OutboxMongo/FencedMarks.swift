@@ -27,7 +27,7 @@ extension MongoOutboxStore {
     }
 
     public func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> {
-        let now = Date()
+        let now = clock.now()
         let writes: [FencedWrite] = failures.map { failure in
             var fields: Document = ["attempts": .int32(Int32(failure.attempts)), "lastError": .string(failure.error)]
             switch failure.decision {
@@ -53,7 +53,7 @@ extension MongoOutboxStore {
                 metadata: [LogKey.outboxEventID: "\(ExtendedJSON.render(item.id))", LogKey.reason: "\(item.reason)"])
         }
         if malformed.count > 20 { logger.error("parking \(malformed.count - 20) more malformed outbox documents") }
-        let now = Date()
+        let now = clock.now()
         func fields(_ item: (id: BSON, partition: Int, reason: String, isNew: Bool)) -> Document {
             [
                 "status": .string(OutboxSchema.Status.parked), "lastError": .string("malformed: \(item.reason)"), "parkedAt": .date(now),
@@ -82,10 +82,10 @@ extension MongoOutboxStore {
     /// pending events whose partition is out of range to their partition.
     func stamp(handOver: [(message: OutboxMessage, sid: String)], incomplete: [OutboxMessage], rehome: [(id: BSON, from: BSON, to: Int)]) async throws
     {
-        let now = Date()
+        let now = clock.now()
         var statements: [(filter: Document, update: BSON, multi: Bool)] = []
         var partitionOf: [String: Int] = [:]
-        for (message, sid, isNew) in handOver.map({ ($0.message, $0.sid, true) }) + incomplete.map({ ($0, ObjectId().hex, false) }) {
+        for (message, sid, isNew) in handOver.map({ ($0.message, $0.sid, true) }) + incomplete.map({ ($0, ObjectId(time: now).hex, false) }) {
             let id = try OutboxDocument.bson(storeKey: message.storeKey)
             let filter = (["_id": id] as Document).merging(
                 isNew ? OutboxSchema.firstSight : ["status": .string(OutboxSchema.Status.pending), "partition": .null])
@@ -110,7 +110,7 @@ extension MongoOutboxStore {
 
     /// The relay's state for a document seen for the first time: its partition and a scan id in
     /// the order seen (an ObjectId, so it sorts with the ids `OutboxWriter` uses).
-    static func relayState(for message: OutboxMessage, now: Date, status: String, sid: String = ObjectId().hex) -> Document {
+    static func relayState(for message: OutboxMessage, now: Date, status: String, sid: String) -> Document {
         [
             "status": .string(status), "partition": .int32(Int32(message.partition)), "sid": .string(sid),
             "attempts": .int32(Int32(message.attempts)), "nextAttemptAt": .date(now), "seenAt": .date(now),
@@ -173,7 +173,7 @@ extension MongoOutboxStore {
             try connection.collection(collection).find(["_id": ["$in": .array(ids)]], options: ["projection": ["data": 0]])
         }
         let documents = Dictionary(found.map { (ExtendedJSON.render($0["_id"] ?? .null), $0) }, uniquingKeysWith: { a, _ in a })
-        let now = Date()
+        let now = clock.now()
         var statements: [(filter: Document, update: BSON, multi: Bool)] = []
         for item in refused {
             let key = ExtendedJSON.render(item.id)
@@ -225,7 +225,7 @@ extension MongoOutboxStore {
             return set.count
         }
         Self.unwritable.record(count)
-        let (collection, owner, now) = (OutboxSchema.unwritableCollection(of: options.collection), owner, Date())
+        let (collection, owner, now) = (OutboxSchema.unwritableCollection(of: options.collection), owner, clock.now())
         do {
             try await pool.withConnection { connection in
                 let records = connection.collection(collection)
@@ -287,7 +287,7 @@ extension MongoOutboxStore {
         let refused = Set(writes.map(\.partition).filter { epochs[$0] == nil })
         let allowed = writes.filter { epochs[$0.partition] != nil }
         let collection = options.collection
-        let statements = Self.fencedStatements(allowed, epochs: epochs, now: Date())
+        let statements = Self.fencedStatements(allowed, epochs: epochs, now: clock.now())
         let (matched, unwritable) = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), statements) }
         if !unwritable.isEmpty {
             let partitionOf = Dictionary(allowed.map { (ExtendedJSON.render($0.id), $0.partition) }, uniquingKeysWith: { a, _ in a })
@@ -378,7 +378,7 @@ extension MongoOutboxStore {
     /// pending) to an update.
     static func addingState(_ update: BSON, partition: Int, scanId: Bool, now: Date) -> BSON {
         var state: Document = ["partition": .int32(Int32(partition)), "seenAt": .date(now)]
-        if scanId { state["sid"] = .string(ObjectId().hex) }
+        if scanId { state["sid"] = .string(ObjectId(time: now).hex) }
         switch update {
         case .array(let stages):
             return .array(stages + [["$set": .document(state)]])

@@ -53,6 +53,8 @@ public final class MongoOutboxStore: OutboxStore {
     let owner: String
     let logger: Logger
     let scan = Mutex(ScanState())
+    /// The database's clock: what is due, retry times, first sights and scan ids.
+    public let clock: DatabaseClock
     /// Store keys of documents that could be neither marked nor parked (see `quarantine`).
     let quarantined = Mutex<Set<[UInt8]>>([])
 
@@ -63,8 +65,9 @@ public final class MongoOutboxStore: OutboxStore {
     /// What `outbox_documents_read_total` counted for this store (e.g. for a final summary).
     public var documentsReadTotal: Int { documentsReadCount.load(ordering: .relaxed) }
 
-    public init(pool: MongoClientPool, owner: String, options: Options = Options(), logger: Logger) {
+    public init(pool: MongoClientPool, owner: String, options: Options = Options(), clock: DatabaseClock = DatabaseClock(), logger: Logger) {
         self.pool = pool
+        self.clock = clock
         self.owner = owner
         self.options = options
         self.logger = logger
@@ -73,10 +76,11 @@ public final class MongoOutboxStore: OutboxStore {
     /// Events due now in the whole outbox, whoever's partition they are in: pending ones whose
     /// retry time has come, and documents no relay has seen yet.
     public func dueCount() async throws -> Int {
-        let collection = options.collection
+        let (collection, clock) = (options.collection, clock)
         return try await pool.withConnection { connection in
+            try clock.measureIfStale(on: connection)
             let outbox = connection.collection(collection)
-            return try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(Date())]])
+            return try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(clock.now())]])
                 + outbox.countDocuments(["status": .null])
         }
     }
@@ -140,10 +144,12 @@ public final class MongoOutboxStore: OutboxStore {
         let now = ContinuousClock.now
         let sweep = isAdopter && state.lastSweep.map { now - $0 >= options.sweepInterval } ?? isAdopter
         if sweep { state.lastSweep = now }
-        let start = state
+        let (start, clock) = (state, clock)
         let fetch = try await pool.withConnection { connection in
-            try Self.fetch(
-                connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options)
+            try clock.measureIfStale(on: connection)
+            return try Self.fetch(
+                connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options,
+                now: clock.now())
         }
         Self.documentsRead.increment(by: fetch.read)
         documentsReadCount.add(fetch.read, ordering: .relaxed)
@@ -159,13 +165,12 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     static func fetch(
-        _ outbox: MongoCollection, limit: Int, owned: Set<Int>, adopt: Bool, sweep: Bool, from start: ScanState, options: Options
+        _ outbox: MongoCollection, limit: Int, owned: Set<Int>, adopt: Bool, sweep: Bool, from start: ScanState, options: Options, now: Date
     ) throws -> Fetch {
-        let now = Date()
         var fetch = Fetch(state: start)
 
         // Known pending events of the owned partitions, due now.
-        let known = try scanKnown(outbox, state: &fetch.state, limit: limit, owned: owned, partitions: options.partitions)
+        let known = try scanKnown(outbox, state: &fetch.state, limit: limit, owned: owned, partitions: options.partitions, now: now)
         fetch.read += known.read
         var candidates = decodeKnown(known.documents, into: &fetch, options: options)
 
@@ -183,7 +188,7 @@ public final class MongoOutboxStore: OutboxStore {
         if sweep {
             try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
         }
-        let heldBack = try handOverInOrder(handOver, outbox: outbox, into: &fetch)
+        let heldBack = try handOverInOrder(handOver, outbox: outbox, into: &fetch, now: now)
         var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
         let colliding = try collidingMessageIds(heads.map(\.message), outbox: outbox)
         if !colliding.isEmpty {
@@ -250,12 +255,12 @@ public final class MongoOutboxStore: OutboxStore {
     static func readFirstSights(
         _ outbox: MongoCollection, limit: Int, owned: Set<Int>, into fetch: inout Fetch, options: Options, now: Date
     ) throws -> (owned: [Candidate], handOver: [Candidate]) {
-        let (new, nextNew) = try scanNew(outbox, status: .null, from: fetch.state.new, limit: limit)
+        let (new, nextNew) = try scanNew(outbox, status: .null, from: fetch.state.new, limit: limit, now: now)
         fetch.read += new.read
         fetch.state.new = nextNew
         var firstSight = new.documents.map { (document: $0, pendingFormat: false) }
         if firstSight.count < limit {
-            let found = try scanPendingFormat(outbox, state: &fetch.state, limit: limit - firstSight.count)
+            let found = try scanPendingFormat(outbox, state: &fetch.state, limit: limit - firstSight.count, now: now)
             fetch.read += found.read
             firstSight += found.documents.map { ($0, true) }
         }
@@ -284,7 +289,7 @@ public final class MongoOutboxStore: OutboxStore {
     /// still new, and is read again. And its scan id sorts after those of its aggregate's pending
     /// events, whichever relay's clock made them (an adopter whose clock is behind another's would
     /// otherwise give a later event a lower id).
-    static func handOverInOrder(_ handOver: [Candidate], outbox: MongoCollection, into fetch: inout Fetch) throws -> [Candidate] {
+    static func handOverInOrder(_ handOver: [Candidate], outbox: MongoCollection, into fetch: inout Fetch, now: Date) throws -> [Candidate] {
         let waiting = try unversionedWaiting(of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox)
         let unseen = unseenEvents(in: waiting)
         var floor = highestPendingSid(in: waiting)
@@ -309,7 +314,7 @@ public final class MongoOutboxStore: OutboxStore {
                 heldBackKeys.insert(key)
             } else {
                 handedOver.insert(candidate.message.storeKey)
-                let sid = candidate.message.aggregateVersion == nil ? scanId(after: floor[key]) : ObjectId().hex
+                let sid = candidate.message.aggregateVersion == nil ? scanId(after: floor[key], now: now) : ObjectId(time: now).hex
                 if candidate.message.aggregateVersion == nil { floor[key] = sid }
                 fetch.handOver.append((candidate.message, sid))
             }

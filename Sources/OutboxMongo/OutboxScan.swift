@@ -47,10 +47,10 @@ extension MongoOutboxStore {
     /// (which every server serves from the partition index), and with a backlog a batch usually
     /// comes from one partition in one query: the store's work per event stays the same whatever
     /// the number of relays.
-    static func scanKnown(_ outbox: MongoCollection, state: inout ScanState, limit: Int, owned: Set<Int>, partitions: Int) throws -> Read {
+    static func scanKnown(_ outbox: MongoCollection, state: inout ScanState, limit: Int, owned: Set<Int>, partitions: Int, now: Date) throws -> Read {
         guard owned.count < partitions else {
             let key = ScanState.allPartitions
-            let (read, next) = try scanWindows(outbox, from: state.known[key] ?? ScanPosition(), limit: limit, partition: nil)
+            let (read, next) = try scanWindows(outbox, from: state.known[key] ?? ScanPosition(), limit: limit, partition: nil, now: now)
             state.known = [key: next]
             return read
         }
@@ -62,7 +62,7 @@ extension MongoOutboxStore {
         for step in 0..<order.count {
             let partition = order[(first + step) % order.count]
             let (found, next) = try scanWindows(
-                outbox, from: state.known[partition] ?? ScanPosition(), limit: limit - read.documents.count, partition: partition)
+                outbox, from: state.known[partition] ?? ScanPosition(), limit: limit - read.documents.count, partition: partition, now: now)
             state.known[partition] = next
             state.lastPartition = partition
             read.read += found.read
@@ -83,7 +83,9 @@ extension MongoOutboxStore {
     /// events are seen again. Each window is asked for what the batch still lacks and one more
     /// (which tells a dense window), so what is read is what is published, and one document per
     /// query.
-    static func scanWindows(_ outbox: MongoCollection, from position: ScanPosition, limit: Int, partition: Int?) throws -> (Read, ScanPosition) {
+    static func scanWindows(
+        _ outbox: MongoCollection, from position: ScanPosition, limit: Int, partition: Int?, now: Date
+    ) throws -> (Read, ScanPosition) {
         var position = position
         var read = Read()
         guard limit > 0 else { return (read, position) }
@@ -103,7 +105,6 @@ extension MongoOutboxStore {
             position.rewound = .now
         }
         let start = position.from
-        let now = Date()
         let nowSeconds = UInt32(now.timeIntervalSince1970)
         func isDue(_ document: Document) -> Bool {
             (document["nextAttemptAt"]?.dateValue).map { $0 <= now } ?? true
@@ -177,12 +178,12 @@ extension MongoOutboxStore {
     /// window holds are read and left out here; the scan runs only while a look (every
     /// `pendingFormatLookInterval`, and at every sweep) found such documents, until it reaches the
     /// newest and finds none.
-    static func scanPendingFormat(_ outbox: MongoCollection, state: inout ScanState, limit: Int) throws -> Read {
+    static func scanPendingFormat(_ outbox: MongoCollection, state: inout ScanState, limit: Int, now: Date) throws -> Read {
         var read = Read()
         if !state.pendingFormatFound {
-            let now = ContinuousClock.now
-            guard state.lastPendingFormatLook.map({ now - $0 >= pendingFormatLookInterval }) ?? true else { return read }
-            state.lastPendingFormatLook = now
+            let instant = ContinuousClock.now
+            guard state.lastPendingFormatLook.map({ instant - $0 >= pendingFormatLookInterval }) ?? true else { return read }
+            state.lastPendingFormatLook = instant
             let look = try outbox.find(
                 ["status": .string(OutboxSchema.Status.pending), "sid": OutboxSchema.firstSight["sid"]!],
                 options: ["limit": 1, "projection": ["_id": 1]])
@@ -191,7 +192,7 @@ extension MongoOutboxStore {
             state.pendingFormatFound = true
         }
         let (found, next) = try scanNew(
-            outbox, status: .string(OutboxSchema.Status.pending), from: state.pendingFormat, limit: limit, keep: { $0["sid"]?.stringValue == nil })
+            outbox, status: .string(OutboxSchema.Status.pending), from: state.pendingFormat, limit: limit, now: now, keep: { $0["sid"]?.stringValue == nil })
         state.pendingFormat = next
         read = found
         // Reached the newest with none left: back to looking now and then.
@@ -215,11 +216,11 @@ extension MongoOutboxStore {
     /// every server serves from the status-and-timestamp index.
     /// Documents `keep` refuses are read but not returned, and do not count toward `limit`.
     static func scanNew(
-        _ outbox: MongoCollection, status: BSON, from position: NewScanPosition, limit: Int, keep: (Document) -> Bool = { _ in true }
+        _ outbox: MongoCollection, status: BSON, from position: NewScanPosition, limit: Int, now: Date, keep: (Document) -> Bool = { _ in true }
     ) throws -> (Read, NewScanPosition) {
         var position = position
         var read = Read()
-        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        let nowMs = Int64(now.timeIntervalSince1970 * 1000)
         if position.from == nil {
             // Usually there is none: one look for any tells, before the scan's own queries.
             let any = try outbox.find(["status": status], options: ["limit": 1, "projection": ["_id": 1]])

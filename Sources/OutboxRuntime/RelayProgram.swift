@@ -88,7 +88,7 @@ public enum RelayProgram {
         var services: [any Service] = [
             BacklogMonitor(
                 pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval,
-                relays: { [leases] in leases.activeRelays }, logger: logger),
+                relays: { [leases] in leases.activeRelays }, clock: store.clock, logger: logger),
             ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]),
         ]
         if let endpoint = settings.httpEndpoint {

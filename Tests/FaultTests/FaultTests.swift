@@ -52,6 +52,9 @@ enum Env {
     static let amqpURL = environment["AMQP_URL"] ?? ""
     static let stackScript = environment["OUTBOX_STACK_SCRIPT"] ?? ""
     static let required = environment["OUTBOX_REQUIRE_SERVERS"] == "1"
+    /// Debian's libfaketime (multi-threaded build), which gives a relay a clock of its own.
+    static let fakeTime = ["x86_64", "aarch64"].map { "/usr/lib/\($0)-linux-gnu/faketime/libfaketimeMT.so.1" }
+        .first { FileManager.default.fileExists(atPath: $0) }
     static let enabled = required || (!mongoURI.isEmpty && !amqpURL.isEmpty && !stackScript.isEmpty)
 
     /// Where the relay executable is: beside the test bundle, or OUTBOX_BIN_DIR.
@@ -376,6 +379,31 @@ final class FaultFixture: @unchecked Sendable {
         try? await admin.deleteExchange(exchange)
         await admin.close()
         _ = try? await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
+    }
+
+    /// I5: how often the first arrival of an event did not follow the first arrival of the one
+    /// before it in its aggregate (`position`: each id's aggregate and place in it, from 1), with
+    /// a few examples and the aggregate's documents.
+    func outOfOrder(_ received: [String], position: [String: (aggregate: String, version: Int)]) async -> (count: Int, examples: [String]) {
+        var seen = Set<String>()
+        var last: [String: Int] = [:]
+        var count = 0
+        var examples: [String] = []
+        for id in received where seen.insert(id).inserted {
+            guard let (aggregate, version) = position[id] else { continue }
+            if version != (last[aggregate] ?? 0) + 1 {
+                count += 1
+                if examples.count < 3 {
+                    let events =
+                        (try? await pool.withConnection {
+                            try $0.collection("outbox").find(["aggregateId": .string(aggregate)], options: ["projection": ["data": 0]])
+                        }) ?? []
+                    examples.append("aggregate \(aggregate): \(version) after \(last[aggregate] ?? 0); \(events)")
+                }
+            }
+            last[aggregate] = version
+        }
+        return (count, examples)
     }
 
     /// Checks that every id arrived at least once and reports the duplicates.

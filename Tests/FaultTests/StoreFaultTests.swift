@@ -73,15 +73,15 @@ extension FaultTests {
         try await f.prepare()
         // 600 aggregates × 5 events, in order: versions for OutboxWriter's, timestamps for the others.
         let aggregates = 600
-        var position: [String: (aggregate: Int, version: Int)] = [:]
+        var position: [String: (aggregate: String, version: Int)] = [:]
         let ids: [String]
         switch shape {
         case "OutboxWriter":
             ids = try await f.appendEvents(3000, aggregates: aggregates)
-            for (index, id) in ids.enumerated() { position[id] = (index % aggregates, index / aggregates + 1) }
+            for (index, id) in ids.enumerated() { position[id] = ("agg-\(index % aggregates)", index / aggregates + 1) }
         default:
             ids = try await f.appendMinimal(3000, perAggregate: 5, extra: shape == "minimal" ? { _ in [:] } : Self.pendingFormat)
-            for (index, id) in ids.enumerated() { position[id] = (index / 5, index % 5 + 1) }
+            for (index, id) in ids.enumerated() { position[id] = ("min-\(index / 5)", index % 5 + 1) }
         }
         try await StoreFaults.set(f.pool, mode: "off")
         // Documents without an exchange go to the relay's default one.
@@ -100,25 +100,7 @@ extension FaultTests {
         let unique = Set(received)
         let missing = Set(ids).subtracting(unique)
         #expect(missing.isEmpty, "events never reached the broker, e.g. \(missing.prefix(5).sorted())")
-        // I5: the first arrival of each version of an aggregate follows the first arrival of the one before.
-        var seen = Set<String>()
-        var lastVersion: [Int: Int] = [:]
-        var outOfOrder = 0
-        var examples: [String] = []
-        for id in received where seen.insert(id).inserted {
-            guard let (aggregate, version) = position[id] else { continue }
-            if version != (lastVersion[aggregate] ?? 0) + 1 {
-                outOfOrder += 1
-                if examples.count < 3 {
-                    let events =
-                        (try? await f.pool.withConnection {
-                            try $0.collection("outbox").find(["aggregateId": .string("min-\(aggregate)")], options: ["projection": ["data": 0]])
-                        }) ?? []
-                    examples.append("aggregate \(aggregate): version \(version) after \(lastVersion[aggregate] ?? 0); \(events)")
-                }
-            }
-            lastVersion[aggregate] = version
-        }
+        let (outOfOrder, examples) = await f.outOfOrder(received, position: position)
         #expect(outOfOrder == 0, "versions of an aggregate arrived out of order \(outOfOrder) times: \(examples)")
         let duplicates = received.count - unique.count
         #expect(duplicates * 20 <= ids.count, "duplicate publishes \(duplicates) exceed 5 % of \(ids.count) events")
