@@ -7,7 +7,7 @@ extension MongoOutboxStore {
     /// before event n was confirmed or parked (I5). Events with versions go in version order;
     /// others in the order the relay first saw them: known events (in scan order) before new
     /// documents (in the order they were written).
-    static func headsOfAggregates(_ candidates: [Candidate], outbox: MongoCollection) throws -> [Candidate] {
+    static func headsOfAggregates(_ candidates: [Candidate], outbox: MongoCollection, read: inout Int) throws -> [Candidate] {
         guard !candidates.isEmpty else { return [] }
         // The first candidate per aggregate, in the order described above.
         var first: [AggregateKey: Candidate] = [:]
@@ -27,11 +27,9 @@ extension MongoOutboxStore {
         // predecessor; only later versions need the check.
         let later = heads.filter { ($0.message.aggregateVersion ?? 1) > 1 }
         if !later.isEmpty {
-            let earlier = try eventsOf(aggregates: later.map(\.message.aggregateId), outbox: outbox)
+            let earlier = try openEvents(of: later.map(\.message.aggregateId), outbox: outbox, read: &read)
             var lowest: [AggregateKey: Int] = [:]
             for document in earlier {
-                let status = document["status"]?.stringValue
-                guard status == nil || status == OutboxSchema.Status.pending else { continue }
                 guard let id = document["aggregateId"]?.stringValue, let version = document["aggregateVersion"]?.intValue else { continue }
                 let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
                 lowest[key] = min(lowest[key] ?? version, version)
@@ -51,7 +49,7 @@ extension MongoOutboxStore {
         if !unversioned.isEmpty {
             // Pending and new events without versions of these aggregates: normally only those
             // that failed and wait for a retry, or were handed over.
-            let waiting = try unversionedWaiting(of: unversioned.map(\.message.aggregateId), outbox: outbox)
+            let waiting = try unversionedWaiting(of: unversioned.map(\.message.aggregateId), outbox: outbox, read: &read)
             var lowestSid: [AggregateKey: String] = [:]
             for document in waiting {
                 guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue,
@@ -80,12 +78,9 @@ extension MongoOutboxStore {
     }
 
     /// The pending and new events without versions of these aggregates.
-    static func unversionedWaiting(of aggregates: [String], outbox: MongoCollection) throws -> [Document] {
+    static func unversionedWaiting(of aggregates: [String], outbox: MongoCollection, read: inout Int) throws -> [Document] {
         guard !aggregates.isEmpty else { return [] }
-        return try eventsOf(aggregates: aggregates, outbox: outbox).filter {
-            let status = $0["status"]?.stringValue
-            return (status == nil || status == OutboxSchema.Status.pending) && $0["aggregateVersion"] == nil
-        }
+        return try openEvents(of: aggregates, outbox: outbox, read: &read).filter { $0["aggregateVersion"] == nil }
     }
 
     /// Per aggregate, the earliest written of these events no relay has seen yet (no scan id).
@@ -153,18 +148,24 @@ extension MongoOutboxStore {
         }
     }
 
-    /// Every event of the given aggregates (order fields and `status` only), through the aggregate
-    /// index: an `$in` of aggregate ids alone, in small groups. Versions and `status` are compared
-    /// by the caller, as a condition beside the `$in` (or a long `$in`) turns some servers to a
-    /// scan of the whole collection, delivered events included.
-    static func eventsOf(aggregates: [String], outbox: MongoCollection) throws -> [Document] {
+    /// The pending and new events of the given aggregates (order fields and `status` only), added
+    /// to `read`. Only these are read, whatever an aggregate's delivered history: one query per
+    /// status (an equality on `status` and an `$in` of aggregate ids, in small groups), which every
+    /// server serves from the status-and-aggregate index; an `$in` of statuses, or of aggregate ids
+    /// alone, reads the delivered events too on some servers (about a second for an aggregate
+    /// with 50,000 delivered events, measured on SecantusDB).
+    static func openEvents(of aggregates: [String], outbox: MongoCollection, read: inout Int) throws -> [Document] {
         let ids = Set(aggregates).sorted()
         var events: [Document] = []
         for start in stride(from: 0, to: ids.count, by: 40) {
-            events += try outbox.find(
-                ["aggregateId": ["$in": .array(ids[start..<min(start + 40, ids.count)].map { .string($0) })]],
-                options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1, "sid": 1, "timestamp": 1]])
+            let group = BSON.array(ids[start..<min(start + 40, ids.count)].map { .string($0) })
+            for status in [BSON.string(OutboxSchema.Status.pending), .null] {
+                events += try outbox.find(
+                    ["status": status, "aggregateId": ["$in": group]],
+                    options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1, "sid": 1, "timestamp": 1]])
+            }
         }
+        read += events.count
         return events
     }
 }

@@ -189,7 +189,7 @@ public final class MongoOutboxStore: OutboxStore {
             try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
         }
         let heldBack = try handOverInOrder(handOver, outbox: outbox, into: &fetch, now: now)
-        var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox)
+        var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox, read: &fetch.read)
         let colliding = try collidingMessageIds(heads.map(\.message), outbox: outbox)
         if !colliding.isEmpty {
             heads.removeAll { colliding[$0.message.storeKey] != nil }
@@ -290,7 +290,8 @@ public final class MongoOutboxStore: OutboxStore {
     /// events, whichever relay's clock made them (an adopter whose clock is behind another's would
     /// otherwise give a later event a lower id).
     static func handOverInOrder(_ handOver: [Candidate], outbox: MongoCollection, into fetch: inout Fetch, now: Date) throws -> [Candidate] {
-        let waiting = try unversionedWaiting(of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox)
+        let waiting = try unversionedWaiting(
+            of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox, read: &fetch.read)
         let unseen = unseenEvents(in: waiting)
         var floor = highestPendingSid(in: waiting)
         var handedOver = Set<[UInt8]>()

@@ -71,9 +71,12 @@ public enum OutboxSchema {
         ["key": ["status": 1, "sid": 1], "name": "status_sid"],
         // Documents written without relay state, in the order they were written.
         ["key": ["status": 1, "timestamp": 1, "_id": 1], "name": "status_timestamp_id"],
-        // An aggregate's events, for the order checks (`$in` of aggregate ids). Not partial: some
-        // servers use no partial index for a query.
+        // An aggregate's events (`$in` of aggregate ids), its history for operators. Not partial:
+        // some servers use no partial index for a query.
         ["key": ["aggregateId": 1, "aggregateVersion": 1], "name": "aggregate_lookup"],
+        // An aggregate's pending and new events, for the order checks: an equality on `status`
+        // and an `$in` of aggregate ids read only those, however long its delivered history.
+        ["key": ["status": 1, "aggregateId": 1], "name": "status_aggregate"],
         // One version of an aggregate once, where writers give versions.
         [
             "key": ["aggregateId": 1, "aggregateVersion": 1, "aggregateType": 1], "name": "aggregate_version_unique", "unique": true,

@@ -164,7 +164,10 @@ final class RelayProcess: @unchecked Sendable {
     let logPath: String
     private var exited = false
 
-    init(database: String, name: String, logDirectory: URL, executable: String = "outbox-relay", extra: [String: String] = [:]) throws {
+    init(
+        database: String, name: String, logDirectory: URL, executable: String = "outbox-relay", arguments: [String] = [],
+        extra: [String: String] = [:]
+    ) throws {
         var environment = Env.environment
         environment["OUTBOX_DATABASE"] = database
         environment["RELAY_LEASE_TTL"] = "3s"
@@ -179,7 +182,7 @@ final class RelayProcess: @unchecked Sendable {
         environment["CONSUMER_HTTP_ADDRESS"] = environment["CONSUMER_HTTP_ADDRESS"] ?? "127.0.0.1:0"
         environment.merge(extra) { $1 }
         logPath = logDirectory.appendingPathComponent("\(name).log").path
-        pid = try spawn([Env.binDirectory.appendingPathComponent(executable).path], environment: environment, log: logPath)
+        pid = try spawn([Env.binDirectory.appendingPathComponent(executable).path] + arguments, environment: environment, log: logPath)
     }
 
     /// What it logged so far.
@@ -191,6 +194,26 @@ final class RelayProcess: @unchecked Sendable {
         Glibc.kill(pid, SIGKILL)
         wait(pid: pid)
         exited = true
+    }
+
+    /// Its peak resident memory in KiB, once `exit(within:)` saw it exit.
+    private(set) var peakRSSKiB: Int?
+
+    /// Waits up to `timeout` for the process to exit by itself (e.g. `--exit-when-idle`); returns
+    /// its exit status, or nil while it still runs.
+    func exit(within timeout: Duration) async -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        var status: Int32 = 0
+        var usage = rusage()
+        while ContinuousClock.now < deadline {
+            if wait4(pid, &status, WNOHANG, &usage) == pid {
+                exited = true
+                peakRSSKiB = usage.ru_maxrss
+                return exitStatus(status)
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return nil
     }
 
     /// SIGTERM: the graceful path; returns the exit status.
@@ -244,8 +267,9 @@ final class FaultFixture: @unchecked Sendable {
         return consumer
     }
 
-    func startRelay(_ name: String, extra: [String: String] = [:]) throws -> RelayProcess {
-        let relay = try RelayProcess(database: database, name: name, logDirectory: logs, extra: ["AMQP_URL": amqpURL].merging(extra) { $1 })
+    func startRelay(_ name: String, arguments: [String] = [], extra: [String: String] = [:]) throws -> RelayProcess {
+        let relay = try RelayProcess(
+            database: database, name: name, logDirectory: logs, arguments: arguments, extra: ["AMQP_URL": amqpURL].merging(extra) { $1 })
         relays.append(relay)
         return relay
     }
