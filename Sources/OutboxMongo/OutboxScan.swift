@@ -192,7 +192,8 @@ extension MongoOutboxStore {
             state.pendingFormatFound = true
         }
         let (found, next) = try scanNew(
-            outbox, status: .string(OutboxSchema.Status.pending), from: state.pendingFormat, limit: limit, now: now, keep: { $0["sid"]?.stringValue == nil })
+            outbox, status: .string(OutboxSchema.Status.pending), from: state.pendingFormat, limit: limit, now: now,
+            keep: { $0["sid"]?.stringValue == nil })
         state.pendingFormat = next
         read = found
         // Reached the newest with none left: back to looking now and then.

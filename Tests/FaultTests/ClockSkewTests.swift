@@ -60,13 +60,8 @@ extension FaultTests {
         let settings = ["RELAY_EXCHANGE": f.exchange, "RELAY_BATCH_SIZE": "100"]
         let clocks = [settings, settings.merging(try Self.clock("+10m")) { $1 }]
         var relays = try (0..<2).map { try f.startRelay("relay-\($0)-0", extra: clocks[$0]) }
-        var killsDuringRun = 0
-        for kill in 1...4 {
-            try await Task.sleep(for: .milliseconds(Int.random(in: 500...1500)))
-            let victim = Int.random(in: 0..<2)
-            relays[victim].kill()
-            if let open = await f.count(OutboxSchema.notFinal), open > 0 { killsDuringRun += 1 }
-            relays[victim] = try f.startRelay("relay-\(victim)-\(kill)", extra: clocks[victim])
+        let killsDuringRun = try await f.killInTurns(&relays, kills: 4, pause: 500...1500) { victim, kill in
+            try f.startRelay("relay-\(victim)-\(kill)", extra: clocks[victim])
         }
         #expect(killsDuringRun > 0, "a kill must land while events were still pending or unseen")
         #expect(await f.waitUntilDelivered(ids.count, timeout: .seconds(180)))

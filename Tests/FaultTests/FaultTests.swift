@@ -405,6 +405,23 @@ final class FaultFixture: @unchecked Sendable {
         _ = try? await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
     }
 
+    /// Kills one of `relays`, chosen at random, `kills` times, each after a pause of `pause`
+    /// milliseconds, and puts `restart(victim, kill)` in its place; returns how many kills landed
+    /// while events were still pending or unseen.
+    func killInTurns(
+        _ relays: inout [RelayProcess], kills: Int, pause: ClosedRange<Int>, restart: (Int, Int) throws -> RelayProcess
+    ) async throws -> Int {
+        var landed = 0
+        for kill in 1...kills {
+            try await Task.sleep(for: .milliseconds(Int.random(in: pause)))
+            let victim = Int.random(in: relays.indices)
+            relays[victim].kill()
+            if let open = await count(OutboxSchema.notFinal), open > 0 { landed += 1 }
+            relays[victim] = try restart(victim, kill)
+        }
+        return landed
+    }
+
     /// I5: how often the first arrival of an event did not follow the first arrival of the one
     /// before it in its aggregate (`position`: each id's aggregate and place in it, from 1), with
     /// a few examples and the aggregate's documents.
@@ -477,13 +494,8 @@ struct FaultTests {
         let ids = try await f.appendMinimal(4000, perAggregate: 2)
         let exchange = ["RELAY_EXCHANGE": f.exchange]
         var relays = [try f.startRelay("relay-a0", extra: exchange), try f.startRelay("relay-b0", extra: exchange)]
-        var killsDuringRun = 0
-        for kill in 1...5 {
-            try await Task.sleep(for: .milliseconds(Int.random(in: 300...1200)))
-            let victim = Int.random(in: 0..<2)
-            relays[victim].kill()
-            if let open = await f.count(OutboxSchema.notFinal), open > 0 { killsDuringRun += 1 }
-            relays[victim] = try f.startRelay("relay-\(victim == 0 ? "a" : "b")\(kill)", extra: exchange)
+        let killsDuringRun = try await f.killInTurns(&relays, kills: 5, pause: 300...1200) { victim, kill in
+            try f.startRelay("relay-\(victim == 0 ? "a" : "b")\(kill)", extra: exchange)
         }
         #expect(killsDuringRun == 5, "every kill must land while events were still pending or unseen")
         #expect(await f.waitUntilDelivered(ids.count))

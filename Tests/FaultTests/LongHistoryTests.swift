@@ -38,7 +38,8 @@ extension FaultTests {
             let history: [Document] = (chunk..<chunk + 5000).map { index in
                 [
                     "_id": .string("history-\(index)"), "type": "OrderCreated", "aggregateId": .string(long), "data": [:],
-                    "timestamp": .date(delivered), "status": "delivered", "partition": .int32(Int32(EventNaming.partition(ofAggregate: long, partitions: 16))),
+                    "timestamp": .date(delivered), "status": "delivered",
+                    "partition": .int32(Int32(EventNaming.partition(ofAggregate: long, partitions: 16))),
                     "sid": .string(ObjectId(time: delivered).hex), "attempts": .int32(1), "deliveredAt": .date(delivered),
                 ]
             }
