@@ -172,7 +172,7 @@ public final class MongoOutboxStore: OutboxStore {
         // Known pending events of the owned partitions, due now.
         let known = try scanKnown(outbox, state: &fetch.state, limit: limit, owned: owned, partitions: options.partitions, now: now)
         fetch.read += known.read
-        var candidates = decodeKnown(known.documents, into: &fetch, options: options)
+        var candidates = decodeKnown(known.documents, into: &fetch, options: options, now: now)
 
         // New documents, read by the adopter in the order they were written. An eighth of every
         // batch is kept for them, so a backlog of known events that cannot drain (the broker
@@ -227,10 +227,10 @@ public final class MongoOutboxStore: OutboxStore {
 
     /// Known events as candidates; a malformed one is parked, one written under another
     /// partition count moved to its partition.
-    static func decodeKnown(_ documents: [Document], into fetch: inout Fetch, options: Options) -> [Candidate] {
+    static func decodeKnown(_ documents: [Document], into fetch: inout Fetch, options: Options, now: Date) -> [Candidate] {
         var candidates: [Candidate] = []
         for document in documents {
-            switch OutboxDocument.decode(document, options: options.decoding, isNew: false) {
+            switch OutboxDocument.decode(document, options: options.decoding, isNew: false, now: now) {
             case .success(let message): candidates.append(Candidate(message: message, sid: document["sid"]?.stringValue ?? ""))
             case .failure(let failure):
                 let partition = document["partition"]?.intValue ?? -1
