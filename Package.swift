@@ -2,8 +2,9 @@
 import PackageDescription
 
 // The product is under Sources/: the relay, outboxctl and the libraries a service or consumer
-// links. Examples/ holds the reference application that uses it (an order service, two consumers,
-// a demo, and writers in other languages); Benchmarks/ the benchmark behind ops/bench.
+// links. Benchmarks/ holds the benchmark behind ops/bench. The reference application that uses the
+// product (an order service, two consumers, a demo, and writers in other languages) is a package of
+// its own in Examples/, which depends on this one by path.
 let package = Package(
     name: "outbox",
     platforms: [.macOS(.v14)],
@@ -14,10 +15,7 @@ let package = Package(
         .library(name: "OutboxMongo", targets: ["OutboxMongo"]),
         .library(name: "OutboxAMQP", targets: ["OutboxAMQP"]),
         .library(name: "OutboxConsumer", targets: ["OutboxConsumer"]),
-        .executable(name: "order-service", targets: ["order-service"]),
-        .executable(name: "inventory-consumer", targets: ["inventory-consumer"]),
-        .executable(name: "notification-consumer", targets: ["notification-consumer"]),
-        .executable(name: "outbox-demo", targets: ["outbox-demo"]),
+        .library(name: "OutboxRuntime", targets: ["OutboxRuntime"]),
         .executable(name: "outbox-bench", targets: ["outbox-bench"]),
     ],
     dependencies: [
@@ -27,7 +25,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
-        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
@@ -117,78 +114,6 @@ let package = Package(
             ]
         ),
 
-        // MARK: The reference application (Examples/)
-
-        // The OrderCreated event as the example consumers read it.
-        .target(
-            name: "OrderEvents",
-            dependencies: ["Outbox", "OutboxConsumer"],
-            path: "Examples/OrderEvents"
-        ),
-        .target(
-            name: "OrderService",
-            dependencies: [
-                "Outbox", "OutboxMongo",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            path: "Examples/OrderService"
-        ),
-        .target(
-            name: "Inventory",
-            dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderEvents",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            path: "Examples/Inventory"
-        ),
-        .target(
-            name: "Notifications",
-            dependencies: ["Outbox", "OutboxMongo", "OutboxConsumer", "OrderEvents"],
-            path: "Examples/Notifications"
-        ),
-        .executableTarget(
-            name: "order-service",
-            dependencies: [
-                "OutboxRuntime", "OrderService", "OutboxMongo",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            path: "Examples/order-service"
-        ),
-        .executableTarget(
-            name: "inventory-consumer",
-            dependencies: [
-                "OutboxRuntime", "Inventory", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            path: "Examples/inventory-consumer"
-        ),
-        .executableTarget(
-            name: "notification-consumer",
-            dependencies: [
-                "OutboxRuntime", "Notifications", "OutboxMongo", "OutboxAMQP", "OutboxConsumer",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            path: "Examples/notification-consumer"
-        ),
-        .executableTarget(
-            name: "outbox-demo",
-            dependencies: [
-                "OutboxRuntime", "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "Inventory",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            path: "Examples/outbox-demo"
-        ),
-
         // MARK: Benchmark and tests
 
         .executableTarget(
@@ -203,14 +128,13 @@ let package = Package(
         // Unit tests: no servers.
         .testTarget(
             name: "OutboxTests",
-            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OrderService", "OutboxRuntime", "OutboxConsumer"]
+            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OutboxRuntime", "OutboxConsumer"]
         ),
         // Real SecantusDB and RabbitMQ (and, for foreign writers and consumers, real Node.js and Python clients).
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OrderService", "OrderEvents", "Inventory",
-                "Notifications", "OutboxOps",
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OutboxOps",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]

@@ -61,6 +61,16 @@ build_products() {
     (cd "$ROOT" && swift build -c "$BUILD_CONFIG" --show-bin-path)
 }
 
+# The reference application (order service, consumers, demo) is a package of its own in
+# Examples/ that depends on the product by path; it builds into Examples/.build. Prints its
+# executables' folder. Extra arguments go to `swift build` (e.g. --build-tests); they are optional.
+# shellcheck disable=SC2120
+build_examples() {
+    log "building the examples ($BUILD_CONFIG)"
+    (cd "$ROOT/Examples" && swift build -c "$BUILD_CONFIG" "$@" >&2)
+    (cd "$ROOT/Examples" && swift build -c "$BUILD_CONFIG" --show-bin-path)
+}
+
 # Podman for ops/image and the deployment tests: its images and containers live under
 # .stack/podman (git ignores it), apart from any other podman use on the machine; runc, not crun
 # (crun refuses this machine's hybrid cgroups), and explicit ulimits (the defaults are refused).

@@ -27,6 +27,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Folder with the release build of outbox-relay.")
     var binDirectory: String
 
+    @Option(help: "Folder with the release build of the examples package (order-service, the consumers, outbox-demo).")
+    var examplesBinDirectory: String
+
     @Option(help: "Backlog for the drain runs (the RSS comparison also runs 5× this).")
     var backlog = 10_000
 
@@ -79,6 +82,7 @@ struct BenchCommand: AsyncParsableCommand {
         let amqp = try settings.amqp(amqpURL)
         let bench = Bench(
             uri: uri, amqp: amqp, amqpURL: try settings.secret(amqpURL, .amqpURL, file: .amqpURLFile), bin: binDirectory,
+            examples: examplesBinDirectory,
             stackScript: stackScript, logger: logger)
         var rows: [(String, String)] = []
         func report(_ name: String, _ value: String) {
@@ -209,6 +213,8 @@ struct Bench {
     let amqp: AMQPConfiguration
     let amqpURL: String
     let bin: String
+    /// Where the reference application's executables are.
+    let examples: String
     let stackScript: String?
     let logger: Logger
 
@@ -533,7 +539,7 @@ extension Bench {
                 "CONSUMER_HTTP_ADDRESS": "off", "INVENTORY_EXCHANGE": "\(exchange).events",
             ])
         let started = ContinuousClock.now
-        let pid = try spawnChild(["\(bin)/inventory-consumer"], environment: environment)
+        let pid = try spawnChild(["\(examples)/inventory-consumer"], environment: environment)
         var applied = 0
         let deadline = started + .seconds(600)
         while applied < count && ContinuousClock.now < deadline {
@@ -563,16 +569,16 @@ extension Bench {
             for pid in pids { kill(pid, SIGTERM) }
             for pid in pids { _ = waitChild(pid) }
         }
-        pids.append(try spawnChild(["\(bin)/order-service", "--port", "\(port)"], environment: environment))
+        pids.append(try spawnChild(["\(examples)/order-service", "--port", "\(port)"], environment: environment))
         pids.append(try spawnChild(["\(bin)/outbox-relay"], environment: environment))
-        pids.append(try spawnChild(["\(bin)/inventory-consumer"], environment: environment))
-        pids.append(try spawnChild(["\(bin)/notification-consumer"], environment: environment))
+        pids.append(try spawnChild(["\(examples)/inventory-consumer"], environment: environment))
+        pids.append(try spawnChild(["\(examples)/notification-consumer"], environment: environment))
         try await Task.sleep(for: .seconds(2))  // listening, queues declared, leases taken
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-flow-\(getpid()).out").path
         defer { try? FileManager.default.removeItem(atPath: output) }
         let demo = try spawnChild(
             [
-                "\(bin)/outbox-demo", "--service-url", "http://127.0.0.1:\(port)", "--orders", "\(orders)", "--duplicate-every", "0",
+                "\(examples)/outbox-demo", "--service-url", "http://127.0.0.1:\(port)", "--orders", "\(orders)", "--duplicate-every", "0",
                 "--timeout", "900",
             ],
             environment: environment, stdout: output)

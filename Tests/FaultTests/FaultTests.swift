@@ -63,6 +63,13 @@ enum Env {
         return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     }
 
+    /// Where the consumers are: the examples package's build folder, or OUTBOX_EXAMPLES_BIN_DIR.
+    static var examplesDirectory: URL {
+        if let dir = environment["OUTBOX_EXAMPLES_BIN_DIR"] { return URL(fileURLWithPath: dir) }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return root.appendingPathComponent("Examples/.build/debug")
+    }
+
     static let logger: Logger = {
         var logger = Logger(label: "fault-tests")
         logger.logLevel = .critical
@@ -182,7 +189,8 @@ final class RelayProcess: @unchecked Sendable {
         environment["CONSUMER_HTTP_ADDRESS"] = environment["CONSUMER_HTTP_ADDRESS"] ?? "127.0.0.1:0"
         environment.merge(extra) { $1 }
         logPath = logDirectory.appendingPathComponent("\(name).log").path
-        pid = try spawn([Env.binDirectory.appendingPathComponent(executable).path] + arguments, environment: environment, log: logPath)
+        let directory = executable.hasSuffix("-consumer") ? Env.examplesDirectory : Env.binDirectory
+        pid = try spawn([directory.appendingPathComponent(executable).path] + arguments, environment: environment, log: logPath)
     }
 
     /// What it logged so far.

@@ -1,19 +1,15 @@
 import Foundation
-import Inventory
-import Notifications
 import Outbox
 import OutboxAMQP
 import OutboxConsumer
 import OutboxMongo
-@testable import OrderService
 import Testing
 
 @Suite("Idempotent consumers on the real servers (I4)", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
 struct ConsumerIntegrationTests {
-    func orderCreated(_ f: Fixture, orderId: String, items: [(String, Int)]) -> OutboxMessage {
+    func orderCreated(_ f: Fixture, orderId: String, quantity: Int = 1) -> OutboxMessage {
         let data: Document = [
-            "orderId": .string(orderId), "customerId": "c-1", "totalAmount": .decimal128(Decimal128("10.00")!),
-            "items": .array(items.map { ["sku": .string($0.0), "quantity": .int64(Int64($0.1)), "unitPrice": .decimal128(Decimal128("5.00")!)] }),
+            "orderId": .string(orderId), "customerId": "c-1", "totalAmount": .decimal128(Decimal128("10.00")!), "quantity": .int64(Int64(quantity)),
         ]
         let body: Document = ["id": .string(orderId), "type": "OrderCreated", "data": .document(data)]
         return OutboxMessage(
@@ -36,35 +32,35 @@ struct ConsumerIntegrationTests {
             pool: f.pool, amqp: f.amqp, handler: handler, logger: f.logger)
     }
 
-    @Test("batches: duplicates inside a batch and across batches change stock once, in few commits, all acked")
+    @Test("batches: duplicates inside a batch and across batches are applied once, in few commits, all acked")
     func batchDuplicates() async throws {
         try await Fixture.with { f in
-            try await InventoryHandler.setStock(["A": 1000], pool: f.pool)
             // A long batch wait: whole batches of 32 even though the publisher is slow.
-            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange), batchWait: .milliseconds(500))
-            let running = Task { try await inventory.run() }
-            #expect(await eventually { await inventory.isConnected })
-            let orders = (0..<64).map { orderCreated(f, orderId: "o-\($0)", items: [("A", 1)]) }
+            let tally = consumer(f, name: "tally", handler: TallyHandler(exchange: f.exchange), batchWait: .milliseconds(500))
+            let running = Task { try await tally.run() }
+            #expect(await eventually { await tally.isConnected })
+            let orders = (0..<64).map { orderCreated(f, orderId: "o-\($0)") }
             let publisher = f.makePublisher()
             // Each message twice in a row: the copy lands in the same batch as the original.
             #expect(await publisher.publish(orders.flatMap { [$0, $0] }).allSatisfy { $0 == .acked })
-            #expect(await eventually { inventory.stats.processed + inventory.stats.duplicates == 128 })
+            #expect(await eventually { tally.stats.processed + tally.stats.duplicates == 128 })
             // Then 40 of them again: known already, skipped from later batches.
             #expect(await publisher.publish(Array(orders.prefix(40))).allSatisfy { $0 == .acked })
             await publisher.close()
-            #expect(await eventually { inventory.stats.processed + inventory.stats.duplicates == 168 })
-            let stats = inventory.stats
+            #expect(await eventually { tally.stats.processed + tally.stats.duplicates == 168 })
+            let stats = tally.stats
             #expect(stats.processed == 64)
             #expect(stats.duplicates == 104)
             #expect(stats.commits <= 8, "64 orders in batches of up to 32 take a few transactions, not 64 (\(stats.commits))")
-            #expect(try await f.find("stock").first?["available"]?.intValue == 1000 - 64)
+            let total = try await TallyHandler.total(f)
+            #expect(total == 64)
             #expect(try await f.count("inbox") == 64)
-            #expect(try await f.count("reservations") == 64)
+            #expect(try await f.count(TallyHandler.effects) == 64)
             #expect(try await f.count("outbox") == 64)
             running.cancel()
             _ = try? await running.value
             // Unacked deliveries would be back in the queue now that the consumer is gone.
-            #expect(try await f.admin.messageCount(inventory.configuration.topology.queue) == 0, "every delivery was acked")
+            #expect(try await f.admin.messageCount(tally.configuration.topology.queue) == 0, "every delivery was acked")
         }
     }
 
@@ -91,8 +87,8 @@ struct ConsumerIntegrationTests {
             let running = Task { try await service.run() }
             defer { running.cancel() }
             #expect(await eventually { await service.isConnected })
-            var messages = (0..<24).map { orderCreated(f, orderId: "m-\($0)", items: [("A", 1)]) }
-            messages.insert(orderCreated(f, orderId: "poison", items: [("A", 1)]), at: 9)
+            var messages = (0..<24).map { orderCreated(f, orderId: "m-\($0)") }
+            messages.insert(orderCreated(f, orderId: "poison"), at: 9)
             let publisher = f.makePublisher()
             #expect(await publisher.publish(messages).allSatisfy { $0 == .acked })
             await publisher.close()
@@ -108,51 +104,29 @@ struct ConsumerIntegrationTests {
         }
     }
 
-    @Test("a message delivered twice or three times changes stock once")
+    @Test("a message delivered twice or three times is applied once, with its follow-up event")
     func duplicates() async throws {
         try await Fixture.with { f in
-            try await InventoryHandler.setStock(["A": 10, "B": 10], pool: f.pool)
-            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange))
-            let running = Task { try await inventory.run() }
+            let service = consumer(f, name: "tally", handler: TallyHandler(exchange: f.exchange))
+            let running = Task { try await service.run() }
             defer { running.cancel() }
-            #expect(await eventually { await inventory.isConnected })
+            #expect(await eventually { await service.isConnected })
 
             let publisher = f.makePublisher()
-            let first = orderCreated(f, orderId: "o-1", items: [("A", 2), ("B", 1)])
-            let second = orderCreated(f, orderId: "o-2", items: [("A", 1)])
+            let first = orderCreated(f, orderId: "o-1", quantity: 3)
+            let second = orderCreated(f, orderId: "o-2", quantity: 1)
             #expect(await publisher.publish([first, first, second, second, second]) == Array(repeating: .acked, count: 5))
             await publisher.close()
 
-            #expect(await eventually { inventory.stats.processed + inventory.stats.duplicates == 5 })
-            #expect(inventory.stats.processed == 2)
-            #expect(inventory.stats.duplicates == 3)
-            let stock = Dictionary(uniqueKeysWithValues: try await f.find("stock").map { ($0["_id"]!.stringValue!, $0["available"]!.intValue!) })
-            #expect(stock == ["A": 7, "B": 9])
+            #expect(await eventually { service.stats.processed + service.stats.duplicates == 5 })
+            #expect(service.stats.processed == 2)
+            #expect(service.stats.duplicates == 3)
+            let total = try await TallyHandler.total(f)
+            #expect(total == 4)
             #expect(try await f.count("inbox") == 2)
             let followUps = try await f.find("outbox")
             #expect(followUps.count == 2)
-            #expect(followUps.allSatisfy { $0["type"] == "InventoryReserved" })
-        }
-    }
-
-    @Test("insufficient stock: InventoryReservationFailed with the missing items, stock unchanged")
-    func insufficient() async throws {
-        try await Fixture.with { f in
-            try await InventoryHandler.setStock(["A": 1], pool: f.pool)
-            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange))
-            let running = Task { try await inventory.run() }
-            defer { running.cancel() }
-            #expect(await eventually { await inventory.isConnected })
-            let publisher = f.makePublisher()
-            #expect(await publisher.publish([orderCreated(f, orderId: "o-9", items: [("A", 1), ("Z", 4)])]) == [.acked])
-            await publisher.close()
-            #expect(await eventually { inventory.stats.processed == 1 })
-            #expect(try await f.find("stock").first?["available"]?.intValue == 1)
-            let event = try #require(try await f.find("outbox").first)
-            #expect(event["type"] == "InventoryReservationFailed")
-            #expect(event["routingKey"] == "inventory.reservation.failed")
-            let missing = event["data"]?.documentValue?["missing"]?.arrayValue ?? []
-            #expect(missing == [["sku": "Z", "requested": 4, "available": 0]])
+            #expect(followUps.allSatisfy { $0["type"] == "Tallied" })
         }
     }
 
@@ -172,8 +146,8 @@ struct ConsumerIntegrationTests {
             defer { running.cancel() }
             #expect(await eventually { await service.isConnected })
             let publisher = f.makePublisher()
-            let poison = orderCreated(f, orderId: "poison", items: [("A", 1)])
-            let after = (1...3).map { orderCreated(f, orderId: "after-\($0)", items: [("A", 1)]) }
+            let poison = orderCreated(f, orderId: "poison")
+            let after = (1...3).map { orderCreated(f, orderId: "after-\($0)") }
             #expect(await publisher.publish([poison] + after).allSatisfy { $0 == .acked })
             await publisher.close()
             #expect(await eventually { service.stats.processed == 3 && service.stats.deadLettered == 1 })
@@ -207,9 +181,9 @@ struct ConsumerIntegrationTests {
             defer { running.cancel() }
             #expect(await eventually { await service.isConnected })
             let publisher = f.makePublisher()
-            #expect(await publisher.publish([orderCreated(f, orderId: "first", items: [("A", 1)])]).allSatisfy { $0 == .acked })
+            #expect(await publisher.publish([orderCreated(f, orderId: "first")]).allSatisfy { $0 == .acked })
             #expect(await eventually { service.stats.processed == 1 })
-            #expect(await publisher.publish([orderCreated(f, orderId: "second", items: [("A", 1)])]).allSatisfy { $0 == .acked })
+            #expect(await publisher.publish([orderCreated(f, orderId: "second")]).allSatisfy { $0 == .acked })
             await publisher.close()
             #expect(await eventually { service.stats.deadLettered == 1 })
             #expect(service.stats.duplicates == 0, "not taken for a redelivery")
@@ -220,62 +194,4 @@ struct ConsumerIntegrationTests {
         }
     }
 
-    @Test("notifications: one confirmation per order, with lines and total, also when delivered twice")
-    func notifications() async throws {
-        try await Fixture.with { f in
-            let service = consumer(f, name: "notification", handler: NotificationHandler())
-            let running = Task { try await service.run() }
-            defer { running.cancel() }
-            #expect(await eventually { await service.isConnected })
-            let publisher = f.makePublisher()
-            let message = orderCreated(f, orderId: "o-7", items: [("A", 2)])
-            #expect(await publisher.publish([message, message]) == [.acked, .acked])
-            await publisher.close()
-            #expect(await eventually { service.stats.processed + service.stats.duplicates == 2 })
-            let notes = try await f.find("notifications")
-            #expect(notes.count == 1)
-            #expect(notes.first?["recipient"] == "c-1")
-            #expect(notes.first?["text"]?.stringValue?.contains("2 × A at 5.00") == true)
-            #expect(notes.first?["text"]?.stringValue?.contains("Total: 10.00") == true)
-        }
-    }
-}
-
-@Suite("Follow-up events through the relay", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
-struct FollowUpTests {
-    @Test("InventoryReserved and InventoryReservationFailed reach the broker through the relay")
-    func followUps() async throws {
-        try await Fixture.with { f in
-            // Orders and inventory events share the test exchange here; the queue takes inventory.*.
-            let followUps = try await f.queue("followups", bindings: ["inventory.#"])
-            try await InventoryHandler.setStock(["A": 3], pool: f.pool)
-            let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).inventory", bindings: ["order.created"])
-            f.track(queue: topology.queue)
-            f.track(queue: topology.deadLetterQueue)
-            let inventory = InboxConsumer(
-                configuration: .init(name: "inventory", topology: topology), pool: f.pool, amqp: f.amqp,
-                handler: InventoryHandler(exchange: f.exchange), logger: f.logger)
-            let store = OrderStore(pool: f.pool, exchange: f.exchange)
-            try await store.ensureIndexes()
-            let consumerTask = Task { try await inventory.run() }
-            defer { consumerTask.cancel() }
-            #expect(await eventually { await inventory.isConnected })
-            let order = { (quantity: Int) in
-                ValidatedOrder(customerId: "c", items: [.init(sku: "A", quantity: quantity, unitPrice: 1, unitPriceText: "1")])
-            }
-            _ = try await store.create(order(2))  // reserved
-            _ = try await store.create(order(5))  // only 1 left: fails
-            let publisher = f.makePublisher()
-            let relay = try await f.makeRelay(store: f.makeStore(), publisher: publisher)
-            #expect(
-                await eventually {
-                    _ = try? await relay.runOnce()
-                    return (try? await f.count("outbox", ["status": "delivered"])) == 4
-                })
-            await publisher.close()
-            let received = try await f.admin.drain(followUps)
-            #expect(Set(received.compactMap(\.type)) == ["InventoryReserved", "InventoryReservationFailed"])
-            #expect(received.count == 2)
-        }
-    }
 }

@@ -86,7 +86,8 @@ struct SecureLinkTests {
         let bench = try Program(
             "outbox-bench",
             [
-                "--bin-directory", Program.binDirectory.path, "--backlog", "100", "--broker-messages", "200", "--rate", "20", "--latency-seconds",
+                "--bin-directory", Executables.productDirectory, "--examples-bin-directory", Executables.examplesDirectory, "--backlog", "100",
+                "--broker-messages", "200", "--rate", "20", "--latency-seconds",
                 "1",
                 "--large-events", "10", "--large-event-bytes", "10000", "--consumer-messages", "0", "--flow-orders", "0",
             ],

@@ -91,11 +91,6 @@ enum SecureStack {
 /// A program run as a child process, its standard output and error captured in one file.
 /// posix_spawn and a polling waitpid: nothing blocks a cooperative thread.
 final class Program: @unchecked Sendable {
-    static var binDirectory: URL {
-        if let dir = ProcessInfo.processInfo.environment["OUTBOX_BIN_DIR"] { return URL(fileURLWithPath: dir) }
-        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    }
-
     static let outputDirectory: URL = {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-secure-\(getpid())")
         try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
@@ -108,10 +103,9 @@ final class Program: @unchecked Sendable {
     private let lock = NSLock()
     private var status: Int32?
 
-    /// Starts a product executable (from the build folder).
+    /// Starts one of the project's executables (the product's or the examples').
     convenience init(_ executable: String, _ arguments: [String] = [], environment: [String: String], label: String? = nil) throws {
-        try self.init(
-            path: Self.binDirectory.appendingPathComponent(executable).path, arguments, environment: environment, label: label ?? executable)
+        try self.init(path: Executables.path(executable), arguments, environment: environment, label: label ?? executable)
     }
 
     init(path: String, _ arguments: [String], environment: [String: String], label: String) throws {

@@ -166,13 +166,26 @@ func eventually(timeout: Duration = .seconds(20), _ condition: () async throws -
     return try await condition()
 }
 
+/// Where the executables the tests run are: the product's beside the test bundle (or in
+/// OUTBOX_BIN_DIR), the reference application's in the examples package's build folder (or in
+/// OUTBOX_EXAMPLES_BIN_DIR; ops/test sets both).
+enum Executables {
+    static let examples: Set<String> = ["order-service", "inventory-consumer", "notification-consumer", "outbox-demo"]
+    static let productDirectory =
+        Servers.environment["OUTBOX_BIN_DIR"] ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+    static let examplesDirectory =
+        Servers.environment["OUTBOX_EXAMPLES_BIN_DIR"] ?? Programs.root.appendingPathComponent("Examples/.build/debug").path
+
+    static func path(_ name: String) -> String {
+        URL(fileURLWithPath: examples.contains(name) ? examplesDirectory : productDirectory).appendingPathComponent(name).path
+    }
+}
+
 /// Runs programs the way a user would, from the tests: the project's executables (built next to
 /// the test bundle), and foreign clients (Python in the project's virtual environment, Node.js).
 enum Programs {
     /// The repository's root.
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    /// Where `swift build` put the executables.
-    static let binaries = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     static let python = root.appendingPathComponent(".venv/bin/python").path
     /// Debian's `node-mongodb` installs the driver here (ops/setup).
     static let nodePath = "/usr/share/nodejs"
@@ -221,7 +234,7 @@ enum Programs {
     static func product(_ name: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)) async throws
         -> Result
     {
-        try await run(binaries.appendingPathComponent(name).path, arguments, environment: environment, timeout: timeout)
+        try await run(Executables.path(name), arguments, environment: environment, timeout: timeout)
     }
 
     /// The environment of a program that talks to the fixture's database and broker.

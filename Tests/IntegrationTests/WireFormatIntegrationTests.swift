@@ -1,15 +1,9 @@
 import Foundation
-import Hummingbird
-import HummingbirdTesting
-import Inventory
-import Notifications
 import Outbox
 import OutboxAMQP
 import OutboxConsumer
 import OutboxMongo
 import Testing
-
-@testable import OrderService
 
 #if canImport(Glibc)
     import Glibc
@@ -22,11 +16,7 @@ enum ExternalPrograms {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static var python: String { root.appendingPathComponent(".venv/bin/python").path }
     static var orderReader: String { root.appendingPathComponent("Tests/clients/read_orders.py").path }
-    /// OUTBOX_BIN_DIR (ops/test sets it), else the debug build folder.
-    static var relay: String {
-        let directory = Servers.environment["OUTBOX_BIN_DIR"] ?? root.appendingPathComponent(".build/debug").path
-        return URL(fileURLWithPath: directory).appendingPathComponent("outbox-relay").path
-    }
+    static var relay: String { Executables.path("outbox-relay") }
 
     struct Result: Sendable {
         var status: Int32
@@ -95,28 +85,20 @@ enum ExternalPrograms {
     }
 }
 
-/// The seed's order, 2 × 19.99 + 1 × 5.01, as a client posts it.
-let seedOrderRequest = #"{"customerId":"c-seed","items":[{"sku":"A","quantity":2,"unitPrice":"19.99"},{"sku":"B","quantity":1,"unitPrice":"5.01"}]}"#
-
-/// Posts the seed's order over HTTP to an order service writing to `exchange`; returns the order id.
-func postSeedOrder(_ f: Fixture, exchange: String) async throws -> String {
-    let store = OrderStore(pool: f.pool, exchange: exchange)
-    try await store.ensureIndexes()
-    let app = Application(router: OrderAPI(store: store).buildRouter())
-    return try await app.test(.live) { client in
-        let response = try await client.execute(
-            uri: "/orders", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: seedOrderRequest))
-        #expect(response.status == .created)
-        guard case .string(let id)? = try JSONValue.parse(response.body.readableBytesView)["id"] else {
-            throw PermanentFailure("no order id in \(String(buffer: response.body))")
-        }
-        return id
-    }
+/// Writes the seed's order event (2 × 19.99 + 1 × 5.01, as the order service would) to the
+/// outbox for `exchange`, in a transaction; returns the order id.
+func appendSeedOrder(_ f: Fixture, exchange: String) async throws -> String {
+    let orderId = ObjectId().hex
+    var data = SeedData.order
+    data["orderId"] = .string(orderId)
+    data["customerId"] = "c-seed"
+    try await f.appendEvents([NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: orderId, data: data, exchange: exchange)])
+    return orderId
 }
 
 @Suite("Wire formats read by clients no one here wrote", .enabled(if: Servers.enabled), .timeLimit(.minutes(3)))
 struct ForeignClientTests {
-    @Test("every format, orders over HTTP, the relay binary; pika and the CloudEvents SDK read them, totals exact", arguments: DecimalFormat.allCases)
+    @Test("every format, the relay binary; pika and the CloudEvents SDK read them, totals exact", arguments: DecimalFormat.allCases)
     func everyFormat(decimals: DecimalFormat) async throws {
         #expect(FileManager.default.isExecutableFile(atPath: ExternalPrograms.python), "run ops/setup: no \(ExternalPrograms.python)")
         try await Fixture.with { f in
@@ -133,7 +115,7 @@ struct ForeignClientTests {
                 reads.append((queue, format))
             }
             var orders: [BodyFormat: String] = [:]
-            for format in BodyFormat.allCases { orders[format] = try await postSeedOrder(f, exchange: exchanges[format]!) }
+            for format in BodyFormat.allCases { orders[format] = try await appendSeedOrder(f, exchange: exchanges[format]!) }
 
             let mapping = BodyFormat.allCases.filter { $0 != .default }.map { "\(exchanges[$0]!)=\($0.rawValue)" }.joined(separator: ",")
             try await ExternalPrograms.drainWithRelay(
@@ -212,7 +194,7 @@ struct ForeignClientTests {
         try await Fixture.with { f in
             let raw = try await f.queue("raw", bindings: ["#"])
             let pika = try await f.queue("pika", bindings: ["order.created"])
-            let orderId = try await postSeedOrder(f, exchange: f.exchange)
+            let orderId = try await appendSeedOrder(f, exchange: f.exchange)
             // A writer choosing NestJS for one event, and one naming a format that does not exist.
             let writer = OutboxWriter()
             var nest = writer.document(
@@ -253,17 +235,8 @@ struct ForeignClientTests {
     }
 }
 
-@Suite("The project's consumers read every format (I4)", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
+@Suite("The consumer reads every format (I4)", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
 struct ConsumerFormatTests {
-    func consumer(_ f: Fixture, name: String, handler: any InboxHandler) -> InboxConsumer {
-        let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).\(name)", bindings: ["order.created"])
-        f.track(queue: topology.queue)
-        f.track(queue: topology.deadLetterQueue)
-        return InboxConsumer(
-            configuration: .init(name: name, topology: topology, maxAttempts: 2, retryDelay: .milliseconds(10)),
-            pool: f.pool, amqp: f.amqp, handler: handler, logger: f.logger)
-    }
-
     func message(_ f: Fixture, orderId: String, data: Document, options: MessageBodyOptions) throws -> OutboxMessage {
         let document = OutboxWriter().document(
             for: NewEvent(
@@ -273,17 +246,19 @@ struct ConsumerFormatTests {
     }
 
     @Test(
-        "inventory and notifications apply each order once, skip duplicates by message id, dead-letter with the original content type and headers",
+        "each message applied once with its exact amounts, duplicates skipped by message id, dead letters keep content type and headers",
         arguments: BodyFormat.allCases)
     func everyFormat(format: BodyFormat) async throws {
         try await Fixture.with { f in
-            try await InventoryHandler.setStock(["A": 100, "B": 100], pool: f.pool)
-            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange))
-            let notification = consumer(f, name: "notification", handler: NotificationHandler())
-            let tasks = [Task { try await inventory.run() }, Task { try await notification.run() }]
-            defer { tasks.forEach { $0.cancel() } }
-            #expect(await eventually { await inventory.isConnected })
-            #expect(await eventually { await notification.isConnected })
+            let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).tally", bindings: ["order.created"])
+            f.track(queue: topology.queue)
+            f.track(queue: topology.deadLetterQueue)
+            let consumer = InboxConsumer(
+                configuration: .init(name: "tally", topology: topology, maxAttempts: 2, retryDelay: .milliseconds(10)),
+                pool: f.pool, amqp: f.amqp, handler: TallyHandler(exchange: f.exchange), logger: f.logger)
+            let running = Task { try await consumer.run() }
+            defer { running.cancel() }
+            #expect(await eventually { await consumer.isConnected })
 
             var orders: [OutboxMessage] = []
             for decimals in DecimalFormat.allCases {
@@ -299,21 +274,18 @@ struct ConsumerFormatTests {
             #expect(outcomes.allSatisfy { $0 == .acked })
             await publisher.close()
 
-            for service in [inventory, notification] {
-                #expect(await eventually { service.stats.processed == 2 && service.stats.duplicates == 2 && service.stats.deadLettered == 1 })
-            }
-            let stock = Dictionary(uniqueKeysWithValues: try await f.find("stock").map { ($0["_id"]!.stringValue!, $0["available"]!.intValue!) })
-            #expect(stock == ["A": 96, "B": 98])
-            let notes = try await f.find("notifications")
-            #expect(notes.count == 2)
-            for note in notes {
-                let text = note["text"]?.stringValue ?? ""
-                #expect(text.contains("2 × A at 19.99") && text.contains("1 × B at 5.01") && text.contains("Total: 44.99"), "\(text)")
-                #expect(note["recipient"] == "c-1")
+            #expect(await eventually { consumer.stats.processed == 2 && consumer.stats.duplicates == 2 && consumer.stats.deadLettered == 1 })
+            #expect(try await TallyHandler.total(f) == 2)
+            let effects = try await f.find(TallyHandler.effects)
+            #expect(Set(effects.compactMap { $0["_id"]?.stringValue }) == Set(orders.map(\.id)))
+            for effect in effects {
+                #expect(effect["format"] == .string(format.rawValue))
+                #expect(effect["totalAmount"] == "44.99", "exact whichever JSON type the amount had")
+                #expect(effect["customerId"] == "c-1")
             }
             #expect(Set(try await f.find("inbox").compactMap { $0["messageId"]?.stringValue }) == Set(orders.map(\.id)))
 
-            let dead = try await f.admin.drain(inventory.configuration.topology.deadLetterQueue)
+            let dead = try await f.admin.drain(topology.deadLetterQueue)
             #expect(dead.count == 1)
             let letter = try #require(dead.first)
             #expect(letter.messageId == poison.id)
