@@ -22,20 +22,11 @@ struct ExampleConsumerTests {
             exchange: f.exchange, routingKey: "order.created", occurredAt: 0, body: ExtendedJSON.renderBytes(body))
     }
 
-    func consumer(_ f: Fixture, name: String, handler: any InboxHandler) -> InboxConsumer {
-        let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).\(name)", bindings: ["order.created"])
-        f.track(queue: topology.queue)
-        f.track(queue: topology.deadLetterQueue)
-        return InboxConsumer(
-            configuration: .init(name: name, topology: topology, maxAttempts: 3, retryDelay: .milliseconds(10)),
-            pool: f.pool, amqp: f.amqp, handler: handler, logger: f.logger)
-    }
-
     @Test("a message delivered twice or three times changes stock once")
     func duplicates() async throws {
         try await Fixture.with { f in
             try await InventoryHandler.setStock(["A": 10, "B": 10], pool: f.pool)
-            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange))
+            let inventory = f.consumer("inventory", handler: InventoryHandler(exchange: f.exchange))
             let running = Task { try await inventory.run() }
             defer { running.cancel() }
             #expect(await eventually { await inventory.isConnected })
@@ -62,7 +53,7 @@ struct ExampleConsumerTests {
     func insufficient() async throws {
         try await Fixture.with { f in
             try await InventoryHandler.setStock(["A": 1], pool: f.pool)
-            let inventory = consumer(f, name: "inventory", handler: InventoryHandler(exchange: f.exchange))
+            let inventory = f.consumer("inventory", handler: InventoryHandler(exchange: f.exchange))
             let running = Task { try await inventory.run() }
             defer { running.cancel() }
             #expect(await eventually { await inventory.isConnected })
@@ -82,7 +73,7 @@ struct ExampleConsumerTests {
     @Test("notifications: one confirmation per order, with lines and total, also when delivered twice")
     func notifications() async throws {
         try await Fixture.with { f in
-            let service = consumer(f, name: "notification", handler: NotificationHandler())
+            let service = f.consumer("notification", handler: NotificationHandler())
             let running = Task { try await service.run() }
             defer { running.cancel() }
             #expect(await eventually { await service.isConnected })
@@ -108,12 +99,7 @@ struct FollowUpTests {
             // Orders and inventory events share the test exchange here; the queue takes inventory.*.
             let followUps = try await f.queue("followups", bindings: ["inventory.#"])
             try await InventoryHandler.setStock(["A": 3], pool: f.pool)
-            let topology = ConsumerTopology(exchange: f.exchange, queue: "\(f.exchange).inventory", bindings: ["order.created"])
-            f.track(queue: topology.queue)
-            f.track(queue: topology.deadLetterQueue)
-            let inventory = InboxConsumer(
-                configuration: .init(name: "inventory", topology: topology), pool: f.pool, amqp: f.amqp,
-                handler: InventoryHandler(exchange: f.exchange), logger: f.logger)
+            let inventory = f.consumer("inventory", handler: InventoryHandler(exchange: f.exchange))
             let store = OrderStore(pool: f.pool, exchange: f.exchange)
             try await store.ensureIndexes()
             let consumerTask = Task { try await inventory.run() }

@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import Outbox
 import OutboxAMQP
+import OutboxConsumer
 import OutboxMongo
 import Testing
 
@@ -82,6 +83,16 @@ final class Fixture: Sendable {
 
     func find(_ collection: String, _ filter: Document = [:]) async throws -> [Document] {
         try await pool.withConnection { try $0.collection(collection).find(filter, options: ["sort": ["_id": 1]]) }
+    }
+
+    /// A consumer of the test exchange's `order.created` messages, on a queue of this test.
+    func consumer(_ name: String, handler: any InboxHandler) -> InboxConsumer {
+        let topology = ConsumerTopology(exchange: exchange, queue: "\(exchange).\(name)", bindings: ["order.created"])
+        track(queue: topology.queue)
+        track(queue: topology.deadLetterQueue)
+        return InboxConsumer(
+            configuration: .init(name: name, topology: topology, maxAttempts: 2, retryDelay: .milliseconds(10)),
+            pool: pool, amqp: amqp, handler: handler, logger: logger)
     }
 
     func makePublisher() -> ConfirmPublisher {
