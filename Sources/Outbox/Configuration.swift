@@ -15,6 +15,8 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable, Equa
 /// Reads typed settings from flags and environment with errors that name the setting.
 public enum Setting {
     public static func duration(_ value: String, setting: String) throws -> Duration {
+        // Zero needs no unit; settings that refuse zero say so where they are read.
+        if value == "0" { return .zero }
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
         for (suffix, scale) in units where value.hasSuffix(suffix) {
             // "ms" comes before "s" and "m", so "250ms" never reads as seconds or minutes.

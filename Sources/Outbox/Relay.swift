@@ -26,8 +26,9 @@ public struct RelayConfiguration: Sendable {
     /// fetch stays within the budget too; nil: the first fetch asks for `batchSize`.
     public var assumedBytesPerEvent: Int?
 
-    /// Milliseconds since the epoch, for the age of events (`RetryPolicy.parkTransientAfter`); nil:
-    /// ages are unknown and transient failures never park.
+    /// Milliseconds since the epoch, for the age of events (`RetryPolicy.parkTransientAfter`) and
+    /// their delivery lag (`outbox_delivery_lag_seconds`); nil: ages are unknown, transient
+    /// failures never park and no lag is recorded.
     public var wallClock: (@Sendable () -> Int64)?
 
     /// The longest a pass (fetch, publish, mark) should take: a pass that took longer makes the
@@ -209,6 +210,9 @@ public final class Relay: Service {
         for (label, count) in byResult { RelayMetrics.publishes(label).increment(by: count) }
 
         var (delivered, failed, unsent) = sort(batch, by: outcomes)
+        if let now = configuration.wallClock?() {
+            for message in delivered { RelayMetrics.deliveryLag.record(type: message.type, occurredAt: message.occurredAt, now: now) }
+        }
         var fencedPartitions = Set<Int>()
         if !delivered.isEmpty {
             do {
@@ -382,6 +386,8 @@ public enum RelayMetrics {
         uniqueKeysWithValues: publishResults.map { ($0, Counter(label: "outbox_publishes_total", dimensions: [("result", $0)])) })
 
     public static func publishes(_ result: String) -> Counter { publishCounters[result] ?? publishCounters["connection_lost"]! }
+    /// Time from an event's occurrence (its `timestamp`) to the broker's confirm, per event type.
+    public static let deliveryLag = EventLag(name: "outbox_delivery_lag_seconds")
     /// Time from the first publish of a batch to its last confirm.
     public static let confirmDuration = Timer(label: "outbox_confirm_duration_seconds")
     public static let batchSize = Recorder(label: "outbox_batch_size", aggregate: true)

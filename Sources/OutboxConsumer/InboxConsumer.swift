@@ -276,7 +276,7 @@ public final class InboxConsumer: Service {
         switch result {
         case .applied:
             counters.withLock { $0.processed += items.count }
-            metrics.processed.increment(by: items.count)
+            metrics.applied(items.map(\.message))
             for item in items { settlements[item.delivery.deliveryTag] = .ack }
         case .unavailable(let error):
             // The database is down: not the messages' fault. Give them back and wait.
@@ -312,7 +312,7 @@ public final class InboxConsumer: Service {
             switch result {
             case .applied:
                 counters.withLock { $0.processed += 1 }
-                metrics.processed.increment()
+                metrics.applied([item.message])
                 return .ack
             case .duplicate:
                 counters.withLock { $0.duplicates += 1 }
@@ -468,25 +468,5 @@ public final class InboxConsumer: Service {
         // Pause so a broker that refuses dead letters does not turn into a redelivery storm.
         try? await Task.sleep(for: .seconds(1))
         return .requeue
-    }
-}
-
-/// A consumer's metrics, labelled by consumer name.
-struct ConsumerMetrics {
-    let processed: Counter
-    let duplicates: Counter
-    let deadLettered: Counter
-    let failures: Counter
-    let handlerDuration: Timer
-    let batchSize: Recorder
-
-    init(consumer: String) {
-        let dimensions = [("consumer", consumer)]
-        processed = Counter(label: "outbox_consumer_processed_total", dimensions: dimensions)
-        duplicates = Counter(label: "outbox_consumer_duplicates_skipped_total", dimensions: dimensions)
-        deadLettered = Counter(label: "outbox_consumer_dead_lettered_total", dimensions: dimensions)
-        failures = Counter(label: "outbox_consumer_handler_failures_total", dimensions: dimensions)
-        handlerDuration = Timer(label: "outbox_consumer_handler_duration_seconds", dimensions: dimensions)
-        batchSize = Recorder(label: "outbox_consumer_batch_size", dimensions: dimensions, aggregate: true)
     }
 }

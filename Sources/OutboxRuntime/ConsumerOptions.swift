@@ -42,6 +42,9 @@ public struct ConsumerOptions: ParsableArguments {
     @Option(name: SettingDeclaration.consumerMetricsInterval.name, help: SettingDeclaration.consumerMetricsInterval.argumentHelp)
     public var metricsInterval: String?
 
+    @Option(name: SettingDeclaration.metricsEventTypes.name, help: SettingDeclaration.metricsEventTypes.argumentHelp)
+    public var metricsEventTypes: Int?
+
     public init() {}
 
     /// The ops server for `consumer` (metrics, liveness, readiness: broker connected and database reachable).

@@ -16,7 +16,7 @@ public enum ConsumerProgram {
         var services: [any Service] = []
         do {
             logger = Runtime.bootstrap(label: program, level: try settings.logLevel(mongo.logLevel))
-            let registry = OpsServer.bootstrapMetrics()
+            let registry = OpsServer.bootstrapMetrics(eventTypes: try settings.int(options.metricsEventTypes, .metricsEventTypes))
             let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: program)
             let configuration = try options.configuration(settings, name: name)
             let amqp = try options.amqp(settings)

@@ -9,9 +9,12 @@ import ServiceLifecycle
 /// `/metrics` (Prometheus text), `/health/live` and `/health/ready` for a long-running process.
 public enum OpsServer {
     /// Installs the Prometheus backend for swift-metrics; call once, before any metric is created.
-    public static func bootstrapMetrics() -> PrometheusCollectorRegistry {
+    /// `eventTypes` bounds the `type` label of the lag histograms (`EventTypeLabels`).
+    public static func bootstrapMetrics(eventTypes: Int = EventTypeLabels.defaultLimit) -> PrometheusCollectorRegistry {
+        EventTypeLabels.shared.configure(limit: eventTypes)
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
+        for name in ["outbox_delivery_lag_seconds", "outbox_consumer_lag_seconds"] { factory.durationHistogramBuckets[name] = EventLag.buckets }
         factory.defaultDurationHistogramBuckets = [
             .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
             .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10),

@@ -86,6 +86,9 @@ public struct RelayOptions: ParsableArguments {
     @Option(name: SettingDeclaration.relayMetricsInterval.name, help: SettingDeclaration.relayMetricsInterval.argumentHelp)
     public var metricsInterval: String?
 
+    @Option(name: SettingDeclaration.metricsEventTypes.name, help: SettingDeclaration.metricsEventTypes.argumentHelp)
+    public var metricsEventTypes: Int?
+
     @Flag(name: SettingDeclaration.relayChangeStream.name, inversion: .prefixedNo, help: SettingDeclaration.relayChangeStream.argumentHelp)
     public var changeStream: Bool?
 

@@ -59,7 +59,7 @@ public enum RelayProgram {
     static func assemble(mongo: MongoOptions, options: RelayOptions) async throws -> Parts {
         let environment = Settings()
         let logger = Runtime.bootstrap(label: program, level: try environment.logLevel(mongo.logLevel))
-        let registry = OpsServer.bootstrapMetrics()
+        let registry = OpsServer.bootstrapMetrics(eventTypes: try environment.int(options.metricsEventTypes, .metricsEventTypes))
         let settings = try options.resolve(environment, mongo: mongo)
         if settings.confirmTimeoutAsSet > settings.publisher.confirmTimeout {
             logger.notice(

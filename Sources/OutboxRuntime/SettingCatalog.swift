@@ -13,7 +13,7 @@ public enum SettingCatalog {
         .relayConfirmTimeout, .relayMaxAttempts, .relayParkTransientAfter, .relayRetryBaseDelay, .relayRetryMaxDelay,
         .relayMaxBodyBytes, .relayBodyFormat, .relayBodyFormatByExchange, .relayDecimalFormat, .relayCloudEventsSource,
         .partitions, .relayLeaseTTL, .relayLivenessTimeout, .relayID, .relayChangeStream, .relayHTTPAddress,
-        .relayDeliveredRetention, .relayMetricsInterval, .relayShutdownTimeout,
+        .relayDeliveredRetention, .relayMetricsInterval, .metricsEventTypes, .relayShutdownTimeout,
     ]
     public static let consumers: [SettingDeclaration] = [
         .consumerExchange, .consumerQueue, .consumerQueueType, .consumerBatchSize, .consumerBatchWait, .consumerPrefetch,
@@ -162,6 +162,11 @@ extension SettingDeclaration {
         env: "RELAY_METRICS_INTERVAL", flag: "metrics-interval", kind: .duration(allowZero: false), default: "15s", usedBy: "relay",
         "How often the backlog gauges are sampled; each sample counts the backlog, and N live relays take turns "
             + "(each samples every N intervals)")
+    public static let metricsEventTypes = SettingDeclaration(
+        env: "METRICS_EVENT_TYPES", flag: "metrics-event-types", kind: .integer(0...1000), default: "\(EventTypeLabels.defaultLimit)",
+        usedBy: "relay, consumers",
+        "Event types that get a type label of their own on outbox_delivery_lag_seconds and outbox_consumer_lag_seconds: "
+            + "the first N a process sees; later ones share the label other")
     public static let relayShutdownTimeout = SettingDeclaration(
         env: "RELAY_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", kind: .duration(allowZero: false), default: "30s", usedBy: "relay",
         "Longest graceful shutdown before exiting anyway")

@@ -39,6 +39,7 @@ struct ConfigurationTests {
         #expect(try Setting.duration("2m", setting: "X") == .seconds(120))
         #expect(try Setting.duration("30d", setting: "X") == .seconds(30 * 86_400))
         #expect(try Setting.duration("1.5h", setting: "X") == .seconds(5400))
+        #expect(try Setting.duration("0", setting: "X") == .zero, "zero needs no unit")
         for bad in ["", "5", "abc", "-1s", "5 s", "1w"] {
             #expect(throws: ConfigurationError.self) { try Setting.duration(bad, setting: "X") }
         }
