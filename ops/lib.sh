@@ -64,10 +64,12 @@ build_products() {
 # The reference application (order service, consumers, demo) is a package of its own in
 # Examples/ that depends on the product by path; it builds into Examples/.build. Prints its
 # executables' folder. Extra arguments go to `swift build` (e.g. --build-tests); they are optional.
+# The build plan is made anew each time: SwiftPM's cached plan does not see a file added to the
+# product, which is a path dependency here.
 # shellcheck disable=SC2120
 build_examples() {
     log "building the examples ($BUILD_CONFIG)"
-    (cd "$ROOT/Examples" && swift build -c "$BUILD_CONFIG" "$@" >&2)
+    (cd "$ROOT/Examples" && swift build -c "$BUILD_CONFIG" --disable-build-manifest-caching "$@" >&2)
     (cd "$ROOT/Examples" && swift build -c "$BUILD_CONFIG" --show-bin-path)
 }
 
