@@ -9,10 +9,13 @@
 //   MONGODB_URI=... OUTBOX_DATABASE=shop node writer.js --orders 10 [--events-per-order 3]
 //
 // With --events-per-order N each order gets OrderCreated, OrderPaid, ... each in a transaction
-// of its own, as a service writes them over an order's life. Prints one JSON object: the events
-// in the order they were written.
+// of its own, as a service writes them over an order's life. With --trace each event carries a
+// W3C `traceparent`, as a traced service would write its current span's context (no OpenTelemetry
+// SDK for Node.js is packaged here, so the writer makes the ids itself: one trace per order, one
+// span id per write). Prints one JSON object: the events in the order they were written.
 'use strict';
 
+const crypto = require('crypto');
 const { MongoClient, Decimal128, ObjectId } = require('mongodb');
 
 const LIFECYCLE = ['OrderCreated', 'OrderPaid', 'OrderPacked', 'OrderShipped', 'OrderDelivered'];
@@ -49,6 +52,7 @@ async function main() {
   const orders = Number(option('orders', '10'));
   const perOrder = Number(option('events-per-order', '1'));
   const collection = option('collection', process.env.OUTBOX_COLLECTION || 'outbox');
+  const traced = process.argv.includes('--trace');
   if (!(perOrder >= 1 && perOrder <= LIFECYCLE.length)) throw new Error(`--events-per-order must be 1 to ${LIFECYCLE.length}`);
 
   const client = await MongoClient.connect(process.env.MONGODB_URI, { useUnifiedTopology: true });
@@ -67,6 +71,7 @@ async function main() {
         totalAmount: Decimal128.fromString('44.99'),
         status: 'created',
       };
+      const traceId = crypto.randomBytes(16).toString('hex');
       for (let step = 0; step < perOrder; step++) {
         const type = LIFECYCLE[step];
         const event = {
@@ -75,12 +80,14 @@ async function main() {
           data: { orderId, customerId: order.customerId, totalAmount: order.totalAmount, items: order.items, step },
           timestamp: new Date(),
         };
+        // version 00, the order's trace, this write's span, sampled
+        if (traced) event.traceparent = `00-${traceId}-${crypto.randomBytes(8).toString('hex')}-01`;
         await inTransaction(client, async (session) => {
           if (step === 0) await db.collection('orders').insertOne(order, { session });
           else await db.collection('orders').updateOne({ _id: orderId }, { $set: { status: type } }, { session });
           await db.collection(collection).insertOne(event, { session });
         });
-        written.push({ id: event._id.toHexString(), type, aggregateId: orderId });
+        written.push({ id: event._id.toHexString(), type, aggregateId: orderId, traceparent: event.traceparent });
       }
     }
   } finally {

@@ -27,6 +27,11 @@ public struct IncomingMessage: Sendable {
         self.redelivered = redelivered
     }
 
+    /// The trace the event belongs to (the relay's `traceparent` and `tracestate` headers), if it
+    /// carries a valid one. Give it to the events a handler writes (`NewEvent.traceContext`) and
+    /// the trace goes on through them.
+    public var traceContext: TraceContext? { TraceContext(headers: headers) }
+
     /// The body parsed as JSON (numbers kept as exact text).
     public func json() throws -> JSONValue { try JSONValue.parse(body) }
 

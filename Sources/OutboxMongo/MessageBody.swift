@@ -57,6 +57,11 @@ enum MessageBody {
             if !message.aggregateId.isEmpty { event["subject"] = .string(message.aggregateId) }
             event["time"] = .datetime(message.occurredAt)
             event["datacontenttype"] = .string(WireFormat.jsonContentType)
+            // The distributed-tracing extension.
+            if let trace = TraceContext(headers: message.headers) {
+                event[TraceContext.traceparentField] = .string(trace.traceparent)
+                if let state = trace.tracestate { event[TraceContext.tracestateField] = .string(state) }
+            }
             event["data"] = .document(data)
             message.body = ExtendedJSON.renderBytes(event, decimals: decimals)
             contentType = WireFormat.cloudEventsContentType
@@ -70,6 +75,9 @@ enum MessageBody {
             message.headers["\(prefix)type"] = .string(message.type)
             if !message.aggregateId.isEmpty { message.headers["\(prefix)subject"] = .string(message.aggregateId) }
             message.headers["\(prefix)time"] = .string(ExtendedJSON.iso8601(milliseconds: message.occurredAt))
+            if let trace = TraceContext(headers: message.headers) {
+                for (name, value) in trace.headers { message.headers["\(prefix)\(name)"] = value }
+            }
             message.body = ExtendedJSON.renderBytes(data, decimals: decimals)
         case .nestJS:
             // No `id`: @nestjs/microservices treats a packet with one as a request awaiting a reply.

@@ -1,4 +1,5 @@
 import Foundation
+import Metrics
 import Outbox
 
 /// The BSON type of a value as `$type` names it, for parked reasons.
@@ -108,11 +109,12 @@ public enum OutboxDocument {
         } else {
             routingKey = EventNaming.routingKey(forType: type)
         }
-        let headers: [String: HeaderValue]
+        var headers: [String: HeaderValue]
         switch self.headers(document["headers"]) {
         case .success(let decoded): headers = decoded
         case .failure(let failure): return .failure(failure)
         }
+        traceContext(document, into: &headers)
         var correlationId: String?
         if let raw = document["correlationId"], raw != .null {
             guard let value = raw.stringValue else { return fail("correlationId must be a string") }
@@ -154,6 +156,37 @@ public enum OutboxDocument {
         }
         return .success(headers)
     }
+
+    /// The writer's trace context, from the top-level `traceparent` and `tracestate` fields or else
+    /// from `headers`, as the message's `traceparent` and `tracestate` headers. One that is not a
+    /// valid W3C traceparent is dropped (counted in `outbox_trace_context_dropped_total`): the
+    /// event is delivered without it, as the specification starts a new trace then.
+    static func traceContext(_ document: Document, into headers: inout [String: HeaderValue]) {
+        let parentField = TraceContext.traceparentField, stateField = TraceContext.tracestateField
+        func text(_ value: HeaderValue?) -> String? { if case .string(let s)? = value { s } else { nil } }
+        // nil: none given; .some(nil): given, but not a string.
+        let parent: String??, state: String?
+        if let raw = document[parentField], raw != .null {
+            parent = .some(raw.stringValue)
+            state = document[stateField]?.stringValue
+        } else if let raw = headers[parentField] {
+            parent = .some(text(raw))
+            state = text(headers[stateField])
+        } else {
+            parent = nil
+            state = nil
+        }
+        headers[parentField] = nil
+        headers[stateField] = nil
+        guard let parent else { return }
+        guard let parent, let context = TraceContext(traceparent: parent, tracestate: state) else {
+            droppedTraceContexts.increment()
+            return
+        }
+        headers.merge(context.headers) { $1 }
+    }
+
+    static let droppedTraceContexts = Counter(label: "outbox_trace_context_dropped_total")
 
     /// The relay's fields a writer set to a value of the wrong type (null included), e.g.
     /// `attempts is null`: what makes the relay's updates fail on a document.

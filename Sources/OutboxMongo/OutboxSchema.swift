@@ -145,6 +145,8 @@ public enum OutboxSchema {
                 "routingKey": ["bsonType": "string", "maxLength": 255],
                 "headers": ["bsonType": "object"],
                 "correlationId": ["bsonType": "string"],
+                "traceparent": ["bsonType": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"],
+                "tracestate": ["bsonType": "string", "maxLength": .int32(Int32(TraceContext.maxTracestateLength))],
                 // Absent, null or pending when written (documents the relay reads as new); the
                 // relay's own states after that.
                 "status": ["enum": [.null, .string(Status.pending), .string(Status.delivered), .string(Status.parked)]],

@@ -12,12 +12,15 @@ public struct NewEvent: Sendable {
     public var routingKey: String
     public var correlationId: String?
     public var headers: [String: HeaderValue]
+    /// The trace the event belongs to (e.g. the request's, or the message a consumer is applying),
+    /// written as the document's `traceparent` and `tracestate`; the relay carries it on.
+    public var traceContext: TraceContext?
 
     /// `routingKey` defaults to the dotted form of `type` (`OrderCreated` → `order.created`).
     public init(
         type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int = 1, data: Document,
         exchange: String = "orders", routingKey: String? = nil, correlationId: String? = nil,
-        headers: [String: HeaderValue] = [:]
+        headers: [String: HeaderValue] = [:], traceContext: TraceContext? = nil
     ) {
         self.type = type
         self.aggregateType = aggregateType
@@ -28,6 +31,7 @@ public struct NewEvent: Sendable {
         self.routingKey = routingKey ?? EventNaming.routingKey(forType: type)
         self.correlationId = correlationId
         self.headers = headers
+        self.traceContext = traceContext
     }
 }
 
@@ -74,6 +78,10 @@ public struct OutboxWriter: Sendable {
             "nextAttemptAt": .date(now),
         ]
         if let correlationId = event.correlationId { document["correlationId"] = .string(correlationId) }
+        if let trace = event.traceContext {
+            document[TraceContext.traceparentField] = .string(trace.traceparent)
+            if let state = trace.tracestate { document[TraceContext.tracestateField] = .string(state) }
+        }
         return document
     }
 

@@ -16,6 +16,10 @@ struct ForeignWriterTests {
         let type: String
         let aggregateId: String
         let kind: String?
+        /// With --trace: the context written, and (Python) the SDK span's own ids.
+        let traceparent: String?
+        let traceId: String?
+        let spanId: String?
     }
 
     struct Output: Decodable { let events: [Written] }
@@ -110,6 +114,40 @@ struct ForeignWriterTests {
             let history = try await f.find("events", ["aggregateId": .string(written[0].aggregateId)], sort: ["timestamp": 1])
             #expect(history.compactMap { $0["type"]?.stringValue } == ["OrderCreated", "OrderPaid"])
             #expect(history.allSatisfy { $0["data"]?.documentValue?["totalAmount"]?.decimalValue?.description == "44.99" })
+        }
+    }
+
+    @Test("traced writers: the W3C context a Python (OpenTelemetry SDK) or Node.js writer wrote arrives as traceparent; a bad one is dropped")
+    func tracedWriters() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let python = try await python(f, ["--orders", "10", "--events-per-order", "2", "--trace"])
+            let node = try await node(f, ["--orders", "5", "--trace"])
+            // Not a W3C traceparent (upper-case hex): the event goes, without it.
+            let bad = OutboxWriter().document(for: f.event(aggregate: "bad-trace"))
+            var badDocument = bad
+            badDocument["traceparent"] = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"
+            try await f.pool.withConnection { [badDocument] in try $0.collection("outbox").insertOne(badDocument) }
+            try await relay(f)
+            let received = try await f.admin.drain(queue)
+            #expect(received.count == python.count + node.count + 1)
+            let byId = Dictionary(uniqueKeysWithValues: received.compactMap { message in message.messageId.map { ($0, message) } })
+            for event in python {
+                let parent = try #require(event.traceparent)
+                let traceId = try #require(event.traceId), spanId = try #require(event.spanId)
+                // The SDK's own span: version 00, its trace id, its span id (then the SDK's flags).
+                #expect(parent.hasPrefix("00-\(traceId)-\(spanId)-"))
+                #expect(byId[event.id]?.headers["traceparent"] == .string(parent), "\(event.id)")
+            }
+            #expect(Set(python.map(\.traceId)).count == python.count, "a trace per write")
+            for event in node {
+                let parent = try #require(event.traceparent)
+                #expect(byId[event.id]?.headers["traceparent"] == .string(parent))
+            }
+            let badId = try #require(bad["_id"]?.stringValue)
+            let unTraced = try #require(byId[badId])
+            #expect(unTraced.headers["traceparent"] == nil)
+            #expect(try await f.count("outbox", ["status": "delivered"]) == received.count)
         }
     }
 }

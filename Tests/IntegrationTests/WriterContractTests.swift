@@ -320,9 +320,20 @@ struct WriterContractTests {
             }
             #expect(try await f.count("orders") == 0)
             #expect(try await f.count("outbox") == 0)
-            // A document by the contract goes in.
+            // A document by the contract goes in, with a trace context too; a traceparent of
+            // another shape does not.
             try await insert(f, [minimal(nil, aggregate: "order-2", at: now)])
-            #expect(try await f.count("outbox") == 1)
+            var traced = minimal(nil, aggregate: "order-3", at: now)
+            traced["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            try await insert(f, [traced])
+            #expect(try await f.count("outbox") == 2)
+            traced["traceparent"] = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"
+            traced["aggregateId"] = "order-4"
+            let refused = traced
+            await #expect(throws: MongoError.self) {
+                try await f.pool.withConnection { try $0.collection("outbox").insertOne(refused) }
+            }
+            #expect(try await f.count("outbox") == 2)
         }
     }
 }

@@ -69,7 +69,7 @@ public struct InventoryHandler: InboxHandler {
                     NewEvent(
                         type: "InventoryReserved", aggregateType: Self.aggregateType, aggregateId: order.orderId,
                         data: ["orderId": .string(order.orderId), "items": .array(lines)], exchange: exchange,
-                        correlationId: message.messageId))
+                        correlationId: message.messageId, traceContext: message.traceContext))
             } else {
                 let shortages: [BSON] = missing.map {
                     ["sku": .string($0), "requested": .int64(Int64(needed[$0]!)), "available": .int64(Int64(available[$0] ?? 0))]
@@ -78,7 +78,7 @@ public struct InventoryHandler: InboxHandler {
                     NewEvent(
                         type: "InventoryReservationFailed", aggregateType: Self.aggregateType, aggregateId: order.orderId,
                         data: ["orderId": .string(order.orderId), "missing": .array(shortages)], exchange: exchange,
-                        correlationId: message.messageId))
+                        correlationId: message.messageId, traceContext: message.traceContext))
             }
             reservations.append([
                 "_id": .string(order.orderId), "status": .string(missing.isEmpty ? "reserved" : "failed"),

@@ -91,7 +91,11 @@ public struct OrderAPI: Sendable {
         } catch {
             throw APIError(.badRequest, error.message, field: error.field)
         }
-        switch try await store.create(order, idempotencyKey: key, requestFingerprint: fingerprint(order)) {
+        // The caller's trace (W3C traceparent) goes on through OrderCreated to the consumers.
+        let trace = request.headers[HTTPField.Name("traceparent")!].flatMap {
+            TraceContext(traceparent: $0, tracestate: request.headers[HTTPField.Name("tracestate")!])
+        }
+        switch try await store.create(order, idempotencyKey: key, requestFingerprint: fingerprint(order), traceContext: trace) {
         case .created(let document):
             context.logger.info("order created", metadata: ["order.id": "\(document["_id"].map { ExtendedJSON.render($0) } ?? "")"])
             return created(document)

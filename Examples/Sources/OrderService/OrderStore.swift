@@ -45,10 +45,11 @@ public struct OrderStore: Sendable {
 
     /// Writes the order and its `OrderCreated` event in one transaction.
     ///
+    /// `traceContext` (the request's) goes into the event, so the trace goes on through it.
     /// With an idempotency key, a request seen before returns the order it created (and writes
     /// nothing); the key with a different body is a conflict. `requestFingerprint` identifies the body.
     public func create(
-        _ order: ValidatedOrder, idempotencyKey: String? = nil, requestFingerprint: String? = nil,
+        _ order: ValidatedOrder, idempotencyKey: String? = nil, requestFingerprint: String? = nil, traceContext: TraceContext? = nil,
         beforeCommit: (@Sendable (MongoConnection) throws -> Void)? = nil
     ) async throws -> CreateResult {
         let orderId = ObjectId()
@@ -71,7 +72,7 @@ public struct OrderStore: Sendable {
                 "orderId": .string(orderId.hex), "customerId": .string(order.customerId), "totalAmount": total,
                 "items": .array(items),
             ],
-            exchange: exchange, correlationId: idempotencyKey)
+            exchange: exchange, correlationId: idempotencyKey, traceContext: traceContext)
         let document = orderDocument
         let writer = self.writer
         do {
