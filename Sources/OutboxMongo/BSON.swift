@@ -122,6 +122,15 @@ public struct ObjectId: Sendable, Hashable, CustomStringConvertible, Comparable 
         self.bytes = bytes
     }
 
+    /// A new ObjectId whose time is `time` (rather than this machine's clock), e.g. the
+    /// database's: it sorts by that time, and within one second in the order made here.
+    public init(time: Date) {
+        var bytes = ObjectId().bytes
+        let seconds = UInt32(clamping: Int64(time.timeIntervalSince1970.rounded(.down)))
+        bytes.replaceSubrange(0..<4, with: withUnsafeBytes(of: seconds.bigEndian) { Array($0) })
+        self.bytes = bytes
+    }
+
     public init?(_ hex: String) {
         guard hex.utf8.count == 24 else { return nil }
         var out: [UInt8] = []

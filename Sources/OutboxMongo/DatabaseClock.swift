@@ -47,15 +47,3 @@ public final class DatabaseClock: Sendable {
         server.timeIntervalSince(sent) - received.timeIntervalSince(sent) / 2
     }
 }
-
-extension ObjectId {
-    /// A new ObjectId whose time is `time` (rather than this machine's clock), e.g. the
-    /// database's: it sorts by that time, and within one second in the order made here.
-    public init(time: Date) {
-        self.init()
-        let seconds = UInt32(clamping: Int64(time.timeIntervalSince1970.rounded(.down)))
-        var bytes = self.bytes
-        bytes.replaceSubrange(0..<4, with: withUnsafeBytes(of: seconds.bigEndian) { Array($0) })
-        self = ObjectId(bytes: bytes)!
-    }
-}
