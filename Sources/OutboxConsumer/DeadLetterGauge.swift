@@ -39,7 +39,8 @@ public final class DeadLetterGauge: Service {
                 // The consumer declares the queue when it connects; until then there is nothing to count.
                 logger.debug("dead-letter queue depth not read", metadata: [LogKey.error: "\(error)"])
             }
-            try? await Task.sleep(for: interval)
+            // Woken by a graceful shutdown: the service stops at once, not an interval later.
+            try? await cancelWhenGracefulShutdown { [interval] in try await Task.sleep(for: interval) }
         }
         await admin.close()
     }

@@ -92,7 +92,8 @@ public final class ConnectionGauges: Service {
         let gauges = probes.map { (Gauge(label: "outbox_connection_up", dimensions: [("target", $0.0)]), $0.1) }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             for (gauge, probe) in gauges { gauge.record(probe() ? 1 : 0) }
-            try? await Task.sleep(for: interval)
+            // Woken by a graceful shutdown: the service stops at once, not an interval later.
+            try? await cancelWhenGracefulShutdown { [interval] in try await Task.sleep(for: interval) }
         }
     }
 }

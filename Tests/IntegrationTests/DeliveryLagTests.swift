@@ -86,7 +86,7 @@ struct DeliveryLagTests {
             #expect(Self.sample(consumerMetrics, consumerLag + "_count", labels) == 3, "\(consumerMetrics)")
             #expect(Self.sample(consumerMetrics, consumerLag + "_bucket", labels.merging(["le": "1"]) { $1 }) == 0)
             #expect(await relay.terminate() == 0)
-            #expect(await consumer.terminate() == 0)
+            #expect(await consumer.terminate(grace: .seconds(10)) == 0, "a consumer stops promptly: \(consumer.output.suffix(2000))")
         }
     }
 }
