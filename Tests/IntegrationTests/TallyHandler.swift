@@ -14,24 +14,40 @@ struct TallyHandler: InboxHandler {
     let exchange: String
 
     func handle(_ message: IncomingMessage, connection: MongoConnection) throws {
-        let event = try message.event()
-        guard case .string(let customer)? = event.data["customerId"] else {
-            throw PermanentFailure("\(event.type ?? "event").customerId is missing or not a string")
+        try handle(batch: [message], connection: connection)
+    }
+
+    /// The whole batch in three writes (as a real handler would write it): one increment, one
+    /// insert of the effects, one of the follow-up events. A message that cannot be applied is
+    /// named, so the others commit without it.
+    func handle(batch messages: [IncomingMessage], connection: MongoConnection) throws {
+        var effects: [Document] = []
+        var followUps: [NewEvent] = []
+        var total: Int64 = 0
+        for (index, message) in messages.enumerated() {
+            do {
+                let event = try message.event()
+                guard case .string(let customer)? = event.data["customerId"] else {
+                    throw PermanentFailure("\(event.type ?? "event").customerId is missing or not a string")
+                }
+                var quantity: Int64 = 1
+                if case .number(let text)? = event.data["quantity"], let given = Int64(text) { quantity = given }
+                total += quantity
+                effects.append([
+                    "_id": .string(message.messageId), "customerId": .string(customer), "format": .string(event.format.rawValue),
+                    "totalAmount": event.data["totalAmount"].map(Self.text) ?? .null,
+                ])
+                followUps.append(
+                    NewEvent(
+                        type: "Tallied", aggregateType: "Tally", aggregateId: message.messageId, data: ["quantity": .int64(quantity)],
+                        exchange: exchange))
+            } catch {
+                throw MessageFailure(index: index, error: error)
+            }
         }
-        let quantity = event.data["quantity"].flatMap { if case .number(let n) = $0 { Int(n) } else { nil } } ?? 1
-        try connection.collection(Self.totals).updateOne(
-            ["_id": "total"], ["$inc": ["value": .int64(Int64(quantity))]], upsert: true)
-        try connection.collection(Self.effects).insertOne([
-            "_id": .string(message.messageId), "customerId": .string(customer), "format": .string(event.format.rawValue),
-            "totalAmount": event.data["totalAmount"].map(Self.text) ?? .null,
-        ])
-        try OutboxWriter().append(
-            [
-                NewEvent(
-                    type: "Tallied", aggregateType: "Tally", aggregateId: message.messageId, data: ["quantity": .int64(Int64(quantity))],
-                    exchange: exchange)
-            ],
-            using: connection)
+        try connection.collection(Self.totals).updateOne(["_id": "total"], ["$inc": ["value": .int64(total)]], upsert: true)
+        try connection.collection(Self.effects).insertMany(effects)
+        try OutboxWriter().append(followUps, using: connection)
     }
 
     /// A JSON number or string as its exact text.
