@@ -46,4 +46,6 @@ public enum LogKey {
     public static let relayParkTransientAfter = "relay.park_transient_after"
     public static let relayPassDuration = "relay.pass_duration"
     public static let retryIn = "retry.in"
+    public static let tracesExporter = "otel.traces.exporter"
+    public static let tracesProtocol = "otel.traces.protocol"
 }

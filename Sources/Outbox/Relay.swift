@@ -202,7 +202,9 @@ public final class Relay: Service {
         }
         RelayMetrics.batchSize.record(batch.count)
         let started = ContinuousClock.now
+        let spans = PublishSpans(&batch, now: configuration.wallClock?())
         let outcomes = await publisher.publish(batch)
+        spans.end(outcomes)
         RelayMetrics.confirmDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         precondition(outcomes.count == batch.count, "publisher must answer every message")
         var byResult: [String: Int] = [:]

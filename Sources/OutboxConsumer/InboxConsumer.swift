@@ -110,6 +110,7 @@ public final class InboxConsumer: Service {
     private let logger: Logger
     private let counters = Mutex(ConsumerStats())
     private let metrics: ConsumerMetrics
+    private let spans: ConsumeSpans
 
     public init(
         configuration: ConsumerConfiguration, pool: MongoClientPool, amqp: AMQPConfiguration, handler: any InboxHandler,
@@ -122,6 +123,7 @@ public final class InboxConsumer: Service {
         logger[metadataKey: "consumer"] = "\(configuration.name)"
         self.logger = logger
         metrics = ConsumerMetrics(consumer: configuration.name)
+        spans = ConsumeSpans(consumer: configuration.name, queue: configuration.topology.queue)
         channel = AMQPConsumerChannel(configuration: amqp, topology: configuration.topology, logger: logger)
         deadLetters = ConfirmPublisher(
             configuration: amqp,
@@ -225,7 +227,8 @@ public final class InboxConsumer: Service {
                 continue
             }
             let message = IncomingMessage(
-                messageId: messageId, type: delivery.type, routingKey: delivery.routingKey, headers: delivery.headers,
+                messageId: messageId, type: delivery.type, routingKey: delivery.routingKey,
+                headers: spans.start(delivery, messageId: messageId),
                 contentType: delivery.contentType, correlationId: delivery.correlationId, body: delivery.body,
                 redelivered: delivery.redelivered)
             fresh.append(Item(delivery: delivery, message: message, inboxId: "\(configuration.name):\(messageId)"))
@@ -403,11 +406,13 @@ public final class InboxConsumer: Service {
         for delivery in deliveries {
             switch settlements[delivery.deliveryTag] ?? .requeue {
             case .requeue:
+                spans.failed(delivery.deliveryTag, outcome: "requeued", reason: "given back to the queue")
                 try? await channel.reject(delivery, requeue: true)
             case .ack:
                 if delivery.deliveryTag > newestAcked?.deliveryTag ?? 0 { newestAcked = delivery }
             }
         }
+        spans.end(deliveries.map(\.deliveryTag))
         guard let newestAcked else { return }
         do {
             try await channel.ack(upTo: newestAcked)
@@ -433,6 +438,7 @@ public final class InboxConsumer: Service {
     /// then it can be acked. If the dead-letter publish is not confirmed it is requeued instead:
     /// nothing is dropped.
     private func deadLetter(_ delivery: AMQPDelivery, reason: String, attempts: Int) async -> Settlement {
+        spans.failed(delivery.deliveryTag, outcome: "dead_lettered", reason: reason)
         var headers = delivery.headers
         headers["x-error"] = .string(String(reason.prefix(1000)))
         headers["x-attempts"] = .int(Int64(attempts))

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import OutboxConsumer
 import ServiceLifecycle
@@ -17,6 +18,10 @@ public enum ConsumerProgram {
         do {
             logger = Runtime.bootstrap(label: program, level: try settings.logLevel(mongo.logLevel))
             let registry = OpsServer.bootstrapMetrics(eventTypes: try settings.int(options.metricsEventTypes, .metricsEventTypes))
+            // The span exporter first: it stops last and exports what the consumer ended.
+            if let tracing = try TracingBootstrap.start(serviceName: program, environment: ProcessInfo.processInfo.environment, logger: logger) {
+                services.append(tracing)
+            }
             let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: program)
             let configuration = try options.configuration(settings, name: name)
             let amqp = try options.amqp(settings)
@@ -24,7 +29,7 @@ public enum ConsumerProgram {
             await Runtime.checkLinks(
                 program: program, mongo: pool, amqp: amqp, broker: .wait, brokerCheck: { try await $0.declare(topology) }, logger: logger)
             consumer = InboxConsumer(configuration: configuration, pool: pool, amqp: amqp, handler: try handler(settings), logger: logger)
-            services = try options.opsServices(
+            services += try options.opsServices(
                 settings, consumer: consumer, pool: pool, amqp: amqp, defaultPort: defaultHTTPPort, registry: registry, logger: logger)
         } catch {
             Runtime.failConfiguration(error, program: program)

@@ -60,6 +60,7 @@ public enum RelayProgram {
         let environment = Settings()
         let logger = Runtime.bootstrap(label: program, level: try environment.logLevel(mongo.logLevel))
         let registry = OpsServer.bootstrapMetrics(eventTypes: try environment.int(options.metricsEventTypes, .metricsEventTypes))
+        let tracing = try TracingBootstrap.start(serviceName: program, environment: ProcessInfo.processInfo.environment, logger: logger)
         let settings = try options.resolve(environment, mongo: mongo)
         if settings.confirmTimeoutAsSet > settings.publisher.confirmTimeout {
             logger.notice(
@@ -85,12 +86,14 @@ public enum RelayProgram {
             store: store, publisher: publisher, leases: leases, configuration: settings.relay, logger: logger, wake: wake,
             idle: { [publisher] in await publisher.keepAlive() },
             onIteration: { [watchdog] in watchdog.iterationCompleted() })
-        var services: [any Service] = [
-            BacklogMonitor(
-                pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval,
-                relays: { [leases] in leases.activeRelays }, clock: store.clock, logger: logger),
-            ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]),
-        ]
+        // The span exporter first: it stops last and exports what the relay ended.
+        var services: [any Service] =
+            (tracing.map { [$0] } ?? []) + [
+                BacklogMonitor(
+                    pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval,
+                    relays: { [leases] in leases.activeRelays }, clock: store.clock, logger: logger),
+                ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]),
+            ]
         if let endpoint = settings.httpEndpoint {
             services.append(
                 OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger, live: { [watchdog] in watchdog.status })

@@ -6,7 +6,7 @@ public enum SettingCatalog {
     public static let links: [SettingDeclaration] = [
         .mongodbURI, .mongodbURIFile, .mongodbPasswordFile, .amqpURL, .amqpURLFile, .amqpPasswordFile,
         .amqpTLSCAFile, .amqpTLSCertFile, .amqpTLSKeyFile, .amqpTLSVerifyPeer, .amqpTLSVerifyHostname,
-        .database, .logLevel, .collection,
+        .database, .logLevel, .collection, .otelTracesExporter,
     ]
     public static let relay: [SettingDeclaration] = [
         .relayExchange, .relayExchangeMap, .relayBatchSize, .relayBatchMaxBytes, .relayMaxInFlight, .relayPollInterval,
@@ -77,6 +77,12 @@ extension SettingDeclaration {
     public static let collection = SettingDeclaration(
         env: "OUTBOX_COLLECTION", flag: "collection", default: OutboxSchema.defaultCollection, usedBy: "relay, outboxctl",
         "Outbox collection; may be an existing event collection, whose delivered events stay as its history")
+    public static let otelTracesExporter = SettingDeclaration(
+        env: "OTEL_TRACES_EXPORTER", flag: nil, default: nil, shown: "unset: tracing off", usedBy: "relay, consumers", example: "otlp",
+        "otlp turns OpenTelemetry tracing on: a span per publish (relay) and per message applied (consumers), exported to "
+            + "OTEL_EXPORTER_OTLP_ENDPOINT by OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf or grpc); OTEL_SERVICE_NAME, "
+            + "OTEL_TRACES_SAMPLER (parentbased_always_off: spans only for events a writer traced) and OTEL_BSP_* as the "
+            + "OpenTelemetry specification says")
     public static let partitions = SettingDeclaration(
         env: "OUTBOX_PARTITIONS", flag: "partitions", kind: .integer(1...1024), default: "\(OutboxSchema.defaultPartitions)", usedBy: "relay",
         "Partitions of the outbox; the same for every relay, and a relay started with another count than the outbox's "

@@ -1,0 +1,60 @@
+import Tracing
+
+/// A PRODUCER span per publish, by the OpenTelemetry messaging conventions: the child of the
+/// writer's span (the message's `traceparent`), from the publish to the broker's confirm, and the
+/// message's trace headers then point at it, so consumers become its children. With no tracer
+/// bootstrapped (tracing off) the spans are no-ops and the headers stay as the writer gave them.
+struct PublishSpans: ~Copyable {
+    private var spans: [any Span] = []
+
+    /// Starts a span for each message of `batch` and puts its context into the message's headers.
+    /// `now` (milliseconds since the epoch) gives the time the event waited in the outbox.
+    init(_ batch: inout [OutboxMessage], now: Int64?) {
+        let tracer = InstrumentationSystem.tracer
+        spans.reserveCapacity(batch.count)
+        for index in batch.indices {
+            var parent = InstrumentationContext.topLevel
+            tracer.extract(batch[index].headers, into: &parent, using: HeaderCarrier())
+            let message = batch[index]
+            let span = tracer.startSpan("publish \(message.exchange)", context: parent, ofKind: .producer)
+            if span.isRecording {
+                span.attributes["messaging.system"] = "rabbitmq"
+                span.attributes["messaging.operation.type"] = "send"
+                span.attributes["messaging.operation.name"] = "publish"
+                span.attributes["messaging.destination.name"] = message.exchange
+                span.attributes["messaging.rabbitmq.destination.routing_key"] = message.routingKey
+                span.attributes["messaging.message.id"] = message.id
+                span.attributes["messaging.message.body.size"] = message.body.count
+                span.attributes["outbox.event.type"] = message.type
+                span.attributes["outbox.event.attempt"] = message.attempts + 1
+                if let now { span.attributes["outbox.event.wait_ms"] = Int(max(now - message.occurredAt, 0)) }
+                tracer.inject(span.context, into: &batch[index].headers, using: HeaderCarrier())
+            }
+            spans.append(span)
+        }
+    }
+
+    /// Ends each span with its message's outcome.
+    consuming func end(_ outcomes: [PublishOutcome]) {
+        for (span, outcome) in zip(spans, outcomes) {
+            if !outcome.isDelivered {
+                span.attributes["outbox.publish.result"] = outcome.label
+                span.setStatus(SpanStatus(code: .error, message: outcome.reason))
+            }
+            span.end()
+        }
+    }
+}
+
+/// Message headers as a carrier of trace context (`traceparent`, `tracestate`).
+public struct HeaderCarrier: Extractor, Injector {
+    public init() {}
+
+    public func extract(key: String, from carrier: [String: HeaderValue]) -> String? {
+        if case .string(let value)? = carrier[key] { value } else { nil }
+    }
+
+    public func inject(_ value: String, forKey key: String, into carrier: inout [String: HeaderValue]) {
+        carrier[key] = .string(value)
+    }
+}

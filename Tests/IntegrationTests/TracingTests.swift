@@ -1,0 +1,153 @@
+import Foundation
+import Outbox
+import OutboxAMQP
+import OutboxMongo
+import Testing
+
+/// Issue 24 on the real programs: a pymongo writer traced by the OpenTelemetry Python SDK, the
+/// `outbox-relay` and an `inventory-consumer` exporting OTLP/HTTP to a receiver that decodes the
+/// protocol's protobuf with its own Python classes.
+@Suite("Tracing: one trace from the writer through the relay and the consumer", .enabled(if: Servers.enabled), .timeLimit(.minutes(3)))
+struct TracingTests {
+    struct ExportedSpan: Decodable {
+        let service: String?
+        let traceId: String
+        let spanId: String
+        let parentSpanId: String
+        let name: String
+        let kind: String
+        let attributes: [String: String]
+        let status: Int
+    }
+
+    struct Written: Decodable {
+        let id: String
+        let traceId: String
+        let spanId: String
+    }
+
+    /// The OTLP/HTTP receiver (Tests/clients/otlp_receiver.py) and the spans it wrote so far.
+    final class Receiver {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("spans-\(UUID().uuidString).jsonl")
+        let program: Program
+        let port: Int
+
+        init() async throws {
+            let program = try Program(
+                path: Programs.python, [Programs.root.appendingPathComponent("Tests/clients/otlp_receiver.py").path, file.path],
+                environment: ["PATH": "/usr/bin:/bin"], label: "otlp-receiver")
+            var port: Int?
+            _ = await eventually {
+                port = Int(program.output.split(separator: "\n").first ?? "")
+                return port != nil
+            }
+            self.program = program
+            self.port = try #require(port, "the receiver did not start: \(program.output)")
+        }
+
+        var spans: [ExportedSpan] {
+            let text = (try? String(contentsOf: file, encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(ExportedSpan.self, from: Data($0.utf8)) }
+        }
+
+        deinit { try? FileManager.default.removeItem(at: file) }
+    }
+
+    static func tracing(endpoint port: Int) -> [String: String] {
+        [
+            "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(port)",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
+        ]
+    }
+
+    @Test("writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes")
+    func traceChain() async throws {
+        try await Fixture.with { f in
+            let receiver = try await Receiver()
+            defer { kill(receiver.program.pid, SIGKILL) }
+            let events = 20
+            let result = try await Programs.run(
+                Programs.python,
+                [Programs.root.appendingPathComponent("Examples/python-writer/writer.py").path, "--orders", "\(events)", "--trace"],
+                environment: Programs.environment(f))
+            #expect(result.status == 0, "python writer: \(result.errors)")
+            struct Output: Decodable { let events: [Written] }
+            let written = try JSONDecoder().decode(Output.self, from: Data(result.output.utf8)).events
+            #expect(written.count == events)
+
+            let queue = "\(f.exchange).inventory"
+            f.track(queue: queue)
+            f.track(queue: "\(queue).dlq")
+            let consumerPort = unusedPort()
+            let consumer = try Program(
+                "inventory-consumer",
+                environment: Programs.environment(
+                    f,
+                    Self.tracing(endpoint: receiver.port).merging([
+                        "CONSUMER_EXCHANGE": f.exchange, "CONSUMER_QUEUE": queue, "INVENTORY_EXCHANGE": f.exchange,
+                        "CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(consumerPort)",
+                    ]) { $1 }))
+            defer { kill(consumer.pid, SIGKILL) }
+            #expect(await eventually { await httpGet(port: consumerPort, "/health/ready")?.status == 200 }, "\(consumer.output)")
+            _ = try await f.queue("followups", bindings: ["inventory.#"])
+            let relay = try Program(
+                "outbox-relay", ["--http-address", "off", "--exchange", f.exchange, "--poll-interval", "50ms"],
+                environment: Programs.environment(f, Self.tracing(endpoint: receiver.port)))
+            defer { kill(relay.pid, SIGKILL) }
+            // Every order and its follow-up (no stock: InventoryReservationFailed) delivered.
+            #expect(
+                try await eventually(timeout: .seconds(90)) { try await f.count("outbox", ["status": "delivered"]) == 2 * events }, "\(relay.output)")
+            #expect(await relay.terminate() == 0, "\(relay.output.suffix(3000))")
+            #expect(await consumer.terminate() == 0, "\(consumer.output.suffix(3000))")
+            #expect(await eventually(timeout: .seconds(30)) { receiver.spans.count >= 3 * events }, "spans: \(receiver.spans.count)")
+            let spans = receiver.spans
+            let byId = Dictionary(spans.map { ($0.spanId, $0) }) { first, _ in first }
+
+            for event in written {
+                let publish = try #require(spans.first { $0.attributes["messaging.message.id"] == event.id && $0.kind == "producer" })
+                #expect(publish.service == "outbox-relay")
+                #expect(publish.traceId == event.traceId, "the writer's trace")
+                #expect(publish.parentSpanId == event.spanId, "a child of the writer's span")
+                #expect(publish.name == "publish \(f.exchange)")
+                #expect(publish.attributes["messaging.system"] == "rabbitmq")
+                #expect(publish.attributes["messaging.operation.type"] == "send")
+                #expect(publish.attributes["messaging.destination.name"] == f.exchange)
+                #expect(publish.attributes["messaging.rabbitmq.destination.routing_key"] == "order.created")
+                #expect(publish.attributes["outbox.event.type"] == "OrderCreated")
+                #expect(publish.attributes["outbox.event.wait_ms"] != nil)
+                let process = try #require(spans.first { $0.parentSpanId == publish.spanId }, "the consumer's span")
+                #expect(process.kind == "consumer")
+                #expect(process.service == "inventory-consumer")
+                #expect(process.traceId == event.traceId)
+                #expect(process.name == "process \(queue)")
+                #expect(process.attributes["messaging.consumer.group.name"] == "inventory")
+                #expect(process.attributes["messaging.message.id"] == event.id)
+                // The follow-up the handler wrote carries the consumer's context: its publish is the consumer span's child.
+                let followUp = try #require(spans.first { $0.parentSpanId == process.spanId }, "the follow-up's publish")
+                #expect(followUp.kind == "producer")
+                #expect(followUp.traceId == event.traceId)
+                #expect(followUp.attributes["outbox.event.type"] == "InventoryReservationFailed")
+                #expect(byId[followUp.parentSpanId]?.spanId == process.spanId)
+            }
+            // Spans name events, never carry their data.
+            for span in spans {
+                #expect(!span.attributes.values.contains { "\($0)".contains("customer-") || "\($0)".contains("44.99") }, "\(span.attributes)")
+            }
+        }
+    }
+
+    @Test("an exporter that is down slows nothing: every event delivered, the relay stops in time")
+    func exporterDown() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            try await f.appendEvents((0..<200).map { f.event(aggregate: "a-\($0)") })
+            let relay = try Program(
+                "outbox-relay", ["--http-address", "off", "--poll-interval", "50ms"],
+                environment: Programs.environment(f, Self.tracing(endpoint: unusedPort())))
+            defer { kill(relay.pid, SIGKILL) }
+            #expect(try await eventually { try await f.count("outbox", ["status": "delivered"]) == 200 }, "\(relay.output)")
+            #expect(await relay.terminate(grace: .seconds(15)) == 0, "\(relay.output.suffix(2000))")
+            #expect(try await f.admin.drain(queue).count == 200)
+        }
+    }
+}

@@ -1,0 +1,62 @@
+"""An OTLP/HTTP trace receiver for the tests: decodes each export request with the
+OpenTelemetry protocol's own protobuf classes (opentelemetry-proto) and writes one JSON line per
+span to a file (attribute values as text), so a test can check parents, kinds and attributes of what
+the programs exported.
+
+    python otlp_receiver.py SPANS_FILE     prints the port it listens on, then serves until killed
+"""
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+KINDS = {value: name.removeprefix("SPAN_KIND_").lower() for name, value in Span.SpanKind.items()}
+
+
+def value(any_value):
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+            self.send_response(415)
+            self.end_headers()
+            return
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        lines = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    lines.append(json.dumps({
+                        "service": resource.get("service.name"),
+                        "traceId": span.trace_id.hex(), "spanId": span.span_id.hex(), "parentSpanId": span.parent_span_id.hex(),
+                        "name": span.name, "kind": KINDS.get(span.kind, str(span.kind)),
+                        "attributes": {a.key: str(value(a.value)) for a in span.attributes},
+                        "links": [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex()} for link in span.links],
+                        "status": span.status.code, "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
+                    }))
+        with open(sys.argv[1], "a") as spans:
+            spans.write("".join(line + "\n" for line in lines))
+        response = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(response)))
+        self.end_headers()
+        self.wfile.write(response)
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
