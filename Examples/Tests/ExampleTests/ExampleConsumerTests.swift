@@ -110,14 +110,7 @@ struct FollowUpTests {
             }
             _ = try await store.create(order(2))  // reserved
             _ = try await store.create(order(5))  // only 1 left: fails
-            let publisher = f.makePublisher()
-            let relay = try await f.makeRelay(publisher: publisher)
-            #expect(
-                await eventually {
-                    _ = try? await relay.runOnce()
-                    return (try? await f.count("outbox", ["status": "delivered"])) == 4
-                })
-            await publisher.close()
+            #expect(try await f.relay(until: 4), "every order and follow-up delivered")
             let received = try await f.admin.drain(followUps)
             #expect(Set(received.compactMap(\.type)) == ["InventoryReserved", "InventoryReservationFailed"])
             #expect(received.count == 2)

@@ -99,16 +99,23 @@ final class Fixture: Sendable {
         ConfirmPublisher(configuration: amqp, options: .init(confirmTimeout: .seconds(5)), logger: logger)
     }
 
-    /// A relay of the product's library on this database, holding every partition (as one
-    /// `outbox-relay` would); `runOnce()` delivers what is due.
-    func makeRelay(publisher: ConfirmPublisher) async throws -> Relay {
+    /// Runs a relay of the product's library on this database, holding every partition (as one
+    /// `outbox-relay` would), until `count` events are delivered; false if they never are.
+    func relay(until count: Int) async throws -> Bool {
         let leaseStore = MongoLeaseStore(pool: pool)
         try await leaseStore.ensurePartitions()
         let leases = LeaseManager(store: leaseStore, configuration: .init(owner: "example-tests", ttl: .seconds(600)), logger: logger)
         try await leases.tick()
-        return Relay(
+        let publisher = makePublisher()
+        let relay = Relay(
             store: MongoOutboxStore(pool: pool, owner: "example-tests", logger: logger), publisher: publisher, leases: leases,
             configuration: .init(batchSize: 200, retryPolicy: .init(maxAttempts: 3, baseDelay: .zero)), logger: logger)
+        let delivered = await eventually {
+            _ = try? await relay.runOnce()
+            return (try? await self.count("outbox", ["status": "delivered"])) == count
+        }
+        await publisher.close()
+        return delivered
     }
 }
 

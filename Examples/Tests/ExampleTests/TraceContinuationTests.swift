@@ -45,14 +45,7 @@ struct TraceContinuationTests {
             #expect(orders.compactMap { $0["traceparent"]?.stringValue } == [Self.traceparent])
             #expect(orders.compactMap { $0["tracestate"]?.stringValue } == ["shop=1"])
 
-            let publisher = f.makePublisher()
-            let relay = try await f.makeRelay(publisher: publisher)
-            #expect(
-                await eventually {
-                    _ = try? await relay.runOnce()
-                    return (try? await f.count("outbox", ["status": "delivered"])) == 4
-                })
-            await publisher.close()
+            #expect(try await f.relay(until: 4), "every order and follow-up delivered")
             let reserved = try await f.find("outbox", ["type": "InventoryReserved"])
             #expect(reserved.count == 2)
             #expect(reserved.compactMap { $0["traceparent"]?.stringValue } == [Self.traceparent], "only the traced order's follow-up")
