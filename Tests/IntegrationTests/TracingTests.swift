@@ -32,9 +32,10 @@ struct TracingTests {
         let program: Program
         let port: Int
 
-        init() async throws {
+        init(protocol name: String) async throws {
             let program = try Program(
-                path: Programs.python, [Programs.root.appendingPathComponent("Tests/clients/otlp_receiver.py").path, file.path],
+                path: Programs.python,
+                [Programs.root.appendingPathComponent("Tests/clients/otlp_receiver.py").path, file.path] + (name == "grpc" ? ["--grpc"] : []),
                 environment: ["PATH": "/usr/bin:/bin"], label: "otlp-receiver")
             var port: Int?
             _ = await eventually {
@@ -53,17 +54,20 @@ struct TracingTests {
         deinit { try? FileManager.default.removeItem(at: file) }
     }
 
-    static func tracing(endpoint port: Int) -> [String: String] {
+    static func tracing(endpoint port: Int, protocol name: String = "http/protobuf") -> [String: String] {
         [
             "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(port)",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": name, "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
         ]
     }
 
-    @Test("writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes")
-    func traceChain() async throws {
+    @Test(
+        "writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes",
+        arguments: ["http/protobuf", "grpc"])
+    func traceChain(protocol name: String) async throws {
         try await Fixture.with { f in
-            let receiver = try await Receiver()
+            let receiver = try await Receiver(protocol: name)
             defer { kill(receiver.program.pid, SIGKILL) }
             let events = 20
             let result = try await Programs.run(
@@ -83,7 +87,7 @@ struct TracingTests {
                 "inventory-consumer",
                 environment: Programs.environment(
                     f,
-                    Self.tracing(endpoint: receiver.port).merging([
+                    Self.tracing(endpoint: receiver.port, protocol: name).merging([
                         "CONSUMER_EXCHANGE": f.exchange, "CONSUMER_QUEUE": queue, "INVENTORY_EXCHANGE": f.exchange,
                         "CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(consumerPort)",
                     ]) { $1 }))
@@ -92,7 +96,7 @@ struct TracingTests {
             _ = try await f.queue("followups", bindings: ["inventory.#"])
             let relay = try Program(
                 "outbox-relay", ["--http-address", "off", "--exchange", f.exchange, "--poll-interval", "50ms"],
-                environment: Programs.environment(f, Self.tracing(endpoint: receiver.port)))
+                environment: Programs.environment(f, Self.tracing(endpoint: receiver.port, protocol: name)))
             defer { kill(relay.pid, SIGKILL) }
             // Every order and its follow-up (no stock: InventoryReservationFailed) delivered.
             #expect(

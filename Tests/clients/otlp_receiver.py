@@ -1,9 +1,9 @@
-"""An OTLP/HTTP trace receiver for the tests: decodes each export request with the
-OpenTelemetry protocol's own protobuf classes (opentelemetry-proto) and writes one JSON line per
-span to a file (attribute values as text), so a test can check parents, kinds and attributes of what
-the programs exported.
+"""An OTLP trace receiver for the tests, over HTTP (http/protobuf) or gRPC: decodes each export
+request with the OpenTelemetry protocol's own classes (opentelemetry-proto, and grpcio for gRPC)
+and writes one JSON line per span to a file (attribute values as text), so a test can check
+parents, kinds and attributes of what the programs exported.
 
-    python otlp_receiver.py SPANS_FILE     prints the port it listens on, then serves until killed
+    python otlp_receiver.py SPANS_FILE [--grpc]   prints the port it listens on, then serves until killed
 """
 
 import json
@@ -21,6 +21,25 @@ def value(any_value):
     return getattr(any_value, kind) if kind else None
 
 
+def record(request):
+    """Appends the request's spans to the file, one JSON line each."""
+    lines = []
+    for resource_spans in request.resource_spans:
+        resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                lines.append(json.dumps({
+                    "service": resource.get("service.name"),
+                    "traceId": span.trace_id.hex(), "spanId": span.span_id.hex(), "parentSpanId": span.parent_span_id.hex(),
+                    "name": span.name, "kind": KINDS.get(span.kind, str(span.kind)),
+                    "attributes": {a.key: str(value(a.value)) for a in span.attributes},
+                    "links": [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex()} for link in span.links],
+                    "status": span.status.code, "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
+                }))
+    with open(sys.argv[1], "a") as spans:
+        spans.write("".join(line + "\n" for line in lines))
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -30,21 +49,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
-        lines = []
-        for resource_spans in request.resource_spans:
-            resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    lines.append(json.dumps({
-                        "service": resource.get("service.name"),
-                        "traceId": span.trace_id.hex(), "spanId": span.span_id.hex(), "parentSpanId": span.parent_span_id.hex(),
-                        "name": span.name, "kind": KINDS.get(span.kind, str(span.kind)),
-                        "attributes": {a.key: str(value(a.value)) for a in span.attributes},
-                        "links": [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex()} for link in span.links],
-                        "status": span.status.code, "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
-                    }))
-        with open(sys.argv[1], "a") as spans:
-            spans.write("".join(line + "\n" for line in lines))
+        record(request)
         response = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -56,7 +61,29 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def serve_grpc():
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            record(request)
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
+
+
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    if "--grpc" in sys.argv:
+        serve_grpc()
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
