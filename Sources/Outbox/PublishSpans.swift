@@ -11,6 +11,8 @@ struct PublishSpans: ~Copyable {
     /// `now` (milliseconds since the epoch) gives the time the event waited in the outbox.
     init(_ batch: inout [OutboxMessage], now: Int64?) {
         let tracer = InstrumentationSystem.tracer
+        // Tracing off: not even a no-op span per message.
+        guard !(tracer is NoOpTracer) else { return }
         spans.reserveCapacity(batch.count)
         for index in batch.indices {
             var parent = InstrumentationContext.topLevel

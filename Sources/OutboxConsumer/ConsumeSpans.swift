@@ -21,6 +21,7 @@ final class ConsumeSpans: Sendable {
     /// Starts the span of `delivery`; returns the headers its handler sees.
     func start(_ delivery: AMQPDelivery, messageId: String) -> [String: HeaderValue] {
         let tracer = InstrumentationSystem.tracer
+        guard !(tracer is NoOpTracer) else { return delivery.headers }
         var parent = InstrumentationContext.topLevel
         tracer.extract(delivery.headers, into: &parent, using: HeaderCarrier())
         let span = tracer.startSpan("process \(queue)", context: parent, ofKind: .consumer)
