@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // The product is under Sources/: the relay, outboxctl and the libraries a service or consumer
@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "OutboxAMQP", targets: ["OutboxAMQP"]),
         .library(name: "OutboxConsumer", targets: ["OutboxConsumer"]),
         .library(name: "OutboxRuntime", targets: ["OutboxRuntime"]),
+        .library(name: "OutboxTracing", targets: ["OutboxTracing"]),
         .executable(name: "outbox-bench", targets: ["outbox-bench"]),
     ],
     dependencies: [
@@ -27,7 +28,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
-        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0"),
+        // OTLP over HTTP (protobuf) only: the gRPC exporter would add about 5 MB to the relay.
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // MARK: The product (Sources/)
@@ -91,6 +93,15 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // OpenTelemetry spans exported by swift-otel, for the programs that make spans (not outboxctl).
+        .target(
+            name: "OutboxTracing",
+            dependencies: [
+                "Outbox", "OutboxRuntime",
                 .product(name: "OTel", package: "swift-otel"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Logging", package: "swift-log"),
@@ -105,7 +116,7 @@ let package = Package(
         .executableTarget(
             name: "outbox-relay",
             dependencies: [
-                "OutboxRuntime", "Outbox", "OutboxMongo", "OutboxAMQP",
+                "OutboxRuntime", "OutboxTracing", "Outbox", "OutboxMongo", "OutboxAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -73,6 +73,7 @@ let package = Package(
         .executableTarget(
             name: "inventory-consumer",
             dependencies: [
+                .product(name: "OutboxTracing", package: "outbox"),
                 "Inventory",
                 .product(name: "OutboxRuntime", package: "outbox"),
                 .product(name: "OutboxMongo", package: "outbox"),
@@ -83,6 +84,7 @@ let package = Package(
         .executableTarget(
             name: "notification-consumer",
             dependencies: [
+                .product(name: "OutboxTracing", package: "outbox"),
                 "Notifications",
                 .product(name: "OutboxRuntime", package: "outbox"),
                 .product(name: "OutboxMongo", package: "outbox"),

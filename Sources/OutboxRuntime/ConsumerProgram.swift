@@ -7,7 +7,7 @@ import ServiceLifecycle
 /// itself, graceful shutdown. Each consumer differs only in its name and handler.
 public enum ConsumerProgram {
     public static func run(
-        name: String, defaultHTTPPort: Int, mongo: MongoOptions, options: ConsumerOptions,
+        name: String, defaultHTTPPort: Int, mongo: MongoOptions, options: ConsumerOptions, tracing startTracing: Runtime.StartTracing? = nil,
         handler: (Settings) throws -> any InboxHandler
     ) async throws {
         let program = "\(name)-consumer"
@@ -19,7 +19,7 @@ public enum ConsumerProgram {
             logger = Runtime.bootstrap(label: program, level: try settings.logLevel(mongo.logLevel))
             let registry = OpsServer.bootstrapMetrics(eventTypes: try settings.int(options.metricsEventTypes, .metricsEventTypes))
             // The span exporter first: it stops last and exports what the consumer ended.
-            if let tracing = try TracingBootstrap.start(serviceName: program, environment: ProcessInfo.processInfo.environment, logger: logger) {
+            if let tracing = try startTracing?(program, ProcessInfo.processInfo.environment, logger) {
                 services.append(tracing)
             }
             let pool = try settings.mongoPool(uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: program)

@@ -36,10 +36,11 @@ public enum RelayProgram {
         var services: [any Service]
     }
 
-    public static func run(mongo: MongoOptions, options: RelayOptions) async throws {
+    /// `tracing` starts the spans' exporter (`TracingBootstrap.start`); nil: no tracing.
+    public static func run(mongo: MongoOptions, options: RelayOptions, tracing: Runtime.StartTracing? = nil) async throws {
         let parts: Parts
         do {
-            parts = try await assemble(mongo: mongo, options: options)
+            parts = try await assemble(mongo: mongo, options: options, tracing: tracing)
         } catch {
             Runtime.failConfiguration(error, program: program)
         }
@@ -56,11 +57,11 @@ public enum RelayProgram {
     }
 
     /// Reads the settings, waits for the links and builds the relay and the services beside it.
-    static func assemble(mongo: MongoOptions, options: RelayOptions) async throws -> Parts {
+    static func assemble(mongo: MongoOptions, options: RelayOptions, tracing startTracing: Runtime.StartTracing?) async throws -> Parts {
         let environment = Settings()
         let logger = Runtime.bootstrap(label: program, level: try environment.logLevel(mongo.logLevel))
         let registry = OpsServer.bootstrapMetrics(eventTypes: try environment.int(options.metricsEventTypes, .metricsEventTypes))
-        let tracing = try TracingBootstrap.start(serviceName: program, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let tracing = try startTracing?(program, ProcessInfo.processInfo.environment, logger) ?? nil
         let settings = try options.resolve(environment, mongo: mongo)
         if settings.confirmTimeoutAsSet > settings.publisher.confirmTimeout {
             logger.notice(

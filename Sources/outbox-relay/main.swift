@@ -1,5 +1,6 @@
 import ArgumentParser
 import OutboxRuntime
+import OutboxTracing
 
 @main
 struct RelayCommand: AsyncParsableCommand {
@@ -11,6 +12,6 @@ struct RelayCommand: AsyncParsableCommand {
     @OptionGroup var options: RelayOptions
 
     func run() async throws {
-        try await RelayProgram.run(mongo: mongo, options: options)
+        try await RelayProgram.run(mongo: mongo, options: options, tracing: TracingBootstrap.start)
     }
 }

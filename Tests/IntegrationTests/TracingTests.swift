@@ -32,10 +32,9 @@ struct TracingTests {
         let program: Program
         let port: Int
 
-        init(protocol name: String) async throws {
+        init() async throws {
             let program = try Program(
-                path: Programs.python,
-                [Programs.root.appendingPathComponent("Tests/clients/otlp_receiver.py").path, file.path] + (name == "grpc" ? ["--grpc"] : []),
+                path: Programs.python, [Programs.root.appendingPathComponent("Tests/clients/otlp_receiver.py").path, file.path],
                 environment: ["PATH": "/usr/bin:/bin"], label: "otlp-receiver")
             var port: Int?
             _ = await eventually {
@@ -54,20 +53,17 @@ struct TracingTests {
         deinit { try? FileManager.default.removeItem(at: file) }
     }
 
-    static func tracing(endpoint port: Int, protocol name: String = "http/protobuf") -> [String: String] {
+    static func tracing(endpoint port: Int) -> [String: String] {
         [
             "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(port)",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": name, "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
         ]
     }
 
-    @Test(
-        "writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes",
-        arguments: ["http/protobuf", "grpc"])
-    func traceChain(protocol name: String) async throws {
+    @Test("writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes")
+    func traceChain() async throws {
         try await Fixture.with { f in
-            let receiver = try await Receiver(protocol: name)
+            let receiver = try await Receiver()
             defer { kill(receiver.program.pid, SIGKILL) }
             let events = 20
             let result = try await Programs.run(
@@ -87,7 +83,7 @@ struct TracingTests {
                 "inventory-consumer",
                 environment: Programs.environment(
                     f,
-                    Self.tracing(endpoint: receiver.port, protocol: name).merging([
+                    Self.tracing(endpoint: receiver.port).merging([
                         "CONSUMER_EXCHANGE": f.exchange, "CONSUMER_QUEUE": queue, "INVENTORY_EXCHANGE": f.exchange,
                         "CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(consumerPort)",
                     ]) { $1 }))
@@ -96,7 +92,7 @@ struct TracingTests {
             _ = try await f.queue("followups", bindings: ["inventory.#"])
             let relay = try Program(
                 "outbox-relay", ["--http-address", "off", "--exchange", f.exchange, "--poll-interval", "50ms"],
-                environment: Programs.environment(f, Self.tracing(endpoint: receiver.port, protocol: name)))
+                environment: Programs.environment(f, Self.tracing(endpoint: receiver.port)))
             defer { kill(relay.pid, SIGKILL) }
             // Every order and its follow-up (no stock: InventoryReservationFailed) delivered.
             #expect(
@@ -144,7 +140,8 @@ struct TracingTests {
     func exporterDown() async throws {
         try await Fixture.with { f in
             let queue = try await f.queue("all")
-            try await f.appendEvents((0..<200).map { f.event(aggregate: "a-\($0)") })
+            let documents = (0..<200).map { OutboxWriter().document(for: f.event(aggregate: "a-\($0)")) }
+            try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
             let relay = try Program(
                 "outbox-relay", ["--http-address", "off", "--poll-interval", "50ms"],
                 environment: Programs.environment(f, Self.tracing(endpoint: unusedPort())))
@@ -152,6 +149,17 @@ struct TracingTests {
             #expect(try await eventually { try await f.count("outbox", ["status": "delivered"]) == 200 }, "\(relay.output)")
             #expect(await relay.terminate(grace: .seconds(15)) == 0, "\(relay.output.suffix(2000))")
             #expect(try await f.admin.drain(queue).count == 200)
+        }
+    }
+
+    @Test("a protocol that is not built in (grpc) fails the start with exit 78, naming the variable")
+    func grpcRefused() async throws {
+        try await Fixture.with { f in
+            var environment = Programs.environment(f, Self.tracing(endpoint: unusedPort()))
+            environment["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+            let result = try await Programs.product("outbox-relay", ["--http-address", "off"], environment: environment, timeout: .seconds(60))
+            #expect(result.status == 78)
+            #expect(result.errors.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && result.errors.contains("http/protobuf"), "\(result.errors)")
         }
     }
 }

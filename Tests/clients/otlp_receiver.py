@@ -1,9 +1,9 @@
-"""An OTLP trace receiver for the tests, over HTTP (http/protobuf) or gRPC: decodes each export
-request with the OpenTelemetry protocol's own classes (opentelemetry-proto, and grpcio for gRPC)
-and writes one JSON line per span to a file (attribute values as text), so a test can check
-parents, kinds and attributes of what the programs exported.
+"""An OTLP/HTTP trace receiver for the tests: decodes each export request with the
+OpenTelemetry protocol's own protobuf classes (opentelemetry-proto) and writes one JSON line per
+span to a file (attribute values as text), so a test can check parents, kinds and attributes of
+what the programs exported.
 
-    python otlp_receiver.py SPANS_FILE [--grpc]   prints the port it listens on, then serves until killed
+    python otlp_receiver.py SPANS_FILE     prints the port it listens on, then serves until killed
 """
 
 import json
@@ -61,29 +61,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve_grpc():
-    from concurrent import futures
-
-    import grpc
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
-
-    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-        def Export(self, request, context):
-            record(request)
-            return ExportTraceServiceResponse()
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(port, flush=True)
-    server.wait_for_termination()
-
-
 if __name__ == "__main__":
-    if "--grpc" in sys.argv:
-        serve_grpc()
-    else:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        print(server.server_address[1], flush=True)
-        server.serve_forever()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()

@@ -3,6 +3,7 @@ import Inventory
 import OutboxConsumer
 import OutboxMongo
 import OutboxRuntime
+import OutboxTracing
 
 @main
 struct ConsumerCommand: AsyncParsableCommand {
@@ -28,7 +29,8 @@ struct ConsumerCommand: AsyncParsableCommand {
     var eventsExchange: String?
 
     func run() async throws {
-        try await ConsumerProgram.run(name: "inventory", defaultHTTPPort: 9401, mongo: mongo, options: consumer) { settings in
+        try await ConsumerProgram.run(name: "inventory", defaultHTTPPort: 9401, mongo: mongo, options: consumer, tracing: TracingBootstrap.start) {
+            settings in
             InventoryHandler(writer: OutboxWriter(), exchange: try settings.string(eventsExchange, Self.eventsExchangeSetting))
         }
     }

@@ -3,6 +3,7 @@ import Notifications
 import OutboxConsumer
 import OutboxMongo
 import OutboxRuntime
+import OutboxTracing
 
 @main
 struct ConsumerCommand: AsyncParsableCommand {
@@ -21,7 +22,8 @@ struct ConsumerCommand: AsyncParsableCommand {
     @OptionGroup var consumer: ConsumerOptions
 
     func run() async throws {
-        try await ConsumerProgram.run(name: "notification", defaultHTTPPort: 9402, mongo: mongo, options: consumer) { settings in
+        try await ConsumerProgram.run(name: "notification", defaultHTTPPort: 9402, mongo: mongo, options: consumer, tracing: TracingBootstrap.start) {
+            settings in
             NotificationHandler()
         }
     }
