@@ -105,6 +105,7 @@ let package = Package(
                 .product(name: "OTel", package: "swift-otel"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -145,7 +146,7 @@ let package = Package(
         // Unit tests: no servers.
         .testTarget(
             name: "OutboxTests",
-            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OutboxRuntime", "OutboxConsumer"]
+            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OutboxRuntime", "OutboxConsumer", "OutboxTracing"]
         ),
         // Real SecantusDB and RabbitMQ (and, for foreign writers and consumers, real Node.js and Python clients).
         .testTarget(

@@ -33,6 +33,8 @@ public enum RelayProgram {
         var relay: Relay
         var hint: ChangeStreamHint?
         var watchdog: LivenessWatchdog
+        /// The span exporter, when tracing is on; also the first of `services`.
+        var tracing: (any Service)?
         var services: [any Service]
     }
 
@@ -46,7 +48,15 @@ public enum RelayProgram {
         }
         try await prepareStore(parts)
         if options.exitWhenIdle {
-            try await drainUntilIdle(parts)
+            // The span exporter runs beside the drain; the drain's end shuts it down, and it
+            // exports the spans the drain ended.
+            let services: [ServiceGroupConfiguration.ServiceConfiguration] =
+                (parts.tracing.map { [.init(service: $0)] } ?? []) + [
+                    .init(service: Drain(parts: parts), successTerminationBehavior: .gracefullyShutdownGroup)
+                ]
+            var configuration = ServiceGroupConfiguration(services: services, logger: parts.logger)
+            configuration.maximumGracefulShutdownDuration = parts.settings.shutdownTimeout
+            try await ServiceGroup(configuration: configuration).run()
             return
         }
         // Shut down in reverse order: the relay finishes its batch, then the leases are released.
@@ -108,7 +118,7 @@ public enum RelayProgram {
         logConfiguration(settings, changeStream: hint != nil, logger: logger)
         return Parts(
             logger: logger, settings: settings, store: store, leaseStore: leaseStore, leases: leases, publisher: publisher, relay: relay, hint: hint,
-            watchdog: watchdog, services: services)
+            watchdog: watchdog, tracing: tracing, services: services)
     }
 
     static func logConfiguration(_ settings: RelaySettings, changeStream: Bool, logger: Logger) {
@@ -161,6 +171,12 @@ public enum RelayProgram {
                 program: program)
         }
         try await Runtime.retryingAtStart("creating the partition leases", logger: logger) { try await leaseStore.ensurePartitions() }
+    }
+
+    /// `--exit-when-idle` as a service: when the drain is over, the services beside it shut down.
+    struct Drain: Service {
+        let parts: Parts
+        func run() async throws { try await drainUntilIdle(parts) }
     }
 
     /// `--exit-when-idle`: drains until nothing is due anywhere in the outbox, then prints one line

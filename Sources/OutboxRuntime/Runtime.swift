@@ -159,11 +159,12 @@ extension Runtime {
         }
     }
 
-    /// Runs long-lived parts in one service group: SIGTERM or SIGINT starts a graceful shutdown
-    /// that may take at most `shutdownTimeout` before the parts are cancelled.
     /// Starts a program's tracing (e.g. `TracingBootstrap.start` of OutboxTracing) for its service
     /// name and environment: the service that exports spans, or nil with tracing off.
     public typealias StartTracing = @Sendable (_ serviceName: String, _ environment: [String: String], _ logger: Logger) throws -> (any Service)?
+
+    /// Runs long-lived parts in one service group: SIGTERM or SIGINT starts a graceful shutdown
+    /// that may take at most `shutdownTimeout` before the parts are cancelled.
 
     public static func runServices(_ services: [any Service], shutdownTimeout: Duration, logger: Logger) async throws {
         var configuration = ServiceGroupConfiguration(

@@ -31,8 +31,10 @@ public enum TracingBootstrap {
         configuration.serviceName = serviceName
         configuration.logs.enabled = false
         configuration.metrics.enabled = false
-        // swift-otel's own log lines (one per variable read, at info) only when something is wrong.
+        // swift-otel's own log lines (one per variable read, at info) only when something is wrong,
+        // in the program's log, with the spans it reports lost counted on the way.
         configuration.diagnosticLogLevel = .warning
+        configuration.diagnosticLogger = .custom(Logger(label: "swift-otel") { _ in SpanLossCounter(logger.handler) })
         let backend: (factory: any Tracer, service: any Service)
         do {
             backend = try OTel.makeTracingBackend(configuration: configuration)

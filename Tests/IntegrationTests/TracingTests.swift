@@ -60,12 +60,12 @@ struct TracingTests {
         ]
     }
 
-    @Test("writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes")
+    @Test("1,000 events, each one trace: writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes")
     func traceChain() async throws {
         try await Fixture.with { f in
             let receiver = try await Receiver()
             defer { kill(receiver.program.pid, SIGKILL) }
-            let events = 20
+            let events = 1000
             let result = try await Programs.run(
                 Programs.python,
                 [Programs.root.appendingPathComponent("Examples/python-writer/writer.py").path, "--orders", "\(events)", "--trace"],
@@ -101,10 +101,13 @@ struct TracingTests {
             #expect(await consumer.terminate() == 0, "\(consumer.output.suffix(3000))")
             #expect(await eventually(timeout: .seconds(30)) { receiver.spans.count >= 3 * events }, "spans: \(receiver.spans.count)")
             let spans = receiver.spans
-            let byId = Dictionary(spans.map { ($0.spanId, $0) }) { first, _ in first }
+            let publishes = Dictionary(spans.filter { $0.kind == "producer" }.map { ($0.attributes["messaging.message.id"] ?? "", $0) }) { first, _ in
+                first
+            }
+            let children = Dictionary(grouping: spans, by: \.parentSpanId)
 
             for event in written {
-                let publish = try #require(spans.first { $0.attributes["messaging.message.id"] == event.id && $0.kind == "producer" })
+                let publish = try #require(publishes[event.id], "the relay's span of \(event.id)")
                 #expect(publish.service == "outbox-relay")
                 #expect(publish.traceId == event.traceId, "the writer's trace")
                 #expect(publish.parentSpanId == event.spanId, "a child of the writer's span")
@@ -115,7 +118,7 @@ struct TracingTests {
                 #expect(publish.attributes["messaging.rabbitmq.destination.routing_key"] == "order.created")
                 #expect(publish.attributes["outbox.event.type"] == "OrderCreated")
                 #expect(publish.attributes["outbox.event.wait_ms"] != nil)
-                let process = try #require(spans.first { $0.parentSpanId == publish.spanId }, "the consumer's span")
+                let process = try #require(children[publish.spanId]?.only, "the consumer's span of \(event.id)")
                 #expect(process.kind == "consumer")
                 #expect(process.service == "inventory-consumer")
                 #expect(process.traceId == event.traceId)
@@ -123,12 +126,13 @@ struct TracingTests {
                 #expect(process.attributes["messaging.consumer.group.name"] == "inventory")
                 #expect(process.attributes["messaging.message.id"] == event.id)
                 // The follow-up the handler wrote carries the consumer's context: its publish is the consumer span's child.
-                let followUp = try #require(spans.first { $0.parentSpanId == process.spanId }, "the follow-up's publish")
+                let followUp = try #require(children[process.spanId]?.only, "the follow-up's publish of \(event.id)")
                 #expect(followUp.kind == "producer")
+                #expect(followUp.service == "outbox-relay")
                 #expect(followUp.traceId == event.traceId)
                 #expect(followUp.attributes["outbox.event.type"] == "InventoryReservationFailed")
-                #expect(byId[followUp.parentSpanId]?.spanId == process.spanId)
             }
+            #expect(Set(spans.map(\.traceId)).count == events, "one trace per event, nothing else")
             // Spans name events, never carry their data.
             for span in spans {
                 #expect(!span.attributes.values.contains { "\($0)".contains("customer-") || "\($0)".contains("44.99") }, "\(span.attributes)")
@@ -136,19 +140,42 @@ struct TracingTests {
         }
     }
 
-    @Test("an exporter that is down slows nothing: every event delivered, the relay stops in time")
-    func exporterDown() async throws {
+    @Test("a collector that turns slow, then stops: every event still delivered, the lost spans counted, the relay stops in time")
+    func exporterSlowThenStopped() async throws {
         try await Fixture.with { f in
+            let receiver = try await Receiver()
+            defer { kill(receiver.program.pid, SIGKILL) }
             let queue = try await f.queue("all")
-            let documents = (0..<200).map { OutboxWriter().document(for: f.event(aggregate: "a-\($0)")) }
-            try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+            let port = unusedPort()
             let relay = try Program(
-                "outbox-relay", ["--http-address", "off", "--poll-interval", "50ms"],
-                environment: Programs.environment(f, Self.tracing(endpoint: unusedPort())))
+                "outbox-relay", ["--http-address", "127.0.0.1:\(port)", "--poll-interval", "50ms"],
+                environment: Programs.environment(f, Self.tracing(endpoint: receiver.port)))
             defer { kill(relay.pid, SIGKILL) }
-            #expect(try await eventually { try await f.count("outbox", ["status": "delivered"]) == 200 }, "\(relay.output)")
+            var lost: Double?
+            /// Writes the next 300 events; true when all are delivered and `lost` spans counted.
+            func deliver(_ round: Int, lost atLeast: Double) async throws -> Bool {
+                let documents = (300 * round..<300 * (round + 1)).map { OutboxWriter().document(for: f.event(aggregate: "a-\($0)")) }
+                try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+                guard try await eventually({ try await f.count("outbox", ["status": "delivered"]) == 300 * (round + 1) }) else { return false }
+                // Each batch the SDK could not hand over within OTEL_EXPORTER_OTLP_TIMEOUT is counted by its spans.
+                return await eventually(timeout: .seconds(30)) {
+                    let metrics = await httpGet(port: port, "/metrics")?.body ?? ""
+                    lost = DeliveryLagTests.sample(metrics, "outbox_spans_dropped_total", ["reason": "export_failed"])
+                    return (lost ?? 0) >= atLeast
+                }
+            }
+            #expect(try await deliver(0, lost: 0), "\(relay.output)")
+            #expect(await eventually(timeout: .seconds(30)) { receiver.spans.count == 300 }, "spans: \(receiver.spans.count)")
+            // Slow: it takes the requests and answers after 5 s, past the 1 s export timeout.
+            kill(receiver.program.pid, SIGUSR1)
+            #expect(try await deliver(1, lost: 300), "spans counted lost: \(String(describing: lost)); \(relay.output)")
+            // Gone: connections refused.
+            kill(receiver.program.pid, SIGKILL)
+            #expect(try await deliver(2, lost: 600), "spans counted lost: \(String(describing: lost)); \(relay.output)")
             #expect(await relay.terminate(grace: .seconds(15)) == 0, "\(relay.output.suffix(2000))")
-            #expect(try await f.admin.drain(queue).count == 200)
+            #expect(relay.output.contains("Failed to export batch"), "the loss is logged too")
+            #expect(try await f.admin.drain(queue).count == 900)
+            #expect(receiver.spans.count == 300, "nothing recorded while slow")
         }
     }
 
@@ -162,4 +189,9 @@ struct TracingTests {
             #expect(result.errors.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && result.errors.contains("http/protobuf"), "\(result.errors)")
         }
     }
+}
+
+extension Array {
+    /// The element, when there is exactly one.
+    fileprivate var only: Element? { count == 1 ? first : nil }
 }

@@ -1,13 +1,19 @@
-"""An OTLP/HTTP trace receiver for the tests: decodes each export request with the
+"""An OTLP/HTTP trace receiver for the tests and ops/bench: decodes each export request with the
 OpenTelemetry protocol's own protobuf classes (opentelemetry-proto) and writes one JSON line per
 span to a file (attribute values as text), so a test can check parents, kinds and attributes of
 what the programs exported.
 
     python otlp_receiver.py SPANS_FILE     prints the port it listens on, then serves until killed
+
+SIGUSR1 makes it a slow collector: from then on it answers each export only after 5 seconds and
+records nothing.
 """
 
 import json
+import signal
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
@@ -40,9 +46,17 @@ def record(request):
         spans.write("".join(line + "\n" for line in lines))
 
 
+SLOW = threading.Event()
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if SLOW.is_set():
+            time.sleep(5)
+            self.send_response(503)
+            self.end_headers()
+            return
         if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
             self.send_response(415)
             self.end_headers()
@@ -62,6 +76,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGUSR1, lambda *_: SLOW.set())
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a parent may have passed signals on blocked
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()

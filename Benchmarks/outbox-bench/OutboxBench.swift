@@ -58,13 +58,22 @@ struct BenchCommand: AsyncParsableCommand {
     var flowPort = 8090
 
     enum Phase: String, CaseIterable, ExpressibleByArgument {
-        case broker, store, scaleOut = "scale-out", consumers, flow, latency
+        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency
     }
 
     @Option(
         name: .customLong("only"), parsing: .upToNextOption,
         help: ArgumentHelp("Phases to run (default: all): \(Phase.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "phase"))
     var phases: [Phase] = Phase.allCases
+
+    @Option(help: "Python with the OpenTelemetry protocol package, for the span receiver of the tracing phase (ops/bench passes the project's).")
+    var python = "python3"
+
+    @Option(help: "The OTLP/HTTP span receiver script of the tracing phase (ops/bench passes Tests/clients/otlp_receiver.py).")
+    var otlpReceiver: String?
+
+    @Option(help: "Rounds of the tracing comparison (off, then on); each figure is the lowest of its rounds.")
+    var tracingRounds = 2
 
     @Option(help: "Rounds of the scale-out comparison (1 relay, then 3); each figure is the best of its rounds.")
     var scaleOutRounds = 3
@@ -140,6 +149,18 @@ struct BenchCommand: AsyncParsableCommand {
                 let result = try await bench.drain(events: 600, shape: shape, payloadBytes: largeEventBytes)
                 report("relay peak RSS, 600 × \(largeEventBytes / 1000) KB \(shape.rawValue) documents", "\(result.peakRSSKiB / 1024) MiB")
             }
+        }
+        if run.contains(.tracing) {
+            guard let otlpReceiver else { throw ValidationError("the tracing phase needs --otlp-receiver") }
+            let rounds = max(tracingRounds, 1)
+            print(
+                "tracing: the \(backlog) backlog, each event with a writer's traceparent, drained with tracing off, then on (OTLP/HTTP to a receiver); \(rounds) round(s)"
+            )
+            let cost = try await bench.tracingCost(events: backlog, rounds: rounds, python: python, receiver: otlpReceiver)
+            report("relay CPU time per event, tracing off", String(format: "%.1f µs", cost.off))
+            report(
+                "relay CPU time per event, tracing on",
+                String(format: "%.1f µs  (%@× off; %d of %d spans received)", cost.on, ratio(cost.on, cost.off), cost.spansReceived, cost.spansMade))
         }
         if run.contains(.scaleOut) {
             let rounds = max(scaleOutRounds, 1)
@@ -246,6 +267,7 @@ struct Bench {
         environment["OUTBOX_DATABASE"] = database
         environment["LOG_LEVEL"] = "warning"
         environment["RELAY_HTTP_ADDRESS"] = "off"
+        environment["OTEL_TRACES_EXPORTER"] = nil  // off unless a phase turns it on
         return environment
     }
 
@@ -315,6 +337,8 @@ struct Bench {
         case minimal
         /// The older format: minimal fields plus `status: "pending"`, `attempts: 0` and a due time.
         case pendingFormat = "status-pending"
+        /// By `OutboxWriter`, each with the W3C trace context of a writer's span.
+        case traced
     }
 
     /// Inserts `count` pending events, written in `shape`, into a fresh database; returns the pool.
@@ -331,7 +355,7 @@ struct Bench {
             let documents = (chunk..<min(chunk + chunkSize, count)).map { i -> Document in
                 var data: Document = ["orderId": .string("order-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("12.50")!)]
                 if payloadBytes > 0 { data["note"] = .string(padding) }
-                guard shape == .writer else {
+                guard shape == .writer || shape == .traced else {
                     var document: Document = [
                         "_id": .objectId(ObjectId()), "type": "OrderCreated", "aggregateId": .string("order-\(i)"), "data": .document(data),
                         "timestamp": .datetime(start + Int64(i)),
@@ -341,8 +365,10 @@ struct Bench {
                     }
                     return document
                 }
+                let trace = shape == .traced ? TraceContext(traceparent: Self.traceparent(i)) : nil
                 return writer.document(
-                    for: NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", data: data, exchange: exchange))
+                    for: NewEvent(
+                        type: "OrderCreated", aggregateType: "Order", aggregateId: "order-\(i)", data: data, exchange: exchange, traceContext: trace))
             }
             try await pool.withConnection { try $0.collection("outbox").insertMany(documents) }
         }
@@ -384,11 +410,13 @@ struct Bench {
     }
 
     /// Drains a fresh backlog with `relays` relay processes started at once, each exiting when idle.
-    func drain(events count: Int, shape: Shape = .writer, payloadBytes: Int = 0, relays: Int = 1) async throws -> DrainResult {
+    func drain(
+        events count: Int, shape: Shape = .writer, payloadBytes: Int = 0, relays: Int = 1, environment extra: [String: String] = [:]
+    ) async throws -> DrainResult {
         let database = "bench_drain"
         let admin = try await sink("bench.drain")
         let pool = try await backlog(database, events: count, exchange: "bench.drain", shape: shape, payloadBytes: payloadBytes)
-        var environment = relayEnvironment(database: database)
+        var environment = relayEnvironment(database: database).merging(extra) { $1 }
         environment["RELAY_EXCHANGE"] = "bench.drain"
         let outputs = (0..<relays).map {
             FileManager.default.temporaryDirectory.appendingPathComponent("outbox-bench-relay-\(getpid())-\($0).out").path
