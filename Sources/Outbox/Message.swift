@@ -21,6 +21,9 @@ public struct OutboxMessage: Sendable, Hashable {
     /// Milliseconds since the epoch when the event occurred.
     public var occurredAt: Int64
     public var correlationId: String?
+    /// The AMQP `priority` (0–255), when the writer gave one; a queue orders by it only when
+    /// declared with `x-max-priority`.
+    public var priority: UInt8?
     public var headers: [String: HeaderValue]
     /// The AMQP `content_type` of `body`.
     public var contentType: String
@@ -39,7 +42,7 @@ public struct OutboxMessage: Sendable, Hashable {
 
     public init(
         id: String, type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int?,
-        exchange: String, routingKey: String, occurredAt: Int64, correlationId: String? = nil,
+        exchange: String, routingKey: String, occurredAt: Int64, correlationId: String? = nil, priority: UInt8? = nil,
         headers: [String: HeaderValue] = [:], contentType: String = "application/json", body: [UInt8], attempts: Int = 0,
         partition: Int = 0, storeKey: [UInt8] = [], isFirstSight: Bool = false
     ) {
@@ -52,6 +55,7 @@ public struct OutboxMessage: Sendable, Hashable {
         self.routingKey = routingKey
         self.occurredAt = occurredAt
         self.correlationId = correlationId
+        self.priority = priority
         self.headers = headers
         self.contentType = contentType
         self.body = body

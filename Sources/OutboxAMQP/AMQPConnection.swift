@@ -230,7 +230,7 @@ final class AMQPConnection {
     @discardableResult
     func publish(
         exchange: String, routingKey: String, body: [UInt8], contentType: String = "application/json", mandatory: Bool,
-        messageId: String?, type: String?, correlationId: String? = nil, timestampSeconds: UInt64? = nil,
+        messageId: String?, type: String?, correlationId: String? = nil, priority: UInt8? = nil, timestampSeconds: UInt64? = nil,
         headers: [String: HeaderValue] = [:], appId: String? = nil
     ) throws -> UInt64 {
         let arena = CArena()
@@ -249,6 +249,10 @@ final class AMQPConnection {
         if let correlationId {
             flags |= UInt32(AMQP_BASIC_CORRELATION_ID_FLAG)
             props.correlation_id = arena.bytes(correlationId)
+        }
+        if let priority {
+            flags |= UInt32(AMQP_BASIC_PRIORITY_FLAG)
+            props.priority = priority
         }
         if let timestampSeconds {
             flags |= UInt32(AMQP_BASIC_TIMESTAMP_FLAG)

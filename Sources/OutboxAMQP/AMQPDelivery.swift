@@ -18,6 +18,7 @@ public struct AMQPDelivery: Sendable {
     public var messageId: String?
     public var type: String?
     public var correlationId: String?
+    public var priority: UInt8?
     /// The AMQP `content_type`, when the publisher set one.
     public var contentType: String? = nil
     public var headers: [String: HeaderValue]
@@ -36,6 +37,7 @@ public struct AMQPDelivery: Sendable {
         messageId = properties.messageId
         type = properties.type
         correlationId = properties.correlationId
+        priority = properties.priority
         contentType = properties.contentType
         headers = properties.headers.compactMapValues { field in
             switch field {

@@ -129,7 +129,7 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                         let tag = try connection.publish(
                             exchange: message.exchange, routingKey: message.routingKey, body: message.body,
                             contentType: message.contentType, mandatory: true, messageId: message.id, type: message.type,
-                            correlationId: message.correlationId,
+                            correlationId: message.correlationId, priority: message.priority,
                             timestampSeconds: UInt64(max(message.occurredAt, 0) / 1000),
                             headers: message.wireHeaders, appId: options.appId)
                         batch.published(index: index, tag: tag)

@@ -229,7 +229,8 @@ public final class InboxConsumer: Service {
             let message = IncomingMessage(
                 messageId: messageId, type: delivery.type, routingKey: delivery.routingKey,
                 headers: spans.start(delivery, messageId: messageId),
-                contentType: delivery.contentType, correlationId: delivery.correlationId, body: delivery.body,
+                contentType: delivery.contentType, correlationId: delivery.correlationId, priority: delivery.priority,
+                body: delivery.body,
                 redelivered: delivery.redelivered)
             fresh.append(Item(delivery: delivery, message: message, inboxId: "\(configuration.name):\(messageId)"))
         }
@@ -459,7 +460,7 @@ public final class InboxConsumer: Service {
         let message = OutboxMessage(
             id: delivery.messageId ?? "", type: delivery.type ?? "", aggregateType: aggregateType, aggregateId: aggregateId,
             aggregateVersion: aggregateVersion, exchange: configuration.topology.deadLetterExchange, routingKey: delivery.routingKey,
-            occurredAt: occurredAt, correlationId: delivery.correlationId, headers: headers,
+            occurredAt: occurredAt, correlationId: delivery.correlationId, priority: delivery.priority, headers: headers,
             contentType: delivery.contentType ?? WireFormat.jsonContentType, body: delivery.body)
         let outcome = await deadLetters.publish([message]).first
         if outcome == .acked {

@@ -10,12 +10,14 @@ public struct IncomingMessage: Sendable {
     /// The AMQP `content_type`, when the publisher set one.
     public var contentType: String?
     public var correlationId: String?
+    /// The AMQP `priority`, when the publisher set one (an event's `priority`).
+    public var priority: UInt8?
     public var body: [UInt8]
     public var redelivered: Bool
 
     public init(
         messageId: String, type: String? = nil, routingKey: String, headers: [String: HeaderValue] = [:],
-        contentType: String? = nil, correlationId: String? = nil, body: [UInt8], redelivered: Bool = false
+        contentType: String? = nil, correlationId: String? = nil, priority: UInt8? = nil, body: [UInt8], redelivered: Bool = false
     ) {
         self.messageId = messageId
         self.type = type
@@ -23,6 +25,7 @@ public struct IncomingMessage: Sendable {
         self.headers = headers
         self.contentType = contentType
         self.correlationId = correlationId
+        self.priority = priority
         self.body = body
         self.redelivered = redelivered
     }

@@ -120,6 +120,13 @@ public enum OutboxDocument {
             guard let value = raw.stringValue else { return fail("correlationId must be a string") }
             correlationId = value
         }
+        var priority: UInt8?
+        if let raw = document["priority"], raw != .null {
+            guard let value = raw.intValue, let byte = UInt8(exactly: value) else {
+                return fail("priority must be an integer from 0 to 255, found \(describe(raw))")
+            }
+            priority = byte
+        }
         let partition: Int
         if isNew {
             partition = EventNaming.partition(ofAggregate: aggregateId, partitions: options.partitions)
@@ -131,7 +138,8 @@ public enum OutboxDocument {
         }
         var message = OutboxMessage(
             id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
-            exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, headers: headers,
+            exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, priority: priority,
+            headers: headers,
             body: [], attempts: max(document["attempts"]?.intValue ?? 0, 0), partition: partition, storeKey: storeKey(of: rawId),
             isFirstSight: isNew)
         do { try MessageBody.render(&message, data: data, document: document, options: options.body) } catch { return .failure(error) }

@@ -145,6 +145,7 @@ public enum OutboxSchema {
                 "routingKey": ["bsonType": "string", "maxLength": 255],
                 "headers": ["bsonType": "object"],
                 "correlationId": ["bsonType": "string"],
+                "priority": ["bsonType": ["int", "long"], "minimum": 0, "maximum": 255],
                 "traceparent": ["bsonType": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"],
                 "tracestate": ["bsonType": "string", "maxLength": .int32(Int32(TraceContext.maxTracestateLength))],
                 // Absent, null or pending when written (documents the relay reads as new); the

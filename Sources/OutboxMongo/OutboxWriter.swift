@@ -15,12 +15,14 @@ public struct NewEvent: Sendable {
     /// The trace the event belongs to (e.g. the request's, or the message a consumer is applying),
     /// written as the document's `traceparent` and `tracestate`; the relay carries it on.
     public var traceContext: TraceContext?
+    /// The AMQP `priority` (0–255) the message is published with; none by default.
+    public var priority: UInt8?
 
     /// `routingKey` defaults to the dotted form of `type` (`OrderCreated` → `order.created`).
     public init(
         type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int = 1, data: Document,
         exchange: String = "orders", routingKey: String? = nil, correlationId: String? = nil,
-        headers: [String: HeaderValue] = [:], traceContext: TraceContext? = nil
+        headers: [String: HeaderValue] = [:], traceContext: TraceContext? = nil, priority: UInt8? = nil
     ) {
         self.type = type
         self.aggregateType = aggregateType
@@ -32,6 +34,7 @@ public struct NewEvent: Sendable {
         self.correlationId = correlationId
         self.headers = headers
         self.traceContext = traceContext
+        self.priority = priority
     }
 }
 
@@ -78,6 +81,7 @@ public struct OutboxWriter: Sendable {
             "nextAttemptAt": .date(now),
         ]
         if let correlationId = event.correlationId { document["correlationId"] = .string(correlationId) }
+        if let priority = event.priority { document["priority"] = .int32(Int32(priority)) }
         if let trace = event.traceContext {
             document[TraceContext.traceparentField] = .string(trace.traceparent)
             if let state = trace.tracestate { document[TraceContext.tracestateField] = .string(state) }

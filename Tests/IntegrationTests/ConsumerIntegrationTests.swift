@@ -146,7 +146,8 @@ struct ConsumerIntegrationTests {
             defer { running.cancel() }
             #expect(await eventually { await service.isConnected })
             let publisher = f.makePublisher()
-            let poison = orderCreated(f, orderId: "poison")
+            var poison = orderCreated(f, orderId: "poison")
+            poison.priority = 4
             let after = (1...3).map { orderCreated(f, orderId: "after-\($0)") }
             #expect(await publisher.publish([poison] + after).allSatisfy { $0 == .acked })
             await publisher.close()
@@ -158,6 +159,7 @@ struct ConsumerIntegrationTests {
             #expect(dead.first?.messageId == "evt-poison")
             #expect(dead.first?.headers["x-attempts"] == .int(3))
             #expect(dead.first?.headers["x-error"].map { "\($0)".contains("Boom") } == true)
+            #expect(dead.first?.priority == 4, "the dead letter keeps the message's priority")
             #expect(try await f.count("inbox") == 3, "a dead-lettered message is not recorded as processed")
         }
     }
