@@ -42,10 +42,12 @@ extension Bench {
             port = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         }
         guard let port else { throw ValidationError("the span receiver did not start (\(python) \(script))") }
-        // The SDK's defaults but for the endpoint: what an operator gets by turning tracing on.
+        // The SDK's defaults but for the endpoint and the export interval: by default the SDK
+        // exports 512 spans every 5 s and drops what overflows its queue in between, far below a
+        // draining relay's rate; at 200 ms every span is exported (docs/operations.md#tracing).
         let tracing = [
             "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(port)",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "200",
         ]
         var off: [Double] = []
         var on: [Double] = []

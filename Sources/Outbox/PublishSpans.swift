@@ -20,16 +20,19 @@ struct PublishSpans: ~Copyable {
             let message = batch[index]
             let span = tracer.startSpan("publish \(message.exchange)", context: parent, ofKind: .producer)
             if span.isRecording {
-                span.attributes["messaging.system"] = "rabbitmq"
-                span.attributes["messaging.operation.type"] = "send"
-                span.attributes["messaging.operation.name"] = "publish"
-                span.attributes["messaging.destination.name"] = message.exchange
-                span.attributes["messaging.rabbitmq.destination.routing_key"] = message.routingKey
-                span.attributes["messaging.message.id"] = message.id
-                span.attributes["messaging.message.body.size"] = message.body.count
-                span.attributes["outbox.event.type"] = message.type
-                span.attributes["outbox.event.attempt"] = message.attempts + 1
-                if let now { span.attributes["outbox.event.wait_ms"] = Int(max(now - message.occurredAt, 0)) }
+                // In one update: each assignment of its own copies the span's attributes twice.
+                span.updateAttributes { attributes in
+                    attributes["messaging.system"] = "rabbitmq"
+                    attributes["messaging.operation.type"] = "send"
+                    attributes["messaging.operation.name"] = "publish"
+                    attributes["messaging.destination.name"] = message.exchange
+                    attributes["messaging.rabbitmq.destination.routing_key"] = message.routingKey
+                    attributes["messaging.message.id"] = message.id
+                    attributes["messaging.message.body.size"] = message.body.count
+                    attributes["outbox.event.type"] = message.type
+                    attributes["outbox.event.attempt"] = message.attempts + 1
+                    if let now { attributes["outbox.event.wait_ms"] = Int(max(now - message.occurredAt, 0)) }
+                }
                 tracer.inject(span.context, into: &batch[index].headers, using: HeaderCarrier())
             }
             spans.append(span)

@@ -26,15 +26,18 @@ final class ConsumeSpans: Sendable {
         tracer.extract(delivery.headers, into: &parent, using: HeaderCarrier())
         let span = tracer.startSpan("process \(queue)", context: parent, ofKind: .consumer)
         guard span.isRecording else { return delivery.headers }
-        span.attributes["messaging.system"] = "rabbitmq"
-        span.attributes["messaging.operation.type"] = "process"
-        span.attributes["messaging.operation.name"] = "process"
-        span.attributes["messaging.destination.name"] = delivery.exchange
-        span.attributes["messaging.rabbitmq.destination.routing_key"] = delivery.routingKey
-        span.attributes["messaging.consumer.group.name"] = consumer
-        span.attributes["messaging.message.id"] = messageId
-        span.attributes["messaging.message.body.size"] = delivery.body.count
-        if delivery.redelivered { span.attributes["outbox.consumer.redelivered"] = true }
+        // In one update: each assignment of its own copies the span's attributes twice.
+        span.updateAttributes { attributes in
+            attributes["messaging.system"] = "rabbitmq"
+            attributes["messaging.operation.type"] = "process"
+            attributes["messaging.operation.name"] = "process"
+            attributes["messaging.destination.name"] = delivery.exchange
+            attributes["messaging.rabbitmq.destination.routing_key"] = delivery.routingKey
+            attributes["messaging.consumer.group.name"] = consumer
+            attributes["messaging.message.id"] = messageId
+            attributes["messaging.message.body.size"] = delivery.body.count
+            if delivery.redelivered { attributes["outbox.consumer.redelivered"] = true }
+        }
         var headers = delivery.headers
         tracer.inject(span.context, into: &headers, using: HeaderCarrier())
         open.withLock { $0[delivery.deliveryTag] = span }
