@@ -22,13 +22,9 @@ struct PublishSpans: ~Copyable {
             if span.isRecording {
                 // In one update: each assignment of its own copies the span's attributes twice.
                 span.updateAttributes { attributes in
-                    attributes["messaging.system"] = "rabbitmq"
-                    attributes["messaging.operation.type"] = "send"
-                    attributes["messaging.operation.name"] = "publish"
-                    attributes["messaging.destination.name"] = message.exchange
-                    attributes["messaging.rabbitmq.destination.routing_key"] = message.routingKey
-                    attributes["messaging.message.id"] = message.id
-                    attributes["messaging.message.body.size"] = message.body.count
+                    attributes.setMessaging(
+                        operation: "send", name: "publish", exchange: message.exchange, routingKey: message.routingKey, messageId: message.id,
+                        bodySize: message.body.count)
                     attributes["outbox.event.type"] = message.type
                     attributes["outbox.event.attempt"] = message.attempts + 1
                     if let now { attributes["outbox.event.wait_ms"] = Int(max(now - message.occurredAt, 0)) }
@@ -48,6 +44,19 @@ struct PublishSpans: ~Copyable {
             }
             span.end()
         }
+    }
+}
+
+extension SpanAttributes {
+    /// What the OpenTelemetry messaging conventions give every span of a RabbitMQ message.
+    public mutating func setMessaging(operation: String, name: String, exchange: String, routingKey: String, messageId: String, bodySize: Int) {
+        self["messaging.system"] = "rabbitmq"
+        self["messaging.operation.type"] = operation
+        self["messaging.operation.name"] = name
+        self["messaging.destination.name"] = exchange
+        self["messaging.rabbitmq.destination.routing_key"] = routingKey
+        self["messaging.message.id"] = messageId
+        self["messaging.message.body.size"] = bodySize
     }
 }
 

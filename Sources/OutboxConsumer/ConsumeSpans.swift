@@ -28,14 +28,10 @@ final class ConsumeSpans: Sendable {
         guard span.isRecording else { return delivery.headers }
         // In one update: each assignment of its own copies the span's attributes twice.
         span.updateAttributes { attributes in
-            attributes["messaging.system"] = "rabbitmq"
-            attributes["messaging.operation.type"] = "process"
-            attributes["messaging.operation.name"] = "process"
-            attributes["messaging.destination.name"] = delivery.exchange
-            attributes["messaging.rabbitmq.destination.routing_key"] = delivery.routingKey
+            attributes.setMessaging(
+                operation: "process", name: "process", exchange: delivery.exchange, routingKey: delivery.routingKey, messageId: messageId,
+                bodySize: delivery.body.count)
             attributes["messaging.consumer.group.name"] = consumer
-            attributes["messaging.message.id"] = messageId
-            attributes["messaging.message.body.size"] = delivery.body.count
             if delivery.redelivered { attributes["outbox.consumer.redelivered"] = true }
         }
         var headers = delivery.headers
