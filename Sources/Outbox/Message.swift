@@ -24,6 +24,9 @@ public struct OutboxMessage: Sendable, Hashable {
     /// The AMQP `priority` (0–255), when the writer gave one; a queue orders by it only when
     /// declared with `x-max-priority`.
     public var priority: UInt8?
+    /// Milliseconds since the epoch after which the event is not worth delivering: published with
+    /// the AMQP `expiration` set to the time left, and not published at all once past it.
+    public var expiresAt: Int64?
     public var headers: [String: HeaderValue]
     /// The AMQP `content_type` of `body`.
     public var contentType: String
@@ -43,7 +46,7 @@ public struct OutboxMessage: Sendable, Hashable {
     public init(
         id: String, type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int?,
         exchange: String, routingKey: String, occurredAt: Int64, correlationId: String? = nil, priority: UInt8? = nil,
-        headers: [String: HeaderValue] = [:], contentType: String = "application/json", body: [UInt8], attempts: Int = 0,
+        expiresAt: Int64? = nil, headers: [String: HeaderValue] = [:], contentType: String = "application/json", body: [UInt8], attempts: Int = 0,
         partition: Int = 0, storeKey: [UInt8] = [], isFirstSight: Bool = false
     ) {
         self.id = id
@@ -56,6 +59,7 @@ public struct OutboxMessage: Sendable, Hashable {
         self.occurredAt = occurredAt
         self.correlationId = correlationId
         self.priority = priority
+        self.expiresAt = expiresAt
         self.headers = headers
         self.contentType = contentType
         self.body = body

@@ -230,7 +230,8 @@ final class AMQPConnection {
     @discardableResult
     func publish(
         exchange: String, routingKey: String, body: [UInt8], contentType: String = "application/json", mandatory: Bool,
-        messageId: String?, type: String?, correlationId: String? = nil, priority: UInt8? = nil, timestampSeconds: UInt64? = nil,
+        messageId: String?, type: String?, correlationId: String? = nil, priority: UInt8? = nil, expiration: String? = nil,
+        timestampSeconds: UInt64? = nil,
         headers: [String: HeaderValue] = [:], appId: String? = nil
     ) throws -> UInt64 {
         let arena = CArena()
@@ -253,6 +254,10 @@ final class AMQPConnection {
         if let priority {
             flags |= UInt32(AMQP_BASIC_PRIORITY_FLAG)
             props.priority = priority
+        }
+        if let expiration {
+            flags |= UInt32(AMQP_BASIC_EXPIRATION_FLAG)
+            props.expiration = arena.bytes(expiration)
         }
         if let timestampSeconds {
             flags |= UInt32(AMQP_BASIC_TIMESTAMP_FLAG)

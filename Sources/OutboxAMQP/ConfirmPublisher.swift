@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Outbox
 
@@ -130,6 +131,7 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                             exchange: message.exchange, routingKey: message.routingKey, body: message.body,
                             contentType: message.contentType, mandatory: true, messageId: message.id, type: message.type,
                             correlationId: message.correlationId, priority: message.priority,
+                            expiration: message.expiresAt.map { String(max($0 - Int64(Date().timeIntervalSince1970 * 1000), 0)) },
                             timestampSeconds: UInt64(max(message.occurredAt, 0) / 1000),
                             headers: message.wireHeaders, appId: options.appId)
                         batch.published(index: index, tag: tag)

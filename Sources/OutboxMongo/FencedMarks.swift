@@ -44,22 +44,27 @@ extension MongoOutboxStore {
         return try await fencedUpdate(writes, leases: leases)
     }
 
-    /// Parks documents the relay cannot publish, with the reason, so they never block the rest.
-    /// New documents are parked by a conditional update on their still having no state.
-    func park(_ malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)], leases: [PartitionLease]) async throws {
+    /// Parks documents the relay cannot publish, with the reason, so they never block the rest;
+    /// `expired`: settles events past their `expiresAt` as expired (not an error: counted in
+    /// `outbox_expired_events_total`). New documents are settled by a conditional update on their
+    /// still having no state.
+    func park(_ malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)], leases: [PartitionLease], expired: Bool = false) async throws {
         for item in malformed.prefix(20) {
-            logger.error(
-                "parking malformed outbox document",
+            logger.log(
+                level: expired ? .notice : .error, expired ? "outbox event expired before delivery" : "parking malformed outbox document",
                 metadata: [LogKey.outboxEventID: "\(ExtendedJSON.render(item.id))", LogKey.reason: "\(item.reason)"])
         }
-        if malformed.count > 20 { logger.error("parking \(malformed.count - 20) more malformed outbox documents") }
+        if malformed.count > 20 { logger.log(level: expired ? .notice : .error, "\(malformed.count - 20) more outbox documents settled alike") }
         let now = clock.now()
         func fields(_ item: (id: BSON, partition: Int, reason: String, isNew: Bool)) -> Document {
-            [
-                "status": .string(OutboxSchema.Status.parked), "lastError": .string("malformed: \(item.reason)"), "parkedAt": .date(now),
-                "partition": .int32(Int32(item.partition)),
-            ]
+            expired
+                ? ["status": .string(OutboxSchema.Status.expired), "expiredAt": .date(now), "partition": .int32(Int32(item.partition))]
+                : [
+                    "status": .string(OutboxSchema.Status.parked), "lastError": .string("malformed: \(item.reason)"), "parkedAt": .date(now),
+                    "partition": .int32(Int32(item.partition)),
+                ]
         }
+        if expired { Self.expiredEvents.increment(by: malformed.count) }
         let known = malformed.filter { !$0.isNew }
         _ = try await fencedUpdate(
             known.map { FencedWrite(id: $0.id, partition: $0.partition, isNew: false, update: ["$set": .document(fields($0))]) }, leases: leases)

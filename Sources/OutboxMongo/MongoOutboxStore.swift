@@ -61,6 +61,7 @@ public final class MongoOutboxStore: OutboxStore {
     /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
     /// of the relay per event.
     static let documentsRead = Counter(label: "outbox_documents_read_total")
+    static let expiredEvents = Counter(label: "outbox_expired_events_total")
     let documentsReadCount = Atomic<Int>(0)
     /// What `outbox_documents_read_total` counted for this store (e.g. for a final summary).
     public var documentsReadTotal: Int { documentsReadCount.load(ordering: .relaxed) }
@@ -124,6 +125,8 @@ public final class MongoOutboxStore: OutboxStore {
         var heads: [OutboxMessage] = []
         /// Malformed documents to park: raw id, partition (nil for a new document), reason, new?
         var malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
+        /// Documents past their `expiresAt`, to settle as expired, in the same shape.
+        var expired: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
         /// New documents of partitions this relay does not own, to stamp as pending for their
         /// owners, with the scan id each gets.
         var handOver: [(message: OutboxMessage, sid: String)] = []
@@ -133,6 +136,15 @@ public final class MongoOutboxStore: OutboxStore {
         var rehome: [(id: BSON, from: BSON, to: Int)] = []
         var read = 0
         var state = ScanState()
+
+        /// A document that did not decode: parked, or settled as expired.
+        mutating func refuse(_ failure: OutboxDocument.Malformed, id: BSON, partition: Int, isNew: Bool) {
+            if failure.expired {
+                expired.append((id, partition, failure.reason, isNew))
+            } else {
+                malformed.append((id, partition, failure.reason, isNew))
+            }
+        }
     }
 
     public func fetchDue(limit: Int, leases: [PartitionLease]) async throws -> [OutboxMessage] {
@@ -154,6 +166,7 @@ public final class MongoOutboxStore: OutboxStore {
         Self.documentsRead.increment(by: fetch.read)
         documentsReadCount.add(fetch.read, ordering: .relaxed)
         if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
+        if !fetch.expired.isEmpty { try await park(fetch.expired, leases: leases, expired: true) }
         if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
             try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
         }
@@ -235,7 +248,7 @@ public final class MongoOutboxStore: OutboxStore {
             case .failure(let failure):
                 let partition = document["partition"]?.intValue ?? -1
                 if (0..<options.partitions).contains(partition) {
-                    fetch.malformed.append((document["_id"] ?? .null, partition, failure.reason, false))
+                    fetch.refuse(failure, id: document["_id"] ?? .null, partition: partition, isNew: false)
                 } else {
                     // Written under another partition count: moved to its partition.
                     fetch.rehome.append(
@@ -272,8 +285,9 @@ public final class MongoOutboxStore: OutboxStore {
                 let candidate = Candidate(message: message, sid: nil, timestamp: message.occurredAt, pendingFormat: pendingFormat)
                 if owned.contains(message.partition) { newOwned.append(candidate) } else { handOver.append(candidate) }
             case .failure(let failure):
-                fetch.malformed.append(
-                    (document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
+                fetch.refuse(
+                    failure, id: document["_id"] ?? .null, partition: OutboxDocument.partition(of: document, partitions: options.partitions),
+                    isNew: true)
             }
         }
         // The two scans of first sights each read in the order written; together, too.

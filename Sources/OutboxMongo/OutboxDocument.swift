@@ -40,6 +40,8 @@ extension OutboxMessage {
 public enum OutboxDocument {
     public struct Malformed: Error, Equatable {
         public let reason: String
+        /// Not malformed: past its `expiresAt`, so it is settled as expired, never published.
+        public var expired = false
     }
 
     public struct Options: Sendable {
@@ -95,6 +97,14 @@ public enum OutboxDocument {
             }
         case let other?: return fail("timestamp must be a date (BSON datetime), found \(typeName(other))")
         }
+        var expiresAt: Int64?
+        if let raw = document["expiresAt"], raw != .null {
+            guard case .datetime(let ms) = raw else { return fail("expiresAt must be a date (BSON datetime), found \(typeName(raw))") }
+            guard ms > Int64(now.timeIntervalSince1970 * 1000) else {
+                return .failure(Malformed(reason: "expired at \(ExtendedJSON.render(raw)) before it was published", expired: true))
+            }
+            expiresAt = ms
+        }
         let exchange: String
         if let raw = document["exchange"], raw != .null {
             guard let value = raw.stringValue, value.utf8.count <= 255 else { return fail("exchange must be a string of at most 255 bytes") }
@@ -139,7 +149,7 @@ public enum OutboxDocument {
         var message = OutboxMessage(
             id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
             exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, priority: priority,
-            headers: headers,
+            expiresAt: expiresAt, headers: headers,
             body: [], attempts: max(document["attempts"]?.intValue ?? 0, 0), partition: partition, storeKey: storeKey(of: rawId),
             isFirstSight: isNew)
         do { try MessageBody.render(&message, data: data, document: document, options: options.body) } catch { return .failure(error) }

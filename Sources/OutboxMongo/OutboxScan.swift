@@ -319,8 +319,9 @@ extension MongoOutboxStore {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
             case .success(let message): fetch.incomplete.append(message)
             case .failure(let failure):
-                fetch.malformed.append(
-                    (document["_id"] ?? .null, OutboxDocument.partition(of: document, partitions: options.partitions), failure.reason, true))
+                fetch.refuse(
+                    failure, id: document["_id"] ?? .null, partition: OutboxDocument.partition(of: document, partitions: options.partitions),
+                    isNew: true)
             }
         }
         let valid: [BSON] = (0..<options.partitions).map { .int32(Int32($0)) }

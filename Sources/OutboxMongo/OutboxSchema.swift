@@ -20,9 +20,11 @@ public enum OutboxSchema {
         public static let pending = "pending"
         public static let delivered = "delivered"
         public static let parked = "parked"
+        /// Past its `expiresAt` before it was published: never published, not an error.
+        public static let expired = "expired"
         /// Final states; every other document (including one without `status`, as a writer
         /// leaves it) counts as pending.
-        public static let final: [String] = [delivered, parked]
+        public static let final: [String] = [delivered, parked, expired]
     }
 
     /// Documents that carry no relay state yet: as a writer leaves them (no `status`, or one a
@@ -39,7 +41,7 @@ public enum OutboxSchema {
     /// Documents no relay has seen yet: no status (as a writer leaves them) or one the relay does
     /// not know (which the relay parks).
     public static let unseen: Document = [
-        "status": ["$nin": [.string(Status.pending), .string(Status.delivered), .string(Status.parked)]]
+        "status": ["$nin": [.string(Status.pending), .string(Status.delivered), .string(Status.parked), .string(Status.expired)]]
     ]
 
     /// The earliest date a range needs to match every date (the year 1: servers and drivers
@@ -150,7 +152,8 @@ public enum OutboxSchema {
                 "tracestate": ["bsonType": "string", "maxLength": .int32(Int32(TraceContext.maxTracestateLength))],
                 // Absent, null or pending when written (documents the relay reads as new); the
                 // relay's own states after that.
-                "status": ["enum": [.null, .string(Status.pending), .string(Status.delivered), .string(Status.parked)]],
+                "status": ["enum": [.null, .string(Status.pending), .string(Status.delivered), .string(Status.parked), .string(Status.expired)]],
+                "expiresAt": ["bsonType": "date"],
                 "bodyFormat": ["enum": .array(BodyFormat.allCases.map { .string($0.rawValue) })],
             ],
         ]

@@ -17,12 +17,16 @@ public struct NewEvent: Sendable {
     public var traceContext: TraceContext?
     /// The AMQP `priority` (0–255) the message is published with; none by default.
     public var priority: UInt8?
+    /// When the event stops being worth delivering: published with the AMQP `expiration` set to
+    /// the time left, never published after it (the relay sets it `expired`).
+    public var expiresAt: Date?
 
     /// `routingKey` defaults to the dotted form of `type` (`OrderCreated` → `order.created`).
     public init(
         type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int = 1, data: Document,
         exchange: String = "orders", routingKey: String? = nil, correlationId: String? = nil,
-        headers: [String: HeaderValue] = [:], traceContext: TraceContext? = nil, priority: UInt8? = nil
+        headers: [String: HeaderValue] = [:], traceContext: TraceContext? = nil, priority: UInt8? = nil,
+        expiresAt: Date? = nil
     ) {
         self.type = type
         self.aggregateType = aggregateType
@@ -35,6 +39,7 @@ public struct NewEvent: Sendable {
         self.headers = headers
         self.traceContext = traceContext
         self.priority = priority
+        self.expiresAt = expiresAt
     }
 }
 
@@ -82,6 +87,7 @@ public struct OutboxWriter: Sendable {
         ]
         if let correlationId = event.correlationId { document["correlationId"] = .string(correlationId) }
         if let priority = event.priority { document["priority"] = .int32(Int32(priority)) }
+        if let expiresAt = event.expiresAt { document["expiresAt"] = .date(expiresAt) }
         if let trace = event.traceContext {
             document[TraceContext.traceparentField] = .string(trace.traceparent)
             if let state = trace.tracestate { document[TraceContext.tracestateField] = .string(state) }

@@ -67,12 +67,14 @@ public struct OutboxStatus: Sendable {
         public var expiresIn: Double
     }
 
-    /// Every document that is not delivered or parked.
+    /// Every document that is not delivered, parked or expired.
     public var pending: Int
     /// Of those, documents no relay has seen yet (written without relay state).
     public var unseen: Int
     public var due: Int
     public var parked: Int
+    /// Events past their `expiresAt` before they were published: never published.
+    public var expired: Int
     public var delivered: Int
     public var deliveredLastMinute: Int
     /// Age in seconds of the oldest pending event; nil when nothing is pending.
@@ -189,6 +191,7 @@ public struct OutboxAdmin: Sendable {
             let unseen = try outbox.countDocuments(OutboxSchema.unseen)
             let due = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(now)]]) + unseen
             let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
+            let expired = try outbox.countDocuments(["status": .string(OutboxSchema.Status.expired)])
             let delivered = try outbox.countDocuments(["status": .string(OutboxSchema.Status.delivered)])
             let lastMinute = try outbox.countDocuments([
                 "status": .string(OutboxSchema.Status.delivered), "deliveredAt": ["$gte": .date(now.addingTimeInterval(-60))],
@@ -203,7 +206,7 @@ public struct OutboxAdmin: Sendable {
                 $0.status.map { !OutboxSchema.Status.final.contains($0) } ?? false
             }
             return OutboxStatus(
-                pending: pending, unseen: unseen, due: due, parked: parked, delivered: delivered, deliveredLastMinute: lastMinute,
+                pending: pending, unseen: unseen, due: due, parked: parked, expired: expired, delivered: delivered, deliveredLastMinute: lastMinute,
                 oldestPendingAge: oldest.map { now.timeIntervalSince($0) }, leases: leases, databaseTime: now, unwritable: unwritable.count)
         }
     }

@@ -90,8 +90,9 @@ func duration(_ text: String, _ option: String) throws -> Duration {
 
 func statusOption(_ value: String?) throws -> String? {
     guard let value else { return nil }
-    guard [OutboxSchema.Status.pending, OutboxSchema.Status.delivered, OutboxSchema.Status.parked].contains(value) else {
-        throw ValidationError("--status must be pending, delivered or parked, not '\(value)'")
+    let statuses = [OutboxSchema.Status.pending] + OutboxSchema.Status.final
+    guard statuses.contains(value) else {
+        throw ValidationError("--status must be \(statuses.dropLast().joined(separator: ", ")) or \(statuses.last!), not '\(value)'")
     }
     return value
 }

@@ -56,7 +56,8 @@ extension OutboxCtl {
             if common.json {
                 printJSON([
                     "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)),
-                    "parked": .int64(Int64(status.parked)), "unwritable": .int64(Int64(status.unwritable)),
+                    "parked": .int64(Int64(status.parked)), "expired": .int64(Int64(status.expired)),
+                    "unwritable": .int64(Int64(status.unwritable)),
                     "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
                     "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
                     "leases": .array(
@@ -72,6 +73,7 @@ extension OutboxCtl {
             print("pending              \(status.pending) (\(status.due) due now, \(status.unseen) not yet seen by a relay)")
             print("oldest pending age   \(status.oldestPendingAge.map { String(format: "%.1f s", $0) } ?? "-")")
             print("parked               \(status.parked)")
+            if status.expired > 0 { print("expired              \(status.expired) (past their expiresAt, never published)") }
             print("delivered            \(status.delivered) (\(status.deliveredLastMinute) in the last minute)")
             if status.unwritable > 0 {
                 print("unwritable           \(status.unwritable) (relays can neither mark nor park them: outboxctl unwritable)")
@@ -92,7 +94,7 @@ extension OutboxCtl {
         static let configuration = CommandConfiguration(abstract: "List events by status, type, aggregate and age.")
         @OptionGroup var common: Common
         @OptionGroup var filters: Filters
-        @Option(help: "pending, delivered or parked.") var status: String?
+        @Option(help: "pending, delivered, parked or expired.") var status: String?
         @Option(help: "At most this many events.") var limit = 50
 
         func validate() throws { _ = try statusOption(status) }

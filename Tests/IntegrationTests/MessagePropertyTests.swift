@@ -6,11 +6,12 @@ import Testing
 
 /// Issue 28 on the real servers: what a writer says about a message beyond its data reaches the
 /// broker as AMQP properties, read back by pika (Tests/clients/read_properties.py).
-@Suite("Message properties a writer gives: priority", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
+@Suite("Message properties a writer gives: priority, expiry", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
 struct MessagePropertyTests {
     struct Seen: Decodable {
         let messageId: String
         let priority: Int?
+        let expiration: String?
     }
 
     /// What pika saw of `count` messages of `queue`, in the order the queue delivered them.
@@ -64,7 +65,66 @@ struct MessagePropertyTests {
         }
     }
 
-    @Test("the contract's validator takes a priority from 0 to 255 and refuses others")
+    @Test("expiresAt: the AMQP expiration is the time left; past it the event is expired, counted, listed, and its aggregate goes on")
+    func expiry() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("all")
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            func event(_ id: String, aggregate: String, version: Int, _ extra: Document) -> Document {
+                let base: Document = [
+                    "_id": .string(id), "type": "OrderCreated", "aggregateId": .string(aggregate), "aggregateVersion": .int32(Int32(version)),
+                    "data": [:], "exchange": .string(f.exchange),
+                ]
+                return base.merging(extra)
+            }
+            // Written by OutboxWriter, due in a minute.
+            let written = OutboxWriter().document(
+                for: NewEvent(
+                    type: "OrderCreated", aggregateType: "Order", aggregateId: "a-live", data: [:], exchange: f.exchange,
+                    expiresAt: Date(timeIntervalSince1970: Double(now + 60_000) / 1000)))
+            let liveId = try #require(written["_id"].flatMap(OutboxDocument.messageId))
+            let documents = [
+                written,
+                // Expired while waiting: its aggregate's next event still goes out.
+                event("e-past", aggregate: "a-past", version: 1, ["expiresAt": .datetime(now - 1000)]),
+                event("e-after", aggregate: "a-past", version: 2, [:]),
+                event("e-bad", aggregate: "a-bad", version: 1, ["expiresAt": "tomorrow"]),
+            ]
+            try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+            let port = unusedPort()
+            let relay = try Program(
+                "outbox-relay", ["--http-address", "127.0.0.1:\(port)", "--poll-interval", "50ms"], environment: Programs.environment(f))
+            defer { kill(relay.pid, SIGKILL) }
+            #expect(try await eventually { try await f.count("outbox", ["status": "delivered"]) == 2 }, "\(relay.output)")
+            #expect(try await eventually { try await f.count("outbox", ["status": "expired"]) == 1 }, "\(relay.output)")
+
+            let seen = try await Self.readProperties(queue, count: 2)
+            #expect(Set(seen.map(\.messageId)) == [liveId, "e-after"], "the expired event is never published")
+            let live = try #require(seen.first { $0.messageId == liveId })
+            let left = try #require(live.expiration.flatMap(Int.init), "\(live)")
+            #expect((30_000...60_000).contains(left), "milliseconds left: \(left)")
+            #expect(seen.first { $0.messageId == "e-after" }?.expiration == nil)
+
+            let expired = try #require(try await f.find("outbox", ["_id": "e-past"]).first)
+            #expect(expired["status"]?.stringValue == "expired")
+            #expect(expired["expiredAt"]?.dateValue != nil)
+            #expect(expired["lastError"] == nil, "not an error")
+            let bad = try #require(try await f.find("outbox", ["_id": "e-bad"]).first)
+            #expect(bad["status"]?.stringValue == "parked")
+            #expect(bad["lastError"]?.stringValue?.contains("expiresAt must be a date") == true, "\(bad)")
+            let metrics = await httpGet(port: port, "/metrics")?.body ?? ""
+            #expect(metrics.split(separator: "\n").contains("outbox_expired_events_total 1"), "\(metrics)")
+
+            let listed = try await Programs.product("outboxctl", ["list", "--status", "expired", "--json"], environment: Programs.environment(f))
+            #expect(listed.status == 0, "\(listed.errors)")
+            #expect(listed.output.contains("e-past") && !listed.output.contains("e-after"), "\(listed.output)")
+            let status = try await Programs.product("outboxctl", ["status", "--json"], environment: Programs.environment(f))
+            let counts = try JSONSerialization.jsonObject(with: Data(status.output.utf8)) as? [String: Any]
+            #expect(counts?["expired"] as? Int == 1, "\(status.output)")
+        }
+    }
+
+    @Test("the contract's validator takes a priority from 0 to 255 and an expiresAt date, and refuses others")
     func validator() async throws {
         try await Fixture.with { f in
             try await f.pool.withConnection { connection in
@@ -72,10 +132,14 @@ struct MessagePropertyTests {
                 let base: Document = ["type": "OrderCreated", "aggregateId": "a", "data": [:]]
                 try connection.collection("checked").insertOne(base.merging(["priority": 0]))
                 try connection.collection("checked").insertOne(base.merging(["priority": 255]))
+                try connection.collection("checked").insertOne(base.merging(["expiresAt": .datetime(0), "status": "expired"]))
                 for refused: BSON in [256, -1, "high"] {
                     #expect(throws: (any Error).self, "priority \(refused)") {
                         try connection.collection("checked").insertOne(base.merging(["priority": refused]))
                     }
+                }
+                #expect(throws: (any Error).self, "expiresAt as text") {
+                    try connection.collection("checked").insertOne(base.merging(["expiresAt": "tomorrow"]))
                 }
             }
         }
