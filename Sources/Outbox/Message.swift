@@ -1,7 +1,16 @@
-/// A header value carried on an AMQP message.
-public enum HeaderValue: Sendable, Hashable {
+/// A header value carried on an AMQP message: one of the field-table types a writer's document
+/// can say (and a consumer reads back as the writer wrote it).
+public indirect enum HeaderValue: Sendable, Hashable {
     case string(String)
     case int(Int64)
+    case bool(Bool)
+    case double(Double)
+    /// `value` × 10^-`scale`: AMQP's decimal, at most nine digits (a Decimal128 that fits).
+    case decimal(scale: UInt8, value: Int32)
+    /// Seconds since the epoch: AMQP timestamps carry whole seconds.
+    case timestamp(Int64)
+    case array([HeaderValue])
+    case table([String: HeaderValue])
 }
 
 /// An outbox event ready to publish: where it goes, its AMQP properties and its JSON body.

@@ -269,13 +269,7 @@ final class AMQPConnection {
         }
         if !headers.isEmpty {
             flags |= UInt32(AMQP_BASIC_HEADERS_FLAG)
-            props.headers = arena.table(
-                headers.mapValues { value in
-                    switch value {
-                    case .string(let s): AMQPArgument.string(s)
-                    case .int(let i): AMQPArgument.int(i)
-                    }
-                })
+            props.headers = arena.fieldTable(headers.mapValues(AMQPFieldValue.init(header:)))
         }
         props._flags = amqp_flags_t(flags)
         let status = amqp_basic_publish(

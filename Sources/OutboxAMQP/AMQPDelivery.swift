@@ -8,8 +8,8 @@ public enum AMQPArgument: Sendable, Hashable {
     case bool(Bool)
 }
 
-/// A message received from a queue, with the properties and the string and integer headers the
-/// relay sets (`AMQPMessage` carries every property and header type).
+/// A message received from a queue, with the properties the relay sets and its headers (but for
+/// byte strings and void; `AMQPMessage` carries every property and header type).
 public struct AMQPDelivery: Sendable {
     public var deliveryTag: UInt64
     public var redelivered: Bool
@@ -39,13 +39,7 @@ public struct AMQPDelivery: Sendable {
         correlationId = properties.correlationId
         priority = properties.priority
         contentType = properties.contentType
-        headers = properties.headers.compactMapValues { field in
-            switch field {
-            case .string(let s): .string(s)
-            case .int(let i): .int(i)
-            default: nil
-            }
-        }
+        headers = properties.headers.compactMapValues(HeaderValue.init(field:))
         self.body = body
         self.connectionGeneration = connectionGeneration
     }

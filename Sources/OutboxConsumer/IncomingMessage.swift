@@ -87,7 +87,7 @@ public struct IncomingEvent: Sendable {
         switch headers["x-aggregate-version"] {
         case .int(let v)?: aggregateVersion = Int(v)
         case .string(let s)?: aggregateVersion = Int(s)
-        case nil: aggregateVersion = nil
+        default: aggregateVersion = nil
         }
         if case .int(let ms)? = headers["x-occurred-at"] { occurredAt = ms }
         type = message.type

@@ -159,20 +159,98 @@ public enum OutboxDocument {
         return .success(message)
     }
 
-    /// The writer's `headers`: string and integer values (none when absent or null).
+    /// The writer's `headers` (none when absent or null): strings, integers, booleans, doubles,
+    /// Decimal128 (of at most nine digits, as AMQP's decimal), dates (whole seconds on the wire),
+    /// and documents and arrays of these.
     static func headers(_ raw: BSON?) -> Result<[String: HeaderValue], Malformed> {
         guard let raw, raw != .null else { return .success([:]) }
         guard let document = raw.documentValue else { return .failure(Malformed(reason: "headers must be a document")) }
         var headers: [String: HeaderValue] = [:]
         for (key, value) in document.fields {
-            switch value {
-            case .string(let s): headers[key] = .string(s)
-            case .int32(let i): headers[key] = .int(Int64(i))
-            case .int64(let i): headers[key] = .int(i)
-            default: return .failure(Malformed(reason: "headers.\(key) must be a string or an integer"))
+            switch header(value, path: "headers.\(key)") {
+            case .success(let decoded): headers[key] = decoded
+            case .failure(let failure): return .failure(failure)
             }
         }
         return .success(headers)
+    }
+
+    static func header(_ value: BSON, path: String) -> Result<HeaderValue, Malformed> {
+        switch value {
+        case .string(let s): return .success(.string(s))
+        case .int32(let i): return .success(.int(Int64(i)))
+        case .int64(let i): return .success(.int(i))
+        case .bool(let b): return .success(.bool(b))
+        case .double(let d): return .success(.double(d))
+        case .datetime(let ms): return .success(.timestamp(ms >= 0 ? ms / 1000 : (ms - 999) / 1000))
+        case .decimal128(let decimal):
+            guard let (scale, digits) = amqpDecimal(decimal.description) else {
+                return .failure(
+                    Malformed(
+                        reason:
+                            "\(path) is a Decimal128 (\(decimal)) of more than nine digits, which an AMQP header cannot carry; write it as a string"))
+            }
+            return .success(.decimal(scale: scale, value: digits))
+        case .document(let document):
+            var table: [String: HeaderValue] = [:]
+            for (key, item) in document.fields {
+                switch header(item, path: "\(path).\(key)") {
+                case .success(let decoded): table[key] = decoded
+                case .failure(let failure): return .failure(failure)
+                }
+            }
+            return .success(.table(table))
+        case .array(let items):
+            var array: [HeaderValue] = []
+            for (index, item) in items.enumerated() {
+                switch header(item, path: "\(path).\(index)") {
+                case .success(let decoded): array.append(decoded)
+                case .failure(let failure): return .failure(failure)
+                }
+            }
+            return .success(.array(array))
+        default:
+            return .failure(
+                Malformed(
+                    reason: "\(path) must be a string, integer, boolean, double, Decimal128, date, document or array, found \(typeName(value))"))
+        }
+    }
+
+    /// A decimal's text (`12.50`, `-3E-2`, `1.2E+3`) as AMQP's decimal: scale and unscaled value,
+    /// if it fits (scale 0–255, value in 32 bits).
+    static func amqpDecimal(_ text: String) -> (scale: UInt8, value: Int32)? {
+        let parts = text.uppercased().split(separator: "E", maxSplits: 1)
+        guard let mantissa = parts.first, let exponent = parts.count == 2 ? Int(parts[1]) : 0 else { return nil }
+        let negative = mantissa.hasPrefix("-")
+        let unsigned = mantissa.drop { $0 == "-" || $0 == "+" }
+        let pieces = unsigned.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        let whole = pieces.first ?? "", fraction = pieces.count == 2 ? pieces[1] : ""
+        var digits = String(whole + fraction)
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber) else { return nil }  // NaN, Infinity
+        var scale = fraction.count - exponent
+        if scale < 0 {
+            guard -scale <= 9 else { return nil }
+            digits += String(repeating: "0", count: -scale)
+            scale = 0
+        }
+        digits = String(digits.drop { $0 == "0" })
+        guard scale <= 255, let magnitude = Int64(digits.isEmpty ? "0" : digits), magnitude <= Int64(Int32.max) else { return nil }
+        return (UInt8(scale), Int32(negative ? -magnitude : magnitude))
+    }
+
+    /// A header as the BSON a writer stores (`OutboxWriter`), the inverse of `header(_:path:)`.
+    public static func bson(header: HeaderValue) -> BSON {
+        switch header {
+        case .string(let s): .string(s)
+        case .int(let i): .int64(i)
+        case .bool(let b): .bool(b)
+        case .double(let d): .double(d)
+        case .timestamp(let seconds): .datetime(seconds * 1000)
+        case .decimal(let scale, let value):
+            .decimal128(Decimal128("\(value)E-\(scale)") ?? Decimal128("0")!)
+        case .array(let items): .array(items.map { bson(header: $0) })
+        case .table(let table): .document(Document(table.sorted { $0.key < $1.key }.map { ($0.key, bson(header: $0.value)) }))
+        }
     }
 
     /// The writer's trace context, from the top-level `traceparent` and `tracestate` fields or else

@@ -59,12 +59,7 @@ public struct OutboxWriter: Sendable {
     public func document(for event: NewEvent, now: Date = Date()) -> Document {
         let id = ObjectId().hex
         var headers = Document()
-        for (key, value) in event.headers.sorted(by: { $0.key < $1.key }) {
-            switch value {
-            case .string(let s): headers[key] = .string(s)
-            case .int(let i): headers[key] = .int64(i)
-            }
-        }
+        for (key, value) in event.headers.sorted(by: { $0.key < $1.key }) { headers[key] = OutboxDocument.bson(header: value) }
         var document: Document = [
             "_id": .string(id),
             "type": .string(event.type),

@@ -324,12 +324,7 @@ struct DeadLetterCommandTests {
                 #expect(properties.contentType == original.contentType && properties.deliveryMode == 2)
                 #expect(message.body == original.body)
                 #expect(message.routingKey == topology.queue && message.exchange == "")
-                let expected = original.wireHeaders.mapValues { value -> AMQPFieldValue in
-                    switch value {
-                    case .string(let s): .string(s)
-                    case .int(let i): .int(i)
-                    }
-                }
+                let expected = original.wireHeaders.mapValues(AMQPFieldValue.init(header:))
                 // The consumer's quorum queue counts its own deliveries (0 for this first one); the
                 // dead-letter queue's count, 1 after the list above, does not travel along.
                 var headers = properties.headers

@@ -134,7 +134,7 @@ struct WriterContractTests {
                     ], "routingKey must be"
                 ),
                 (
-                    ["_id": "bool-header", "type": "T", "aggregateId": "x", "headers": ["h": true], "data": [:], "timestamp": .datetime(t)],
+                    ["_id": "null-header", "type": "T", "aggregateId": "x", "headers": ["h": .null], "data": [:], "timestamp": .datetime(t)],
                     "headers.h must be"
                 ),
                 (
