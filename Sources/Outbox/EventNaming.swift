@@ -34,10 +34,13 @@ public struct EventRouting: Sendable, Equatable {
     public var defaultExchange: String
     /// Exchange by event type or aggregate type (an event type wins over an aggregate type).
     public var exchangeByName: [String: String]
+    /// Headers and routing keys taken from the document's fields.
+    public var mapping: FieldMapping
 
-    public init(defaultExchange: String = "orders", exchangeByName: [String: String] = [:]) {
+    public init(defaultExchange: String = "orders", exchangeByName: [String: String] = [:], mapping: FieldMapping = FieldMapping()) {
         self.defaultExchange = defaultExchange
         self.exchangeByName = exchangeByName
+        self.mapping = mapping
     }
 
     public func exchange(type: String, aggregateType: String) -> String {

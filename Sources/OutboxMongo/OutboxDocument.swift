@@ -116,6 +116,26 @@ public enum OutboxDocument {
         if let raw = document["routingKey"], raw != .null {
             guard let value = raw.stringValue, value.utf8.count <= 255 else { return fail("routingKey must be a string of at most 255 bytes") }
             routingKey = value
+        } else if let template = options.routing.mapping.routingKey {
+            var key = ""
+            for part in template {
+                switch part {
+                case .text(let text): key += text
+                case .field(let path):
+                    let name = path.joined(separator: ".")
+                    switch field(path, in: document) {
+                    case .string(let s)?: key += s
+                    case .int32(let i)?: key += "\(i)"
+                    case .int64(let i)?: key += "\(i)"
+                    case .bool(let b)?: key += "\(b)"
+                    case nil, .null?: return fail("\(name) is missing, which RELAY_ROUTING_KEY_TEMPLATE puts in the routing key")
+                    case let other?:
+                        return fail("\(name) must be a string, integer or boolean for RELAY_ROUTING_KEY_TEMPLATE, found \(typeName(other))")
+                    }
+                }
+            }
+            guard key.utf8.count <= 255 else { return fail("the routing key RELAY_ROUTING_KEY_TEMPLATE makes is over 255 bytes") }
+            routingKey = key
         } else {
             routingKey = EventNaming.routingKey(forType: type)
         }
@@ -123,6 +143,16 @@ public enum OutboxDocument {
         switch self.headers(document["headers"]) {
         case .success(let decoded): headers = decoded
         case .failure(let failure): return .failure(failure)
+        }
+        for mapped in options.routing.mapping.headers where headers[mapped.header] == nil {
+            let name = mapped.path.joined(separator: ".")
+            guard let value = field(mapped.path, in: document), value != .null else {
+                return fail("\(name) is missing, which RELAY_HEADER_FIELDS sends as header \(mapped.header)")
+            }
+            switch header(value, path: name) {
+            case .success(let decoded): headers[mapped.header] = decoded
+            case .failure(let failure): return .failure(failure)
+            }
         }
         traceContext(document, into: &headers)
         var correlationId: String?
@@ -214,6 +244,16 @@ public enum OutboxDocument {
                 Malformed(
                     reason: "\(path) must be a string, integer, boolean, double, Decimal128, date, document or array, found \(typeName(value))"))
         }
+    }
+
+    /// The value at a dotted path of documents, if there is one.
+    static func field(_ path: [String], in document: Document) -> BSON? {
+        var value: BSON = .document(document)
+        for name in path {
+            guard let next = value.documentValue?[name] else { return nil }
+            value = next
+        }
+        return value
     }
 
     /// A decimal's text (`12.50`, `-3E-2`, `1.2E+3`) as AMQP's decimal: scale and unscaled value,

@@ -20,6 +20,12 @@ public struct RelayOptions: ParsableArguments {
     @Option(name: SettingDeclaration.relayExchangeMap.name, help: SettingDeclaration.relayExchangeMap.argumentHelp)
     public var exchangeMap: String?
 
+    @Option(name: SettingDeclaration.relayHeaderFields.name, help: SettingDeclaration.relayHeaderFields.argumentHelp)
+    public var headerFields: String?
+
+    @Option(name: SettingDeclaration.relayRoutingKeyTemplate.name, help: SettingDeclaration.relayRoutingKeyTemplate.argumentHelp)
+    public var routingKeyTemplate: String?
+
     @Option(name: SettingDeclaration.relayBatchSize.name, help: SettingDeclaration.relayBatchSize.argumentHelp)
     public var batchSize: Int?
 
@@ -165,7 +171,12 @@ public struct RelayOptions: ParsableArguments {
         return EventRouting(
             defaultExchange: defaultExchange,
             exchangeByName: try EventRouting.parseMap(
-                try settings.string(exchangeMap, .relayExchangeMap), setting: SettingDeclaration.relayExchangeMap.label))
+                try settings.string(exchangeMap, .relayExchangeMap), setting: SettingDeclaration.relayExchangeMap.label),
+            mapping: FieldMapping(
+                headers: try FieldMapping.parseHeaders(
+                    try settings.string(headerFields, .relayHeaderFields), setting: SettingDeclaration.relayHeaderFields.label),
+                routingKey: try FieldMapping.parseTemplate(
+                    try settings.string(routingKeyTemplate, .relayRoutingKeyTemplate), setting: SettingDeclaration.relayRoutingKeyTemplate.label)))
     }
 
     func body(_ settings: Settings) throws -> MessageBodyOptions {

@@ -9,7 +9,8 @@ public enum SettingCatalog {
         .database, .logLevel, .collection, .otelTracesExporter,
     ]
     public static let relay: [SettingDeclaration] = [
-        .relayExchange, .relayExchangeMap, .relayBatchSize, .relayBatchMaxBytes, .relayMaxInFlight, .relayPollInterval,
+        .relayExchange, .relayExchangeMap, .relayHeaderFields, .relayRoutingKeyTemplate, .relayBatchSize, .relayBatchMaxBytes, .relayMaxInFlight,
+        .relayPollInterval,
         .relayConfirmTimeout, .relayMaxAttempts, .relayParkTransientAfter, .relayRetryBaseDelay, .relayRetryMaxDelay,
         .relayMaxBodyBytes, .relayBodyFormat, .relayBodyFormatByExchange, .relayDecimalFormat, .relayCloudEventsSource,
         .partitions, .relayLeaseTTL, .relayLivenessTimeout, .relayID, .relayChangeStream, .relayHTTPAddress,
@@ -98,6 +99,15 @@ extension SettingDeclaration {
         env: "RELAY_EXCHANGE_MAP", flag: "exchange-map", default: "", shown: "none", usedBy: "relay",
         "Exchanges by event type or aggregate type for events whose document names none, e.g. "
             + "'Order=orders,InventoryReserved=inventory'; a type wins over an aggregate type")
+    public static let relayHeaderFields = SettingDeclaration(
+        env: "RELAY_HEADER_FIELDS", flag: "header-fields", default: "", shown: "none", usedBy: "relay", example: "data.tenant=x-tenant",
+        "Document fields sent as message headers, e.g. 'data.tenant=x-tenant,aggregateType=x-kind', keeping the field's type; "
+            + "a header the document's own headers set wins; a document without the field is parked naming it")
+    public static let relayRoutingKeyTemplate = SettingDeclaration(
+        env: "RELAY_ROUTING_KEY_TEMPLATE", flag: "routing-key-template", default: "", shown: "the dotted event type", usedBy: "relay",
+        example: "order.{data.region}.created",
+        "Routing key of events whose document names none, from their fields, e.g. '{aggregateType}.{data.region}.{type}' (strings, "
+            + "integers, booleans); a document without a field it names is parked naming it")
     public static let relayBatchSize = SettingDeclaration(
         env: "RELAY_BATCH_SIZE", flag: "batch-size", kind: .integer(1...10_000), default: "500", usedBy: "relay",
         "Events per batch, at most: fewer while a pass takes longer than a third of the lease TTL, so a batch is published and marked "

@@ -6,10 +6,13 @@ import Testing
 
 /// Issue 28 on the real servers: what a writer says about a message beyond its data reaches the
 /// broker as AMQP properties, read back by pika (Tests/clients/read_properties.py).
-@Suite("Message properties a writer gives: priority, expiry, header types", .enabled(if: Servers.enabled), .timeLimit(.minutes(2)))
+@Suite(
+    "Message properties a writer gives: priority, expiry, header types, fields mapped by the relay", .enabled(if: Servers.enabled),
+    .timeLimit(.minutes(2)))
 struct MessagePropertyTests {
     struct Seen: Decodable {
         let messageId: String
+        let routingKey: String
         let priority: Int?
         let expiration: String?
         let headers: [String: Described]
@@ -174,6 +177,63 @@ struct MessagePropertyTests {
                 let document = try #require(try await f.find("outbox", ["_id": .string(id)]).first)
                 #expect(document["status"]?.stringValue == "parked")
                 #expect(document["lastError"]?.stringValue?.contains(reason) == true, "\(document)")
+            }
+        }
+    }
+
+    @Test("RELAY_HEADER_FIELDS and RELAY_ROUTING_KEY_TEMPLATE: headers and routing keys from fields; a missing field parks naming it")
+    func fieldMapping() async throws {
+        try await Fixture.with { f in
+            let eu = try await f.queue("eu", bindings: ["order.eu.#"])
+            let all = try await f.queue("all")
+            func event(_ id: String, _ data: Document, _ extra: Document = [:]) -> Document {
+                let base: Document = [
+                    "_id": .string(id), "type": "OrderCreated", "aggregateType": "Order", "aggregateId": .string(id), "data": .document(data),
+                    "exchange": .string(f.exchange),
+                ]
+                return base.merging(extra)
+            }
+            let documents = [
+                event("mapped", ["region": "eu", "tenant": ["id": 7]]),
+                event("own-key", ["region": "us", "tenant": "t-2"], ["routingKey": "custom.key", "headers": ["x-tenant": "written"]]),
+                event("no-region", ["tenant": "t-3"]),
+                event("no-tenant", ["region": "eu"]),
+                event("nested-region", ["region": ["code": "eu"], "tenant": "t-5"]),
+            ]
+            try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+            let mapping = ["--header-fields", "data.tenant=x-tenant, aggregateType=x-kind", "--routing-key-template", "order.{data.region}.{type}"]
+            let result = try await Programs.product(
+                "outbox-relay", ["--http-address", "off", "--exit-when-idle"] + mapping, environment: Programs.environment(f))
+            #expect(result.status == 0, "\(result.errors.suffix(2000))")
+
+            let seen = try await Self.readProperties(eu, count: 1)
+            #expect(seen.first?.messageId == "mapped")
+            #expect(seen.first?.routingKey == "order.eu.OrderCreated")
+            #expect(seen.first?.headers["x-tenant"]?.type == "dict" && seen.first?.headers["x-kind"]?.type == "str", "\(seen)")
+            let delivered = try await f.admin.drain(all)
+            #expect(Set(delivered.compactMap(\.messageId)) == ["mapped", "own-key"])
+            let own = try #require(delivered.first { $0.messageId == "own-key" })
+            #expect(own.routingKey == "custom.key", "a document's own routing key wins")
+            #expect(own.headers["x-tenant"] == .string("written"), "and its own headers")
+            #expect(delivered.first { $0.messageId == "mapped" }?.headers["x-tenant"] == .table(["id": .int(7)]))
+            for (id, reason) in [
+                ("no-region", "data.region is missing, which RELAY_ROUTING_KEY_TEMPLATE"),
+                ("no-tenant", "data.tenant is missing, which RELAY_HEADER_FIELDS"),
+                ("nested-region", "data.region must be a string, integer or boolean for RELAY_ROUTING_KEY_TEMPLATE"),
+            ] {
+                let document = try #require(try await f.find("outbox", ["_id": .string(id)]).first)
+                #expect(document["status"]?.stringValue == "parked", "\(id)")
+                #expect(document["lastError"]?.stringValue?.contains(reason) == true, "\(id): \(document)")
+            }
+            // Checked at start: exit 78 naming the setting.
+            for (arguments, setting) in [
+                (["--routing-key-template", "order.{data.region"], "RELAY_ROUTING_KEY_TEMPLATE"),
+                (["--routing-key-template", "order.created"], "RELAY_ROUTING_KEY_TEMPLATE"),
+                (["--header-fields", "data.tenant"], "RELAY_HEADER_FIELDS"),
+                (["--header-fields", "data..tenant=x-tenant"], "RELAY_HEADER_FIELDS"),
+            ] {
+                let refused = try await Programs.product("outbox-relay", ["--http-address", "off"] + arguments, environment: Programs.environment(f))
+                #expect(refused.status == 78 && refused.errors.contains(setting), "\(arguments): \(refused.status) \(refused.errors)")
             }
         }
     }

@@ -48,7 +48,7 @@ def main():
             continue
         got += 1
         print(json.dumps({
-            "messageId": properties.message_id, "type": properties.type, "priority": properties.priority,
+            "messageId": properties.message_id, "routingKey": method.routing_key, "type": properties.type, "priority": properties.priority,
             "expiration": properties.expiration, "contentType": properties.content_type,
             "headers": {k: described(v) for k, v in (properties.headers or {}).items()},
         }), flush=True)
