@@ -226,62 +226,20 @@ final class AMQPConnection {
 
     // MARK: Publishing
 
-    /// Sends one `basic.publish`; returns its delivery tag on a confirm channel.
+    /// Sends one persistent `basic.publish`; returns its delivery tag on a confirm channel.
     @discardableResult
     func publish(
         exchange: String, routingKey: String, body: [UInt8], contentType: String = "application/json", mandatory: Bool,
         messageId: String?, type: String?, correlationId: String? = nil, priority: UInt8? = nil, expiration: String? = nil,
-        timestampSeconds: UInt64? = nil,
-        headers: [String: HeaderValue] = [:], appId: String? = nil
+        timestampSeconds: UInt64? = nil, headers: [String: HeaderValue] = [:], appId: String? = nil
     ) throws -> UInt64 {
-        let arena = CArena()
-        var props = amqp_basic_properties_t()
-        var flags = UInt32(AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG)
-        props.content_type = arena.bytes(contentType)
-        props.delivery_mode = 2  // persistent
-        if let messageId {
-            flags |= UInt32(AMQP_BASIC_MESSAGE_ID_FLAG)
-            props.message_id = arena.bytes(messageId)
-        }
-        if let type {
-            flags |= UInt32(AMQP_BASIC_TYPE_FLAG)
-            props.type = arena.bytes(type)
-        }
-        if let correlationId {
-            flags |= UInt32(AMQP_BASIC_CORRELATION_ID_FLAG)
-            props.correlation_id = arena.bytes(correlationId)
-        }
-        if let priority {
-            flags |= UInt32(AMQP_BASIC_PRIORITY_FLAG)
-            props.priority = priority
-        }
-        if let expiration {
-            flags |= UInt32(AMQP_BASIC_EXPIRATION_FLAG)
-            props.expiration = arena.bytes(expiration)
-        }
-        if let timestampSeconds {
-            flags |= UInt32(AMQP_BASIC_TIMESTAMP_FLAG)
-            props.timestamp = timestampSeconds
-        }
-        if let appId {
-            flags |= UInt32(AMQP_BASIC_APP_ID_FLAG)
-            props.app_id = arena.bytes(appId)
-        }
-        if !headers.isEmpty {
-            flags |= UInt32(AMQP_BASIC_HEADERS_FLAG)
-            props.headers = arena.fieldTable(headers.mapValues(AMQPFieldValue.init(header:)))
-        }
-        props._flags = amqp_flags_t(flags)
-        let status = amqp_basic_publish(
-            state, channel, arena.bytes(exchange), arena.bytes(routingKey), mandatory ? 1 : 0, 0, &props,
-            arena.bytes(body))
-        guard status == AMQP_STATUS_OK.rawValue else {
-            isOpen = false
-            throw AMQPError(operation: "basic.publish", message: statusText(status))
-        }
-        guard confirmMode else { return 0 }
-        defer { nextDeliveryTag += 1 }
-        return nextDeliveryTag
+        try publish(
+            exchange: exchange, routingKey: routingKey, mandatory: mandatory,
+            properties: AMQPProperties(
+                contentType: contentType, headers: headers.mapValues(AMQPFieldValue.init(header:)), deliveryMode: 2, priority: priority,
+                correlationId: correlationId, expiration: expiration, messageId: messageId, timestamp: timestampSeconds, type: type,
+                appId: appId),
+            body: body)
     }
 
     // MARK: Frames
