@@ -194,15 +194,8 @@ public enum OutboxDocument {
     /// and documents and arrays of these.
     static func headers(_ raw: BSON?) -> Result<[String: HeaderValue], Malformed> {
         guard let raw, raw != .null else { return .success([:]) }
-        guard let document = raw.documentValue else { return .failure(Malformed(reason: "headers must be a document")) }
-        var headers: [String: HeaderValue] = [:]
-        for (key, value) in document.fields {
-            switch header(value, path: "headers.\(key)") {
-            case .success(let decoded): headers[key] = decoded
-            case .failure(let failure): return .failure(failure)
-            }
-        }
-        return .success(headers)
+        guard raw.documentValue != nil else { return .failure(Malformed(reason: "headers must be a document")) }
+        return header(raw, path: "headers").map { if case .table(let table) = $0 { table } else { [:] } }
     }
 
     static func header(_ value: BSON, path: String) -> Result<HeaderValue, Malformed> {
