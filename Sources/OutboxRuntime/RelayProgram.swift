@@ -20,7 +20,7 @@ public enum RelayProgram {
         Every option can also be set by the environment variable named in its help; \
         'outboxctl settings' lists every setting, those set only by the environment too. \
         SIGTERM or SIGINT stops fetching, finishes the batch in flight and exits.
-        """
+        """ + " " + SettingDeclaration.tracingHelp
 
     /// The parts a relay runs with, built from its settings.
     struct Parts {

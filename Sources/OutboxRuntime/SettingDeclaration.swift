@@ -59,6 +59,10 @@ public struct SettingDeclaration: Sendable, Hashable {
     /// How errors name the setting: `RELAY_BATCH_SIZE (--batch-size)`.
     public var label: String { flagSpelling.map { "\(env) (\($0))" } ?? env }
 
+    /// How to turn tracing on, for the `--help` of the programs that make spans (the variable has
+    /// no flag, so the option list does not show it).
+    public static var tracingHelp: String { "Tracing (env \(otelTracesExporter.env)): \(otelTracesExporter.summary)." }
+
     /// The range, values or form a value takes, where the summary does not say it.
     public var form: String? {
         switch kind {

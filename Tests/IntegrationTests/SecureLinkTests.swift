@@ -196,6 +196,9 @@ struct SecureLinkTests {
             let help = try Program(executable, ["--help"], environment: SecureStack.programEnvironment())
             #expect(await help.wait(timeout: .seconds(30)) == 0)
             #expect(help.output.contains("USAGE"), "\(executable) --help: \(help.output.prefix(200))")
+            if ["outbox-relay", "inventory-consumer", "notification-consumer"].contains(executable) {
+                #expect(help.output.contains("OTEL_TRACES_EXPORTER"), "\(executable) --help says how to turn tracing on")
+            }
             outputs.append(("\(executable) --help", help.output))
         }
         for bad in try Self.mongoCases() {

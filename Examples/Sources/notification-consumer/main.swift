@@ -16,7 +16,7 @@ struct ConsumerCommand: AsyncParsableCommand {
             message changes nothing. A message whose handler keeps failing goes to the consumer's \
             dead-letter queue with the reason. Every option can also be set by the environment \
             variable named in its help.
-            """)
+            """ + " " + SettingDeclaration.tracingHelp)
 
     @OptionGroup var mongo: MongoOptions
     @OptionGroup var consumer: ConsumerOptions
