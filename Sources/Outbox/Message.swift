@@ -36,9 +36,16 @@ public struct OutboxMessage: Sendable, Hashable {
     /// Milliseconds since the epoch after which the event is not worth delivering: published with
     /// the AMQP `expiration` set to the time left, and not published at all once past it.
     public var expiresAt: Int64?
+    /// Milliseconds since the epoch before which the event is not published (the writer's
+    /// `deliverAt`); nil: as soon as it is seen.
+    public var deliverAt: Int64?
     public var headers: [String: HeaderValue]
     /// The AMQP `content_type` of `body`.
     public var contentType: String
+    /// The AMQP `content_encoding` and `reply_to`: none for outbox events; a consumer's dead
+    /// letter keeps those of the message that failed.
+    public var contentEncoding: String? = nil
+    public var replyTo: String? = nil
     /// The message body, in the wire format chosen for the event.
     public var body: [UInt8]
     /// The store's own key of the event (e.g. a MongoDB `_id` of any type, encoded); opaque to
@@ -55,7 +62,8 @@ public struct OutboxMessage: Sendable, Hashable {
     public init(
         id: String, type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int?,
         exchange: String, routingKey: String, occurredAt: Int64, correlationId: String? = nil, priority: UInt8? = nil,
-        expiresAt: Int64? = nil, headers: [String: HeaderValue] = [:], contentType: String = "application/json", body: [UInt8], attempts: Int = 0,
+        expiresAt: Int64? = nil, deliverAt: Int64? = nil, headers: [String: HeaderValue] = [:], contentType: String = "application/json",
+        body: [UInt8], attempts: Int = 0,
         partition: Int = 0, storeKey: [UInt8] = [], isFirstSight: Bool = false
     ) {
         self.id = id
@@ -69,6 +77,7 @@ public struct OutboxMessage: Sendable, Hashable {
         self.correlationId = correlationId
         self.priority = priority
         self.expiresAt = expiresAt
+        self.deliverAt = deliverAt
         self.headers = headers
         self.contentType = contentType
         self.body = body
@@ -77,6 +86,10 @@ public struct OutboxMessage: Sendable, Hashable {
         self.storeKey = storeKey
         self.isFirstSight = isFirstSight
     }
+
+    /// When the event became due (ms): its `deliverAt` when it has one later than it occurred,
+    /// else when it occurred. Delivery lag counts from here.
+    public var dueSince: Int64 { max(deliverAt ?? occurredAt, occurredAt) }
 
     /// Headers on the wire: the caller's plus the aggregate's type, id and version (those the
     /// writer gave) and the occurred-at time.

@@ -231,13 +231,15 @@ final class AMQPConnection {
     func publish(
         exchange: String, routingKey: String, body: [UInt8], contentType: String = "application/json", mandatory: Bool,
         messageId: String?, type: String?, correlationId: String? = nil, priority: UInt8? = nil, expiration: String? = nil,
-        timestampSeconds: UInt64? = nil, headers: [String: HeaderValue] = [:], appId: String? = nil
+        timestampSeconds: UInt64? = nil, headers: [String: HeaderValue] = [:], appId: String? = nil, contentEncoding: String? = nil,
+        replyTo: String? = nil
     ) throws -> UInt64 {
         try publish(
             exchange: exchange, routingKey: routingKey, mandatory: mandatory,
             properties: AMQPProperties(
-                contentType: contentType, headers: headers.mapValues(AMQPFieldValue.init(header:)), deliveryMode: 2, priority: priority,
-                correlationId: correlationId, expiration: expiration, messageId: messageId, timestamp: timestampSeconds, type: type,
+                contentType: contentType, contentEncoding: contentEncoding, headers: headers.mapValues(AMQPFieldValue.init(header:)),
+                deliveryMode: 2, priority: priority, correlationId: correlationId, replyTo: replyTo, expiration: expiration, messageId: messageId,
+                timestamp: timestampSeconds, type: type,
                 appId: appId),
             body: body)
     }

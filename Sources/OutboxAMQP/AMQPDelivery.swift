@@ -21,6 +21,9 @@ public struct AMQPDelivery: Sendable {
     public var priority: UInt8?
     /// The AMQP `content_type`, when the publisher set one.
     public var contentType: String? = nil
+    /// The AMQP `content_encoding` and `reply_to`, when the publisher set them.
+    public var contentEncoding: String? = nil
+    public var replyTo: String? = nil
     public var headers: [String: HeaderValue]
     public var body: [UInt8]
     /// The owner's connection generation that received it (acks go only to that connection).
@@ -39,6 +42,8 @@ public struct AMQPDelivery: Sendable {
         correlationId = properties.correlationId
         priority = properties.priority
         contentType = properties.contentType
+        contentEncoding = properties.contentEncoding
+        replyTo = properties.replyTo
         headers = properties.headers.compactMapValues(HeaderValue.init(field:))
         self.body = body
         self.connectionGeneration = connectionGeneration

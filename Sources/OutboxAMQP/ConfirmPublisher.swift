@@ -133,7 +133,8 @@ public final class ConfirmPublisher: ConfirmingPublisher {
                             correlationId: message.correlationId, priority: message.priority,
                             expiration: message.expiresAt.map { String(max($0 - Int64(Date().timeIntervalSince1970 * 1000), 0)) },
                             timestampSeconds: UInt64(max(message.occurredAt, 0) / 1000),
-                            headers: message.wireHeaders, appId: options.appId)
+                            headers: message.wireHeaders, appId: options.appId, contentEncoding: message.contentEncoding,
+                            replyTo: message.replyTo)
                         batch.published(index: index, tag: tag)
                     }
                     try awaitConfirms(&batch, connection, options.confirmTimeout)

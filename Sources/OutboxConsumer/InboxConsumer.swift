@@ -457,11 +457,13 @@ public final class InboxConsumer: Service {
         var aggregateType = "", aggregateId = ""
         if case .string(let s)? = header("x-aggregate-type") { aggregateType = s }
         if case .string(let s)? = header("x-aggregate-id") { aggregateId = s }
-        let message = OutboxMessage(
+        var message = OutboxMessage(
             id: delivery.messageId ?? "", type: delivery.type ?? "", aggregateType: aggregateType, aggregateId: aggregateId,
             aggregateVersion: aggregateVersion, exchange: configuration.topology.deadLetterExchange, routingKey: delivery.routingKey,
             occurredAt: occurredAt, correlationId: delivery.correlationId, priority: delivery.priority, headers: headers,
             contentType: delivery.contentType ?? WireFormat.jsonContentType, body: delivery.body)
+        message.contentEncoding = delivery.contentEncoding
+        message.replyTo = delivery.replyTo
         let outcome = await deadLetters.publish([message]).first
         if outcome == .acked {
             counters.withLock { $0.deadLettered += 1 }

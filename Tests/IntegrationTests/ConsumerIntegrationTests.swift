@@ -148,6 +148,8 @@ struct ConsumerIntegrationTests {
             let publisher = f.makePublisher()
             var poison = orderCreated(f, orderId: "poison")
             poison.priority = 4
+            poison.replyTo = "order-replies"
+            poison.contentEncoding = "identity"
             let tenant = HeaderValue.table(["id": .int(7), "vip": .bool(true), "rate": .double(0.5), "since": .timestamp(1_700_000_000)])
             poison.headers["x-tenant"] = tenant
             let after = (1...3).map { orderCreated(f, orderId: "after-\($0)") }
@@ -162,6 +164,7 @@ struct ConsumerIntegrationTests {
             #expect(dead.first?.headers["x-attempts"] == .int(3))
             #expect(dead.first?.headers["x-error"].map { "\($0)".contains("Boom") } == true)
             #expect(dead.first?.priority == 4, "the dead letter keeps the message's priority")
+            #expect(dead.first?.replyTo == "order-replies" && dead.first?.contentEncoding == "identity", "its reply-to and content encoding")
             #expect(dead.first?.headers["x-tenant"] == tenant, "and its headers of every type")
             #expect(try await f.count("inbox") == 3, "a dead-lettered message is not recorded as processed")
         }
