@@ -43,6 +43,14 @@ public protocol OutboxStore: Sendable {
     func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int>
     /// Reschedules or parks events whose delivery failed.
     func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int>
+    /// How soon the store wants the next fetch, when sooner than the relay's next poll: e.g. when
+    /// a scheduled event comes due, or at once when the last fetch had more to do than it
+    /// returned. The relay waits no longer than that. By default nil.
+    func nextFetchIn() -> Duration?
+}
+
+extension OutboxStore {
+    public func nextFetchIn() -> Duration? { nil }
 }
 
 /// The leases a relay works under.

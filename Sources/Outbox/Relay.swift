@@ -144,10 +144,12 @@ public final class Relay: Service {
                 failures = 0
                 if result.fetched == 0 {
                     await idle()
+                    // Until the next poll, or sooner if the store asks (a scheduled event comes due).
+                    let wait = max(min(configuration.pollInterval, store.nextFetchIn() ?? configuration.pollInterval), .zero)
                     if let wake {
-                        await wake.wait(timeout: configuration.pollInterval)
+                        await wake.wait(timeout: wait)
                     } else {
-                        try? await Task.sleep(for: configuration.pollInterval)
+                        try? await Task.sleep(for: wait)
                     }
                 }
             } catch {
@@ -213,7 +215,7 @@ public final class Relay: Service {
 
         var (delivered, failed, unsent) = sort(batch, by: outcomes)
         if let now = configuration.wallClock?() {
-            for message in delivered { RelayMetrics.deliveryLag.record(type: message.type, occurredAt: message.occurredAt, now: now) }
+            for message in delivered { RelayMetrics.deliveryLag.record(type: message.type, occurredAt: message.dueSince, now: now) }
         }
         var fencedPartitions = Set<Int>()
         if !delivered.isEmpty {

@@ -6,8 +6,10 @@ extension MongoOutboxStore {
     /// Keeps, per aggregate, only the event that goes first, so event n+1 is never published
     /// before event n was confirmed or parked (I5). Events with versions go in version order;
     /// others in the order the relay first saw them: known events (in scan order) before new
-    /// documents (in the order they were written).
-    static func headsOfAggregates(_ candidates: [Candidate], outbox: MongoCollection, read: inout Int) throws -> [Candidate] {
+    /// documents (in the order they were written). A scheduled event counts as pending (its
+    /// aggregate's later events wait behind it); `scheduled`: whether any may exist (else the
+    /// query for them is saved).
+    static func headsOfAggregates(_ candidates: [Candidate], outbox: MongoCollection, scheduled: Bool, read: inout Int) throws -> [Candidate] {
         guard !candidates.isEmpty else { return [] }
         // The first candidate per aggregate, in the order described above.
         var first: [AggregateKey: Candidate] = [:]
@@ -27,7 +29,7 @@ extension MongoOutboxStore {
         // predecessor; only later versions need the check.
         let later = heads.filter { ($0.message.aggregateVersion ?? 1) > 1 }
         if !later.isEmpty {
-            let earlier = try openEvents(of: later.map(\.message.aggregateId), outbox: outbox, read: &read)
+            let earlier = try openEvents(of: later.map(\.message.aggregateId), outbox: outbox, scheduled: scheduled, read: &read)
             var lowest: [AggregateKey: Int] = [:]
             for document in earlier {
                 guard let id = document["aggregateId"]?.stringValue, let version = document["aggregateVersion"]?.intValue else { continue }
@@ -49,12 +51,10 @@ extension MongoOutboxStore {
         if !unversioned.isEmpty {
             // Pending and new events without versions of these aggregates: normally only those
             // that failed and wait for a retry, or were handed over.
-            let waiting = try unversionedWaiting(of: unversioned.map(\.message.aggregateId), outbox: outbox, read: &read)
+            let waiting = try unversionedWaiting(of: unversioned.map(\.message.aggregateId), outbox: outbox, scheduled: scheduled, read: &read)
             var lowestSid: [AggregateKey: String] = [:]
             for document in waiting {
-                guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue,
-                    document["status"]?.stringValue == OutboxSchema.Status.pending
-                else { continue }
+                guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue, isKnownOpen(document) else { continue }
                 let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
                 lowestSid[key] = min(lowestSid[key] ?? sid, sid)
             }
@@ -78,9 +78,15 @@ extension MongoOutboxStore {
     }
 
     /// The pending and new events without versions of these aggregates.
-    static func unversionedWaiting(of aggregates: [String], outbox: MongoCollection, read: inout Int) throws -> [Document] {
+    static func unversionedWaiting(of aggregates: [String], outbox: MongoCollection, scheduled: Bool, read: inout Int) throws -> [Document] {
         guard !aggregates.isEmpty else { return [] }
-        return try openEvents(of: aggregates, outbox: outbox, read: &read).filter { $0["aggregateVersion"] == nil }
+        return try openEvents(of: aggregates, outbox: outbox, scheduled: scheduled, read: &read).filter { $0["aggregateVersion"] == nil }
+    }
+
+    /// A pending or scheduled event (one the relay knows that is still to be published).
+    static func isKnownOpen(_ document: Document) -> Bool {
+        let status = document["status"]?.stringValue
+        return status == OutboxSchema.Status.pending || status == OutboxSchema.Status.scheduled
     }
 
     /// Per aggregate, the earliest written of these events no relay has seen yet (no scan id).
@@ -103,10 +109,10 @@ extension MongoOutboxStore {
         return unseen
     }
 
-    /// Per aggregate, the highest scan id of these events that are pending.
+    /// Per aggregate, the highest scan id of these events that are pending or scheduled.
     static func highestPendingSid(in events: [Document]) -> [AggregateKey: String] {
         var highest: [AggregateKey: String] = [:]
-        for document in events where document["status"]?.stringValue == OutboxSchema.Status.pending {
+        for document in events where isKnownOpen(document) {
             guard let id = document["aggregateId"]?.stringValue, let sid = document["sid"]?.stringValue else { continue }
             let key = AggregateKey(type: document["aggregateType"]?.stringValue ?? "", id: id)
             highest[key] = max(highest[key] ?? sid, sid)
@@ -148,18 +154,19 @@ extension MongoOutboxStore {
         }
     }
 
-    /// The pending and new events of the given aggregates (order fields and `status` only), added
-    /// to `read`. Only these are read, whatever an aggregate's delivered history: one query per
+    /// The pending and new events of the given aggregates (order fields and `status` only), and
+    /// the scheduled ones when `scheduled`, added to `read`. Only these are read, whatever an aggregate's delivered history: one query per
     /// status (an equality on `status` and an `$in` of aggregate ids, in small groups), which every
     /// server serves from the status-and-aggregate index; an `$in` of statuses, or of aggregate ids
     /// alone, reads the delivered events too on some servers (about a second for an aggregate
     /// with 50,000 delivered events, measured on SecantusDB).
-    static func openEvents(of aggregates: [String], outbox: MongoCollection, read: inout Int) throws -> [Document] {
+    static func openEvents(of aggregates: [String], outbox: MongoCollection, scheduled: Bool, read: inout Int) throws -> [Document] {
         let ids = Set(aggregates).sorted()
         var events: [Document] = []
+        let statuses = [BSON.string(OutboxSchema.Status.pending), .null] + (scheduled ? [.string(OutboxSchema.Status.scheduled)] : [])
         for start in stride(from: 0, to: ids.count, by: 40) {
             let group = BSON.array(ids[start..<min(start + 40, ids.count)].map { .string($0) })
-            for status in [BSON.string(OutboxSchema.Status.pending), .null] {
+            for status in statuses {
                 events += try outbox.find(
                     ["status": status, "aggregateId": ["$in": group]],
                     options: ["projection": ["aggregateType": 1, "aggregateId": 1, "aggregateVersion": 1, "status": 1, "sid": 1, "timestamp": 1]])

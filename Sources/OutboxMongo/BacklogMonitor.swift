@@ -27,6 +27,8 @@ public final class BacklogMonitor: Service {
     static let pending = Gauge(label: "outbox_pending_events")
     static let oldestPendingAge = Gauge(label: "outbox_oldest_pending_age_seconds")
     static let parked = Gauge(label: "outbox_parked_events")
+    /// Events waiting for their `deliverAt` (not backlog: they are not due).
+    static let scheduled = Gauge(label: "outbox_scheduled_events")
     static let stuck = Gauge(label: "outbox_stuck_events")
     static let unowned = Gauge(label: "outbox_partitions_without_owner")
     public static let databaseUp = Gauge(label: "outbox_connection_up", dimensions: [("target", "database")])
@@ -50,6 +52,7 @@ public final class BacklogMonitor: Service {
         public var pending: Int
         public var oldestPendingAge: Double
         public var parked: Int
+        public var scheduled: Int
         public var stuck: Int
         public var partitionsWithoutOwner: Int
     }
@@ -71,6 +74,7 @@ public final class BacklogMonitor: Service {
             let pending = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending)]) + outbox.countDocuments(["status": .null])
             let oldest = try OutboxSchema.oldestPending(outbox)
             let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
+            let scheduled = try outbox.countDocuments(["status": .string(OutboxSchema.Status.scheduled)])
             let cutoff = now.addingTimeInterval(-Double(stuckAfter.milliseconds) / 1000)
             let stuck =
                 try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lt": .date(cutoff)]])
@@ -79,12 +83,14 @@ public final class BacklogMonitor: Service {
                 "owner": ["$ne": .null], "$expr": MongoLeaseStore.live,
             ])
             return Sample(
-                pending: pending, oldestPendingAge: oldest.map { max(now.timeIntervalSince($0), 0) } ?? 0, parked: parked, stuck: stuck,
+                pending: pending, oldestPendingAge: oldest.map { max(now.timeIntervalSince($0), 0) } ?? 0, parked: parked, scheduled: scheduled,
+                stuck: stuck,
                 partitionsWithoutOwner: max(partitions - live, 0))
         }
         Self.pending.record(sample.pending)
         Self.oldestPendingAge.record(sample.oldestPendingAge)
         Self.parked.record(sample.parked)
+        Self.scheduled.record(sample.scheduled)
         Self.stuck.record(sample.stuck)
         Self.unowned.record(sample.partitionsWithoutOwner)
         return sample

@@ -7,6 +7,7 @@ import Outbox
 /// partitions' fences, one document at a time when a statement is refused.
 extension MongoOutboxStore {
     public func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> {
+        let scheduled = takeScheduled(messages.map(\.storeKey))
         // An update document, not a pipeline: the same for every event, so the events of a
         // partition share statements; `$currentDate` is the database's clock.
         let update: BSON = [
@@ -17,6 +18,16 @@ extension MongoOutboxStore {
             messages.map { message in
                 // A first sight sets the count instead of adding to it: a writer's model may have
                 // written the field as null, which `$inc` refuses.
+                if scheduled.contains(message.storeKey) {
+                    var write = FencedWrite(
+                        message: message,
+                        update: [
+                            "$set": ["status": .string(OutboxSchema.Status.delivered)], "$currentDate": ["deliveredAt": true],
+                            "$inc": ["attempts": 1], "$unset": ["lastError": "", "nextAttemptAt": "", "dueAt": ""],
+                        ])
+                    write.from = OutboxSchema.Status.scheduled
+                    return write
+                }
                 guard message.isFirstSight else { return FencedWrite(message: message, update: update) }
                 let first: BSON = [
                     "$set": ["status": .string(OutboxSchema.Status.delivered), "attempts": .int32(Int32(clamping: message.attempts + 1))],
@@ -28,6 +39,7 @@ extension MongoOutboxStore {
 
     public func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> {
         let now = clock.now()
+        let scheduled = takeScheduled(failures.map(\.storeKey))
         let writes: [FencedWrite] = failures.map { failure in
             var fields: Document = ["attempts": .int32(Int32(failure.attempts)), "lastError": .string(failure.error)]
             switch failure.decision {
@@ -38,8 +50,14 @@ extension MongoOutboxStore {
                 fields["status"] = .string(OutboxSchema.Status.parked)
                 fields["parkedAt"] = .date(now)
             }
-            return FencedWrite(
+            var write = FencedWrite(
                 key: failure.storeKey, id: failure.id, partition: failure.partition, isNew: failure.isFirstSight, update: ["$set": .document(fields)])
+            if scheduled.contains(failure.storeKey) {
+                // Out of the schedule: a retry waits in the pending scan like any other.
+                write.update = ["$set": .document(fields), "$unset": ["dueAt": ""]]
+                write.from = OutboxSchema.Status.scheduled
+            }
+            return write
         }
         return try await fencedUpdate(writes, leases: leases)
     }
@@ -47,8 +65,11 @@ extension MongoOutboxStore {
     /// Parks documents the relay cannot publish, with the reason, so they never block the rest;
     /// `expired`: settles events past their `expiresAt` as expired (not an error: counted in
     /// `outbox_expired_events_total`). New documents are settled by a conditional update on their
-    /// still having no state.
-    func park(_ malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)], leases: [PartitionLease], expired: Bool = false) async throws {
+    /// still having no state; known ones while they have the status `from`.
+    func park(
+        _ malformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)], leases: [PartitionLease], expired: Bool = false,
+        from: String = OutboxSchema.Status.pending
+    ) async throws {
         for item in malformed.prefix(20) {
             logger.log(
                 level: expired ? .notice : .error, expired ? "outbox event expired before delivery" : "parking malformed outbox document",
@@ -67,7 +88,12 @@ extension MongoOutboxStore {
         if expired { Self.expiredEvents.increment(by: malformed.count) }
         let known = malformed.filter { !$0.isNew }
         _ = try await fencedUpdate(
-            known.map { FencedWrite(id: $0.id, partition: $0.partition, isNew: false, update: ["$set": .document(fields($0))]) }, leases: leases)
+            known.map { item in
+                var write = FencedWrite(id: item.id, partition: item.partition, isNew: false, update: ["$set": .document(fields(item))])
+                if from == OutboxSchema.Status.scheduled { write.update = ["$set": .document(fields(item)), "$unset": ["dueAt": ""]] }
+                write.from = from
+                return write
+            }, leases: leases)
         let new = malformed.filter(\.isNew)
         guard !new.isEmpty else { return }
         let collection = options.collection
@@ -94,8 +120,11 @@ extension MongoOutboxStore {
             let id = try OutboxDocument.bson(storeKey: message.storeKey)
             let filter = (["_id": id] as Document).merging(
                 isNew ? OutboxSchema.firstSight : ["status": .string(OutboxSchema.Status.pending), "partition": .null])
-            statements.append(
-                (filter, ["$set": .document(Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending, sid: sid))], false))
+            var state = Self.relayState(for: message, now: now, status: OutboxSchema.Status.pending, sid: sid)
+            if Self.isScheduled(message, now: now) {
+                for (key, value) in Self.scheduledState(deliverAt: message.deliverAt ?? 0).fields { state[key] = value }
+            }
+            statements.append((filter, ["$set": .document(state)], false))
             partitionOf[ExtendedJSON.render(id)] = message.partition
         }
         for item in rehome {
@@ -259,6 +288,9 @@ extension MongoOutboxStore {
         var partition: Int
         var isNew: Bool
         var update: BSON
+        /// The status a known event is written from: pending, or scheduled for one published
+        /// when it came due.
+        var from = OutboxSchema.Status.pending
 
         init(id: BSON, partition: Int, isNew: Bool, update: BSON) {
             self.id = id
@@ -333,6 +365,7 @@ extension MongoOutboxStore {
             var update: BSON
             /// The partition of new documents (their state), nil for known events.
             var newIn: Int?
+            var from: String
         }
         var statements: [(filter: Document, update: BSON, multi: Bool)] = []
         var shared: [Shared: [BSON]] = [:]
@@ -345,7 +378,7 @@ extension MongoOutboxStore {
                 statements.append((filter, Self.raisingFence(update, to: epoch), false))
                 continue
             }
-            let key = Shared(epoch: epoch, update: write.update, newIn: write.isNew ? write.partition : nil)
+            let key = Shared(epoch: epoch, update: write.update, newIn: write.isNew ? write.partition : nil, from: write.from)
             if shared[key] == nil { order.append(key) }
             shared[key, default: []].append(write.id)
         }
@@ -359,7 +392,7 @@ extension MongoOutboxStore {
                 // `_id` first: the clause every server looks the documents up by. New documents
                 // are written only while they still have no state.
                 let filter = (["_id": ids.count == 1 ? ids.first! : ["$in": .array(Array(ids))]] as Document)
-                    .merging(key.newIn == nil ? ["status": .string(OutboxSchema.Status.pending)] : OutboxSchema.firstSight)
+                    .merging(key.newIn == nil ? ["status": .string(key.from)] : OutboxSchema.firstSight)
                     .merging(["fence": Self.notAbove(key.epoch)])
                 statements.append((filter, update, ids.count > 1))
             }

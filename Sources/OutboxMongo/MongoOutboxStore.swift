@@ -28,12 +28,17 @@ public final class MongoOutboxStore: OutboxStore {
         /// How often the adopter looks for documents no scan reaches (an unknown `status`, a
         /// `timestamp` that is not a date, pending without relay state, a partition out of range).
         public var sweepInterval: Duration
+        /// How far ahead each fetch looks for scheduled events coming due, so the relay wakes for
+        /// the earliest: at least the relay's longest wait between fetches (its poll interval; the
+        /// relay gives twice that).
+        public var scheduleLookahead: Duration
 
         public init(
             collection: String = OutboxSchema.defaultCollection, maxBodyBytes: Int = 1 << 20,
             partitions: Int = OutboxSchema.defaultPartitions, routing: EventRouting = EventRouting(),
-            body: MessageBodyOptions = MessageBodyOptions(), sweepInterval: Duration = .seconds(60)
+            body: MessageBodyOptions = MessageBodyOptions(), sweepInterval: Duration = .seconds(60), scheduleLookahead: Duration = .milliseconds(400)
         ) {
+            self.scheduleLookahead = scheduleLookahead
             self.collection = collection
             self.maxBodyBytes = maxBodyBytes
             self.partitions = partitions
@@ -57,6 +62,12 @@ public final class MongoOutboxStore: OutboxStore {
     public let clock: DatabaseClock
     /// Store keys of documents that could be neither marked nor parked (see `quarantine`).
     let quarantined = Mutex<Set<[UInt8]>>([])
+    /// When the next fetch is wanted (database clock): the earliest time a scheduled event of the
+    /// owned partitions comes due, as the last fetch saw it, or the distant past for at once; nil:
+    /// at the relay's next poll.
+    let nextFetchAt = Mutex<Date?>(nil)
+    /// Store keys of scheduled events taken into a batch, until they are marked.
+    let scheduledInFlight = Mutex<Set<[UInt8]>>([])
 
     /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
     /// of the relay per event.
@@ -115,6 +126,10 @@ public final class MongoOutboxStore: OutboxStore {
         var pendingFormatFound = false
         var lastPendingFormatLook: ContinuousClock.Instant?
         var lastSweep: ContinuousClock.Instant?
+        /// When the last sign of scheduled events was seen, and when the last look for one was
+        /// made (see `dueScheduled`).
+        var scheduledSeen: ContinuousClock.Instant?
+        var lastScheduledLook: ContinuousClock.Instant?
 
         /// The key of `known` for the one scan over every partition.
         static let allPartitions = -1
@@ -134,6 +149,15 @@ public final class MongoOutboxStore: OutboxStore {
         var incomplete: [OutboxMessage] = []
         /// Pending documents whose partition is out of range, to move to their partition.
         var rehome: [(id: BSON, from: BSON, to: Int)] = []
+        /// Known pending events whose `deliverAt` is still to come, to set scheduled.
+        var scheduleLater: [OutboxMessage] = []
+        /// Store keys of the scheduled events come due in this fetch.
+        var dueScheduled = Set<[UInt8]>()
+        /// Scheduled events come due that no longer decode, to park or settle as expired.
+        var scheduledMalformed: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
+        var scheduledExpired: [(id: BSON, partition: Int, reason: String, isNew: Bool)] = []
+        /// When the next scheduled event of the owned partitions comes due, if soon.
+        var nextDue: Date?
         var read = 0
         var state = ScanState()
 
@@ -157,19 +181,42 @@ public final class MongoOutboxStore: OutboxStore {
         let sweep = isAdopter && state.lastSweep.map { now - $0 >= options.sweepInterval } ?? isAdopter
         if sweep { state.lastSweep = now }
         let (start, clock) = (state, clock)
+        let epochs = Dictionary(leases.map { ($0.partition, $0.epoch) }, uniquingKeysWith: max)
         let fetch = try await pool.withConnection { connection in
             try clock.measureIfStale(on: connection)
             return try Self.fetch(
-                connection.collection(options.collection), limit: limit, owned: owned, adopt: isAdopter, sweep: sweep, from: start, options: options,
-                now: clock.now())
+                connection.collection(options.collection), limit: limit, owned: owned, epochs: epochs, adopt: isAdopter, sweep: sweep, from: start,
+                options: options, now: clock.now())
         }
+        nextFetchAt.withLock { $0 = fetch.nextDue }
         Self.documentsRead.increment(by: fetch.read)
         documentsReadCount.add(fetch.read, ordering: .relaxed)
         if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
         if !fetch.expired.isEmpty { try await park(fetch.expired, leases: leases, expired: true) }
+        let scheduled = OutboxSchema.Status.scheduled
+        if !fetch.scheduledMalformed.isEmpty { try await park(fetch.scheduledMalformed, leases: leases, from: scheduled) }
+        if !fetch.scheduledExpired.isEmpty { try await park(fetch.scheduledExpired, leases: leases, expired: true, from: scheduled) }
+        if !fetch.dueScheduled.isEmpty {
+            let taken = fetch.dueScheduled.intersection(fetch.heads.map(\.storeKey))
+            scheduledInFlight.withLock { $0.formUnion(taken) }
+        }
+        if !fetch.scheduleLater.isEmpty {
+            _ = try await fencedUpdate(
+                fetch.scheduleLater.map { message in
+                    FencedWrite(message: message, update: ["$set": .document(Self.scheduledState(deliverAt: message.deliverAt ?? 0))])
+                }, leases: leases)
+        }
         if !fetch.handOver.isEmpty || !fetch.incomplete.isEmpty || !fetch.rehome.isEmpty {
             try await stamp(handOver: fetch.handOver, incomplete: fetch.incomplete, rehome: fetch.rehome)
         }
+        // Scheduled just now (first sights, or pending ones whose time is still to come): the
+        // relay wakes for the earliest of its own.
+        let scheduledNow = (fetch.handOver.map(\.message) + fetch.scheduleLater).filter { owned.contains($0.partition) }.compactMap(\.deliverAt)
+        if let earliest = scheduledNow.min() {
+            let at = Date(timeIntervalSince1970: Double(earliest) / 1000)
+            nextFetchAt.withLock { $0 = min($0 ?? at, at) }
+        }
+        if !fetch.handOver.isEmpty { nextFetchAt.withLock { $0 = .distantPast } }
         // Only once the hand-overs are written: a failed one is read again, before the later
         // events of its aggregate, which would otherwise get earlier scan ids than it.
         scan.withLock { $0 = fetch.state }
@@ -177,15 +224,36 @@ public final class MongoOutboxStore: OutboxStore {
         return skipped.isEmpty ? fetch.heads : fetch.heads.filter { !skipped.contains($0.storeKey) }
     }
 
+    /// How long until the earliest scheduled event of the owned partitions comes due, as the
+    /// last fetch saw it, or zero when that fetch gave first sights their state (more of them may
+    /// wait; they are not published, so the relay would otherwise wait for its next poll); nil:
+    /// nothing soon.
+    public func nextFetchIn() -> Duration? {
+        guard let due = nextFetchAt.withLock({ $0 }) else { return nil }
+        return .milliseconds(max(Int64(due.timeIntervalSince(clock.now()) * 1000), 0))
+    }
+
     static func fetch(
-        _ outbox: MongoCollection, limit: Int, owned: Set<Int>, adopt: Bool, sweep: Bool, from start: ScanState, options: Options, now: Date
+        _ outbox: MongoCollection, limit: Int, owned: Set<Int>, epochs: [Int: Int64], adopt: Bool, sweep: Bool, from start: ScanState,
+        options: Options, now: Date
     ) throws -> Fetch {
         var fetch = Fetch(state: start)
+
+        // Scheduled events come due: first in the batch (they waited longest).
+        let instant = ContinuousClock.now
+        let schedule = try dueScheduled(
+            outbox, owned: owned.count < options.partitions ? owned : nil, epochs: epochs, limit: limit, lookahead: options.scheduleLookahead,
+            into: &fetch, options: options, now: now, instant: instant)
+        fetch.nextDue = schedule.next
 
         // Known pending events of the owned partitions, due now.
         let known = try scanKnown(outbox, state: &fetch.state, limit: limit, owned: owned, partitions: options.partitions, now: now)
         fetch.read += known.read
-        var candidates = decodeKnown(known.documents, into: &fetch, options: options, now: now)
+        fetch.dueScheduled = Set(schedule.due.map(\.message.storeKey))
+        var candidates = schedule.due + decodeKnown(known.documents, into: &fetch, options: options, now: now)
+        // Pending, but written with a `deliverAt` still to come: scheduled instead.
+        fetch.scheduleLater = candidates.map(\.message).filter { isScheduled($0, now: now) }
+        if !fetch.scheduleLater.isEmpty { candidates.removeAll { isScheduled($0.message, now: now) } }
 
         // New documents, read by the adopter in the order they were written. An eighth of every
         // batch is kept for them, so a backlog of known events that cannot drain (the broker
@@ -201,8 +269,15 @@ public final class MongoOutboxStore: OutboxStore {
         if sweep {
             try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
         }
-        let heldBack = try handOverInOrder(handOver, outbox: outbox, into: &fetch, now: now)
-        var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox, read: &fetch.read)
+        // After the scans: an event scheduled before one they read is seen here.
+        var seen = schedule.seen || !fetch.scheduleLater.isEmpty || handOver.contains { isScheduled($0.message, now: now) }
+        if !seen && !schedule.active && !(handOver.isEmpty && candidates.isEmpty && newOwned.isEmpty) {
+            seen = try anyScheduled(outbox, read: &fetch.read)
+        }
+        if seen { fetch.state.scheduledSeen = instant }
+        let scheduled = seen || schedule.active
+        let heldBack = try handOverInOrder(handOver, outbox: outbox, scheduled: scheduled, into: &fetch, now: now)
+        var heads = try headsOfAggregates(candidates + newOwned, outbox: outbox, scheduled: scheduled, read: &fetch.read)
         let colliding = try collidingMessageIds(heads.map(\.message), outbox: outbox)
         if !colliding.isEmpty {
             heads.removeAll { colliding[$0.message.storeKey] != nil }
@@ -283,7 +358,13 @@ public final class MongoOutboxStore: OutboxStore {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
             case .success(let message):
                 let candidate = Candidate(message: message, sid: nil, timestamp: message.occurredAt, pendingFormat: pendingFormat)
-                if owned.contains(message.partition) { newOwned.append(candidate) } else { handOver.append(candidate) }
+                // Scheduled ones get their state (and their place in the aggregate's order) now,
+                // like those of other partitions.
+                if owned.contains(message.partition) && !isScheduled(message, now: now) {
+                    newOwned.append(candidate)
+                } else {
+                    handOver.append(candidate)
+                }
             case .failure(let failure):
                 fetch.refuse(
                     failure, id: document["_id"] ?? .null, partition: OutboxDocument.partition(of: document, partitions: options.partitions),
@@ -303,9 +384,12 @@ public final class MongoOutboxStore: OutboxStore {
     /// still new, and is read again. And its scan id sorts after those of its aggregate's pending
     /// events, whichever relay's clock made them (an adopter whose clock is behind another's would
     /// otherwise give a later event a lower id).
-    static func handOverInOrder(_ handOver: [Candidate], outbox: MongoCollection, into fetch: inout Fetch, now: Date) throws -> [Candidate] {
+    static func handOverInOrder(_ handOver: [Candidate], outbox: MongoCollection, scheduled: Bool, into fetch: inout Fetch, now: Date) throws
+        -> [Candidate]
+    {
         let waiting = try unversionedWaiting(
-            of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox, read: &fetch.read)
+            of: handOver.filter { $0.message.aggregateVersion == nil }.map(\.message.aggregateId), outbox: outbox, scheduled: scheduled,
+            read: &fetch.read)
         let unseen = unseenEvents(in: waiting)
         var floor = highestPendingSid(in: waiting)
         var handedOver = Set<[UInt8]>()
@@ -329,7 +413,11 @@ public final class MongoOutboxStore: OutboxStore {
                 heldBackKeys.insert(key)
             } else {
                 handedOver.insert(candidate.message.storeKey)
-                let sid = candidate.message.aggregateVersion == nil ? scanId(after: floor[key], now: now) : ObjectId(time: now).hex
+                var sid = candidate.message.aggregateVersion == nil ? scanId(after: floor[key], now: now) : ObjectId(time: now).hex
+                if isScheduled(candidate.message, now: now), let deliverAt = candidate.message.deliverAt {
+                    // By its due time, and still after its aggregate's events seen before it.
+                    sid = max(sid, OutboxSchema.scheduledScanId(dueAt: deliverAt))
+                }
                 if candidate.message.aggregateVersion == nil { floor[key] = sid }
                 fetch.handOver.append((candidate.message, sid))
             }
@@ -378,7 +466,7 @@ public final class MongoOutboxStore: OutboxStore {
                 let status = document["status"]?.stringValue
                 let otherIsNew = (status == nil || status == OutboxSchema.Status.pending) && document["sid"]?.stringValue == nil
                 let yields =
-                    status == OutboxSchema.Status.delivered || (status == OutboxSchema.Status.pending && !otherIsNew)
+                    status == OutboxSchema.Status.delivered || (isKnownOpen(document) && !otherIsNew)
                     || (otherIsNew && otherKey.lexicographicallyPrecedes(message.storeKey))
                 guard yields else { continue }
                 colliding[message.storeKey] = Self.collisionReason((try? OutboxDocument.bson(storeKey: message.storeKey)) ?? .null, other)

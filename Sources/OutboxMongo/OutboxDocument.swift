@@ -105,6 +105,11 @@ public enum OutboxDocument {
             }
             expiresAt = ms
         }
+        var deliverAt: Int64?
+        if let raw = document["deliverAt"], raw != .null {
+            guard case .datetime(let ms) = raw else { return fail("deliverAt must be a date (BSON datetime), found \(typeName(raw))") }
+            deliverAt = ms
+        }
         let exchange: String
         if let raw = document["exchange"], raw != .null {
             guard let value = raw.stringValue, value.utf8.count <= 255 else { return fail("exchange must be a string of at most 255 bytes") }
@@ -179,7 +184,7 @@ public enum OutboxDocument {
         var message = OutboxMessage(
             id: id, type: type, aggregateType: aggregateType, aggregateId: aggregateId, aggregateVersion: version,
             exchange: exchange, routingKey: routingKey, occurredAt: timestamp, correlationId: correlationId, priority: priority,
-            expiresAt: expiresAt, headers: headers,
+            expiresAt: expiresAt, deliverAt: deliverAt, headers: headers,
             body: [], attempts: max(document["attempts"]?.intValue ?? 0, 0), partition: partition, storeKey: storeKey(of: rawId),
             isFirstSight: isNew)
         do { try MessageBody.render(&message, data: data, document: document, options: options.body) } catch { return .failure(error) }

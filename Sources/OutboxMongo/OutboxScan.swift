@@ -286,7 +286,7 @@ extension MongoOutboxStore {
     /// pending event with a scan id but no partition (completed), and a partition out of range
     /// (moved to its partition, e.g. after the partition count changed).
     static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, limit: Int, options: Options, now: Date) throws {
-        let known: [BSON] = [.null, .string(OutboxSchema.Status.pending)] + OutboxSchema.Status.final.map { .string($0) }
+        let known: [BSON] = [.null] + OutboxSchema.Status.known.map { .string($0) }
         // Only the fields a reason names: the documents' data is not read.
         let small: Document = ["status": 1, "aggregateId": 1, "timestamp": 1]
         let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000, "projection": .document(small)])

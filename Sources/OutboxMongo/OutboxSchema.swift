@@ -6,7 +6,8 @@ import Outbox
 ///
 /// A service writes `type`, `aggregateId` and `data` (and optionally the other contract fields,
 /// see `schema/outbox-event.schema.json`). Everything else is the relay's: `status`, `partition`,
-/// `sid`, `fence`, `attempts`, `nextAttemptAt`, `lastError`, `deliveredAt`, `parkedAt`, `seenAt`.
+/// `sid`, `fence`, `attempts`, `nextAttemptAt`, `dueAt`, `lastError`, `deliveredAt`, `parkedAt`, `expiredAt`,
+/// `cancelledAt`, `seenAt`.
 public enum OutboxSchema {
     public static let defaultCollection = "outbox"
     public static let defaultPartitions = 16
@@ -22,9 +23,17 @@ public enum OutboxSchema {
         public static let parked = "parked"
         /// Past its `expiresAt` before it was published: never published, not an error.
         public static let expired = "expired"
+        /// Known to the relay, not to be published before its `deliverAt`: kept out of the
+        /// pending scan, with `dueAt` set to that time and a scan id that sorts by it
+        /// (`scheduledScanId`), until it is published.
+        public static let scheduled = "scheduled"
+        /// Cancelled by an operator (`outboxctl cancel`) while scheduled: never published.
+        public static let cancelled = "cancelled"
         /// Final states; every other document (including one without `status`, as a writer
         /// leaves it) counts as pending.
-        public static let final: [String] = [delivered, parked, expired]
+        public static let final: [String] = [delivered, parked, expired, cancelled]
+        /// Every status the relay knows.
+        public static let known: [String] = [pending, scheduled] + final
     }
 
     /// Documents that carry no relay state yet: as a writer leaves them (no `status`, or one a
@@ -40,9 +49,17 @@ public enum OutboxSchema {
 
     /// Documents no relay has seen yet: no status (as a writer leaves them) or one the relay does
     /// not know (which the relay parks).
-    public static let unseen: Document = [
-        "status": ["$nin": [.string(Status.pending), .string(Status.delivered), .string(Status.parked), .string(Status.expired)]]
-    ]
+    public static let unseen: Document = ["status": ["$nin": .array(Status.known.map { .string($0) })]]
+
+    /// The scan id of an event scheduled for `dueAt` (ms since the epoch): its seconds and
+    /// milliseconds in hex, then random digits, 24 in all, so scheduled events sort by due time in
+    /// the status-and-scan-id index (and as ObjectId hex, with an ObjectId's seconds, in the
+    /// pending scan's windows). `upTo`: the highest id of that millisecond instead, a query's bound.
+    public static func scheduledScanId(dueAt: Int64, upTo: Bool = false) -> String {
+        let ms = max(dueAt, 0)
+        let prefix = String(format: "%08x%03x", UInt32(truncatingIfNeeded: ms / 1000), Int(ms % 1000))
+        return prefix + (upTo ? String(repeating: "f", count: 13) : String(ObjectId().hex.suffix(13)))
+    }
 
     /// The earliest date a range needs to match every date (the year 1: servers and drivers
     /// represent no earlier one). A range on a date matches dates only.
@@ -152,8 +169,9 @@ public enum OutboxSchema {
                 "tracestate": ["bsonType": "string", "maxLength": .int32(Int32(TraceContext.maxTracestateLength))],
                 // Absent, null or pending when written (documents the relay reads as new); the
                 // relay's own states after that.
-                "status": ["enum": [.null, .string(Status.pending), .string(Status.delivered), .string(Status.parked), .string(Status.expired)]],
+                "status": ["enum": .array([.null] + Status.known.map { .string($0) })],
                 "expiresAt": ["bsonType": "date"],
+                "deliverAt": ["bsonType": "date"],
                 "bodyFormat": ["enum": .array(BodyFormat.allCases.map { .string($0.rawValue) })],
             ],
         ]

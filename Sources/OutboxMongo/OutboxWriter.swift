@@ -20,13 +20,15 @@ public struct NewEvent: Sendable {
     /// When the event stops being worth delivering: published with the AMQP `expiration` set to
     /// the time left, never published after it (the relay sets it `expired`).
     public var expiresAt: Date?
+    /// Not published before this time (later events of its aggregate wait behind it).
+    public var deliverAt: Date?
 
     /// `routingKey` defaults to the dotted form of `type` (`OrderCreated` → `order.created`).
     public init(
         type: String, aggregateType: String, aggregateId: String, aggregateVersion: Int = 1, data: Document,
         exchange: String = "orders", routingKey: String? = nil, correlationId: String? = nil,
         headers: [String: HeaderValue] = [:], traceContext: TraceContext? = nil, priority: UInt8? = nil,
-        expiresAt: Date? = nil
+        expiresAt: Date? = nil, deliverAt: Date? = nil
     ) {
         self.type = type
         self.aggregateType = aggregateType
@@ -40,6 +42,7 @@ public struct NewEvent: Sendable {
         self.traceContext = traceContext
         self.priority = priority
         self.expiresAt = expiresAt
+        self.deliverAt = deliverAt
     }
 }
 
@@ -83,6 +86,17 @@ public struct OutboxWriter: Sendable {
         if let correlationId = event.correlationId { document["correlationId"] = .string(correlationId) }
         if let priority = event.priority { document["priority"] = .int32(Int32(priority)) }
         if let expiresAt = event.expiresAt { document["expiresAt"] = .date(expiresAt) }
+        if let deliverAt = event.deliverAt {
+            document["deliverAt"] = .date(deliverAt)
+            if deliverAt > now {
+                // Out of the pending scan until it is due; the relay wakes for `dueAt`. Its
+                // aggregate's later events wait behind it by version.
+                document["status"] = .string(OutboxSchema.Status.scheduled)
+                document["sid"] = .string(OutboxSchema.scheduledScanId(dueAt: Int64((deliverAt.timeIntervalSince1970 * 1000).rounded())))
+                document["nextAttemptAt"] = .date(deliverAt)
+                document["dueAt"] = .date(deliverAt)
+            }
+        }
         if let trace = event.traceContext {
             document[TraceContext.traceparentField] = .string(trace.traceparent)
             if let state = trace.tracestate { document[TraceContext.tracestateField] = .string(state) }

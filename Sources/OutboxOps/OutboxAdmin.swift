@@ -36,8 +36,11 @@ public struct EventFilter: Sendable, Equatable {
         var query = Document()
         if !ids.isEmpty { query["_id"] = ["$in": .array(ids.flatMap { OutboxDocument.idCandidates($0) })] }
         if let status = status ?? defaultStatus {
-            // Pending includes documents the relay has not seen yet (no status of their own).
-            query["status"] = status == OutboxSchema.Status.pending ? OutboxSchema.notFinal["status"]! : .string(status)
+            // Pending includes documents the relay has not seen yet (no status of their own), not
+            // scheduled ones (their own status).
+            query["status"] =
+                status == OutboxSchema.Status.pending
+                ? ["$nin": .array((OutboxSchema.Status.final + [OutboxSchema.Status.scheduled]).map { .string($0) })] : .string(status)
         }
         if let type { query["type"] = .string(type) }
         if let aggregateId { query["aggregateId"] = .string(aggregateId) }
@@ -67,7 +70,7 @@ public struct OutboxStatus: Sendable {
         public var expiresIn: Double
     }
 
-    /// Every document that is not delivered, parked or expired.
+    /// Every document that is not delivered, parked, expired, cancelled or scheduled.
     public var pending: Int
     /// Of those, documents no relay has seen yet (written without relay state).
     public var unseen: Int
@@ -75,6 +78,12 @@ public struct OutboxStatus: Sendable {
     public var parked: Int
     /// Events past their `expiresAt` before they were published: never published.
     public var expired: Int
+    /// Events waiting for their `deliverAt`.
+    public var scheduled: Int
+    /// When the soonest scheduled event is due; nil when none is scheduled.
+    public var nextScheduled: Date?
+    /// Scheduled events an operator cancelled: never published.
+    public var cancelled: Int
     public var delivered: Int
     public var deliveredLastMinute: Int
     /// Age in seconds of the oldest pending event; nil when nothing is pending.
@@ -187,7 +196,13 @@ public struct OutboxAdmin: Sendable {
             let outbox = connection.collection(collection)
             // The database's clock, so ages and expiries do not depend on this machine's.
             let now = try connection.runCommand(["isMaster": 1], database: "admin")["localTime"]?.dateValue ?? Date()
-            let pending = try outbox.countDocuments(OutboxSchema.notFinal)
+            let scheduled = try outbox.countDocuments(["status": .string(OutboxSchema.Status.scheduled)])
+            let pending = try outbox.countDocuments(OutboxSchema.notFinal) - scheduled
+            // A scheduled event's scan id sorts by its due time.
+            let nextScheduled = try outbox.find(
+                ["status": .string(OutboxSchema.Status.scheduled)], options: ["sort": ["sid": 1], "limit": 1, "projection": ["dueAt": 1]]
+            ).first?["dueAt"]?.dateValue
+            let cancelled = try outbox.countDocuments(["status": .string(OutboxSchema.Status.cancelled)])
             let unseen = try outbox.countDocuments(OutboxSchema.unseen)
             let due = try outbox.countDocuments(["status": .string(OutboxSchema.Status.pending), "nextAttemptAt": ["$lte": .date(now)]]) + unseen
             let parked = try outbox.countDocuments(["status": .string(OutboxSchema.Status.parked)])
@@ -206,7 +221,8 @@ public struct OutboxAdmin: Sendable {
                 $0.status.map { !OutboxSchema.Status.final.contains($0) } ?? false
             }
             return OutboxStatus(
-                pending: pending, unseen: unseen, due: due, parked: parked, expired: expired, delivered: delivered, deliveredLastMinute: lastMinute,
+                pending: pending, unseen: unseen, due: due, parked: parked, expired: expired, scheduled: scheduled, nextScheduled: nextScheduled,
+                cancelled: cancelled, delivered: delivered, deliveredLastMinute: lastMinute,
                 oldestPendingAge: oldest.map { now.timeIntervalSince($0) }, leases: leases, databaseTime: now, unwritable: unwritable.count)
         }
     }
@@ -239,9 +255,37 @@ public struct OutboxAdmin: Sendable {
     public func list(_ filter: EventFilter, limit: Int = 50) async throws -> [Document] {
         let collection = self.collection
         let query = filter.query()
+        // Scheduled events soonest first; the others in id order.
+        let sort: Document = filter.status == OutboxSchema.Status.scheduled ? ["dueAt": 1, "_id": 1] : ["_id": 1]
         return try await pool.withConnection { connection in
             try connection.collection(collection).find(
-                query, options: ["sort": ["_id": 1], "limit": .int64(Int64(limit)), "projection": ["data": 0]])
+                query, options: ["sort": .document(sort), "limit": .int64(Int64(limit)), "projection": ["data": 0]])
+        }
+    }
+
+    /// Cancels scheduled events before they are due: they become `cancelled` (kept in the
+    /// history, never published). Only while the event is due more than `margin` later on the
+    /// database's clock: a relay publishes what is due by that clock, so one due sooner may be on
+    /// its way (a relay reads it as scheduled and marks it from there).
+    public func cancel(ids: [String], dryRun: Bool, margin: Duration = .seconds(1)) async throws -> ChangeResult {
+        let collection = self.collection
+        return try await pool.withConnection { connection in
+            let outbox = connection.collection(collection)
+            let now = try connection.runCommand(["isMaster": 1], database: "admin")["localTime"]?.dateValue ?? Date()
+            let raw = BSON.array(ids.flatMap { OutboxDocument.idCandidates($0) })
+            let later = BSON.document(["$gt": .date(now.addingTimeInterval(Double(margin.milliseconds) / 1000))])
+            let unseen: Document = ["_id": ["$in": raw], "status": .null, "sid": OutboxSchema.firstSight["sid"]!, "deliverAt": later]
+            let scheduled: Document = ["_id": ["$in": raw], "status": .string(OutboxSchema.Status.scheduled), "dueAt": later]
+            let found = try (outbox.find(unseen, options: ["projection": ["_id": 1]]) + outbox.find(scheduled, options: ["projection": ["_id": 1]]))
+                .compactMap { $0["_id"] }
+            let foundIds = found.compactMap(OutboxDocument.messageId(of:))
+            guard !dryRun, !found.isEmpty else { return ChangeResult(matched: found.count, changed: 0, dryRun: dryRun, ids: foundIds) }
+            let update: Document = [
+                "$set": ["status": .string(OutboxSchema.Status.cancelled), "cancelledAt": .date(now)], "$unset": ["dueAt": "", "nextAttemptAt": ""],
+            ]
+            // The unseen first: one a relay schedules meanwhile is cancelled by the second.
+            let changed = try outbox.updateMany(unseen, update).modified + outbox.updateMany(scheduled, update).modified
+            return ChangeResult(matched: found.count, changed: changed, dryRun: false, ids: foundIds)
         }
     }
 
@@ -270,11 +314,17 @@ public struct OutboxAdmin: Sendable {
         }
     }
 
-    /// Parks pending events (including ones no relay has seen yet) so the relay leaves them alone.
+    /// Parks pending and scheduled events (including ones no relay has seen yet) so the relay
+    /// leaves them alone.
     public func park(_ filter: EventFilter, reason: String, dryRun: Bool) async throws -> ChangeResult {
         try await change(filter, defaultStatus: OutboxSchema.Status.pending, dryRun: dryRun, requiredStatus: OutboxSchema.notFinal["status"]!) {
             now in
-            ["$set": ["status": .string(OutboxSchema.Status.parked), "lastError": .string("parked by operator: \(reason)"), "parkedAt": .date(now)]]
+            [
+                "$set": [
+                    "status": .string(OutboxSchema.Status.parked), "lastError": .string("parked by operator: \(reason)"), "parkedAt": .date(now),
+                ],
+                "$unset": ["dueAt": ""],
+            ]
         }
     }
 
@@ -400,7 +450,7 @@ extension OutboxAdmin {
 
             let outbox = connection.collection(collection)
             var moves: [(filter: Document, update: BSON)] = []
-            for status in [OutboxSchema.Status.pending, OutboxSchema.Status.parked] {
+            for status in [OutboxSchema.Status.pending, OutboxSchema.Status.scheduled, OutboxSchema.Status.parked] {
                 let events = try outbox.find(["status": .string(status)], options: ["projection": ["aggregateId": 1, "partition": 1]])
                 for event in events {
                     guard let id = event["_id"], let aggregateId = event["aggregateId"]?.stringValue else { continue }

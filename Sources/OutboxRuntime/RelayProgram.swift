@@ -85,7 +85,7 @@ public enum RelayProgram {
             pool: pool, owner: settings.owner,
             options: .init(
                 collection: settings.collection, maxBodyBytes: settings.maxBodyBytes, partitions: settings.partitions, routing: settings.routing,
-                body: settings.body),
+                body: settings.body, scheduleLookahead: settings.relay.pollInterval * 2),
             logger: logger)
         let leaseStore = MongoLeaseStore(pool: pool, partitions: settings.partitions)
         let leases = LeaseManager(

@@ -90,7 +90,7 @@ func duration(_ text: String, _ option: String) throws -> Duration {
 
 func statusOption(_ value: String?) throws -> String? {
     guard let value else { return nil }
-    let statuses = [OutboxSchema.Status.pending] + OutboxSchema.Status.final
+    let statuses = OutboxSchema.Status.known
     guard statuses.contains(value) else {
         throw ValidationError("--status must be \(statuses.dropLast().joined(separator: ", ")) or \(statuses.last!), not '\(value)'")
     }

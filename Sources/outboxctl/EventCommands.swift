@@ -57,6 +57,8 @@ extension OutboxCtl {
                 printJSON([
                     "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)),
                     "parked": .int64(Int64(status.parked)), "expired": .int64(Int64(status.expired)),
+                    "scheduled": .int64(Int64(status.scheduled)), "cancelled": .int64(Int64(status.cancelled)),
+                    "nextScheduledAt": status.nextScheduled.map { .date($0) } ?? .null,
                     "unwritable": .int64(Int64(status.unwritable)),
                     "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
                     "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
@@ -73,6 +75,11 @@ extension OutboxCtl {
             print("pending              \(status.pending) (\(status.due) due now, \(status.unseen) not yet seen by a relay)")
             print("oldest pending age   \(status.oldestPendingAge.map { String(format: "%.1f s", $0) } ?? "-")")
             print("parked               \(status.parked)")
+            if status.scheduled > 0 {
+                let next = status.nextScheduled.map { String(format: "%.1f s", $0.timeIntervalSince(status.databaseTime)) } ?? "-"
+                print("scheduled            \(status.scheduled) (the soonest due in \(next): outboxctl list --scheduled)")
+            }
+            if status.cancelled > 0 { print("cancelled            \(status.cancelled) (cancelled while scheduled, never published)") }
             if status.expired > 0 { print("expired              \(status.expired) (past their expiresAt, never published)") }
             print("delivered            \(status.delivered) (\(status.deliveredLastMinute) in the last minute)")
             if status.unwritable > 0 {
@@ -94,15 +101,27 @@ extension OutboxCtl {
         static let configuration = CommandConfiguration(abstract: "List events by status, type, aggregate and age.")
         @OptionGroup var common: Common
         @OptionGroup var filters: Filters
-        @Option(help: "pending, delivered, parked or expired.") var status: String?
+        @Option(help: "\(OutboxSchema.Status.known.joined(separator: ", ")).") var status: String?
+        @Flag(help: "Scheduled events (waiting for their deliverAt), soonest first, with when each is due.") var scheduled = false
         @Option(help: "At most this many events.") var limit = 50
 
-        func validate() throws { _ = try statusOption(status) }
+        func validate() throws {
+            _ = try statusOption(status)
+            if scheduled && status != nil && status != OutboxSchema.Status.scheduled {
+                throw ValidationError("--scheduled lists scheduled events; leave out --status \(status!)")
+            }
+        }
 
         func run() async throws {
-            let filter = try filters.filter(status: statusOption(status))
+            let filter = try filters.filter(status: scheduled ? OutboxSchema.Status.scheduled : statusOption(status))
             let events = try await common.run { admin, _ in try await admin.list(filter, limit: limit) }
-            if common.json { printJSON(.array(events.map { .document($0) })) } else { printTable(eventHeader, eventRows(events)) }
+            if common.json {
+                printJSON(.array(events.map { .document($0) }))
+            } else if filter.status == OutboxSchema.Status.scheduled {
+                printTable(scheduledHeader, scheduledRows(events))
+            } else {
+                printTable(eventHeader, eventRows(events))
+            }
         }
     }
 
@@ -212,6 +231,40 @@ extension OutboxCtl {
             let filter = try filters.filter()
             let result = try await common.run { admin, _ in try await admin.unpark(filter, dryRun: dryRun) }
             report(result, verb: "unparked", json: common.json)
+        }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Cancel scheduled events before they are due: they stay in the history as cancelled and are never published.",
+            discussion: """
+                Only an event waiting for its deliverAt, due more than a second later (by the database's \
+                clock), can be cancelled, whether a relay has seen it or not. One due sooner may be on its \
+                way and is not cancelled; the command says so and exits 1.
+                """)
+        @OptionGroup var common: Common
+        @Argument(help: "Event ids.") var ids: [String]
+        @Flag(help: "Show what would be cancelled; change nothing.") var dryRun = false
+
+        func validate() throws {
+            if ids.isEmpty { throw ValidationError("say which events: one or more event ids") }
+        }
+
+        func run() async throws {
+            let (result, left) = try await common.run { admin, _ in
+                let result = try await admin.cancel(ids: ids, dryRun: dryRun)
+                // What the others are now, so the operator learns why they were not cancelled.
+                var left: [(String, String)] = []
+                for id in ids where !result.ids.contains(id) {
+                    left.append((id, try await admin.show(id: id).map { $0["status"]?.stringValue ?? "not yet seen" } ?? "no such event"))
+                }
+                return (result, left)
+            }
+            report(result, verb: "cancelled", json: common.json)
+            if !common.json {
+                for (id, status) in left { print("  not cancelled: \(id) (\(status); only scheduled events can be cancelled)") }
+            }
+            if !left.isEmpty || (!result.dryRun && result.changed < result.matched) { throw ExitCode(Exit.partial) }
         }
     }
 

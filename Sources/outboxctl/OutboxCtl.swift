@@ -26,7 +26,8 @@ struct OutboxCtl: AsyncParsableCommand {
             78 bad configuration.
             """,
         subcommands: [
-            Init.self, Status.self, List.self, Unwritable.self, Show.self, Retry.self, Park.self, Unpark.self, History.self, Replay.self, Purge.self,
+            Init.self, Status.self, List.self, Unwritable.self, Show.self, Retry.self, Park.self, Unpark.self, Cancel.self, History.self, Replay.self,
+            Purge.self,
             Repartition.self, Dlq.self, Probe.self, SettingsCommand.self,
         ])
 }

@@ -29,6 +29,30 @@ func age(_ date: Date?) -> String {
     }
 }
 
+/// How long until `date`, as `age` says how long ago ("now" once it has passed).
+func timeUntil(_ date: Date?) -> String {
+    guard let date else { return "-" }
+    let seconds = Int(date.timeIntervalSince(Date()).rounded(.up))
+    switch seconds {
+    case ..<1: return "now"
+    case ..<120: return "\(seconds)s"
+    case ..<7200: return "\(seconds / 60)m"
+    default: return "\(seconds / 3600)h"
+    }
+}
+
+/// Scheduled events: when each is due.
+func scheduledRows(_ documents: [Document]) -> [[String]] {
+    documents.map { d in
+        [
+            d["_id"].flatMap(OutboxDocument.messageId(of:)) ?? ExtendedJSON.render(d["_id"] ?? .null), d["type"]?.stringValue ?? "-",
+            d["aggregateId"]?.stringValue ?? "-", d["deliverAt"].map { ExtendedJSON.render($0) } ?? "-", timeUntil(d["dueAt"]?.dateValue),
+        ]
+    }
+}
+
+let scheduledHeader = ["ID", "TYPE", "AGGREGATE", "DELIVER AT", "DUE IN"]
+
 func eventRows(_ documents: [Document]) -> [[String]] {
     documents.map { d in
         [

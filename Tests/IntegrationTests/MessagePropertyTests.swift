@@ -16,6 +16,8 @@ struct MessagePropertyTests {
         let priority: Int?
         let expiration: String?
         let headers: [String: Described]
+        /// When pika took it from the queue (ms since the epoch).
+        let receivedAt: Int64
     }
 
     /// A header value as read_properties.py describes it: pika's Python type and the value.
@@ -24,10 +26,13 @@ struct MessagePropertyTests {
     }
 
     /// What pika saw of `count` messages of `queue`, in the order the queue delivered them.
-    static func readProperties(_ queue: String, count: Int) async throws -> [Seen] {
+    static func readProperties(_ queue: String, count: Int, timeout: Int = 20) async throws -> [Seen] {
         let result = try await Programs.run(
             Programs.python,
-            [Programs.root.appendingPathComponent("Tests/clients/read_properties.py").path, Servers.amqpURL, queue, "\(count)"],
+            [
+                Programs.root.appendingPathComponent("Tests/clients/read_properties.py").path, Servers.amqpURL, queue, "\(count)", "--timeout",
+                "\(timeout)",
+            ],
             environment: ["PATH": "/usr/bin:/bin"])
         #expect(result.status == 0, "read_properties.py: \(result.errors)")
         return try result.output.split(separator: "\n").map { try JSONDecoder().decode(Seen.self, from: Data($0.utf8)) }
@@ -238,7 +243,7 @@ struct MessagePropertyTests {
         }
     }
 
-    @Test("the contract's validator takes a priority from 0 to 255 and an expiresAt date, and refuses others")
+    @Test("the contract's validator takes a priority from 0 to 255, expiresAt and deliverAt dates, and refuses others")
     func validator() async throws {
         try await Fixture.with { f in
             try await f.pool.withConnection { connection in
@@ -247,6 +252,9 @@ struct MessagePropertyTests {
                 try connection.collection("checked").insertOne(base.merging(["priority": 0]))
                 try connection.collection("checked").insertOne(base.merging(["priority": 255]))
                 try connection.collection("checked").insertOne(base.merging(["expiresAt": .datetime(0), "status": "expired"]))
+                try connection.collection("checked").insertOne(
+                    base.merging(["deliverAt": .datetime(0), "status": "scheduled", "dueAt": .datetime(0)]))
+                try connection.collection("checked").insertOne(base.merging(["deliverAt": .datetime(0), "status": "cancelled"]))
                 for refused: BSON in [256, -1, "high"] {
                     #expect(throws: (any Error).self, "priority \(refused)") {
                         try connection.collection("checked").insertOne(base.merging(["priority": refused]))
@@ -254,6 +262,9 @@ struct MessagePropertyTests {
                 }
                 #expect(throws: (any Error).self, "expiresAt as text") {
                     try connection.collection("checked").insertOne(base.merging(["expiresAt": "tomorrow"]))
+                }
+                #expect(throws: (any Error).self, "deliverAt as text") {
+                    try connection.collection("checked").insertOne(base.merging(["deliverAt": "tomorrow"]))
                 }
             }
         }

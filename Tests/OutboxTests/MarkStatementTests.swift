@@ -28,6 +28,16 @@ struct MarkStatementTests {
         }
     }
 
+    @Test("a scheduled event published when it came due is marked only while it is still scheduled, apart from pending ones")
+    func fromScheduled() throws {
+        var scheduled = Self.write("s", partition: 1)
+        scheduled.from = OutboxSchema.Status.scheduled
+        let statements = MongoOutboxStore.fencedStatements([Self.write("p", partition: 1), scheduled], epochs: [1: 2], now: Date())
+        #expect(statements.count == 2)
+        #expect(statements.first { $0.filter["_id"] == "s" }?.filter["status"] == "scheduled")
+        #expect(statements.first { $0.filter["_id"] == "p" }?.filter["status"] == "pending")
+    }
+
     @Test("different updates, a lone event and a new document left pending each get statements of their own")
     func ownStatements() throws {
         let other: BSON = ["$set": ["status": "parked"]]

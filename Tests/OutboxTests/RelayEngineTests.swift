@@ -9,6 +9,19 @@ import Testing
 struct RelayEngineTests {
     let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 
+    @Test("an idle relay fetches again when the store asks (a scheduled event comes due), not only at its next poll")
+    func wakesWhenTheStoreAsks() async throws {
+        let store = DueSoonStore(soon: .milliseconds(20))
+        let relay = Relay(
+            store: store, publisher: ScriptedPublisher { _ in .acked }, leases: StaticLeases(), configuration: .init(pollInterval: .seconds(60)),
+            logger: logger)
+        let running = Task { try await relay.run() }
+        defer { running.cancel() }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while store.fetches.load(ordering: .relaxed) < 5 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(store.fetches.load(ordering: .relaxed) >= 5, "five fetches while the poll interval is a minute")
+    }
+
     @Test("acked events are delivered; returned ones are retried, then parked; nacked and timed-out ones are retried, never parked")
     func outcomes() async throws {
         let store = MemoryStore([

@@ -188,3 +188,20 @@ final class SlowStore: OutboxStore {
     func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> { [] }
     func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> { [] }
 }
+
+/// Has nothing due, but asks to be fetched from again after `soon` (a scheduled event comes due).
+final class DueSoonStore: OutboxStore {
+    let soon: Duration
+    let fetches = Atomic<Int>(0)
+
+    init(soon: Duration) { self.soon = soon }
+
+    func fetchDue(limit: Int, leases: [PartitionLease]) async throws -> [OutboxMessage] {
+        fetches.add(1, ordering: .relaxed)
+        return []
+    }
+
+    func markDelivered(_ messages: [OutboxMessage], leases: [PartitionLease]) async throws -> Set<Int> { [] }
+    func markFailed(_ failures: [FailedDelivery], leases: [PartitionLease]) async throws -> Set<Int> { [] }
+    func nextFetchIn() -> Duration? { soon }
+}

@@ -1,6 +1,6 @@
 """Reads messages with pika, as a consumer outside this project does, and prints what a Python
-consumer sees of each: its AMQP properties, and its headers with the Python type pika decoded each
-value to.
+consumer sees of each: its AMQP properties, its headers with the Python type pika decoded each
+value to, and when it arrived (milliseconds since the epoch).
 
     read_properties.py AMQP_URL QUEUE COUNT [--timeout SECONDS]
 
@@ -48,6 +48,7 @@ def main():
             continue
         got += 1
         print(json.dumps({
+            "receivedAt": int(time.time() * 1000),
             "messageId": properties.message_id, "routingKey": method.routing_key, "type": properties.type, "priority": properties.priority,
             "expiration": properties.expiration, "contentType": properties.content_type,
             "headers": {k: described(v) for k, v in (properties.headers or {}).items()},
