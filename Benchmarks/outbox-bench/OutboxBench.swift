@@ -58,8 +58,14 @@ struct BenchCommand: AsyncParsableCommand {
     var flowPort = 8090
 
     enum Phase: String, CaseIterable, ExpressibleByArgument {
-        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency
+        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled
     }
+
+    @Option(help: "Scheduled events of the scheduling run, due one after another; 0 skips it.")
+    var scheduledEvents = 1000
+
+    @Option(help: "Seconds over which the scheduled events come due.")
+    var scheduledSeconds = 10
 
     @Option(
         name: .customLong("only"), parsing: .upToNextOption,
@@ -207,6 +213,20 @@ struct BenchCommand: AsyncParsableCommand {
             let flow = try await bench.flow(orders: flowOrders, port: flowPort)
             report("order service → relay → both consumers → relay", flow.rate)
             report("slowest stage", flow.slowest)
+        }
+
+        if scheduledEvents > 0 && run.contains(.scheduled) {
+            print(
+                "scheduled delivery: \(scheduledEvents) events with a deliverAt, due over \(scheduledSeconds) s; relay with default settings; deliverAt → consumer receipt"
+            )
+            try await bench.freshStore()
+            let late = try await bench.scheduledLateness(events: scheduledEvents, over: scheduledSeconds)
+            report(
+                "all \(scheduledEvents) scheduled (half first seen by the relay)",
+                String(format: "%.1f s after they were written", late.scheduledWithin))
+            report("scheduled events published before their deliverAt", late.early == 0 ? "none" : "\(late.early)")
+            report(
+                "scheduled delivery lateness p50 / p99 / max", String(format: "%.1f / %.1f / %.1f ms", late.p50, late.p99, late.max))
         }
 
         guard run.contains(.latency) else { return }
@@ -457,70 +477,32 @@ struct Bench {
     }
 
     func latency(rate: Int, seconds: Int, changeStream: Bool) async throws -> (p50: Double, p99: Double) {
-        let database = "bench_latency"
-        let pool = try await backlog(database, events: 0, exchange: "bench.latency")
-        let admin = AMQPAdmin(configuration: amqp, logger: logger)
-        try await admin.declareExchange("bench.latency")
-        let consumer = AMQPConsumerChannel(
-            configuration: amqp, topology: ConsumerTopology(exchange: "bench.latency", queue: "bench.latency.q", bindings: ["#"], prefetch: 500),
-            logger: logger)
-        try await consumer.connect()
-        try await admin.purgeQueue("bench.latency.q")
-        let environment = relayEnvironment(database: database)
-        let pid = try spawnChild(["\(bin)/outbox-relay", changeStream ? "--change-stream" : "--no-change-stream"], environment: environment)
-        var relayRunning = true
-        func stopRelay() {
-            guard relayRunning else { return }
-            relayRunning = false
-            kill(pid, SIGTERM)
-            _ = waitChild(pid)
-        }
-        defer { stopRelay() }
-        try await Task.sleep(for: .seconds(2))  // leases taken, watch open
-
         let total = rate * seconds
-        let latencies = Mutex<[Double]>([])
-        let receiver = Task {
-            while latencies.withLock({ $0.count }) < total {
-                guard let delivery = try await consumer.next(timeout: .milliseconds(200)) else { continue }
-                let now = Date().timeIntervalSince1970
-                if case .object = try JSONValue.parse(delivery.body), case .number(let sent)? = try JSONValue.parse(delivery.body)["data"]?["sentAt"],
-                    let sentAt = Double(sent)
-                {
-                    latencies.withLock { $0.append((now - sentAt) * 1000) }
+        let sorted = try await timedReceipts(
+            database: "bench_latency", exchange: "bench.latency", relayArguments: [changeStream ? "--change-stream" : "--no-change-stream"],
+            count: total, wait: .seconds(30),
+            write: { pool in
+                let writer = OutboxWriter()
+                let interval = Duration.seconds(1) / rate
+                var next = ContinuousClock.now
+                for i in 0..<total {
+                    next += interval
+                    try await pool.withTransaction { connection in
+                        let sentAt = Date().timeIntervalSince1970
+                        try writer.append(
+                            [
+                                NewEvent(
+                                    type: "OrderCreated", aggregateType: "Order", aggregateId: "lat-\(i)",
+                                    data: ["sentAt": .double(sentAt)], exchange: "bench.latency")
+                            ], using: connection)
+                    }
+                    try await Task.sleep(until: next)
                 }
-                try await consumer.ack(delivery)
-            }
-        }
-        let writer = OutboxWriter()
-        let interval = Duration.seconds(1) / rate
-        var next = ContinuousClock.now
-        for i in 0..<total {
-            next += interval
-            try await pool.withTransaction { connection in
-                let sentAt = Date().timeIntervalSince1970
-                try writer.append(
-                    [
-                        NewEvent(
-                            type: "OrderCreated", aggregateType: "Order", aggregateId: "lat-\(i)",
-                            data: ["sentAt": .double(sentAt)], exchange: "bench.latency")
-                    ], using: connection)
-            }
-            try await Task.sleep(until: next)
-        }
-        let deadline = ContinuousClock.now + .seconds(30)
-        while latencies.withLock({ $0.count }) < total && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
-        receiver.cancel()
-        // Before its database is dropped: a change stream whose database is dropped under it cannot
-        // resume (the server's last resume token then names the database's command namespace), and
-        // the relay would log it.
-        stopRelay()
-        await consumer.close()
-        try await admin.deleteQueue("bench.latency.q")
-        await admin.close()
-        _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
-        let sorted = latencies.withLock { $0 }.sorted()
-        guard sorted.count == total else { throw ValidationError("latency run received \(sorted.count) of \(total)") }
+            },
+            measure: { body, now in
+                guard case .number(let sent)? = body["data"]?["sentAt"], let sentAt = Double(sent) else { return nil }
+                return now - sentAt * 1000
+            })
         return (sorted[sorted.count / 2], sorted[min(sorted.count - 1, sorted.count * 99 / 100)])
     }
 }
