@@ -90,6 +90,7 @@ struct SecureLinkTests {
                 "--broker-messages", "200", "--rate", "20", "--latency-seconds",
                 "1",
                 "--large-events", "10", "--large-event-bytes", "10000", "--consumer-messages", "0", "--flow-orders", "0",
+                "--scheduled-events", "20", "--scheduled-seconds", "1",
             ],
             environment: SecureStack.programEnvironment(["OUTBOX_DATABASE": "secure_bench"]))
         #expect(await bench.wait(timeout: .seconds(180)) == 0, "\(bench.output.suffix(2000))")
