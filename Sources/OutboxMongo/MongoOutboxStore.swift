@@ -63,8 +63,7 @@ public final class MongoOutboxStore: OutboxStore {
     /// Store keys of documents that could be neither marked nor parked (see `quarantine`).
     let quarantined = Mutex<Set<[UInt8]>>([])
     /// When the next fetch is wanted (database clock): the earliest time a scheduled event of the
-    /// owned partitions comes due, as the last fetch saw it, or the distant past for at once; nil:
-    /// at the relay's next poll.
+    /// owned partitions comes due, as the last fetch saw it; nil: at the relay's next poll.
     let nextFetchAt = Mutex<Date?>(nil)
     /// Store keys of scheduled events taken into a batch, until they are marked.
     let scheduledInFlight = Mutex<Set<[UInt8]>>([])
@@ -216,7 +215,6 @@ public final class MongoOutboxStore: OutboxStore {
             let at = Date(timeIntervalSince1970: Double(earliest) / 1000)
             nextFetchAt.withLock { $0 = min($0 ?? at, at) }
         }
-        if !fetch.handOver.isEmpty { nextFetchAt.withLock { $0 = .distantPast } }
         // Only once the hand-overs are written: a failed one is read again, before the later
         // events of its aggregate, which would otherwise get earlier scan ids than it.
         scan.withLock { $0 = fetch.state }
@@ -225,9 +223,7 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     /// How long until the earliest scheduled event of the owned partitions comes due, as the
-    /// last fetch saw it, or zero when that fetch gave first sights their state (more of them may
-    /// wait; they are not published, so the relay would otherwise wait for its next poll); nil:
-    /// nothing soon.
+    /// last fetch saw it; nil: nothing soon.
     public func nextFetchIn() -> Duration? {
         guard let due = nextFetchAt.withLock({ $0 }) else { return nil }
         return .milliseconds(max(Int64(due.timeIntervalSince(clock.now()) * 1000), 0))
