@@ -210,7 +210,10 @@ public final class MongoOutboxStore: OutboxStore {
         }
         // Scheduled just now (first sights, or pending ones whose time is still to come): the
         // relay wakes for the earliest of its own.
-        let scheduledNow = (fetch.handOver.map(\.message) + fetch.scheduleLater).filter { owned.contains($0.partition) }.compactMap(\.deliverAt)
+        let stampedAt = clock.now()
+        let scheduledNow = (fetch.handOver.map(\.message) + fetch.scheduleLater).filter {
+            owned.contains($0.partition) && Self.isScheduled($0, now: stampedAt)
+        }.compactMap(\.deliverAt)
         if let earliest = scheduledNow.min() {
             let at = Date(timeIntervalSince1970: Double(earliest) / 1000)
             nextFetchAt.withLock { $0 = min($0 ?? at, at) }
