@@ -17,11 +17,17 @@ struct ScheduledDeliveryTests {
             let relay = try Program("outbox-relay", ["--http-address", "127.0.0.1:\(port)"], environment: Programs.environment(f))
             defer { kill(relay.pid, SIGKILL) }
             #expect(await eventually { await httpGet(port: port, "/health/ready")?.status == 200 }, "\(relay.output)")
+            // Ready comes before the first lease round lands (seconds later on a busy store): the
+            // times below count from when the relay holds every partition and reads at once.
+            #expect(
+                await eventually {
+                    (await httpGet(port: port, "/metrics")?.body ?? "").split(separator: "\n").contains { $0.hasPrefix("outbox_partitions_owned 16") }
+                }, "\(relay.output)")
 
             let start = Int64(Date().timeIntervalSince1970 * 1000)
             // Far enough on that the checks below run before it, on a busy machine too.
-            let due = start + 4000
-            let cancelDue = start + 8000
+            let due = start + 6000
+            let cancelDue = start + 12000
             func event(_ id: String, aggregate: String, at: Int64, _ extra: Document = [:]) -> Document {
                 let base: Document = [
                     "_id": .string(id), "type": "OrderCreated", "aggregateId": .string(aggregate), "data": [:], "exchange": .string(f.exchange),
