@@ -63,7 +63,8 @@ public final class MongoOutboxStore: OutboxStore {
     /// Store keys of documents that could be neither marked nor parked (see `quarantine`).
     let quarantined = Mutex<Set<[UInt8]>>([])
     /// When the next fetch is wanted (database clock): the earliest time a scheduled event of the
-    /// owned partitions comes due, as the last fetch saw it; nil: at the relay's next poll.
+    /// owned partitions comes due, as the last fetch saw it, or the distant past for at once
+    /// (that fetch scheduled first sights); nil: at the relay's next poll.
     let nextFetchAt = Mutex<Date?>(nil)
     /// Store keys of scheduled events taken into a batch, until they are marked.
     let scheduledInFlight = Mutex<Set<[UInt8]>>([])
@@ -218,6 +219,12 @@ public final class MongoOutboxStore: OutboxStore {
             let at = Date(timeIntervalSince1970: Double(earliest) / 1000)
             nextFetchAt.withLock { $0 = min($0 ?? at, at) }
         }
+        // First sights just scheduled (of any partition) are in no batch, so the pass looks idle;
+        // more of them may wait (a pass reads only a few before the relay knows its body sizes),
+        // and they have left the scan of new documents: read on at once instead of at the poll.
+        if fetch.handOver.contains(where: { Self.isScheduled($0.message, now: stampedAt) }) {
+            nextFetchAt.withLock { $0 = .distantPast }
+        }
         // Only once the hand-overs are written: a failed one is read again, before the later
         // events of its aggregate, which would otherwise get earlier scan ids than it.
         scan.withLock { $0 = fetch.state }
@@ -226,7 +233,7 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     /// How long until the earliest scheduled event of the owned partitions comes due, as the
-    /// last fetch saw it; nil: nothing soon.
+    /// last fetch saw it, or zero when that fetch scheduled first sights; nil: nothing soon.
     public func nextFetchIn() -> Duration? {
         guard let due = nextFetchAt.withLock({ $0 }) else { return nil }
         return .milliseconds(max(Int64(due.timeIntervalSince(clock.now()) * 1000), 0))
