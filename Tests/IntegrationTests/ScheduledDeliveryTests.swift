@@ -19,10 +19,7 @@ struct ScheduledDeliveryTests {
             #expect(await eventually { await httpGet(port: port, "/health/ready")?.status == 200 }, "\(relay.output)")
             // Ready comes before the first lease round lands (seconds later on a busy store): the
             // times below count from when the relay holds every partition and reads at once.
-            #expect(
-                await eventually {
-                    (await httpGet(port: port, "/metrics")?.body ?? "").split(separator: "\n").contains { $0.hasPrefix("outbox_partitions_owned 16") }
-                }, "\(relay.output)")
+            #expect(await Self.holdsEveryPartition(port: port), "\(relay.output)")
 
             let start = Int64(Date().timeIntervalSince1970 * 1000)
             // Far enough on that the checks below run before it, on a busy machine too.
@@ -111,6 +108,55 @@ struct ScheduledDeliveryTests {
             let after = try await Programs.product("outboxctl", ["status", "--json"], environment: Programs.environment(f))
             let final = try JSONSerialization.jsonObject(with: Data(after.output.utf8)) as? [String: Any]
             #expect(final?["cancelled"] as? Int == 1 && final?["scheduled"] as? Int == 0, "\(after.output)")
+        }
+    }
+
+    @Test("documents written with status pending and a deliverAt still to come wait as scheduled, the next of the aggregate behind them")
+    func pendingFormat() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("scheduled-pending")
+            let start = Int64(Date().timeIntervalSince1970 * 1000)
+            // The older writer format: status pending and nothing else of the relay's, or with a
+            // partition, attempts and a due time as well. Written before the relay starts, so its
+            // first look for this format finds them; due late enough that it has started and
+            // looked on a busy machine too.
+            let due = start + 15000
+            func event(_ id: String, aggregate: String, at: Int64, _ extra: Document) -> Document {
+                let base: Document = [
+                    "_id": .string(id), "status": "pending", "type": "OrderCreated", "aggregateId": .string(aggregate), "data": [:],
+                    "exchange": .string(f.exchange), "timestamp": .datetime(at),
+                ]
+                return base.merging(extra)
+            }
+            let documents = [
+                event("p-1", aggregate: "pa-1", at: start, ["deliverAt": .datetime(due)]),
+                event("p-2", aggregate: "pa-1", at: start + 1, [:]),
+                event("p-3", aggregate: "pa-2", at: start, ["deliverAt": .datetime(due), "partition": 5, "attempts": 0, "nextAttemptAt": .datetime(0)]),
+            ]
+            try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
+            let reader = Task { try await MessagePropertyTests.readProperties(queue, count: 3, timeout: 40) }
+            let port = unusedPort()
+            let relay = try Program("outbox-relay", ["--http-address", "127.0.0.1:\(port)"], environment: Programs.environment(f))
+            defer { kill(relay.pid, SIGKILL) }
+            #expect(await Self.holdsEveryPartition(port: port), "\(relay.output)")
+            #expect(try await eventually { try await f.count("outbox", ["status": "scheduled"]) == 2 }, "\(relay.output)")
+            #expect(try await f.count("outbox", ["status": "delivered"]) == 0, "p-2 waits behind p-1")
+
+            #expect(try await eventually(timeout: .seconds(30)) { try await f.count("outbox", ["status": "delivered"]) == 3 }, "\(relay.output)")
+            let seen = try await reader.value
+            let order = seen.map(\.messageId)
+            #expect(Set(order) == ["p-1", "p-2", "p-3"], "\(order)")
+            for message in seen { #expect(message.receivedAt >= due, "\(message.messageId) arrived \(due - message.receivedAt) ms early") }
+            #expect((order.firstIndex(of: "p-1") ?? .max) < (order.firstIndex(of: "p-2") ?? .max), "\(order)")
+        }
+    }
+
+    /// Waits until the relay serving its metrics on `port` holds all 16 partitions. It reports
+    /// ready before its first lease round lands (seconds later on a busy store), so a test that
+    /// times events from when the relay reads counts from here.
+    static func holdsEveryPartition(port: Int) async -> Bool {
+        await eventually {
+            (await httpGet(port: port, "/metrics")?.body ?? "").split(separator: "\n").contains { $0.hasPrefix("outbox_partitions_owned 16") }
         }
     }
 }
