@@ -131,7 +131,8 @@ struct ScheduledDeliveryTests {
             let documents = [
                 event("p-1", aggregate: "pa-1", at: start, ["deliverAt": .datetime(due)]),
                 event("p-2", aggregate: "pa-1", at: start + 1, [:]),
-                event("p-3", aggregate: "pa-2", at: start, ["deliverAt": .datetime(due), "partition": 5, "attempts": 0, "nextAttemptAt": .datetime(0)]),
+                event(
+                    "p-3", aggregate: "pa-2", at: start, ["deliverAt": .datetime(due), "partition": 5, "attempts": 0, "nextAttemptAt": .datetime(0)]),
             ]
             try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
             let reader = Task { try await MessagePropertyTests.readProperties(queue, count: 3, timeout: 40) }
