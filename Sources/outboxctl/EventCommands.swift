@@ -262,7 +262,12 @@ extension OutboxCtl {
             }
             report(result, verb: "cancelled", json: common.json)
             if !common.json {
-                for (id, status) in left { print("  not cancelled: \(id) (\(status); only scheduled events can be cancelled)") }
+                for (id, status) in left {
+                    let why =
+                        status == OutboxSchema.Status.scheduled || status == "not yet seen"
+                        ? "due within a second: too late to cancel" : "only scheduled events can be cancelled"
+                    print("  not cancelled: \(id) (\(status); \(why))")
+                }
             }
             if !left.isEmpty || (!result.dryRun && result.changed < result.matched) { throw ExitCode(Exit.partial) }
         }

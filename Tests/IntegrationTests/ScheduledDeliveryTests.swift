@@ -22,9 +22,11 @@ struct ScheduledDeliveryTests {
             #expect(await Self.holdsEveryPartition(port: port), "\(relay.output)")
 
             let start = Int64(Date().timeIntervalSince1970 * 1000)
-            // Far enough on that the checks below run before it, on a busy machine too.
-            let due = start + 6000
-            let cancelDue = start + 12000
+            // Far enough on that the checks below run before it, on a busy machine too (under the
+            // whole suite the relay has taken 4 s to first see a document, and each outboxctl
+            // call a second or two).
+            let due = start + 15000
+            let cancelDue = start + 25000
             func event(_ id: String, aggregate: String, at: Int64, _ extra: Document = [:]) -> Document {
                 let base: Document = [
                     "_id": .string(id), "type": "OrderCreated", "aggregateId": .string(aggregate), "data": [:], "exchange": .string(f.exchange),
@@ -46,7 +48,7 @@ struct ScheduledDeliveryTests {
                 event("x-1", aggregate: "a-7", at: start, ["deliverAt": .datetime(due), "expiresAt": .datetime(start + 3000)]),
             ]
             // pika takes each message as it arrives (its receipt time is the arrival's).
-            let reader = Task { try await MessagePropertyTests.readProperties(queue, count: 6, timeout: 30) }
+            let reader = Task { try await MessagePropertyTests.readProperties(queue, count: 6, timeout: 50) }
             try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
             // And OutboxWriter's: written scheduled, due at the same time.
             let written = try await f.appendEvents([
@@ -75,7 +77,7 @@ struct ScheduledDeliveryTests {
             let late = try await Programs.product("outboxctl", ["cancel", "now"], environment: Programs.environment(f))
             #expect(late.status == 1 && late.output.contains("not cancelled: now (delivered"), "\(late.output) \(late.errors)")
 
-            #expect(try await eventually { try await f.count("outbox", ["status": "delivered"]) == 6 }, "\(relay.output)")
+            #expect(try await eventually(timeout: .seconds(30)) { try await f.count("outbox", ["status": "delivered"]) == 6 }, "\(relay.output)")
             let seen = try await reader.value
             let order = seen.map(\.messageId)
             #expect(Set(order) == ["now", "s-first", "s-next", "v-1", "v-2", writtenId], "\(order)")
@@ -83,8 +85,9 @@ struct ScheduledDeliveryTests {
                 let received = try #require(seen.first { $0.messageId == id }?.receivedAt)
                 #expect(received >= due, "\(id) arrived \(due - received) ms early")
                 // Promptly, in ops/bench's terms (p99 under 100 ms there); here the suite's other
-                // tests share the machine and the store, so only much later fails.
-                #expect(received < due + 5000, "\(id) arrived \(received - due) ms late")
+                // tests share the machine and the store (5.2 s late seen once), so only a wait of
+                // the order of a sweep fails.
+                #expect(received < due + 10000, "\(id) arrived \(received - due) ms late")
             }
             // The later events of each aggregate came after the scheduled one.
             func position(_ id: String) -> Int { order.firstIndex(of: id) ?? .max }
