@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
@@ -114,6 +115,17 @@ let package = Package(
             name: "OutboxOps",
             dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", .product(name: "Logging", package: "swift-log")]
         ),
+        // The operator console: a JSON API and server-rendered pages with tokens, roles and an audit
+        // trail, served by `outboxctl console`.
+        .target(
+            name: "OutboxConsole",
+            dependencies: [
+                "Outbox", "OutboxMongo", "OutboxOps",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "outbox-relay",
             dependencies: [
@@ -126,7 +138,7 @@ let package = Package(
         .executableTarget(
             name: "outboxctl",
             dependencies: [
-                "OutboxRuntime", "OutboxOps", "Outbox", "OutboxMongo", "OutboxAMQP",
+                "OutboxRuntime", "OutboxOps", "OutboxConsole", "Outbox", "OutboxMongo", "OutboxAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -146,13 +158,13 @@ let package = Package(
         // Unit tests: no servers.
         .testTarget(
             name: "OutboxTests",
-            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OutboxRuntime", "OutboxConsumer", "OutboxTracing"]
+            dependencies: ["Outbox", "OutboxMongo", "OutboxAMQP", "OutboxRuntime", "OutboxConsumer", "OutboxTracing", "OutboxConsole"]
         ),
         // Real SecantusDB and RabbitMQ (and, for foreign writers and consumers, real Node.js and Python clients).
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OutboxOps",
+                "Outbox", "OutboxMongo", "OutboxAMQP", "OutboxConsumer", "OutboxOps", "OutboxConsole",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]

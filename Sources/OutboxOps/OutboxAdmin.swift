@@ -10,6 +10,8 @@ public struct EventFilter: Sendable, Equatable {
     public var status: String?
     public var type: String?
     public var aggregateId: String?
+    /// Events whose `lastError` is exactly this: one group of parked events.
+    public var lastError: String?
     /// Events that occurred before now minus this.
     public var olderThan: Duration?
     /// Events that occurred at or after / before these instants.
@@ -17,13 +19,14 @@ public struct EventFilter: Sendable, Equatable {
     public var until: Date?
 
     public init(
-        ids: [String] = [], status: String? = nil, type: String? = nil, aggregateId: String? = nil, olderThan: Duration? = nil,
-        since: Date? = nil, until: Date? = nil
+        ids: [String] = [], status: String? = nil, type: String? = nil, aggregateId: String? = nil, lastError: String? = nil,
+        olderThan: Duration? = nil, since: Date? = nil, until: Date? = nil
     ) {
         self.ids = ids
         self.status = status
         self.type = type
         self.aggregateId = aggregateId
+        self.lastError = lastError
         self.olderThan = olderThan
         self.since = since
         self.until = until
@@ -44,6 +47,8 @@ public struct EventFilter: Sendable, Equatable {
         }
         if let type { query["type"] = .string(type) }
         if let aggregateId { query["aggregateId"] = .string(aggregateId) }
+        // An empty error selects the events without one (the console's "(no error)" group).
+        if let lastError { query["lastError"] = lastError.isEmpty ? ["$in": [.null, ""]] : .string(lastError) }
         var timestamp = Document()
         if let olderThan { timestamp["$lt"] = .date(now.addingTimeInterval(-Double(olderThan.milliseconds) / 1000)) }
         if let since { timestamp["$gte"] = .date(since) }
@@ -58,40 +63,6 @@ public struct EventFilter: Sendable, Equatable {
         if !timestamp.isEmpty { query["timestamp"] = .document(timestamp) }
         return query
     }
-}
-
-/// The outbox at a glance.
-public struct OutboxStatus: Sendable {
-    public struct Lease: Sendable {
-        public var partition: Int
-        public var owner: String?
-        public var epoch: Int
-        /// Seconds until expiry by the database clock (negative: expired).
-        public var expiresIn: Double
-    }
-
-    /// Every document that is not delivered, parked, expired, cancelled or scheduled.
-    public var pending: Int
-    /// Of those, documents no relay has seen yet (written without relay state).
-    public var unseen: Int
-    public var due: Int
-    public var parked: Int
-    /// Events past their `expiresAt` before they were published: never published.
-    public var expired: Int
-    /// Events waiting for their `deliverAt`.
-    public var scheduled: Int
-    /// When the soonest scheduled event is due; nil when none is scheduled.
-    public var nextScheduled: Date?
-    /// Scheduled events an operator cancelled: never published.
-    public var cancelled: Int
-    public var delivered: Int
-    public var deliveredLastMinute: Int
-    /// Age in seconds of the oldest pending event; nil when nothing is pending.
-    public var oldestPendingAge: Double?
-    public var leases: [Lease]
-    public var databaseTime: Date
-    /// Documents a relay could neither mark nor park and skips, still not delivered or parked.
-    public var unwritable: Int
 }
 
 /// A document a relay could neither mark nor park, as it recorded it, with its status now.
@@ -252,14 +223,17 @@ public struct OutboxAdmin: Sendable {
         }
     }
 
-    public func list(_ filter: EventFilter, limit: Int = 50) async throws -> [Document] {
+    /// Matching events without their `data`, `limit` of them after skipping `offset`.
+    public func list(_ filter: EventFilter, limit: Int = 50, offset: Int = 0) async throws -> [Document] {
         let collection = self.collection
         let query = filter.query()
         // Scheduled events soonest first; the others in id order.
         let sort: Document = filter.status == OutboxSchema.Status.scheduled ? ["dueAt": 1, "_id": 1] : ["_id": 1]
+        var options: Document = ["sort": .document(sort), "limit": .int64(Int64(limit)), "projection": ["data": 0]]
+        if offset > 0 { options["skip"] = .int64(Int64(offset)) }
+        let chosen = options
         return try await pool.withConnection { connection in
-            try connection.collection(collection).find(
-                query, options: ["sort": .document(sort), "limit": .int64(Int64(limit)), "projection": ["data": 0]])
+            try connection.collection(collection).find(query, options: chosen)
         }
     }
 

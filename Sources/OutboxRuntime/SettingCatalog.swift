@@ -20,7 +20,8 @@ public enum SettingCatalog {
         .consumerExchange, .consumerQueue, .consumerQueueType, .consumerBatchSize, .consumerBatchWait, .consumerPrefetch,
         .consumerMaxAttempts, .consumerInboxRetention, .consumerHTTPAddress, .consumerMetricsInterval,
     ]
-    public static let all = links + relay + consumers
+    public static let console: [SettingDeclaration] = [.consoleListen, .consoleTokensFile, .consoleSecureCookies]
+    public static let all = links + relay + consumers + console
 }
 
 // MARK: Links, database and logging: every program
@@ -222,4 +223,20 @@ extension SettingDeclaration {
     public static let consumerMetricsInterval = SettingDeclaration(
         env: "CONSUMER_METRICS_INTERVAL", flag: "metrics-interval", kind: .duration(allowZero: false), default: "15s", usedBy: "consumers",
         "How often the dead-letter queue's depth is read for outbox_consumer_dead_letters")
+}
+
+// MARK: The operator console (outboxctl console)
+
+extension SettingDeclaration {
+    public static let consoleListen = SettingDeclaration(
+        env: "OUTBOX_CONSOLE_LISTEN", flag: "listen", default: "127.0.0.1:9410", usedBy: "outboxctl console",
+        "Address of the operator console (pages and /api), host:port")
+    public static let consoleTokensFile = SettingDeclaration(
+        env: "OUTBOX_CONSOLE_TOKENS_FILE", flag: "tokens-file", kind: .file, default: nil,
+        shown: "required, unless --no-auth on a loopback address", usedBy: "outboxctl console", example: "/etc/outbox/secrets/console_tokens",
+        "A file of the console's tokens, one role:token or role:name:token a line, role viewer (reads) or operator "
+            + "(reads and acts); a token has at least 16 characters")
+    public static let consoleSecureCookies = SettingDeclaration(
+        env: "OUTBOX_CONSOLE_SECURE_COOKIES", flag: "secure-cookies", kind: .toggle, default: "false", usedBy: "outboxctl console",
+        "Mark the console's session cookie Secure: set it when browsers reach the console over HTTPS (a TLS-terminating proxy)")
 }

@@ -54,22 +54,7 @@ extension OutboxCtl {
         func run() async throws {
             let status = try await common.run { admin, _ in try await admin.status() }
             if common.json {
-                printJSON([
-                    "pending": .int64(Int64(status.pending)), "unseen": .int64(Int64(status.unseen)), "due": .int64(Int64(status.due)),
-                    "parked": .int64(Int64(status.parked)), "expired": .int64(Int64(status.expired)),
-                    "scheduled": .int64(Int64(status.scheduled)), "cancelled": .int64(Int64(status.cancelled)),
-                    "nextScheduledAt": status.nextScheduled.map { .date($0) } ?? .null,
-                    "unwritable": .int64(Int64(status.unwritable)),
-                    "delivered": .int64(Int64(status.delivered)), "deliveredLastMinute": .int64(Int64(status.deliveredLastMinute)),
-                    "oldestPendingAgeSeconds": status.oldestPendingAge.map { .double($0) } ?? .null,
-                    "leases": .array(
-                        status.leases.map { lease in
-                            [
-                                "partition": .int64(Int64(lease.partition)), "owner": lease.owner.map { .string($0) } ?? .null,
-                                "epoch": .int64(Int64(lease.epoch)), "expiresInSeconds": .double(lease.expiresIn),
-                            ]
-                        }),
-                ])
+                printJSON(.document(status.document))
                 return
             }
             print("pending              \(status.pending) (\(status.due) due now, \(status.unseen) not yet seen by a relay)")

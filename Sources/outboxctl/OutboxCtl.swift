@@ -28,6 +28,6 @@ struct OutboxCtl: AsyncParsableCommand {
         subcommands: [
             Init.self, Status.self, List.self, Unwritable.self, Show.self, Retry.self, Park.self, Unpark.self, Cancel.self, History.self, Replay.self,
             Purge.self,
-            Repartition.self, Dlq.self, Probe.self, SettingsCommand.self,
+            Repartition.self, Dlq.self, ConsoleCommand.self, Audit.self, Probe.self, SettingsCommand.self,
         ])
 }
