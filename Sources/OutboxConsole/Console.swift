@@ -10,6 +10,8 @@ import OutboxOps
 public final class Console: Sendable {
     let admin: OutboxAdmin
     let audit: AuditTrail
+    /// The consumers' queues whose dead letters the console shows (none without a broker).
+    let deadLetterQueues: [DeadLetters]
     let tokens: ConsoleTokens?
     let sessions: ConsoleSessions
     let throttle: LoginThrottle
@@ -20,10 +22,11 @@ public final class Console: Sendable {
     let logger: Logger
 
     public init(
-        admin: OutboxAdmin, tokens: ConsoleTokens?, secureCookies: Bool = false, sessions: ConsoleSessions = .init(),
-        throttle: LoginThrottle = .init(), logger: Logger
+        admin: OutboxAdmin, tokens: ConsoleTokens?, deadLetterQueues: [DeadLetters] = [], secureCookies: Bool = false,
+        sessions: ConsoleSessions = .init(), throttle: LoginThrottle = .init(), logger: Logger
     ) {
         self.admin = admin
+        self.deadLetterQueues = deadLetterQueues
         self.audit = AuditTrail(pool: admin.pool)
         self.tokens = tokens
         self.secureCookies = secureCookies

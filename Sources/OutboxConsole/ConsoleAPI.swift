@@ -57,63 +57,97 @@ extension Console {
         }
         for action in ConsoleAction.allCases {
             api.post("events/\(action.rawValue)") { request, _ in
-                let (principal, session) = try await self.authenticate(request)
-                // A form of another site cannot send JSON without the browser asking first, and a
-                // request signed in by cookie must also carry the session's CSRF token.
-                guard request.headers[.contentType]?.hasPrefix("application/json") == true else {
-                    throw ConsoleError(.unsupportedMediaType, "send the action as JSON (Content-Type: application/json)")
-                }
-                if session != nil, !self.csrfMatches(request.headers[HTTPField.Name("X-CSRF-Token")!], session: session) {
-                    throw ConsoleError.csrf
-                }
-                let body = try await request.body.collect(upTo: 1 << 20)
-                let actionRequest = try Self.actionRequest(action, body: Array(body.readableBytesView))
+                let (principal, body) = try await self.actionBody(request)
+                let actionRequest = try Self.actionRequest(action, body: body)
                 let result = try await self.perform(actionRequest, by: principal, via: "console api")
                 return Self.json(Self.resultDocument(result))
             }
         }
+        api.get("dead-letters") { request, _ in
+            _ = try await self.authenticate(request)
+            return Self.json(["queues": .array(await self.deadLetterViews().map(Self.deadLetterViewDocument))])
+        }
+        for action in DeadLetterAction.allCases {
+            api.post("dead-letters/\(action.rawValue)") { request, _ in
+                let (principal, body) = try await self.actionBody(request)
+                let json = try Self.object(body)
+                guard let queue = try Self.string(json, "queue") else { throw ConsoleError(.badRequest, "queue names the consumer's queue") }
+                let result = try await self.perform(
+                    action, queue: queue, ids: try Self.strings(json, "ids"), reason: try Self.string(json, "reason"),
+                    dryRun: try Self.bool(json, "dryRun"),
+                    by: principal, via: "console api")
+                return Self.json(Self.deadLetterResultDocument(result))
+            }
+        }
+    }
+
+    /// An action's caller and JSON body. A form of another site cannot send JSON without the
+    /// browser asking first, and a request signed in by cookie must also carry the session's CSRF
+    /// token in `X-CSRF-Token`.
+    func actionBody(_ request: Request) async throws -> (ConsolePrincipal, [UInt8]) {
+        let (principal, session) = try await authenticate(request)
+        guard request.headers[.contentType]?.hasPrefix("application/json") == true else {
+            throw ConsoleError(.unsupportedMediaType, "send the action as JSON (Content-Type: application/json)")
+        }
+        if session != nil, !csrfMatches(request.headers[HTTPField.Name("X-CSRF-Token")!], session: session) {
+            throw ConsoleError.csrf
+        }
+        let body = try await request.body.collect(upTo: 1 << 20)
+        return (principal, Array(body.readableBytesView))
     }
 
     // MARK: Requests
 
     static func actionRequest(_ action: ConsoleAction, body: [UInt8]) throws -> ActionRequest {
-        let json: JSONValue
-        do { json = try JSONValue.parse(body) } catch { throw ConsoleError(.badRequest, "the body is not JSON: \(error)") }
-        guard case .object = json else { throw ConsoleError(.badRequest, "the body is a JSON object, not \(json.typeName)") }
-        func string(_ key: String) throws -> String? {
-            switch json[key] {
-            case nil, .null?: return nil
-            case .string(let value)?: return value
-            case let other?: throw ConsoleError(.badRequest, "\(key) is a string, not \(other.typeName)")
-            }
-        }
-        var ids: [String] = []
-        switch json["ids"] {
-        case nil, .null?: break
-        case .array(let values)?:
-            for value in values {
-                guard case .string(let id) = value else { throw ConsoleError(.badRequest, "ids holds strings, not \(value.typeName)") }
-                ids.append(id)
-            }
-        case let other?: throw ConsoleError(.badRequest, "ids is an array of strings, not \(other.typeName)")
-        }
-        let dryRun: Bool
-        switch json["dryRun"] {
-        case nil, .null?: dryRun = false
-        case .bool(let value)?: dryRun = value
-        case let other?: throw ConsoleError(.badRequest, "dryRun is true or false, not \(other.typeName)")
-        }
-        let olderThan = try string("olderThan").map { text in
+        let json = try object(body)
+        let olderThan = try string(json, "olderThan").map { text in
             do { return try Setting.duration(text, setting: "olderThan") } catch let error as ConfigurationError {
                 throw ConsoleError(.badRequest, "olderThan: \(error.reason)")
             }
         }
         let selection = EventSelection(
-            ids: ids, status: try status(try string("status")), lastError: try string("lastError"), type: try string("type"),
-            aggregateId: try string("aggregateId"))
-        let request = ActionRequest(action: action, selection: selection, dryRun: dryRun, reason: try string("reason"), olderThan: olderThan)
+            ids: try strings(json, "ids"), status: try status(try string(json, "status")), lastError: try string(json, "lastError"),
+            type: try string(json, "type"), aggregateId: try string(json, "aggregateId"))
+        let request = ActionRequest(
+            action: action, selection: selection, dryRun: try bool(json, "dryRun"), reason: try string(json, "reason"), olderThan: olderThan)
         if let problem = request.problem { throw ConsoleError(.badRequest, problem) }
         return request
+    }
+
+    /// A body that is a JSON object.
+    static func object(_ body: [UInt8]) throws -> JSONValue {
+        let json: JSONValue
+        do { json = try JSONValue.parse(body) } catch { throw ConsoleError(.badRequest, "the body is not JSON: \(error)") }
+        guard case .object = json else { throw ConsoleError(.badRequest, "the body is a JSON object, not \(json.typeName)") }
+        return json
+    }
+
+    static func string(_ json: JSONValue, _ key: String) throws -> String? {
+        switch json[key] {
+        case nil, .null?: return nil
+        case .string(let value)?: return value
+        case let other?: throw ConsoleError(.badRequest, "\(key) is a string, not \(other.typeName)")
+        }
+    }
+
+    static func strings(_ json: JSONValue, _ key: String) throws -> [String] {
+        switch json[key] {
+        case nil, .null?: return []
+        case .array(let values)?:
+            return try values.map { value in
+                guard case .string(let text) = value else { throw ConsoleError(.badRequest, "\(key) holds strings, not \(value.typeName)") }
+                return text
+            }
+        case let other?: throw ConsoleError(.badRequest, "\(key) is an array of strings, not \(other.typeName)")
+        }
+    }
+
+    static func bool(_ json: JSONValue, _ key: String) throws -> Bool {
+        switch json[key] {
+        case nil, .null?: return false
+        case .bool(let value)?: return value
+        case let other?: throw ConsoleError(.badRequest, "\(key) is true or false, not \(other.typeName)")
+        }
     }
 
     static func status(_ value: String?) throws -> String? {

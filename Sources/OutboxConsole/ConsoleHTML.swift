@@ -39,7 +39,7 @@ enum ConsoleHTML {
         if let principal {
             header += """
                 <a href="/">Overview</a><a href="/events?status=parked">Parked</a><a href="/events?status=pending">Pending</a>\
-                <a href="/audit">Audit trail</a><span class="note" style="color:#cde">\(escape(principal.name)) (\(principal.role.rawValue))</span>
+                <a href="/dead-letters">Dead letters</a><a href="/audit">Audit trail</a><span class="note" style="color:#cde">\(escape(principal.name)) (\(principal.role.rawValue))</span>
                 """
             if let csrf {
                 header +=
@@ -75,11 +75,21 @@ enum ConsoleHTML {
     /// A button that posts `fields` to an action; without `confirm` the console answers with a
     /// preview and a second button that confirms.
     static func actionForm(_ action: ConsoleAction, label: String, fields: [(String, String)], csrf: String, confirm: Bool = false) -> String {
+        actionForm(path: "/actions/\(action.rawValue)", name: action.rawValue, label: label, fields: fields, csrf: csrf, confirm: confirm)
+    }
+
+    /// A dead-letter action's button (see `actionForm`).
+    static func actionForm(_ action: DeadLetterAction, label: String, fields: [(String, String)], csrf: String, confirm: Bool = false) -> String {
+        actionForm(
+            path: "/actions/dead-letters/\(action.rawValue)", name: action.rawValue, label: label, fields: fields, csrf: csrf, confirm: confirm)
+    }
+
+    static func actionForm(path: String, name: String, label: String, fields: [(String, String)], csrf: String, confirm: Bool) -> String {
         var inputs = #"<input type="hidden" name="csrf" value="\#(escape(csrf))">"#
         for (name, value) in fields { inputs += #"<input type="hidden" name="\#(escape(name))" value="\#(escape(value))">"# }
         if confirm { inputs += #"<input type="hidden" name="confirm" value="yes">"# }
         return
-            #"<form class="inline" method="post" action="/actions/\#(action.rawValue)">\#(inputs)<button name="do" value="\#(action.rawValue)">\#(escape(label))</button></form>"#
+            #"<form class="inline" method="post" action="\#(path)">\#(inputs)<button name="do" value="\#(name)">\#(escape(label))</button></form>"#
     }
 
     static func date(_ date: Date?) -> String {

@@ -84,6 +84,35 @@ extension Console {
                     ConsoleHTML.table(["TIME", "WHO", "ROLE", "ACTION", "SELECTION", "MATCHED", "CHANGED", "", "VIA"], rows, numeric: [5, 6]))
             }
         }
+        router.get("/dead-letters") { request, _ in
+            try await self.signedIn(request) { principal, csrf in
+                self.deadLetterPage(principal, csrf, await self.deadLetterViews())
+            }
+        }
+        router.post("/actions/dead-letters/:action") { request, context in
+            try await self.signedIn(request) { principal, csrf in
+                let form = try await Self.form(request)
+                let (_, session) = try await self.authenticate(request)
+                guard self.csrfMatches(form["csrf"]?.first, session: session) else { throw ConsoleError.csrf }
+                guard let action = DeadLetterAction(rawValue: try context.parameters.require("action")) else {
+                    throw ConsoleError(.notFound, "no such action")
+                }
+                let ids = (form["ids"] ?? []).flatMap { $0.split(whereSeparator: { $0 == "," || $0.isWhitespace }).map(String.init) }
+                let dryRun = form["confirm"]?.first != "yes"
+                let queue = form["queue"]?.first ?? ""
+                let result = try await self.perform(
+                    action, queue: queue, ids: ids, reason: form["reason"]?.first, dryRun: dryRun, by: principal, via: "console page")
+                return self.resultPage(
+                    principal, csrf, verb: action.pastTense, noun: "dead letter(s)", matched: result.selected.count, changed: result.changed,
+                    ids: result.selected.compactMap(\.messageId),
+                    dryRun: dryRun, failures: result.failures.map { "\($0.messageId ?? "-"): \($0.reason)" }
+                ) { label in
+                    ConsoleHTML.actionForm(
+                        action, label: label, fields: ["queue", "ids", "reason"].flatMap { key in (form[key] ?? []).map { (key, $0) } }, csrf: csrf,
+                        confirm: true)
+                }
+            }
+        }
         router.post("/actions/:action") { request, context in
             try await self.signedIn(request) { principal, csrf in
                 let form = try await Self.form(request)
@@ -218,7 +247,7 @@ extension Console {
         return ConsoleHTML.page(
             title: "Event \(id)", principal: principal, csrf: csrf,
             """
-            <p>Status <strong>\(ConsoleHTML.escape(status))</strong> \(buttons)</p>
+            <p>Status <strong id="status">\(ConsoleHTML.escape(status))</strong> \(buttons)</p>
             <pre>\(ConsoleHTML.escape(ExtendedJSON.render(.document(event))))</pre>
             <h2>Its aggregate's events</h2>
             \(ConsoleHTML.table(["VERSION", "ID", "TYPE", "STATUS", "OCCURRED"], rows))
@@ -228,27 +257,63 @@ extension Console {
     func actionPage(_ principal: ConsolePrincipal, _ csrf: String, _ request: ActionRequest, form: [String: [String]], _ result: ChangeResult)
         -> Response
     {
-        let verb = request.action.pastTense
-        let ids = result.ids.prefix(20).map { #"<li><a href="/events/\#(ConsoleHTML.query($0))">\#(ConsoleHTML.escape($0))</a></li>"# }.joined()
-        let more = result.ids.count > 20 ? "<li>… and \(result.ids.count - 20) more</li>" : ""
-        guard request.dryRun else {
+        resultPage(
+            principal, csrf, verb: request.action.pastTense, matched: result.matched, changed: result.changed, ids: result.ids, dryRun: request.dryRun
+        ) { label in
+            let kept = ["ids", "status", "lastError", "type", "aggregateId", "reason", "olderThan"].flatMap { key in
+                (form[key] ?? []).map { (key, $0) }
+            }
+            return ConsoleHTML.actionForm(request.action, label: label, fields: kept, csrf: csrf, confirm: true)
+        }
+    }
+
+    /// What an action did, or with a preview what it would do and a button that confirms it.
+    func resultPage(
+        _ principal: ConsolePrincipal, _ csrf: String, verb: String, noun: String = "event(s)", matched: Int, changed: Int, ids: [String],
+        dryRun: Bool,
+        failures: [String] = [],
+        confirm: (String) -> String
+    ) -> Response {
+        let links = ids.prefix(20).map { #"<li><a href="/events/\#(ConsoleHTML.query($0))">\#(ConsoleHTML.escape($0))</a></li>"# }.joined()
+        let more = ids.count > 20 ? "<li>… and \(ids.count - 20) more</li>" : ""
+        let failed = failures.map { #"<li class="error">\#(ConsoleHTML.escape($0))</li>"# }.joined()
+        guard dryRun else {
             return ConsoleHTML.page(
                 title: "Done", principal: principal, csrf: csrf,
-                #"<p id="result">\#(result.changed) of \#(result.matched) event(s) \#(verb).</p><ul>\#(ids)\#(more)</ul><p><a href="/">Back to the overview</a></p>"#
+                #"<p id="result">\#(changed) of \#(matched) \#(noun) \#(verb).</p><ul>\#(failed)\#(links)\#(more)</ul><p><a href="/">Back to the overview</a></p>"#
             )
         }
-        let kept = ["ids", "status", "lastError", "type", "aggregateId", "reason", "olderThan"].flatMap { key in
-            (form[key] ?? []).map { (key, $0) }
-        }
-        let confirm =
-            result.matched > 0
-            ? ConsoleHTML.actionForm(
-                request.action, label: "Confirm: \(request.action.rawValue) \(result.matched) event(s)", fields: kept, csrf: csrf, confirm: true)
-            : ""
+        let button = matched > 0 ? confirm("Confirm: \(matched) \(noun) to be \(verb)") : ""
         return ConsoleHTML.page(
             title: "Preview", principal: principal, csrf: csrf,
-            #"<p id="preview">\#(result.matched) event(s) would be \#(verb); nothing has changed yet.</p><ul>\#(ids)\#(more)</ul><p>\#(confirm) <a href="/">Cancel</a></p>"#
+            #"<p id="preview">\#(matched) \#(noun) would be \#(verb); nothing has changed yet.</p><ul>\#(links)\#(more)</ul><p>\#(button) <a href="/">Cancel</a></p>"#
         )
+    }
+
+    func deadLetterPage(_ principal: ConsolePrincipal, _ csrf: String, _ views: [DeadLetterQueueView]) -> Response {
+        guard !views.isEmpty else {
+            return ConsoleHTML.page(
+                title: "Dead letters", principal: principal, csrf: csrf,
+                #"<p class="note">No consumer queues are configured: set OUTBOX_CONSOLE_QUEUES (and AMQP_URL).</p>"#)
+        }
+        let sections = views.map { view -> String in
+            let heading =
+                "<h2>\(ConsoleHTML.escape(view.queue)) <span class=\"note\">(\(view.total) in \(ConsoleHTML.escape(view.deadLetterQueue)))</span></h2>"
+            if let problem = view.problem { return heading + #"<p class="error">\#(ConsoleHTML.escape(problem))</p>"# }
+            let rows = view.groups.map { group -> [String] in
+                let fields = [("queue", view.queue), ("reason", group.reason)]
+                let buttons =
+                    principal.role >= .operator
+                    ? ConsoleHTML.actionForm(DeadLetterAction.requeue, label: "Requeue", fields: fields, csrf: csrf) + " "
+                        + ConsoleHTML.actionForm(DeadLetterAction.purge, label: "Purge", fields: fields, csrf: csrf) : ""
+                return [
+                    ConsoleHTML.escape(group.reason.isEmpty ? "(no reason)" : group.reason), String(group.count),
+                    ConsoleHTML.escape(group.types.joined(separator: ", ")), ConsoleHTML.date(group.oldest), ConsoleHTML.date(group.newest), buttons,
+                ]
+            }
+            return heading + ConsoleHTML.table(["REASON", "MESSAGES", "TYPES", "OLDEST", "NEWEST", ""], rows, numeric: [1])
+        }
+        return ConsoleHTML.page(title: "Dead letters", principal: principal, csrf: csrf, sections.joined())
     }
 
     // MARK: Forms

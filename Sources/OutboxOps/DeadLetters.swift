@@ -96,20 +96,23 @@ public struct DeadLetterFilter: Sendable, Equatable {
     public var ids: [String]
     /// Text the reason contains, ignoring case.
     public var reason: String?
+    /// The whole reason, exactly: one group of dead letters (an empty one: those without a reason).
+    public var exactReason: String?
     /// Dead-lettered before now minus this; a dead letter of unknown time never matches.
     public var olderThan: Duration?
     /// At most this many dead letters (the first ones in the queue).
     public var limit: Int?
 
-    public init(ids: [String] = [], reason: String? = nil, olderThan: Duration? = nil, limit: Int? = nil) {
+    public init(ids: [String] = [], reason: String? = nil, exactReason: String? = nil, olderThan: Duration? = nil, limit: Int? = nil) {
         self.ids = ids
         self.reason = reason
+        self.exactReason = exactReason
         self.olderThan = olderThan
         self.limit = limit
     }
 
     /// Whether a criterion narrows the selection (a limit alone does not).
-    public var hasCriteria: Bool { !ids.isEmpty || reason != nil || olderThan != nil }
+    public var hasCriteria: Bool { !ids.isEmpty || reason != nil || exactReason != nil || olderThan != nil }
 
     public func matches(_ letter: DeadLetter, now: Date = Date()) -> Bool {
         if !ids.isEmpty {
@@ -118,6 +121,7 @@ public struct DeadLetterFilter: Sendable, Equatable {
         if let reason, !reason.isEmpty {
             guard let text = letter.reason, text.range(of: reason, options: .caseInsensitive) != nil else { return false }
         }
+        if let exactReason, (letter.reason ?? "") != exactReason { return false }
         if let olderThan {
             let cutoff = now.addingTimeInterval(-Double(olderThan.milliseconds) / 1000)
             guard let at = letter.deadLetteredAt, at < cutoff else { return false }

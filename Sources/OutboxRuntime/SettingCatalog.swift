@@ -20,7 +20,7 @@ public enum SettingCatalog {
         .consumerExchange, .consumerQueue, .consumerQueueType, .consumerBatchSize, .consumerBatchWait, .consumerPrefetch,
         .consumerMaxAttempts, .consumerInboxRetention, .consumerHTTPAddress, .consumerMetricsInterval,
     ]
-    public static let console: [SettingDeclaration] = [.consoleListen, .consoleTokensFile, .consoleSecureCookies]
+    public static let console: [SettingDeclaration] = [.consoleListen, .consoleTokensFile, .consoleSecureCookies, .consoleQueues]
     public static let all = links + relay + consumers + console
 }
 
@@ -239,4 +239,9 @@ extension SettingDeclaration {
     public static let consoleSecureCookies = SettingDeclaration(
         env: "OUTBOX_CONSOLE_SECURE_COOKIES", flag: "secure-cookies", kind: .toggle, default: "false", usedBy: "outboxctl console",
         "Mark the console's session cookie Secure: set it when browsers reach the console over HTTPS (a TLS-terminating proxy)")
+    public static let consoleQueues = SettingDeclaration(
+        env: "OUTBOX_CONSOLE_QUEUES", flag: "queues", default: nil, shown: "none", usedBy: "outboxctl console",
+        example: "inventory.order-created,notification.order-created",
+        "Consumers' queues, comma-separated, whose dead letters (in <queue>.dlq) the console groups by reason and may requeue "
+            + "or purge; needs AMQP_URL")
 }

@@ -28,6 +28,8 @@ extension OutboxCtl {
         @Option(name: SettingDeclaration.consoleTokensFile.name, help: SettingDeclaration.consoleTokensFile.argumentHelp) var tokensFile: String?
         @Flag(name: SettingDeclaration.consoleSecureCookies.name, inversion: .prefixedNo, help: SettingDeclaration.consoleSecureCookies.argumentHelp)
         var secureCookies: Bool?
+        @Option(name: SettingDeclaration.consoleQueues.name, help: SettingDeclaration.consoleQueues.argumentHelp) var queues: String?
+        @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp) var amqpURL: String?
         @Flag(help: "Serve without authentication: whoever reaches the address may act. Only on a loopback address.") var noAuth = false
 
         func run() async throws {
@@ -42,9 +44,14 @@ extension OutboxCtl {
                 let tokens = try consoleTokens(settings, host: address.host)
                 let pool = try settings.mongoPool(
                     uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl-console", threads: 2)
-                await Runtime.checkLinks(program: "outboxctl console", mongo: pool, amqp: nil, broker: .exit, logger: logger)
+                let queueNames = (queues ?? Setting.fromEnvironment(SettingDeclaration.consoleQueues.env, settings.environment) ?? "")
+                    .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                // The broker only for dead letters: a console without queues needs no AMQP_URL.
+                let amqp = queueNames.isEmpty ? nil : try settings.amqp(amqpURL)
+                await Runtime.checkLinks(program: "outboxctl console", mongo: pool, amqp: amqp, broker: .exit, logger: logger)
                 console = Console(
                     admin: OutboxAdmin(pool: pool, collection: try settings.string(collection, .collection)), tokens: tokens,
+                    deadLetterQueues: amqp.map { amqp in queueNames.map { DeadLetters(queue: $0, amqp: amqp, logger: logger) } } ?? [],
                     secureCookies: try settings.bool(secureCookies, .consoleSecureCookies), logger: logger)
             } catch {
                 Runtime.failConfiguration(error, program: "outboxctl console")
@@ -79,12 +86,14 @@ extension OutboxCtl {
         static let configuration = CommandConfiguration(
             abstract: "The console's audit trail: who retried, parked, unparked, cancelled or purged what, and when, newest first.")
         @OptionGroup var common: Common
-        @Option(help: "Only this action: \(ConsoleAction.allCases.map(\.rawValue).joined(separator: ", ")).") var action: String?
+        @Option(help: "Only this action: \(Self.actions.joined(separator: ", ")).") var action: String?
         @Option(help: "At most this many entries.") var limit = 50
 
+        static let actions = ConsoleAction.allCases.map(\.rawValue) + DeadLetterAction.allCases.map(\.audited)
+
         func validate() throws {
-            if let action, ConsoleAction(rawValue: action) == nil {
-                throw ValidationError("--action is one of \(ConsoleAction.allCases.map(\.rawValue).joined(separator: ", ")), not '\(action)'")
+            if let action, !Self.actions.contains(action) {
+                throw ValidationError("--action is one of \(Self.actions.joined(separator: ", ")), not '\(action)'")
             }
         }
 

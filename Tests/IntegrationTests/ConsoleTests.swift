@@ -199,6 +199,57 @@ struct ConsoleTests {
         }
     }
 
+    @Test("dead letters: grouped by reason per queue; a group's requeue moves only that group back to the consumer's queue, audited")
+    func deadLetters() async throws {
+        try await Fixture.with { f in
+            let queue = try await f.queue("inventory", bindings: [])
+            let deadLetterQueue = try await f.queue("inventory.dlq", bindings: [])
+            for (id, reason) in [("d-1", "PermanentFailure: no such SKU"), ("d-2", "PermanentFailure: no such SKU"), ("d-3", "malformed body")] {
+                let properties = AMQPProperties(
+                    contentType: "application/json", headers: ["x-error": .string(reason), "x-consumer": .string("inventory")], deliveryMode: 2,
+                    messageId: id, type: "OrderCreated")
+                #expect(
+                    await f.admin.publishConfirmed(exchange: "", routingKey: deadLetterQueue, properties: properties, body: Array("{}".utf8))
+                        == .acked)
+            }
+            let console = Console(
+                admin: OutboxAdmin(pool: f.pool), tokens: try ConsoleTokens(parsing: Self.tokens, setting: "tokens"),
+                deadLetterQueues: [DeadLetters(queue: queue, amqp: f.amqp, logger: f.logger)], logger: f.logger)
+            try await Application(router: console.router()).test(.router) { client in
+                let listed = try json(try await client.execute(uri: "/api/dead-letters", method: .get, headers: bearer(Self.viewerToken)))
+                guard case .array(let queues)? = listed["queues"], case .array(let groups)? = queues.first?["groups"] else {
+                    Issue.record("no queues: \(listed)")
+                    return
+                }
+                #expect(queues.first?["queue"] == .string(queue) && queues.first?["count"] == .number("3"))
+                #expect(groups.map { $0["reason"] } == [.string("PermanentFailure: no such SKU"), .string("malformed body")])
+                #expect(groups.map { $0["count"] } == [.number("2"), .number("1")])
+                let select = #"{"queue":"\#(queue)","reason":"PermanentFailure: no such SKU""#
+                let viewer = try await client.execute(
+                    uri: "/api/dead-letters/requeue", method: .post, headers: bearer(Self.viewerToken, json: true), body: body(select + "}"))
+                #expect(viewer.status == .forbidden)
+                let preview = try json(
+                    try await client.execute(
+                        uri: "/api/dead-letters/requeue", method: .post, headers: bearer(Self.operatorToken, json: true),
+                        body: body(select + #","dryRun":true}"#)))
+                #expect(preview["matched"] == .number("2") && preview["changed"] == .number("0"))
+                let done = try json(
+                    try await client.execute(
+                        uri: "/api/dead-letters/requeue", method: .post, headers: bearer(Self.operatorToken, json: true), body: body(select + "}")))
+                #expect(done["changed"] == .number("2"), "\(done)")
+                let unknown = try await client.execute(
+                    uri: "/api/dead-letters/purge", method: .post, headers: bearer(Self.operatorToken, json: true),
+                    body: body(#"{"queue":"elsewhere","reason":"x"}"#))
+                #expect(unknown.status == .badRequest)
+            }
+            #expect(await eventually { (try? await f.admin.messageCount(queue)) == 2 })
+            #expect(await eventually { (try? await f.admin.messageCount(deadLetterQueue)) == 1 }, "the other group stays")
+            let trail = try await AuditTrail(pool: f.pool).recent()
+            #expect(trail.map(\.action) == ["dlq requeue", "dlq requeue"] && trail.map(\.changed) == [2, 0])
+            #expect(trail.first?.selection["queue"] == .string(queue))
+        }
+    }
+
     @Test("outboxctl console refuses to start without tokens, or unauthenticated beyond loopback, naming the setting; audit lists actions")
     func command() async throws {
         try await Fixture.with { f in
