@@ -15,21 +15,23 @@ public final class Console: Sendable {
     let tokens: ConsoleTokens?
     let sessions: ConsoleSessions
     let throttle: LoginThrottle
-    /// Whether cookies carry `Secure` (the console is reached over TLS, e.g. behind a proxy).
+    /// Whether cookies carry `Secure`: served over TLS, or reached through a proxy that is.
     let secureCookies: Bool
+    let tls: ConsoleTLS?
     /// The forms' CSRF token when there is no login (and so no session to hold one).
     let unauthenticatedCSRF = ConsoleSessions.randomToken()
     let logger: Logger
 
     public init(
-        admin: OutboxAdmin, tokens: ConsoleTokens?, deadLetterQueues: [DeadLetters] = [], secureCookies: Bool = false,
+        admin: OutboxAdmin, tokens: ConsoleTokens?, deadLetterQueues: [DeadLetters] = [], tls: ConsoleTLS? = nil, secureCookies: Bool = false,
         sessions: ConsoleSessions = .init(), throttle: LoginThrottle = .init(), logger: Logger
     ) {
+        self.tls = tls
         self.admin = admin
         self.deadLetterQueues = deadLetterQueues
         self.audit = AuditTrail(pool: admin.pool)
         self.tokens = tokens
-        self.secureCookies = secureCookies
+        self.secureCookies = secureCookies || tls != nil
         self.sessions = sessions
         self.throttle = throttle
         self.logger = logger
@@ -48,11 +50,16 @@ public final class Console: Sendable {
 
     /// The HTTP server, for a `ServiceGroup`; `onRunning` gets the port it listens on (useful
     /// with port 0).
-    public func application(host: String, port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+    public func application(host: String, port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol
+    {
         Application(
-            router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "outbox-console"),
+            router: router(), server: try tls.map { try .tls(.http1(), tlsConfiguration: $0.configuration) } ?? .http1(),
+            configuration: .init(address: .hostname(host, port: port), serverName: "outbox-console"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) }, logger: logger)
     }
+
+    /// `https` when the console serves TLS itself.
+    public var scheme: String { tls == nil ? "http" : "https" }
 
     /// Who sent the request, by bearer token or session cookie; throws 401 (after the login
     /// throttle's wait for a wrong token) when neither identifies anyone.

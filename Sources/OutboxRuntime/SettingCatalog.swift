@@ -20,7 +20,9 @@ public enum SettingCatalog {
         .consumerExchange, .consumerQueue, .consumerQueueType, .consumerBatchSize, .consumerBatchWait, .consumerPrefetch,
         .consumerMaxAttempts, .consumerInboxRetention, .consumerHTTPAddress, .consumerMetricsInterval,
     ]
-    public static let console: [SettingDeclaration] = [.consoleListen, .consoleTokensFile, .consoleSecureCookies, .consoleQueues]
+    public static let console: [SettingDeclaration] = [
+        .consoleListen, .consoleTokensFile, .consoleTLSCertFile, .consoleTLSKeyFile, .consoleSecureCookies, .consoleQueues,
+    ]
     public static let all = links + relay + consumers + console
 }
 
@@ -236,9 +238,15 @@ extension SettingDeclaration {
         shown: "required, unless --no-auth on a loopback address", usedBy: "outboxctl console", example: "/etc/outbox/secrets/console_tokens",
         "A file of the console's tokens, one role:token or role:name:token a line, role viewer (reads) or operator "
             + "(reads and acts); a token has at least 16 characters")
+    public static let consoleTLSCertFile = SettingDeclaration(
+        env: "OUTBOX_CONSOLE_TLS_CERT_FILE", flag: "tls-cert-file", kind: .file, default: nil, shown: "none: plain HTTP",
+        usedBy: "outboxctl console", "A PEM certificate chain: the console serves HTTPS (with OUTBOX_CONSOLE_TLS_KEY_FILE) and its cookie is Secure")
+    public static let consoleTLSKeyFile = SettingDeclaration(
+        env: "OUTBOX_CONSOLE_TLS_KEY_FILE", flag: "tls-key-file", kind: .file, default: nil, usedBy: "outboxctl console",
+        "The PEM private key of OUTBOX_CONSOLE_TLS_CERT_FILE")
     public static let consoleSecureCookies = SettingDeclaration(
         env: "OUTBOX_CONSOLE_SECURE_COOKIES", flag: "secure-cookies", kind: .toggle, default: "false", usedBy: "outboxctl console",
-        "Mark the console's session cookie Secure: set it when browsers reach the console over HTTPS (a TLS-terminating proxy)")
+        "Mark the console's session cookie Secure when a TLS-terminating proxy serves it over HTTPS (with the console's own TLS it is)")
     public static let consoleQueues = SettingDeclaration(
         env: "OUTBOX_CONSOLE_QUEUES", flag: "queues", default: nil, shown: "none", usedBy: "outboxctl console",
         example: "inventory.order-created,notification.order-created",

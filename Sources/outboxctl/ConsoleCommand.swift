@@ -6,6 +6,7 @@ import OutboxConsole
 import OutboxOps
 import OutboxMongo
 import OutboxRuntime
+import ServiceLifecycle
 
 extension OutboxCtl {
     /// The operator console in a browser, and its JSON API, without a shell or the database's
@@ -28,6 +29,8 @@ extension OutboxCtl {
         @Option(name: SettingDeclaration.consoleTokensFile.name, help: SettingDeclaration.consoleTokensFile.argumentHelp) var tokensFile: String?
         @Flag(name: SettingDeclaration.consoleSecureCookies.name, inversion: .prefixedNo, help: SettingDeclaration.consoleSecureCookies.argumentHelp)
         var secureCookies: Bool?
+        @Option(name: SettingDeclaration.consoleTLSCertFile.name, help: SettingDeclaration.consoleTLSCertFile.argumentHelp) var tlsCertFile: String?
+        @Option(name: SettingDeclaration.consoleTLSKeyFile.name, help: SettingDeclaration.consoleTLSKeyFile.argumentHelp) var tlsKeyFile: String?
         @Option(name: SettingDeclaration.consoleQueues.name, help: SettingDeclaration.consoleQueues.argumentHelp) var queues: String?
         @Option(name: SettingDeclaration.amqpURL.name, help: SettingDeclaration.amqpURL.argumentHelp) var amqpURL: String?
         @Flag(help: "Serve without authentication: whoever reaches the address may act. Only on a loopback address.") var noAuth = false
@@ -36,6 +39,7 @@ extension OutboxCtl {
             let settings = Settings()
             let logger: Logger
             let console: Console
+            let application: any Service
             let address: (host: String, port: Int)
             do {
                 logger = Runtime.bootstrap(label: "outboxctl-console", level: try settings.logLevel(mongo.logLevel ?? "info"))
@@ -52,16 +56,32 @@ extension OutboxCtl {
                 console = Console(
                     admin: OutboxAdmin(pool: pool, collection: try settings.string(collection, .collection)), tokens: tokens,
                     deadLetterQueues: amqp.map { amqp in queueNames.map { DeadLetters(queue: $0, amqp: amqp, logger: logger) } } ?? [],
-                    secureCookies: try settings.bool(secureCookies, .consoleSecureCookies), logger: logger)
+                    tls: try consoleTLS(settings), secureCookies: try settings.bool(secureCookies, .consoleSecureCookies), logger: logger)
+                let authentication = noAuth ? "none (--no-auth)" : "tokens"
+                application = try console.application(host: address.host, port: address.port) { [scheme = console.scheme] port in
+                    logger.notice(
+                        "console listening",
+                        metadata: ["url": .string("\(scheme)://\(address.host):\(port)/"), "authentication": .string(authentication)])
+                }
             } catch {
                 Runtime.failConfiguration(error, program: "outboxctl console")
             }
-            let authentication = noAuth ? "none (--no-auth)" : "tokens"
-            let application = console.application(host: address.host, port: address.port) { port in
-                logger.notice(
-                    "console listening", metadata: ["url": .string("http://\(address.host):\(port)/"), "authentication": .string(authentication)])
-            }
             try await Runtime.runServices([application], shutdownTimeout: .seconds(10), logger: logger)
+        }
+
+        /// The certificate and key, or nil for plain HTTP; one without the other is an error.
+        func consoleTLS(_ settings: Settings) throws -> ConsoleTLS? {
+            let certificate = SettingDeclaration.consoleTLSCertFile, key = SettingDeclaration.consoleTLSKeyFile
+            let certificatePath = tlsCertFile ?? Setting.fromEnvironment(certificate.env, settings.environment)
+            let keyPath = tlsKeyFile ?? Setting.fromEnvironment(key.env, settings.environment)
+            switch (certificatePath, keyPath) {
+            case (nil, nil): return nil
+            case (let certificatePath?, let keyPath?):
+                return try ConsoleTLS(
+                    certificateFile: certificatePath, keyFile: keyPath, certificateSetting: certificate.label, keySetting: key.label)
+            case (nil, _?): throw ConfigurationError(setting: certificate.label, reason: "is required with \(key.label)")
+            case (_?, nil): throw ConfigurationError(setting: key.label, reason: "is required with \(certificate.label)")
+            }
         }
 
         /// The tokens, or nil with --no-auth (refused unless the address is a loopback one).
