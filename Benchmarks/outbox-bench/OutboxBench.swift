@@ -58,7 +58,7 @@ struct BenchCommand: AsyncParsableCommand {
     var flowPort = 8090
 
     enum Phase: String, CaseIterable, ExpressibleByArgument {
-        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled
+        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled, console
     }
 
     @Option(help: "Scheduled events of the scheduling run, due one after another; 0 skips it.")
@@ -66,6 +66,9 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "Seconds over which the scheduled events come due.")
     var scheduledSeconds = 10
+
+    @Option(help: "Parked events under the operator console's pages; 0 skips that run.")
+    var consoleParked = 100_000
 
     @Option(
         name: .customLong("only"), parsing: .upToNextOption,
@@ -227,6 +230,15 @@ struct BenchCommand: AsyncParsableCommand {
             report("scheduled events published before their deliverAt", late.early == 0 ? "none" : "\(late.early)")
             report(
                 "scheduled delivery lateness p50 / p99 / max", String(format: "%.1f / %.1f / %.1f ms", late.p50, late.p99, late.max))
+        }
+
+        if consoleParked > 0 && run.contains(.console) {
+            print("operator console: \(consoleParked) parked events over 25 errors and 1000 pending; outboxctl console; median / slowest of 5")
+            try await bench.freshStore()
+            let console = try await bench.consolePages(parked: consoleParked)
+            for (name, median, slowest, bytes) in console.rows {
+                report(name, String(format: "%.0f / %.0f ms  (%d bytes)", median, slowest, bytes))
+            }
         }
 
         guard run.contains(.latency) else { return }
