@@ -239,20 +239,26 @@ extension OutboxCtl {
             let (result, left) = try await common.run { admin, _ in
                 let result = try await admin.cancel(ids: ids, dryRun: dryRun)
                 // What the others are now, so the operator learns why they were not cancelled.
-                var left: [(String, String)] = []
+                var left: [(id: String, status: String, why: String)] = []
                 for id in ids where !result.ids.contains(id) {
-                    left.append((id, try await admin.show(id: id).map { $0["status"]?.stringValue ?? "not yet seen" } ?? "no such event"))
+                    guard let event = try await admin.show(id: id) else {
+                        left.append((id, "no such event", "nothing to cancel"))
+                        continue
+                    }
+                    let status = event["status"]?.stringValue
+                    // Scheduled, or not yet seen with a deliverAt: it was due too soon.
+                    let waiting = status == OutboxSchema.Status.scheduled || (status == nil && event["deliverAt"]?.dateValue != nil)
+                    let why =
+                        waiting
+                        ? "due within a second: too late to cancel"
+                        : status == nil ? "it has no deliverAt: only scheduled events can be cancelled" : "only scheduled events can be cancelled"
+                    left.append((id, status ?? "not yet seen", why))
                 }
                 return (result, left)
             }
             report(result, verb: "cancelled", json: common.json)
             if !common.json {
-                for (id, status) in left {
-                    let why =
-                        status == OutboxSchema.Status.scheduled || status == "not yet seen"
-                        ? "due within a second: too late to cancel" : "only scheduled events can be cancelled"
-                    print("  not cancelled: \(id) (\(status); \(why))")
-                }
+                for (id, status, why) in left { print("  not cancelled: \(id) (\(status); \(why))") }
             }
             if !left.isEmpty || (!result.dryRun && result.changed < result.matched) { throw ExitCode(Exit.partial) }
         }

@@ -143,4 +143,24 @@ struct OutboxCtlTests {
         let (ok, _) = try await run(["status", "--json"], environment: environment)
         #expect(ok == 0)
     }
+
+    @Test("cancel says why it left each event: too soon, no deliverAt, not scheduled, no such event")
+    func cancelReasons() async throws {
+        try await Fixture.with { f in
+            let soon = Date().addingTimeInterval(0.5)
+            try await f.pool.withConnection {
+                try $0.collection("outbox").insertMany([
+                    ["_id": "plain", "type": "OrderCreated", "aggregateId": "a-1", "data": [:], "timestamp": .date(Date())],
+                    ["_id": "soon", "type": "OrderCreated", "aggregateId": "a-2", "data": [:], "timestamp": .date(Date()), "deliverAt": .date(soon)],
+                    ["_id": "done", "type": "OrderCreated", "aggregateId": "a-3", "data": [:], "timestamp": .date(Date()), "status": "delivered"],
+                ])
+            }
+            let result = try await Programs.product("outboxctl", ["cancel", "plain", "soon", "done", "gone"], environment: Programs.environment(f))
+            #expect(result.status == 1, "\(result.output) \(result.errors)")
+            #expect(result.output.contains("plain (not yet seen; it has no deliverAt"), "\(result.output)")
+            #expect(result.output.contains("soon (not yet seen; due within a second: too late to cancel)"), "\(result.output)")
+            #expect(result.output.contains("done (delivered; only scheduled events can be cancelled)"), "\(result.output)")
+            #expect(result.output.contains("gone (no such event; nothing to cancel)"), "\(result.output)")
+        }
+    }
 }
