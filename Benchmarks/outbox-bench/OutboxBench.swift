@@ -58,7 +58,7 @@ struct BenchCommand: AsyncParsableCommand {
     var flowPort = 8090
 
     enum Phase: String, CaseIterable, ExpressibleByArgument {
-        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled, console
+        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled, console, soak
     }
 
     @Option(help: "Scheduled events of the scheduling run, due one after another; 0 skips it.")
@@ -69,6 +69,13 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "Parked events under the operator console's pages; 0 skips that run.")
     var consoleParked = 100_000
+
+    @Option(help: "Minutes of the soak (relay and both consumers at half the store ceiling); 0 skips it.")
+    var soakMinutes = 15
+
+    @Option(
+        help: "Orders per second of the soak; 0: a quarter of the store ceiling measured first (with the follow-ups the relay publishes twice that).")
+    var soakRate = 0
 
     @Option(
         name: .customLong("only"), parsing: .upToNextOption,
@@ -239,6 +246,34 @@ struct BenchCommand: AsyncParsableCommand {
             for (name, median, slowest, bytes) in console.rows {
                 report(name, String(format: "%.0f / %.0f ms  (%d bytes)", median, slowest, bytes))
             }
+        }
+
+        if soakMinutes > 0 && run.contains(.soak) {
+            var rate = soakRate
+            if rate == 0 {
+                try await bench.freshStore()
+                rate = max(1, Int(try await bench.storeCeiling(events: backlog)) / 4)
+            }
+            print(
+                "soak: \(soakMinutes) min of \(rate) orders/s (the relay publishes twice that with the follow-ups) through relay, inventory and notification consumers"
+            )
+            try await bench.freshStore()
+            let soak = try await bench.soak(ordersPerSecond: rate, minutes: soakMinutes)
+            let first = soak.p99ByMinute.first?.1 ?? .nan
+            let last = soak.p99ByMinute.last(where: { $0.0 < soakMinutes })?.1 ?? .nan
+            report(
+                "soak: relay RSS slope over its last minutes",
+                String(
+                    format: "%+.2f MiB per 10 min  (%.1f → %.1f MiB)", soak.rssSlope, soak.relayRSS.first?.1 ?? 0, soak.relayRSS.last?.1 ?? 0))
+            report("soak: commit → receipt p99, first / last minute", String(format: "%.1f / %.1f ms  (%.2f×)", first, last, last / first))
+            let missing = [soak.received, soak.reservations, soak.notifications, soak.followUps].map { max(0, soak.written - $0) }
+            report(
+                "soak: lost at each stage",
+                "delivered \(soak.undelivered), received \(missing[0]), reserved \(missing[1]), notified \(missing[2]), "
+                    + "followed up \(missing[3]) (of \(soak.written) orders)")
+            report(
+                "soak: consumers' RSS at the end",
+                String(format: "inventory %.1f MiB, notification %.1f MiB", soak.consumersRSS.0, soak.consumersRSS.1))
         }
 
         guard run.contains(.latency) else { return }

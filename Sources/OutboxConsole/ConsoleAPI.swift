@@ -20,6 +20,7 @@ extension Console {
                 "byType": .array(backlog.byType.map { ["type": .string($0.type), "count": .int64(Int64($0.count))] }),
                 "byPartition": .array(
                     backlog.byPartition.map { ["partition": $0.partition.map { .int64(Int64($0)) } ?? .null, "count": .int64(Int64($0.count))] }),
+                "failing": .array(backlog.failing.map(Self.groupDocument)),
             ])
         }
         api.get("events") { request, _ in

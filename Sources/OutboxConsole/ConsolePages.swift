@@ -44,9 +44,8 @@ extension Console {
             try await self.signedIn(request) { principal, csrf in
                 async let status = self.admin.status()
                 async let parked = self.admin.groups(status: OutboxSchema.Status.parked)
-                async let failing = self.admin.groups(status: OutboxSchema.Status.pending)
                 async let backlog = self.admin.backlog()
-                return try await self.overview(principal, csrf, status, parked, failing.filter { !$0.lastError.isEmpty }, backlog)
+                return try await self.overview(principal, csrf, status, parked, backlog)
             }
         }
         router.get("/events") { request, _ in
@@ -155,8 +154,7 @@ extension Console {
     }
 
     func overview(
-        _ principal: ConsolePrincipal, _ csrf: String, _ status: OutboxStatus, _ parked: [EventGroup], _ failing: [EventGroup],
-        _ backlog: BacklogBreakdown
+        _ principal: ConsolePrincipal, _ csrf: String, _ status: OutboxStatus, _ parked: [EventGroup], _ backlog: BacklogBreakdown
     ) -> Response {
         func card(_ label: String, _ value: String) -> String {
             #"<div class="card"><div class="note">\#(label)</div><strong>\#(value)</strong></div>"#
@@ -188,7 +186,7 @@ extension Console {
             <h2>Parked events by error</h2>
             \(ConsoleHTML.table(header, groupRows(parked, status: OutboxSchema.Status.parked, actions: [(.unpark, "Retry (unpark)")]), numeric: [1]))
             <h2>Pending events that failed, by error</h2>
-            \(ConsoleHTML.table(header, groupRows(failing, status: OutboxSchema.Status.pending, actions: [(.retry, "Retry now"), (.park, "Park")]), numeric: [1]))
+            \(ConsoleHTML.table(header, groupRows(backlog.failing, status: OutboxSchema.Status.pending, actions: [(.retry, "Retry now"), (.park, "Park")]), numeric: [1]))
             <h2>Pending backlog by type</h2>
             \(ConsoleHTML.table(["TYPE", "EVENTS"], backlog.byType.map { [ConsoleHTML.escape($0.type), String($0.count)] }, numeric: [1]))
             <h2>Pending backlog by partition</h2>

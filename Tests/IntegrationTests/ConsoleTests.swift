@@ -112,6 +112,33 @@ struct ConsoleTests {
         }
     }
 
+    @Test("the backlog by type and by partition, and pending events that failed grouped by their error, in one pass")
+    func backlog() async throws {
+        try await Fixture.with { f in
+            let ids = try await f.appendEvents(
+                (0..<5).map { f.event(aggregate: "k-\($0)", type: $0 < 3 ? "OrderCreated" : "OrderPaid") })
+            try await f.pool.withConnection {
+                try $0.collection("outbox").updateMany(
+                    ["_id": ["$in": .array(ids.prefix(2).map { .string($0) })]],
+                    ["$set": ["lastError": "NOT_FOUND - no exchange 'eu'", "attempts": 2]])
+            }
+            try await Application(router: try console(f).router()).test(.router) { client in
+                let backlog = try json(try await client.execute(uri: "/api/backlog", method: .get, headers: bearer(Self.viewerToken)))
+                guard case .array(let types)? = backlog["byType"], case .array(let partitions)? = backlog["byPartition"],
+                    case .array(let failing)? = backlog["failing"]
+                else {
+                    Issue.record("\(backlog)")
+                    return
+                }
+                #expect(types.map { $0["type"] } == [.string("OrderCreated"), .string("OrderPaid")])
+                #expect(types.map { $0["count"] } == [.number("3"), .number("2")])
+                #expect(partitions.reduce(0) { $0 + (Int($1["count"].flatMap { if case .number(let n) = $0 { n } else { nil } } ?? "0") ?? 0) } == 5)
+                #expect(failing.count == 1 && failing.first?["lastError"] == .string("NOT_FOUND - no exchange 'eu'"))
+                #expect(failing.first?["count"] == .number("2") && failing.first?["types"] == .array([.string("OrderCreated")]))
+            }
+        }
+    }
+
     @Test("bad requests get a 4xx with a JSON message and change nothing")
     func badRequests() async throws {
         try await Fixture.with { f in
