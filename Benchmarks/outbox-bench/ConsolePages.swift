@@ -39,8 +39,8 @@ extension Bench {
             }
             try await pool.withConnection { _ = try $0.collection("outbox").insertMany(documents) }
         }
-        // The indexes a relay creates at start (or outboxctl init), as on any outbox a relay serves.
-        try await pool.withConnection { try $0.collection("outbox").createIndexes(OutboxSchema.indexes) }
+        // The indexes a relay creates at start, and the console's (outboxctl init --console).
+        try await pool.withConnection { try $0.collection("outbox").createIndexes(OutboxSchema.indexes + OutboxSchema.consoleIndexes) }
         let port = freeLoopbackPort()
         var environment = relayEnvironment(database: database)
         environment["OUTBOX_CONSOLE_TOKENS_FILE"] = nil

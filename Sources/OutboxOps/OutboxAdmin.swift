@@ -108,7 +108,7 @@ public struct OutboxAdmin: Sendable {
     /// a malformed insert fails inside the writer's own transaction. Idempotent; changes nothing
     /// with `dryRun`. With a validator it checks, in a scratch collection, that the server
     /// enforces it.
-    public func initialize(validator: Bool, dryRun: Bool) async throws -> InitResult {
+    public func initialize(validator: Bool, consoleIndexes: Bool = false, dryRun: Bool) async throws -> InitResult {
         let collection = self.collection
         return try await pool.withConnection { connection in
             var actions: [String] = []
@@ -137,7 +137,8 @@ public struct OutboxAdmin: Sendable {
                     if let name = index.documentValue?["name"]?.stringValue { present.insert(name) }
                 }
             }
-            let missing = OutboxSchema.indexes.filter { !present.contains($0["name"]?.stringValue ?? "") }
+            let wanted = OutboxSchema.indexes + (consoleIndexes ? OutboxSchema.consoleIndexes : [])
+            let missing = wanted.filter { !present.contains($0["name"]?.stringValue ?? "") }
             for index in missing { actions.append("create index \(index["name"]?.stringValue ?? "?") on \(collection)") }
             if !dryRun, !missing.isEmpty { try connection.collection(collection).createIndexes(missing) }
 

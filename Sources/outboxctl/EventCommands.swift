@@ -23,10 +23,13 @@ extension OutboxCtl {
                 """)
         @OptionGroup var common: Common
         @Flag(help: "Also set the contract's $jsonSchema validator on the collection.") var validator = false
+        @Flag(help: "Also create the operator console's index of parked events by error (fast group pages over large parked backlogs).")
+        var console = false
         @Flag(help: "Say what would be done; change nothing.") var dryRun = false
 
         func run() async throws {
-            let result = try await common.run { admin, _ in try await admin.initialize(validator: validator, dryRun: dryRun) }
+            let result = try await common.run { admin, _ in try await admin.initialize(validator: validator, consoleIndexes: console, dryRun: dryRun)
+            }
             if common.json {
                 printJSON([
                     "actions": .array(result.actions.map { .string($0) }), "dryRun": .bool(result.dryRun),

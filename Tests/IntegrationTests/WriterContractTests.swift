@@ -309,6 +309,11 @@ struct WriterContractTests {
             #expect(done.actions == dry.actions)
             #expect(done.validatorEnforced == true)
             #expect(try await admin.initialize(validator: true, dryRun: false).actions.isEmpty, "a second run has nothing to do")
+            #expect(
+                try await admin.initialize(validator: true, consoleIndexes: true, dryRun: false).actions == [
+                    "create index parked_by_error on outbox"
+                ],
+                "--console adds the console's index")
 
             // A malformed insert now fails inside the writer's transaction: the business write
             // rolls back with it.

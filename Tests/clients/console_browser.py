@@ -48,12 +48,16 @@ def main():
     url = args.url.rstrip("/")
     seen = {}
     driver = browser()
+    # A click returns before the next page has loaded (more so on a busy machine): each lookup
+    # waits up to 30 s for an element only the expected page has.
+    driver.implicitly_wait(30)
     try:
         driver.get(url + "/")
         if "/login" not in driver.current_url:
             fail(f"signed out, the overview sent us to {driver.current_url}, not the sign-in page", driver, args.shots)
         driver.find_element(By.NAME, "token").send_keys(args.token)
         driver.find_element(By.ID, "sign-in").click()
+        driver.find_element(By.CSS_SELECTOR, "table")  # the overview
         rows = [row for row in driver.find_elements(By.CSS_SELECTOR, "tr") if args.group in row.text]
         if not rows:
             fail("the overview shows no group with that error:\n" + driver.find_element(By.TAG_NAME, "main").text, driver, args.shots)
