@@ -90,13 +90,8 @@ extension Console {
         }
         router.post("/actions/dead-letters/:action") { request, context in
             try await self.signedIn(request) { principal, csrf in
-                let form = try await Self.form(request)
-                let (_, session) = try await self.authenticate(request)
-                guard self.csrfMatches(form["csrf"]?.first, session: session) else { throw ConsoleError.csrf }
-                guard let action = DeadLetterAction(rawValue: try context.parameters.require("action")) else {
-                    throw ConsoleError(.notFound, "no such action")
-                }
-                let ids = (form["ids"] ?? []).flatMap { $0.split(whereSeparator: { $0 == "," || $0.isWhitespace }).map(String.init) }
+                let (form, action) = try await Self.postedForm(request, context, csrf: csrf, as: DeadLetterAction.self)
+                let ids = Self.ids(form)
                 let dryRun = form["confirm"]?.first != "yes"
                 let queue = form["queue"]?.first ?? ""
                 let result = try await self.perform(
@@ -114,12 +109,7 @@ extension Console {
         }
         router.post("/actions/:action") { request, context in
             try await self.signedIn(request) { principal, csrf in
-                let form = try await Self.form(request)
-                let (_, session) = try await self.authenticate(request)
-                guard self.csrfMatches(form["csrf"]?.first, session: session) else { throw ConsoleError.csrf }
-                guard let action = ConsoleAction(rawValue: try context.parameters.require("action")) else {
-                    throw ConsoleError(.notFound, "no such action")
-                }
+                let (form, action) = try await Self.postedForm(request, context, csrf: csrf, as: ConsoleAction.self)
                 let actionRequest = try Self.actionRequest(action, form: form)
                 let result = try await self.perform(actionRequest, by: principal, via: "console page")
                 return self.actionPage(principal, csrf, actionRequest, form: form, result)
@@ -332,11 +322,28 @@ extension Console {
         return fields
     }
 
+    /// A posted form that carries the session's CSRF token, and the action the path names.
+    static func postedForm<Action: RawRepresentable>(
+        _ request: Request, _ context: BasicRequestContext, csrf: String, as: Action.Type
+    ) async throws -> ([String: [String]], Action) where Action.RawValue == String {
+        let form = try await form(request)
+        guard let given = form["csrf"]?.first, ConsoleTokens.constantTimeEqual(Array(given.utf8), Array(csrf.utf8)) else {
+            throw ConsoleError.csrf
+        }
+        guard let action = Action(rawValue: try context.parameters.require("action")) else { throw ConsoleError(.notFound, "no such action") }
+        return (form, action)
+    }
+
+    /// The ids a form names: each `ids` field, split at commas and white space.
+    static func ids(_ form: [String: [String]]) -> [String] {
+        (form["ids"] ?? []).flatMap { $0.split(whereSeparator: { $0 == "," || $0.isWhitespace }).map(String.init) }
+    }
+
     /// A form's action: its fields as the API's JSON names them; `confirm=yes` does it, anything
     /// else previews.
     static func actionRequest(_ action: ConsoleAction, form: [String: [String]]) throws -> ActionRequest {
         func value(_ key: String) -> String? { form[key]?.first.flatMap { $0.isEmpty ? nil : $0 } }
-        let ids = (form["ids"] ?? []).flatMap { $0.split(whereSeparator: { $0 == "," || $0.isWhitespace }).map(String.init) }
+        let ids = ids(form)
         let olderThan = try value("olderThan").map { text in
             do { return try Setting.duration(text, setting: "olderThan") } catch let error as ConfigurationError {
                 throw ConsoleError(.badRequest, "olderThan: \(error.reason)")
