@@ -70,11 +70,10 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Parked events under the operator console's pages; 0 skips that run.")
     var consoleParked = 100_000
 
-    @Option(help: "Minutes of the soak (relay and both consumers at half the store ceiling); 0 skips it.")
+    @Option(help: "Minutes of the soak (relay and both consumers at half their ceiling); 0 skips it.")
     var soakMinutes = 15
 
-    @Option(
-        help: "Orders per second of the soak; 0: a quarter of the store ceiling measured first (with the follow-ups the relay publishes twice that).")
+    @Option(help: "Orders per second of the soak; 0: half the ceiling of the same pipeline, measured first with a backlog of 3000 orders.")
     var soakRate = 0
 
     @Option(
@@ -250,13 +249,15 @@ struct BenchCommand: AsyncParsableCommand {
 
         if soakMinutes > 0 && run.contains(.soak) {
             var rate = soakRate
+            print("soak: orders written by OutboxWriter through the relay, inventory and notification consumers (and the follow-ups)")
             if rate == 0 {
                 try await bench.freshStore()
-                rate = max(1, Int(try await bench.storeCeiling(events: backlog)) / 4)
+                let ceiling = try await bench.soak(ordersPerSecond: 0, minutes: 0, burst: 3000)
+                let ordersPerSecond = Double(ceiling.written) / ceiling.completedIn
+                report("soak: pipeline ceiling, a backlog of 3000 orders", String(format: "%.1f orders/s", ordersPerSecond))
+                rate = max(1, Int(ordersPerSecond / 2))
             }
-            print(
-                "soak: \(soakMinutes) min of \(rate) orders/s (the relay publishes twice that with the follow-ups) through relay, inventory and notification consumers"
-            )
+            print("soak: \(soakMinutes) min at \(rate) orders/s (the relay publishes twice that with the follow-ups)")
             try await bench.freshStore()
             let soak = try await bench.soak(ordersPerSecond: rate, minutes: soakMinutes)
             let first = soak.p99ByMinute.first?.1 ?? .nan

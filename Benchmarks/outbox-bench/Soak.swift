@@ -25,6 +25,9 @@ extension Bench {
         var undelivered: Int
         /// Follow-up events that reached the inventory exchange's queue.
         var followUps: Int
+        /// Seconds from the first write until every order was delivered, received and applied and
+        /// every follow-up delivered.
+        var completedIn: Double
     }
 
     /// Writes OrderCreated events (through `OutboxWriter`, each in its own transaction, as the
@@ -33,13 +36,16 @@ extension Bench {
     /// consumer's follow-up events go through the outbox too, so the relay publishes twice the
     /// order rate). A queue of the bench takes every OrderCreated and times commit → receipt.
     /// Then waits for the rest to be delivered and applied.
-    func soak(ordersPerSecond rate: Int, minutes: Int) async throws -> Soak {
+    ///
+    /// With `burst`, writes that many orders at once instead (a backlog in batches of 500) and the
+    /// run measures how soon the whole pipeline is through them: its ceiling in orders per second.
+    func soak(ordersPerSecond rate: Int, minutes: Int, burst: Int? = nil) async throws -> Soak {
         let name = "bench_soak"
         let exchange = "orders"
         let pool = try database(name)
         _ = try await pool.withConnection { try $0.runCommand(["dropDatabase": 1]) }
         try await MongoOutboxStore(pool: pool, owner: "bench", logger: logger).ensureIndexes()
-        let stock: Int64 = Int64(rate * 60 * minutes * 2)
+        let stock: Int64 = Int64((burst ?? rate * 60 * minutes) * 2)
         try await pool.withConnection { try $0.collection("stock").insertOne(["_id": "A", "available": .int64(stock), "reserved": 0]) }
         let admin = AMQPAdmin(configuration: amqp, logger: logger)
         try await admin.declareExchange(exchange)
@@ -103,22 +109,28 @@ extension Bench {
         }
 
         let writer = OutboxWriter()
-        let total = rate * 60 * minutes
-        let interval = Duration.seconds(1) / rate
-        var next = ContinuousClock.now
-        for i in 0..<total {
-            next += interval
-            try await pool.withTransaction { connection in
-                let data: Document = [
-                    "orderId": .string("soak-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("1.00")!),
-                    "items": [["sku": "A", "quantity": 1, "unitPrice": .decimal128(Decimal128("1.00")!)]],
-                    "sentAt": .double(Date().timeIntervalSince1970),
-                ]
-                try writer.append(
-                    [NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "soak-\(i)", data: data, exchange: exchange)],
-                    using: connection)
+        let total = burst ?? rate * 60 * minutes
+        @Sendable func order(_ i: Int) -> NewEvent {
+            let data: Document = [
+                "orderId": .string("soak-\(i)"), "customerId": "c", "totalAmount": .decimal128(Decimal128("1.00")!),
+                "items": [["sku": "A", "quantity": 1, "unitPrice": .decimal128(Decimal128("1.00")!)]],
+                "sentAt": .double(Date().timeIntervalSince1970),
+            ]
+            return NewEvent(type: "OrderCreated", aggregateType: "Order", aggregateId: "soak-\(i)", data: data, exchange: exchange)
+        }
+        if burst != nil {
+            for start in stride(from: 0, to: total, by: 500) {
+                let events = (start..<min(start + 500, total)).map(order)
+                try await pool.withTransaction { try writer.append(events, using: $0) }
             }
-            if ContinuousClock.now < next { try await Task.sleep(until: next) }
+        } else {
+            let interval = Duration.seconds(1) / rate
+            var next = ContinuousClock.now
+            for i in 0..<total {
+                next += interval
+                try await pool.withTransaction { try writer.append([order(i)], using: $0) }
+                if ContinuousClock.now < next { try await Task.sleep(until: next) }
+            }
         }
         let consumerRSS = (residentMiB(inventory) ?? 0, residentMiB(notification) ?? 0)
         sampler.cancel()
@@ -141,6 +153,7 @@ extension Bench {
             try await Task.sleep(for: .seconds(1))
             now = try await counts()
         }
+        let completedIn = (ContinuousClock.now - started).seconds
         receiver.cancel()
         follower.cancel()
         _ = await receiver.result
@@ -164,7 +177,7 @@ extension Bench {
         return Soak(
             ordersPerSecond: rate, written: total, p99ByMinute: byMinute, relayRSS: samples, rssSlope: slope(tail) * 600,
             consumersRSS: consumerRSS, received: received.withLock { $0 }, reservations: now.reservations, notifications: now.notifications,
-            undelivered: now.undelivered, followUps: followed.withLock { $0 })
+            undelivered: now.undelivered, followUps: followed.withLock { $0 }, completedIn: completedIn)
     }
 }
 
