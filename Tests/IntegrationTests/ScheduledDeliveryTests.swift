@@ -122,8 +122,9 @@ struct ScheduledDeliveryTests {
             // The older writer format: status pending and nothing else of the relay's, or with a
             // partition, attempts and a due time as well. Written before the relay starts, so its
             // first look for this format finds them; due late enough that it has started and
-            // looked on a busy machine too.
-            let due = start + 15000
+            // looked on a busy machine too (under the whole suite its first lease round has landed
+            // 7 s after it started, and its first passes are slow).
+            let due = start + 30000
             func event(_ id: String, aggregate: String, at: Int64, _ extra: Document) -> Document {
                 let base: Document = [
                     "_id": .string(id), "status": "pending", "type": "OrderCreated", "aggregateId": .string(aggregate), "data": [:],
@@ -138,15 +139,15 @@ struct ScheduledDeliveryTests {
                     "p-3", aggregate: "pa-2", at: start, ["deliverAt": .datetime(due), "partition": 5, "attempts": 0, "nextAttemptAt": .datetime(0)]),
             ]
             try await f.pool.withConnection { try $0.collection("outbox").insertMany(documents) }
-            let reader = Task { try await MessagePropertyTests.readProperties(queue, count: 3, timeout: 40) }
+            let reader = Task { try await MessagePropertyTests.readProperties(queue, count: 3, timeout: 60) }
             let port = unusedPort()
             let relay = try Program("outbox-relay", ["--http-address", "127.0.0.1:\(port)"], environment: Programs.environment(f))
             defer { kill(relay.pid, SIGKILL) }
             #expect(await Self.holdsEveryPartition(port: port), "\(relay.output)")
-            #expect(try await eventually { try await f.count("outbox", ["status": "scheduled"]) == 2 }, "\(relay.output)")
+            #expect(try await eventually(timeout: .seconds(25)) { try await f.count("outbox", ["status": "scheduled"]) == 2 }, "\(relay.output)")
             #expect(try await f.count("outbox", ["status": "delivered"]) == 0, "p-2 waits behind p-1")
 
-            #expect(try await eventually(timeout: .seconds(30)) { try await f.count("outbox", ["status": "delivered"]) == 3 }, "\(relay.output)")
+            #expect(try await eventually(timeout: .seconds(45)) { try await f.count("outbox", ["status": "delivered"]) == 3 }, "\(relay.output)")
             let seen = try await reader.value
             let order = seen.map(\.messageId)
             #expect(Set(order) == ["p-1", "p-2", "p-3"], "\(order)")
