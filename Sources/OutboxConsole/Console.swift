@@ -90,7 +90,11 @@ public final class Console: Sendable {
 
     /// Whether `given` is the session's CSRF token, compared in constant time.
     func csrfMatches(_ given: String?, session: ConsoleSessions.Session?) -> Bool {
+        Self.csrfMatches(given, expected: csrfToken(of: session))
+    }
+
+    static func csrfMatches(_ given: String?, expected: String) -> Bool {
         guard let given else { return false }
-        return ConsoleTokens.constantTimeEqual(Array(given.utf8), Array(csrfToken(of: session).utf8))
+        return ConsoleTokens.constantTimeEqual(Array(given.utf8), Array(expected.utf8))
     }
 }

@@ -327,9 +327,7 @@ extension Console {
         _ request: Request, _ context: BasicRequestContext, csrf: String, as: Action.Type
     ) async throws -> ([String: [String]], Action) where Action.RawValue == String {
         let form = try await form(request)
-        guard let given = form["csrf"]?.first, ConsoleTokens.constantTimeEqual(Array(given.utf8), Array(csrf.utf8)) else {
-            throw ConsoleError.csrf
-        }
+        guard csrfMatches(form["csrf"]?.first, expected: csrf) else { throw ConsoleError.csrf }
         guard let action = Action(rawValue: try context.parameters.require("action")) else { throw ConsoleError(.notFound, "no such action") }
         return (form, action)
     }
