@@ -28,6 +28,8 @@ public enum LogKey {
     public static let outboxMarked = "outbox.marked"
     public static let outboxPartitions = "outbox.partitions"
     public static let outboxPreviousRetention = "outbox.previous_retention"
+    public static let outboxSource = "outbox.source"
+    public static let outboxSources = "outbox.sources"
     public static let outboxRelays = "outbox.relays"
     public static let outboxReleasedOrLost = "outbox.released_or_lost"
     public static let outboxStamped = "outbox.stamped"

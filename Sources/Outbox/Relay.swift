@@ -96,6 +96,8 @@ public final class Relay: Service {
     private let idle: @Sendable () async -> Void
     private let wake: WakeSignal?
     private let onIteration: @Sendable () -> Void
+    private let metrics: RelayMetrics
+    private let failedPassCount = Mutex(0)
     /// Events the broker acked whose delivered mark failed even after retries, by partition
     /// (bodies dropped). They are marked before the next fetch and never published again while
     /// this relay holds their partition; once another relay owns it, they are forgotten (that relay
@@ -110,14 +112,15 @@ public final class Relay: Service {
     /// `idle` runs when a poll found nothing due (e.g. to let the broker connection answer heartbeats).
     /// `wake`, when given, cuts the wait between polls short (e.g. on a change-stream event); the
     /// poll stays the source of truth, so a missed wake-up only costs latency. `onIteration` runs
-    /// at the end of every pass of `run()`, whatever its outcome.
+    /// at the end of every pass of `run()`, whatever its outcome. `metrics` carry the source's label.
     public init(
         store: any OutboxStore, publisher: any ConfirmingPublisher, leases: any LeaseProvider,
-        configuration: RelayConfiguration = .init(), logger: Logger, wake: WakeSignal? = nil,
+        configuration: RelayConfiguration = .init(), metrics: RelayMetrics = RelayMetrics(), logger: Logger, wake: WakeSignal? = nil,
         idle: @escaping @Sendable () async -> Void = {},
         onIteration: @escaping @Sendable () -> Void = {}
     ) {
         self.onIteration = onIteration
+        self.metrics = metrics
         self.wake = wake
         self.store = store
         self.publisher = publisher
@@ -129,12 +132,13 @@ public final class Relay: Service {
 
     public func run() async throws {
         logger.info("relay started", metadata: [LogKey.outboxBatchSize: "\(configuration.batchSize)"])
-        RelayMetrics.fetchLimit.record(fetchLimit())
+        metrics.fetchLimit.record(fetchLimit())
         var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             defer { onIteration() }  // each pass, delivered, idle or failed (a liveness watchdog counts them)
             do {
                 let result = try await runOnce()
+                passSucceeded(true)
                 if result.unsent > 0 {
                     // The broker is unreachable: wait before trying again instead of spinning.
                     failures += 1
@@ -154,12 +158,25 @@ public final class Relay: Service {
                 }
             } catch {
                 failures += 1
+                passSucceeded(false)
                 let delay = errorBackoff(failures)
                 logger.warning("relay pass failed; retrying", metadata: [LogKey.error: "\(error)", LogKey.retryIn: "\(delay)"])
                 try? await Task.sleep(for: delay)
             }
         }
         logger.info("relay stopped")
+    }
+
+    /// Passes in a row that failed on the store (0 after one that did not): a source whose
+    /// collection cannot be read or written shows here, in `outbox_source_up` and in readiness.
+    public var failedPasses: Int { failedPassCount.withLock { $0 } }
+
+    private func passSucceeded(_ succeeded: Bool) {
+        let count = failedPassCount.withLock { count in
+            count = succeeded ? 0 : count + 1
+            return count
+        }
+        metrics.sourceUp.record(count == 0 ? 1 : 0)
     }
 
     private func errorBackoff(_ failures: Int) -> Duration {
@@ -172,7 +189,7 @@ public final class Relay: Service {
     public func runOnce() async throws -> RelayPassResult {
         let held = leases.leasesForPass()
         defer { leases.passEnded() }
-        RelayMetrics.partitionsOwned.record(held.count)
+        metrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
         let started = ContinuousClock.now
         let limit = fetchLimit()
@@ -202,20 +219,20 @@ public final class Relay: Service {
                 metadata: [LogKey.outboxPartitions: "\(gone.sorted())"])
             guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
         }
-        RelayMetrics.batchSize.record(batch.count)
+        metrics.batchSize.record(batch.count)
         let started = ContinuousClock.now
         let spans = PublishSpans(&batch, now: configuration.wallClock?())
         let outcomes = await publisher.publish(batch)
         spans.end(outcomes)
-        RelayMetrics.confirmDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+        metrics.confirmDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         precondition(outcomes.count == batch.count, "publisher must answer every message")
         var byResult: [String: Int] = [:]
         for outcome in outcomes { byResult[outcome.label, default: 0] += 1 }
-        for (label, count) in byResult { RelayMetrics.publishes(label).increment(by: count) }
+        for (label, count) in byResult { metrics.publishes(label).increment(by: count) }
 
         var (delivered, failed, unsent) = sort(batch, by: outcomes)
         if let now = configuration.wallClock?() {
-            for message in delivered { RelayMetrics.deliveryLag.record(type: message.type, occurredAt: message.dueSince, now: now) }
+            for message in delivered { metrics.deliveryLag.record(type: message.type, occurredAt: message.dueSince, now: now) }
         }
         var fencedPartitions = Set<Int>()
         if !delivered.isEmpty {
@@ -300,7 +317,7 @@ public final class Relay: Service {
             return (before, adapted ?? batchSize)
         }
         guard after != before else { return }
-        RelayMetrics.fetchLimit.record(after)
+        metrics.fetchLimit.record(after)
         if after < before {
             logger.debug(
                 "pass took longer than its target; fetching fewer events",
@@ -328,7 +345,7 @@ public final class Relay: Service {
                 return try await mark()
             } catch {
                 guard attempt < configuration.markAttempts, !Task.isCancelled else { throw error }
-                RelayMetrics.markRetries.increment()
+                metrics.markRetries.increment()
                 logger.debug("marking failed; trying again", metadata: [LogKey.error: "\(error)", LogKey.retryIn: "\(delay)"])
                 try? await Task.sleep(for: delay)
                 delay *= 4
@@ -380,29 +397,6 @@ public final class Relay: Service {
         }
         if failed.count > 5 { logger.warning("\(failed.count - 5) more deliveries failed in this batch") }
     }
-}
-
-/// The relay's metrics (swift-metrics; exported by whatever backend the process bootstraps).
-/// Labels are bounded: the publish result is one of six values.
-public enum RelayMetrics {
-    public static let publishResults = ["acked", "nacked", "returned", "timed_out", "connection_lost", "blocked"]
-    private static let publishCounters = Dictionary(
-        uniqueKeysWithValues: publishResults.map { ($0, Counter(label: "outbox_publishes_total", dimensions: [("result", $0)])) })
-
-    public static func publishes(_ result: String) -> Counter { publishCounters[result] ?? publishCounters["connection_lost"]! }
-    /// Time from an event's occurrence (its `timestamp`) to the broker's confirm, per event type.
-    public static let deliveryLag = EventLag(name: "outbox_delivery_lag_seconds")
-    /// Time from the first publish of a batch to its last confirm.
-    public static let confirmDuration = Timer(label: "outbox_confirm_duration_seconds")
-    public static let batchSize = Recorder(label: "outbox_batch_size", aggregate: true)
-    /// The most events a fetch asks for now: the batch size, or fewer while passes run longer
-    /// than a third of the lease TTL.
-    public static let fetchLimit = Gauge(label: "outbox_fetch_limit")
-    public static let partitionsOwned = Gauge(label: "outbox_partitions_owned")
-    /// Marks tried again after a store error.
-    public static let markRetries = Counter(label: "outbox_mark_retries_total")
-    /// 1 while the broker blocks this relay's publishing (`connection.blocked`, a resource alarm).
-    public static let brokerBlocked = Gauge(label: "outbox_broker_blocked")
 }
 
 extension Duration {

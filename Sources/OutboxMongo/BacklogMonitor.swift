@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import Outbox
 import ServiceLifecycle
+import Synchronization
 
 /// Samples the outbox every `interval` into gauges: the pending backlog (every document not
 /// delivered or parked, including those no relay has seen yet), the age of the oldest pending
@@ -24,20 +25,16 @@ public final class BacklogMonitor: Service {
     private let clock: DatabaseClock
     private let logger: Logger
 
-    static let pending = Gauge(label: "outbox_pending_events")
-    static let oldestPendingAge = Gauge(label: "outbox_oldest_pending_age_seconds")
-    static let parked = Gauge(label: "outbox_parked_events")
-    /// Events waiting for their `deliverAt` (not backlog: they are not due).
-    static let scheduled = Gauge(label: "outbox_scheduled_events")
-    static let stuck = Gauge(label: "outbox_stuck_events")
-    static let unowned = Gauge(label: "outbox_partitions_without_owner")
+    private let gauges: Gauges
+    private let missing = Mutex(false)
     public static let databaseUp = Gauge(label: "outbox_connection_up", dimensions: [("target", "database")])
 
     public init(
         pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, partitions: Int = OutboxSchema.defaultPartitions,
         interval: Duration = .seconds(15), stuckAfter: Duration = .seconds(60), relays: @escaping @Sendable () -> Int = { 1 },
-        clock: DatabaseClock = DatabaseClock(), logger: Logger
+        clock: DatabaseClock = DatabaseClock(), source: OutboxSource? = nil, logger: Logger
     ) {
+        gauges = Gauges(dimensions: source.map { [("source", $0.description)] } ?? [])
         self.relays = relays
         self.clock = clock
         self.pool = pool
@@ -55,7 +52,12 @@ public final class BacklogMonitor: Service {
         public var scheduled: Int
         public var stuck: Int
         public var partitionsWithoutOwner: Int
+        /// False once the collection was dropped or renamed (a writer's next insert creates it again).
+        public var collectionExists: Bool
     }
+
+    /// Whether the last sample found the collection gone (dropped or renamed); false before one.
+    public var collectionMissing: Bool { missing.withLock { $0 } }
 
     /// Reads the figures once and updates the gauges.
     @discardableResult
@@ -65,6 +67,8 @@ public final class BacklogMonitor: Service {
         let (stuckAfter, clock) = (self.stuckAfter, self.clock)
         let sample = try await pool.withConnection { connection -> Sample in
             let outbox = connection.collection(collection)
+            let listed = try connection.runCommand(["listCollections": 1, "filter": ["name": .string(collection)], "nameOnly": true])
+            let exists = listed["cursor"]?.documentValue?["firstBatch"]?.arrayValue?.isEmpty == false
             // Ages on the database's clock, as the relay's due times.
             try clock.measureIfStale(on: connection)
             let now = clock.now()
@@ -85,14 +89,27 @@ public final class BacklogMonitor: Service {
             return Sample(
                 pending: pending, oldestPendingAge: oldest.map { max(now.timeIntervalSince($0), 0) } ?? 0, parked: parked, scheduled: scheduled,
                 stuck: stuck,
-                partitionsWithoutOwner: max(partitions - live, 0))
+                partitionsWithoutOwner: max(partitions - live, 0), collectionExists: exists)
         }
-        Self.pending.record(sample.pending)
-        Self.oldestPendingAge.record(sample.oldestPendingAge)
-        Self.parked.record(sample.parked)
-        Self.scheduled.record(sample.scheduled)
-        Self.stuck.record(sample.stuck)
-        Self.unowned.record(sample.partitionsWithoutOwner)
+        gauges.pending.record(sample.pending)
+        gauges.oldestPendingAge.record(sample.oldestPendingAge)
+        gauges.parked.record(sample.parked)
+        gauges.scheduled.record(sample.scheduled)
+        gauges.stuck.record(sample.stuck)
+        gauges.unowned.record(sample.partitionsWithoutOwner)
+        let wasMissing = missing.withLock { missing in
+            defer { missing = !sample.collectionExists }
+            return missing
+        }
+        if wasMissing != !sample.collectionExists {
+            if sample.collectionExists {
+                logger.notice("the outbox collection is back", metadata: [LogKey.outboxCollection: "\(collection)"])
+            } else {
+                logger.warning(
+                    "the outbox collection does not exist (dropped or renamed?); this source is degraded until it is back",
+                    metadata: [LogKey.outboxCollection: "\(collection)"])
+            }
+        }
         return sample
     }
 
@@ -108,6 +125,28 @@ public final class BacklogMonitor: Service {
             // Cut short by a graceful shutdown: a turn of several intervals must not hold it up.
             let turn = interval * max(relays(), 1)
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: turn) }
+        }
+    }
+}
+
+extension BacklogMonitor {
+    /// The gauges of one source.
+    struct Gauges: Sendable {
+        let pending: Gauge
+        let oldestPendingAge: Gauge
+        let parked: Gauge
+        /// Events waiting for their `deliverAt` (not backlog: they are not due).
+        let scheduled: Gauge
+        let stuck: Gauge
+        let unowned: Gauge
+
+        init(dimensions: [(String, String)]) {
+            pending = Gauge(label: "outbox_pending_events", dimensions: dimensions)
+            oldestPendingAge = Gauge(label: "outbox_oldest_pending_age_seconds", dimensions: dimensions)
+            parked = Gauge(label: "outbox_parked_events", dimensions: dimensions)
+            scheduled = Gauge(label: "outbox_scheduled_events", dimensions: dimensions)
+            stuck = Gauge(label: "outbox_stuck_events", dimensions: dimensions)
+            unowned = Gauge(label: "outbox_partitions_without_owner", dimensions: dimensions)
         }
     }
 }

@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Metrics
 import Outbox
 
 /// Every write of the relay's outcomes: delivered and failed marks, parks, hand-overs, under the
@@ -85,7 +84,7 @@ extension MongoOutboxStore {
                     "partition": .int32(Int32(item.partition)),
                 ]
         }
-        if expired { Self.expiredEvents.increment(by: malformed.count) }
+        if expired { metrics.expiredEvents.increment(by: malformed.count) }
         let known = malformed.filter { !$0.isNew }
         _ = try await fencedUpdate(
             known.map { item in
@@ -238,7 +237,7 @@ extension MongoOutboxStore {
         }
         let all = statements
         let stillRefused = try await pool.withConnection { try Self.writeIsolated($0.collection(collection), all).refused }
-        Self.parkedUnwritable.increment(by: refused.count - stillRefused.count)
+        metrics.parkedUnwritable.increment(by: refused.count - stillRefused.count)
         await quarantine(stillRefused)
     }
 
@@ -258,7 +257,7 @@ extension MongoOutboxStore {
             for item in refused { set.insert(OutboxDocument.storeKey(of: item.id)) }
             return set.count
         }
-        Self.unwritable.record(count)
+        metrics.unwritable.record(count)
         let (collection, owner, now) = (OutboxSchema.unwritableCollection(of: options.collection), owner, clock.now())
         do {
             try await pool.withConnection { connection in
@@ -276,12 +275,6 @@ extension MongoOutboxStore {
                 "could not record the unwritable documents", metadata: [LogKey.outboxCollection: "\(collection)", LogKey.error: "\(error)"])
         }
     }
-
-    /// Documents settled (delivered or parked) with plain sets after a write of the relay's state
-    /// was refused.
-    static let parkedUnwritable = Counter(label: "outbox_unwritable_settled_total")
-    /// Documents this relay skips because they can be neither marked nor parked.
-    static let unwritable = Gauge(label: "outbox_unwritable_documents")
 
     struct FencedWrite {
         var id: BSON

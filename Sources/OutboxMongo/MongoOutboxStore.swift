@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Metrics
 import Outbox
 import Synchronization
 
@@ -32,12 +31,16 @@ public final class MongoOutboxStore: OutboxStore {
         /// the earliest: at least the relay's longest wait between fetches (its poll interval; the
         /// relay gives twice that).
         public var scheduleLookahead: Duration
+        /// The source the metrics are labelled with; nil: no `source` label.
+        public var source: OutboxSource?
 
         public init(
             collection: String = OutboxSchema.defaultCollection, maxBodyBytes: Int = 1 << 20,
             partitions: Int = OutboxSchema.defaultPartitions, routing: EventRouting = EventRouting(),
-            body: MessageBodyOptions = MessageBodyOptions(), sweepInterval: Duration = .seconds(60), scheduleLookahead: Duration = .milliseconds(400)
+            body: MessageBodyOptions = MessageBodyOptions(), sweepInterval: Duration = .seconds(60), scheduleLookahead: Duration = .milliseconds(400),
+            source: OutboxSource? = nil
         ) {
+            self.source = source
             self.scheduleLookahead = scheduleLookahead
             self.collection = collection
             self.maxBodyBytes = maxBodyBytes
@@ -69,10 +72,7 @@ public final class MongoOutboxStore: OutboxStore {
     /// Store keys of scheduled events taken into a batch, until they are marked.
     let scheduledInFlight = Mutex<Set<[UInt8]>>([])
 
-    /// Documents returned by the relay's fetch queries, next to events delivered: the read cost
-    /// of the relay per event.
-    static let documentsRead = Counter(label: "outbox_documents_read_total")
-    static let expiredEvents = Counter(label: "outbox_expired_events_total")
+    let metrics: StoreMetrics
     let documentsReadCount = Atomic<Int>(0)
     /// What `outbox_documents_read_total` counted for this store (e.g. for a final summary).
     public var documentsReadTotal: Int { documentsReadCount.load(ordering: .relaxed) }
@@ -83,6 +83,7 @@ public final class MongoOutboxStore: OutboxStore {
         self.owner = owner
         self.options = options
         self.logger = logger
+        metrics = StoreMetrics(dimensions: options.source.map { [("source", $0.description)] } ?? [])
     }
 
     /// Events due now in the whole outbox, whoever's partition they are in: pending ones whose
@@ -189,7 +190,7 @@ public final class MongoOutboxStore: OutboxStore {
                 options: options, now: clock.now())
         }
         nextFetchAt.withLock { $0 = fetch.nextDue }
-        Self.documentsRead.increment(by: fetch.read)
+        metrics.documentsRead.increment(by: fetch.read)
         documentsReadCount.add(fetch.read, ordering: .relaxed)
         if !fetch.malformed.isEmpty { try await park(fetch.malformed, leases: leases) }
         if !fetch.expired.isEmpty { try await park(fetch.expired, leases: leases, expired: true) }

@@ -35,11 +35,14 @@ func get(port: Int, _ path: String) async -> (status: Int, body: String)? {
 }
 
 /// Parses Prometheus text into "name{labels}" → value (labels as written).
+/// Prometheus text as `series → value`. A relay of these tests serves one outbox, so the `source`
+/// label is left out of the keys: `outbox_parked_events`, `outbox_publishes_total{result="acked"}`.
 func parseMetrics(_ text: String) -> [String: Double] {
     var values: [String: Double] = [:]
     for line in text.split(separator: "\n") where !line.hasPrefix("#") {
         guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
-        values[String(line[..<space])] = value
+        let series = line[..<space].replacing(/source="[^"]*",?/, with: "").replacing(/,\}/, with: "}").replacing("{}", with: "")
+        values[String(series)] = value
     }
     return values
 }

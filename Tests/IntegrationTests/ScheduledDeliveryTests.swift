@@ -161,7 +161,7 @@ struct ScheduledDeliveryTests {
     /// times events from when the relay reads counts from here.
     static func holdsEveryPartition(port: Int) async -> Bool {
         await eventually {
-            (await httpGet(port: port, "/metrics")?.body ?? "").split(separator: "\n").contains { $0.hasPrefix("outbox_partitions_owned 16") }
+            DeliveryLagTests.sample(await httpGet(port: port, "/metrics")?.body ?? "", "outbox_partitions_owned", [:]) == 16
         }
     }
 }
