@@ -39,11 +39,13 @@ public enum OpsServer {
         case up, down
         /// Connected, but the broker blocks publishing (`connection.blocked`: a resource alarm).
         case blocked
+        /// One of several parts fails while the others work (a relay's source): named, still ready.
+        case degraded
 
         public init(up: Bool) { self = up ? .up : .down }
     }
 
-    /// The HTTP service. `ready` reports named checks; ready means all are up. `live` says whether
+    /// The HTTP service. `ready` reports named checks; ready means all are up or degraded. `live` says whether
     /// the process still makes progress (e.g. a `LivenessWatchdog` over its main loop); without
     /// one, live means the process answers.
     public static func make(
@@ -66,7 +68,7 @@ public enum OpsServer {
         }
         router.get("/health/ready") { _, _ in
             let checks = await ready()
-            let ok = checks.values.allSatisfy { $0 == .up }
+            let ok = checks.values.allSatisfy { $0 == .up || $0 == .degraded }
             let fields = checks.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value.rawValue)\"" }.joined(separator: ",")
             return json(ok ? .ok : .serviceUnavailable, #"{"status":"\#(ok ? "ready" : "not ready")",\#(fields)}"#)
         }

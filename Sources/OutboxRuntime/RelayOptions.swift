@@ -14,6 +14,21 @@ public struct RelayOptions: ParsableArguments {
     @Option(name: SettingDeclaration.collection.name, help: SettingDeclaration.collection.argumentHelp)
     public var collection: String?
 
+    @Option(name: SettingDeclaration.relaySources.name, help: SettingDeclaration.relaySources.argumentHelp)
+    public var sources: [String] = []
+
+    @Option(name: SettingDeclaration.relaySourcesFile.name, help: SettingDeclaration.relaySourcesFile.argumentHelp)
+    public var sourcesFile: String?
+
+    @Option(name: SettingDeclaration.relayDiscoverCollection.name, help: SettingDeclaration.relayDiscoverCollection.argumentHelp)
+    public var discoverCollection: String?
+
+    @Option(name: SettingDeclaration.relayDiscoverDatabases.name, help: SettingDeclaration.relayDiscoverDatabases.argumentHelp)
+    public var discoverDatabases: String?
+
+    @Option(name: SettingDeclaration.relayDiscoverInterval.name, help: SettingDeclaration.relayDiscoverInterval.argumentHelp)
+    public var discoverInterval: String?
+
     @Option(name: SettingDeclaration.relayExchange.name, help: SettingDeclaration.relayExchange.argumentHelp)
     public var exchange: String?
 
@@ -127,13 +142,26 @@ public struct RelayOptions: ParsableArguments {
             throw ConfigurationError(setting: SettingDeclaration.relayDeliveredRetention.label, reason: "must be at least 1s, or 'off'")
         }
         let http = try settings.string(httpAddress, .relayHTTPAddress)
+        let discovery = try self.discovery(settings)
+        let own = try sourceSettings(settings)
+        let filed = try settings.raw(sourcesFile, .relaySourcesFile).map { try SourcesFile.read($0, options: self, settings: settings) } ?? []
+        // The file's sources join those named; without either, the shorthand (unless discovering).
+        let named = try resolvedSources(settings, mongo: mongo, discovering: discovery != nil || !filed.isEmpty)
+        let databases = Dictionary(grouping: named + filed.map(\.0), by: \.database).mapValues { Set($0) }
+        if let (database, both) = databases.first(where: { $0.value.count > 1 }) {
+            throw ConfigurationError(
+                setting: SettingDeclaration.relaySourcesFile.label,
+                reason: "names \(both.map(\.description).sorted().joined(separator: " and ")): a database holds one outbox (\(database))")
+        }
         return RelaySettings(
             uri: try mongo.resolvedURI(settings),
-            database: try mongo.resolvedDatabase(settings),
+            sources: named + filed.map(\.0).filter { !named.contains($0) },
+            sourceSettings: Dictionary(filed) { first, _ in first },
+            discovery: discovery,
+            discoverInterval: try settings.duration(discoverInterval, .relayDiscoverInterval),
             amqp: try settings.amqp(amqpURL),
             httpEndpoint: http == "off" ? nil : try OpsServer.address(http, setting: SettingDeclaration.relayHTTPAddress.label),
-            collection: try settings.string(collection, .collection),
-            routing: try routing(settings),
+            routing: own.routing,
             relay: RelayConfiguration(
                 batchSize: try settings.int(batchSize, .relayBatchSize),
                 pollInterval: try settings.duration(pollInterval, .relayPollInterval),
@@ -152,15 +180,40 @@ public struct RelayOptions: ParsableArguments {
                 maxInFlight: try settings.int(maxInFlight, .relayMaxInFlight), confirmTimeout: confirmTimeoutInEffect),
             confirmTimeoutAsSet: confirmTimeout,
             maxBodyBytes: maxBody,
-            body: try body(settings),
+            body: own.body,
             shutdownTimeout: try settings.duration(shutdownTimeout, .relayShutdownTimeout),
-            partitions: try settings.int(partitions, .partitions),
+            partitions: own.partitions,
             leaseTTL: ttl,
             livenessTimeout: liveness,
             owner: try settings.string(relayID, .relayID, default: Runtime.defaultInstanceName()),
             changeStream: try settings.bool(changeStream, .relayChangeStream),
             retentionSeconds: retention.map { $0.map { Int($0.components.seconds) } },
             metricsInterval: try settings.duration(metricsInterval, .relayMetricsInterval))
+    }
+
+    /// `--source` (repeated or comma-separated) or `OUTBOX_SOURCES`; without either, the one
+    /// source `OUTBOX_DATABASE`.`OUTBOX_COLLECTION`, unless discovery finds them.
+    func resolvedSources(_ settings: Settings, mongo: MongoOptions, discovering: Bool) throws -> [OutboxSource] {
+        let listed = sources.joined(separator: ",")
+        guard let text = settings.raw(listed, .relaySources) else {
+            if discovering { return [] }
+            return [OutboxSource(database: try mongo.resolvedDatabase(settings), collection: try settings.string(collection, .collection))]
+        }
+        return try OutboxSource.parseList(text, setting: SettingDeclaration.relaySources.label)
+    }
+
+    /// Discovery, when `OUTBOX_DISCOVER_COLLECTION` names a collection.
+    func discovery(_ settings: Settings) throws -> SourceDiscovery? {
+        guard let name = settings.raw(discoverCollection, .relayDiscoverCollection) else { return nil }
+        let collection = try OutboxSource(parsing: "database.\(name)", setting: SettingDeclaration.relayDiscoverCollection.label).collection
+        let databases = try DatabaseFilter(
+            parsing: try settings.string(discoverDatabases, .relayDiscoverDatabases), setting: SettingDeclaration.relayDiscoverDatabases.label)
+        return SourceDiscovery(collection: collection, databases: databases)
+    }
+
+    /// The settings a source may have of its own, from these options and the environment.
+    func sourceSettings(_ settings: Settings) throws -> SourceSettings {
+        SourceSettings(routing: try routing(settings), body: try body(settings), partitions: try settings.int(partitions, .partitions))
     }
 
     func routing(_ settings: Settings) throws -> EventRouting {
@@ -194,11 +247,16 @@ public struct RelayOptions: ParsableArguments {
 /// The relay's settings once checked.
 public struct RelaySettings: Sendable {
     public var uri: String
-    public var database: String
+    /// The outboxes named, at most one a database; none when discovery finds them all.
+    public var sources: [OutboxSource]
+    /// Sources with settings of their own (`OUTBOX_SOURCES_FILE`); the others take the relay's.
+    public var sourceSettings: [OutboxSource: SourceSettings]
+    /// Looks for more outboxes every `discoverInterval`; nil: the sources named are all.
+    public var discovery: SourceDiscovery?
+    public var discoverInterval: Duration
     public var amqp: AMQPConfiguration
     /// Where /metrics and the health endpoints listen; nil for none.
     public var httpEndpoint: (host: String, port: Int)?
-    public var collection: String
     public var routing: EventRouting
     public var relay: RelayConfiguration
     /// The confirm timeout is the one in effect: at most the lease TTL.
@@ -216,4 +274,9 @@ public struct RelaySettings: Sendable {
     /// Seconds to keep delivered events, `.some(nil)` for ever; nil when not set (left as is).
     public var retentionSeconds: Int??
     public var metricsInterval: Duration
+
+    /// The settings of `source`: its own, or the relay's.
+    public func settings(of source: OutboxSource) -> SourceSettings {
+        sourceSettings[source] ?? SourceSettings(routing: routing, body: body, partitions: partitions)
+    }
 }

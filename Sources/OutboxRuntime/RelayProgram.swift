@@ -26,13 +26,11 @@ public enum RelayProgram {
     struct Parts {
         var logger: Logger
         var settings: RelaySettings
-        var store: MongoOutboxStore
-        var leaseStore: MongoLeaseStore
-        var leases: LeaseManager
         var publisher: ConfirmPublisher
-        var relay: Relay
-        var hint: ChangeStreamHint?
-        var watchdog: LivenessWatchdog
+        /// The sources named, and those discovery found at start, prepared.
+        var sources: [RelaySource]
+        /// Runs the sources (and those discovery finds later).
+        var supervisor: SourceSupervisor
         /// The span exporter, when tracing is on; also the first of `services`.
         var tracing: (any Service)?
         var services: [any Service]
@@ -46,7 +44,6 @@ public enum RelayProgram {
         } catch {
             Runtime.failConfiguration(error, program: program)
         }
-        try await prepareStore(parts)
         if options.exitWhenIdle {
             // The span exporter runs beside the drain; the drain's end shuts it down, and it
             // exports the spans the drain ended.
@@ -59,14 +56,14 @@ public enum RelayProgram {
             try await ServiceGroup(configuration: configuration).run()
             return
         }
-        // Shut down in reverse order: the relay finishes its batch, then the leases are released.
-        let services: [any Service] = parts.services + [parts.leases] + (parts.hint.map { [$0] } ?? []) + [parts.relay]
-        parts.watchdog.start()  // the timeout counts from here, not from before a start-up that waited for the servers
-        try await Runtime.runServices(services, shutdownTimeout: parts.settings.shutdownTimeout, logger: parts.logger)
+        // Shut down in reverse order: the sources first (each finishes its batch and releases its
+        // leases), then the HTTP endpoints, then the span exporter.
+        try await Runtime.runServices(parts.services + [parts.supervisor], shutdownTimeout: parts.settings.shutdownTimeout, logger: parts.logger)
         await parts.publisher.close()
     }
 
-    /// Reads the settings, waits for the links and builds the relay and the services beside it.
+    /// Reads the settings, waits for the links, finds and prepares the sources and builds the
+    /// services beside them.
     static func assemble(mongo: MongoOptions, options: RelayOptions, tracing startTracing: Runtime.StartTracing?) async throws -> Parts {
         let environment = Settings()
         let logger = Runtime.bootstrap(label: program, level: try environment.logLevel(mongo.logLevel))
@@ -78,54 +75,55 @@ public enum RelayProgram {
                 "confirm timeout lowered to the lease TTL",
                 metadata: [LogKey.relayConfirmTimeout: "\(settings.confirmTimeoutAsSet)", LogKey.relayLeaseTTL: "\(settings.leaseTTL)"])
         }
-        let watchdog = LivenessWatchdog(timeout: settings.livenessTimeout)
-        let pool = try environment.mongoPool(uri: settings.uri, database: settings.database, appName: program)
-        await Runtime.checkLinks(program: program, mongo: pool, amqp: settings.amqp, broker: .wait, logger: logger)
-        let store = MongoOutboxStore(
-            pool: pool, owner: settings.owner,
-            options: .init(
-                collection: settings.collection, maxBodyBytes: settings.maxBodyBytes, partitions: settings.partitions, routing: settings.routing,
-                body: settings.body, scheduleLookahead: settings.relay.pollInterval * 2),
-            logger: logger)
-        let leaseStore = MongoLeaseStore(pool: pool, partitions: settings.partitions)
-        let leases = LeaseManager(
-            store: leaseStore, configuration: .init(owner: settings.owner, partitions: settings.partitions, ttl: settings.leaseTTL), logger: logger)
+        // For the links, readiness and discovery; each source has a pool of its own.
+        let control = try environment.mongoPool(uri: settings.uri, database: "admin", appName: program, threads: 1)
+        await Runtime.checkLinks(program: program, mongo: control, amqp: settings.amqp, broker: .wait, logger: logger)
         let publisher = ConfirmPublisher(configuration: settings.amqp, options: settings.publisher, logger: logger)
-        let wake = settings.changeStream ? WakeSignal() : nil
-        let hint = wake.map { ChangeStreamHint(pool: pool, collection: settings.collection, wake: $0, logger: logger) }
-        let relay = Relay(
-            store: store, publisher: publisher, leases: leases, configuration: settings.relay, logger: logger, wake: wake,
-            idle: { [publisher] in await publisher.keepAlive() },
-            onIteration: { [watchdog] in watchdog.iterationCompleted() })
+        var named = settings.sources
+        if let finder = settings.discovery {
+            let found = try await Runtime.retryingAtStart("looking for outboxes", logger: logger) { try await finder.find(on: control) }
+            var refused: Set<OutboxSource> = []
+            named += SourceSupervisor.additions(found, to: named, refused: &refused, logger: logger)
+            logger.info(
+                "outboxes found", metadata: [LogKey.outboxSources: "\(found.map(\.description).joined(separator: ","))"])
+        }
+        // Fewer threads a source when there are (or may come) several.
+        let threads = named.count == 1 && settings.discovery == nil ? 4 : 2
+        let start: @Sendable (OutboxSource) async throws -> RelaySource = { source in
+            let parts = try RelaySource(source, settings: settings, environment: environment, threads: threads, publisher: publisher, logger: logger)
+            try await parts.prepare(settings)
+            return parts
+        }
+        var sources: [RelaySource] = []
+        for source in named { sources.append(try await start(source)) }
+        let supervisor = SourceSupervisor(
+            sources: sources,
+            discovery: settings.discovery.map { .init(finder: $0, pool: control, interval: settings.discoverInterval, start: start) },
+            shutdownTimeout: settings.shutdownTimeout, logger: logger)
         // The span exporter first: it stops last and exports what the relay ended.
         var services: [any Service] =
-            (tracing.map { [$0] } ?? []) + [
-                BacklogMonitor(
-                    pool: pool, collection: settings.collection, partitions: settings.partitions, interval: settings.metricsInterval,
-                    relays: { [leases] in leases.activeRelays }, clock: store.clock, logger: logger),
-                ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })]),
-            ]
+            (tracing.map { [$0] } ?? []) + [ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })])]
         if let endpoint = settings.httpEndpoint {
             services.append(
-                OpsServer.make(host: endpoint.host, port: endpoint.port, registry: registry, logger: logger, live: { [watchdog] in watchdog.status })
-                {
-                    [publisher, pool] in
-                    let database = (try? await pool.ping()) != nil
+                OpsServer.make(
+                    host: endpoint.host, port: endpoint.port, registry: registry, logger: logger,
+                    live: { supervisor.sources.lazy.map(\.watchdog.status).first { $0 != .live } ?? .live }
+                ) { [publisher, control] in
+                    let database = (try? await control.ping()) != nil
                     let broker: OpsServer.Check = !publisher.isConnectedNow ? .down : publisher.isBlockedNow ? .blocked : .up
-                    return ["database": .init(up: database), "broker": broker]
+                    return ["database": .init(up: database), "broker": broker].merging(RelaySource.checks(supervisor.sources)) { first, _ in first }
                 })
         }
-        logConfiguration(settings, changeStream: hint != nil, logger: logger)
+        logConfiguration(settings, sources: named, logger: logger)
         return Parts(
-            logger: logger, settings: settings, store: store, leaseStore: leaseStore, leases: leases, publisher: publisher, relay: relay, hint: hint,
-            watchdog: watchdog, tracing: tracing, services: services)
+            logger: logger, settings: settings, publisher: publisher, sources: sources, supervisor: supervisor, tracing: tracing, services: services)
     }
 
-    static func logConfiguration(_ settings: RelaySettings, changeStream: Bool, logger: Logger) {
+    static func logConfiguration(_ settings: RelaySettings, sources: [OutboxSource], logger: Logger) {
         logger.info(
             "configuration",
             metadata: [
-                LogKey.mongodbDatabase: "\(settings.database)", LogKey.outboxCollection: "\(settings.collection)",
+                LogKey.outboxSources: "\(sources.map(\.description).joined(separator: ","))",
                 LogKey.amqpEndpoint: "\(settings.amqp.endpoint)",
                 LogKey.outboxDefaultExchange: "\(settings.routing.defaultExchange)",
                 LogKey.outboxBatchSize: "\(settings.relay.batchSize)", LogKey.outboxBatchMaxBytes: "\(settings.relay.batchMaxBytes)",
@@ -133,56 +131,44 @@ public enum RelayProgram {
                 LogKey.relayID: "\(settings.owner)", LogKey.outboxPartitions: "\(settings.partitions)", LogKey.relayLeaseTTL: "\(settings.leaseTTL)",
                 LogKey.relayLivenessTimeout: "\(settings.livenessTimeout)",
                 LogKey.relayParkTransientAfter: "\(settings.relay.retryPolicy.parkTransientAfter.map { "\($0)" } ?? "off")",
-                LogKey.relayChangeStream: "\(changeStream)", LogKey.relayBodyFormat: "\(settings.body.format)",
+                LogKey.relayChangeStream: "\(settings.changeStream)", LogKey.relayBodyFormat: "\(settings.body.format)",
                 LogKey.relayDecimalFormat: "\(settings.body.decimals)",
             ])
-    }
-
-    /// The start-up steps on the database: indexes, retention, the partition count and leases.
-    /// The store may fail a command now and then; start-up rides that out as operation does.
-    static func prepareStore(_ parts: Parts) async throws {
-        let (store, leaseStore, logger) = (parts.store, parts.leaseStore, parts.logger)
-        try await Runtime.retryingAtStart("creating the outbox indexes", logger: logger) { try await store.ensureIndexes() }
-        if let retention = parts.settings.retentionSeconds {
-            switch try await Runtime.retryingAtStart("setting the retention", logger: logger, { try await store.applyRetention(seconds: retention) })
-            {
-            case .unchanged:
-                logger.info("delivered events kept", metadata: [LogKey.outboxDeliveredRetention: "\(retention.map { "\($0)s" } ?? "forever")"])
-            case .created(let seconds):
-                logger.notice("delivered events now deleted after retention", metadata: [LogKey.outboxDeliveredRetention: "\(seconds)s"])
-            case .changed(let from, let to):
-                logger.notice(
-                    "delivered-event retention changed",
-                    metadata: [LogKey.outboxDeliveredRetention: "\(to)s", LogKey.outboxPreviousRetention: "\(from)s"])
-            case .removed(let seconds):
-                logger.notice("delivered events now kept for ever", metadata: [LogKey.outboxPreviousRetention: "\(seconds)s"])
-            }
-        }
-        let configuredPartitions = try await Runtime.retryingAtStart("reading the partition count", logger: logger) {
-            try await leaseStore.configuredPartitions()
-        }
-        if let configured = configuredPartitions, configured != leaseStore.partitions {
-            // Relays with different counts would move each other's events between partitions.
-            Runtime.failConfiguration(
-                ConfigurationError(
-                    setting: SettingDeclaration.partitions.label,
-                    reason: "the outbox is set up for \(configured) partitions, got \(leaseStore.partitions); use \(configured), "
-                        + "or change the count with 'outboxctl repartition --partitions \(leaseStore.partitions)' while no relay runs"),
-                program: program)
-        }
-        try await Runtime.retryingAtStart("creating the partition leases", logger: logger) { try await leaseStore.ensurePartitions() }
     }
 
     /// `--exit-when-idle` as a service: when the drain is over, the services beside it shut down.
     struct Drain: Service {
         let parts: Parts
-        func run() async throws { try await drainUntilIdle(parts) }
+        func run() async throws {
+            // Every source drains at once; the line adds them up.
+            let drained = try await withThrowingTaskGroup(of: Drained.self) { group in
+                for source in parts.sources { group.addTask { try await drainUntilIdle(source) } }
+                return try await group.reduce(into: Drained()) { total, one in
+                    total.delivered += one.delivered
+                    total.read += one.read
+                    total.lastDelivery = max(total.lastDelivery, one.lastDelivery)
+                }
+            }
+            await parts.publisher.close()
+            // What this relay delivered, what it read for it, and when it marked its last event
+            // delivered (milliseconds since the epoch; 0: none).
+            print(
+                "outbox-relay drained: events_delivered=\(drained.delivered) documents_read=\(drained.read) last_delivery_ms=\(drained.lastDelivery)"
+            )
+        }
     }
 
-    /// `--exit-when-idle`: drains until nothing is due anywhere in the outbox, then prints one line
-    /// for batch jobs and benchmarks. The leases are taken and kept renewed beside the drain, as in
-    /// normal operation.
-    static func drainUntilIdle(_ parts: Parts) async throws {
+    /// What the drain of a source did.
+    struct Drained: Sendable {
+        var delivered = 0
+        var read = 0
+        /// When the last event was marked delivered, milliseconds since the epoch; 0: none.
+        var lastDelivery: Int64 = 0
+    }
+
+    /// `--exit-when-idle`, one source: drains until nothing is due anywhere in its outbox. The
+    /// leases are taken and kept renewed beside the drain, as in normal operation.
+    static func drainUntilIdle(_ parts: RelaySource) async throws -> Drained {
         let (relay, leases, store, logger) = (parts.relay, parts.leases, parts.store, parts.logger)
         let renewals = Task { try await leases.run() }
         // Done when a pass over held leases found nothing due and nothing is due anywhere in the
@@ -225,10 +211,7 @@ public enum RelayProgram {
         }
         renewals.cancel()
         _ = try? await renewals.value
-        await parts.publisher.close()
-        // What this relay delivered, what it read for it, and when it marked its last event
-        // delivered (milliseconds since the epoch; 0: none).
-        let last = lastDelivery.map { Int64($0.timeIntervalSince1970 * 1000) } ?? 0
-        print("outbox-relay drained: events_delivered=\(delivered) documents_read=\(store.documentsReadTotal) last_delivery_ms=\(last)")
+        return Drained(
+            delivered: delivered, read: store.documentsReadTotal, lastDelivery: lastDelivery.map { Int64($0.timeIntervalSince1970 * 1000) } ?? 0)
     }
 }

@@ -9,7 +9,9 @@ public enum SettingCatalog {
         .database, .logLevel, .collection, .otelTracesExporter,
     ]
     public static let relay: [SettingDeclaration] = [
-        .relayExchange, .relayExchangeMap, .relayHeaderFields, .relayRoutingKeyTemplate, .relayBatchSize, .relayBatchMaxBytes, .relayMaxInFlight,
+        .relaySources, .relaySourcesFile, .relayDiscoverCollection, .relayDiscoverDatabases, .relayDiscoverInterval, .relayExchange,
+        .relayExchangeMap,
+        .relayHeaderFields, .relayRoutingKeyTemplate, .relayBatchSize, .relayBatchMaxBytes, .relayMaxInFlight,
         .relayPollInterval,
         .relayConfirmTimeout, .relayMaxAttempts, .relayParkTransientAfter, .relayRetryBaseDelay, .relayRetryMaxDelay,
         .relayMaxBodyBytes, .relayBodyFormat, .relayBodyFormatByExchange, .relayDecimalFormat, .relayCloudEventsSource,
@@ -166,6 +168,31 @@ extension SettingDeclaration {
             + "longer than the confirm timeout plus 5s")
     public static let relayID = SettingDeclaration(
         env: "RELAY_ID", flag: "relay-id", default: nil, shown: "host-pid-random", usedBy: "relay", "This relay's name in the lease table")
+    public static let relaySources = SettingDeclaration(
+        env: "OUTBOX_SOURCES", flag: "source", default: nil, shown: "unset: OUTBOX_DATABASE.OUTBOX_COLLECTION",
+        usedBy: "relay, outboxctl", example: "orders.outbox,billing.outbox",
+        "Outboxes this relay serves, database.collection each (the first dot splits), comma-separated or --source "
+            + "repeated; at most one a database and 64 in all. Each has its own leases, loop, change stream and metrics "
+            + "(label source); the other relay settings apply to every one")
+    public static let relaySourcesFile = SettingDeclaration(
+        env: "OUTBOX_SOURCES_FILE", flag: "sources-file", kind: .file, default: nil, shown: "unset: every source takes the relay's settings",
+        usedBy: "relay", example: "/etc/outbox/sources.json",
+        "JSON file of sources with settings of their own: {\"sources\": [{\"source\": \"orders.outbox\", \"exchange\": "
+            + "\"orders\", \"bodyFormat\": \"cloudevents-binary\", \"partitions\": 32}]}; keys exchange, exchangeMap, headerFields, "
+            + "routingKeyTemplate, bodyFormat, bodyFormatByExchange, decimalFormat, cloudEventsSource, partitions, each written "
+            + "as its environment variable; what an entry leaves out, and every other source, takes the relay's settings")
+    public static let relayDiscoverCollection = SettingDeclaration(
+        env: "OUTBOX_DISCOVER_COLLECTION", flag: "discover-collection", default: nil, shown: "unset: no discovery", usedBy: "relay",
+        example: "outbox",
+        "Serve, beside OUTBOX_SOURCES, every database's collection of this name, looked for again every "
+            + "OUTBOX_DISCOVER_INTERVAL: a new service's outbox is picked up without a redeploy")
+    public static let relayDiscoverDatabases = SettingDeclaration(
+        env: "OUTBOX_DISCOVER_DATABASES", flag: "discover-databases", default: "*", usedBy: "relay", example: "shop-*,!shop-test",
+        "Databases discovery looks in: comma-separated name patterns (* any characters), !pattern excludes; admin, "
+            + "config and local never")
+    public static let relayDiscoverInterval = SettingDeclaration(
+        env: "OUTBOX_DISCOVER_INTERVAL", flag: "discover-interval", kind: .duration(allowZero: false), default: "30s", usedBy: "relay",
+        "How often discovery looks for new outboxes")
     public static let relayChangeStream = SettingDeclaration(
         env: "RELAY_CHANGE_STREAM", flag: "change-stream", kind: .toggle, default: "true", usedBy: "relay",
         "Watch the outbox with a change stream as a wake-up hint for low latency; polling stays the source of truth")

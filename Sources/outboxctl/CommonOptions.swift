@@ -13,25 +13,59 @@ struct Common: ParsableArguments {
     @Option(name: SettingDeclaration.collection.name, help: SettingDeclaration.collection.argumentHelp)
     var collection: String?
 
+    @Option(
+        name: SettingDeclaration.relaySources.name,
+        help: ArgumentHelp(
+            "The outbox to act on, database.collection (the first dot splits); where \(SettingDeclaration.relaySources.env) names "
+                + "several, one of them (status shows each). Default: \(SettingDeclaration.relaySources.shownDefault).",
+            valueName: "database.collection"))
+    var source: String?
+
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
-    /// Connects, runs `body`, and maps failures to exit codes.
+    /// The outboxes in question: `--source`; else those `OUTBOX_SOURCES` names; else
+    /// `OUTBOX_DATABASE`.`OUTBOX_COLLECTION`.
+    func sources(_ settings: Settings) throws -> [OutboxSource] {
+        if let source { return [try OutboxSource(parsing: source, setting: "--source")] }
+        if let listed = Setting.fromEnvironment(SettingDeclaration.relaySources.env, settings.environment) {
+            return try OutboxSource.parseList(listed, setting: SettingDeclaration.relaySources.env)
+        }
+        return [OutboxSource(database: try mongo.resolvedDatabase(settings), collection: try settings.string(collection, .collection))]
+    }
+
+    /// Connects, runs `body` on the one outbox in question, and maps failures to exit codes.
+    /// Several configured and none chosen fails, naming `--source`.
     func run<R>(_ body: (OutboxAdmin, Logger) async throws -> R) async throws -> R {
+        try await runEach(several: false) { _, admin, logger in try await body(admin, logger) }[0]
+    }
+
+    /// Runs `body` on each outbox in question (`several`), or on the one (else several fail).
+    func runEach<R>(several: Bool, _ body: (OutboxSource, OutboxAdmin, Logger) async throws -> R) async throws -> [R] {
         let settings = Settings()
-        let admin: OutboxAdmin
+        var admins: [(OutboxSource, OutboxAdmin)] = []
         let logger: Logger
         do {
             logger = Runtime.bootstrap(label: "outboxctl", level: try settings.logLevel(mongo.logLevel ?? "error"))
-            let pool = try settings.mongoPool(
-                uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl", threads: 1)
-            await Runtime.checkLinks(program: "outboxctl", mongo: pool, amqp: nil, broker: .exit, logger: logger)
-            admin = OutboxAdmin(pool: pool, collection: try settings.string(collection, .collection))
+            let sources = try self.sources(settings)
+            guard several || sources.count == 1 else {
+                throw ConfigurationError(
+                    setting: SettingDeclaration.relaySources.env,
+                    reason: "names \(sources.count) outboxes (\(sources.map(\.description).joined(separator: ", "))); choose one with --source")
+            }
+            let uri = try mongo.resolvedURI(settings)
+            for source in sources {
+                let pool = try settings.mongoPool(uri: uri, database: source.database, appName: "outboxctl", threads: 1)
+                if admins.isEmpty { await Runtime.checkLinks(program: "outboxctl", mongo: pool, amqp: nil, broker: .exit, logger: logger) }
+                admins.append((source, OutboxAdmin(pool: pool, collection: source.collection)))
+            }
         } catch {
             Runtime.failConfiguration(error, program: "outboxctl")
         }
         do {
-            return try await body(admin, logger)
+            var results: [R] = []
+            for (source, admin) in admins { results.append(try await body(source, admin, logger)) }
+            return results
         } catch let error as MongoError where error.isConnectionFailure {
             FileHandle.standardError.write(Data("outboxctl: \(error)\n".utf8))
             throw ExitCode(Exit.unavailable)

@@ -55,11 +55,28 @@ extension OutboxCtl {
         @OptionGroup var common: Common
 
         func run() async throws {
-            let status = try await common.run { admin, _ in try await admin.status() }
+            // Each outbox the settings name (OUTBOX_SOURCES), or the one chosen.
+            let statuses = try await common.runEach(several: true) { source, admin, _ in (source, try await admin.status()) }
             if common.json {
-                printJSON(.document(status.document))
+                guard statuses.count > 1 else { return printJSON(.document(statuses[0].1.document)) }
+                printJSON(
+                    .document([
+                        "sources": .array(
+                            statuses.map { source, status in
+                                var document = status.document
+                                document["source"] = .string(source.description)
+                                return .document(document)
+                            })
+                    ]))
                 return
             }
+            for (index, (source, status)) in statuses.enumerated() {
+                if statuses.count > 1 { print("\(index == 0 ? "" : "\n")source               \(source)") }
+                show(status)
+            }
+        }
+
+        func show(_ status: OutboxStatus) {
             print("pending              \(status.pending) (\(status.due) due now, \(status.unseen) not yet seen by a relay)")
             print("oldest pending age   \(status.oldestPendingAge.map { String(format: "%.1f s", $0) } ?? "-")")
             print("parked               \(status.parked)")

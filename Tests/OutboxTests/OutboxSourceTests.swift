@@ -1,0 +1,62 @@
+import Logging
+import Outbox
+@testable import OutboxRuntime
+import Testing
+
+@Suite("Sources and discovery filters")
+struct OutboxSourceTests {
+    @Test("database.collection: the first dot splits, a collection may hold dots")
+    func parsing() throws {
+        #expect(try OutboxSource(parsing: "shop.outbox", setting: "S") == OutboxSource(database: "shop", collection: "outbox"))
+        #expect(try OutboxSource(parsing: " shop.orders.outbox ", setting: "S") == OutboxSource(database: "shop", collection: "orders.outbox"))
+        #expect(OutboxSource(database: "shop", collection: "orders.outbox").description == "shop.orders.outbox")
+        for bad in ["shop", ".outbox", "shop.", "sh/op.outbox", "shop.system.views", "shop.out$box"] {
+            #expect(throws: ConfigurationError.self, "\(bad)") { try OutboxSource(parsing: bad, setting: "S") }
+        }
+    }
+
+    @Test("a list: none twice, one collection a database, at most 64")
+    func lists() throws {
+        #expect(try OutboxSource.parseList("a.outbox, b.events,,", setting: "S").map(\.description) == ["a.outbox", "b.events"])
+        let many = (0...OutboxSource.limit).map { "d\($0).outbox" }.joined(separator: ",")
+        #expect(throws: ConfigurationError(setting: "S", reason: "names 65 sources; a relay serves at most 64")) {
+            try OutboxSource.parseList(many, setting: "S")
+        }
+        #expect(throws: ConfigurationError.self) { try OutboxSource.parseList("a.x,a.y", setting: "S") }
+        #expect(throws: ConfigurationError.self) { try OutboxSource.parseList("a.x,a.x", setting: "S") }
+    }
+
+    @Test("database patterns: * any run, ! excludes, MongoDB's own never")
+    func filters() throws {
+        let filter = try DatabaseFilter(parsing: "shop-*, billing, !shop-test*", setting: "F")
+        #expect(filter.takes("shop-eu"))
+        #expect(filter.takes("shop-"))
+        #expect(filter.takes("billing"))
+        #expect(!filter.takes("billing2"))
+        #expect(!filter.takes("shop-test-1"))
+        #expect(!filter.takes("orders"))
+        let every = try DatabaseFilter(parsing: "*", setting: "F")
+        #expect(every.takes("anything") && !every.takes("admin") && !every.takes("local") && !every.takes("config"))
+        #expect(try DatabaseFilter(parsing: "!tmp*", setting: "F").takes("orders"))
+        #expect(try DatabaseFilter(parsing: "a*b*c", setting: "F").takes("aXbYc"))
+        #expect(try !DatabaseFilter(parsing: "a*b*c", setting: "F").takes("aXcYb"))
+        #expect(throws: ConfigurationError.self) { try DatabaseFilter(parsing: "shop.x", setting: "F") }
+    }
+
+    @Test("discovery adds what is new, skips a second collection of a database and stops at the limit, telling once")
+    func additions() {
+        let served = [OutboxSource(database: "a", collection: "outbox")]
+        var refused: Set<OutboxSource> = []
+        let logger = Logger(label: "test")
+        let found = [
+            OutboxSource(database: "a", collection: "outbox"), OutboxSource(database: "b", collection: "outbox"),
+            OutboxSource(database: "a", collection: "events"),
+        ]
+        #expect(
+            SourceSupervisor.additions(found, to: served, refused: &refused, logger: logger) == [OutboxSource(database: "b", collection: "outbox")])
+        #expect(refused == [OutboxSource(database: "a", collection: "events")])
+        let full = (0..<OutboxSource.limit).map { OutboxSource(database: "d\($0)", collection: "outbox") }
+        #expect(SourceSupervisor.additions([OutboxSource(database: "z", collection: "outbox")], to: full, refused: &refused, logger: logger).isEmpty)
+        #expect(refused.contains(OutboxSource(database: "z", collection: "outbox")))
+    }
+}
