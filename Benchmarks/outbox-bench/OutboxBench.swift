@@ -58,7 +58,7 @@ struct BenchCommand: AsyncParsableCommand {
     var flowPort = 8090
 
     enum Phase: String, CaseIterable, ExpressibleByArgument {
-        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled, console, soak
+        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled, console, soak, fairness
     }
 
     @Option(help: "Scheduled events of the scheduling run, due one after another; 0 skips it.")
@@ -69,6 +69,8 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "Parked events under the operator console's pages; 0 skips that run.")
     var consoleParked = 100_000
+
+    @OptionGroup var fairness: FairnessOptions
 
     @Option(help: "Minutes of the soak (relay and both consumers at half their ceiling); 0 skips it.")
     var soakMinutes = 15
@@ -111,7 +113,7 @@ struct BenchCommand: AsyncParsableCommand {
         var rows: [(String, String)] = []
         func report(_ name: String, _ value: String) {
             rows.append((name, value))
-            print("  " + name.padding(toLength: 58, withPad: " ", startingAt: 0) + " " + value)
+            print("  " + name.padding(toLength: max(58, name.count), withPad: " ", startingAt: 0) + " " + value)
         }
 
         let run = Set(phases)
@@ -275,6 +277,10 @@ struct BenchCommand: AsyncParsableCommand {
             report(
                 "soak: consumers' RSS at the end",
                 String(format: "inventory %.1f MiB, notification %.1f MiB", soak.consumersRSS.0, soak.consumersRSS.1))
+        }
+
+        if fairness.fairnessBacklog > 0 && run.contains(.fairness) {
+            try await bench.sourceFairness(fairness, report: report)
         }
 
         guard run.contains(.latency) else { return }
