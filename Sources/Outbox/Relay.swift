@@ -98,6 +98,8 @@ public final class Relay: Service {
     private let onIteration: @Sendable () -> Void
     private let metrics: RelayMetrics
     private let failedPassCount = Mutex(0)
+    /// The batch size shared with the other sources of the process, and this loop's number there.
+    private let shares: (shares: FetchShares, member: Int)?
     /// Events the broker acked whose delivered mark failed even after retries, by partition
     /// (bodies dropped). They are marked before the next fetch and never published again while
     /// this relay holds their partition; once another relay owns it, they are forgotten (that relay
@@ -115,12 +117,14 @@ public final class Relay: Service {
     /// at the end of every pass of `run()`, whatever its outcome. `metrics` carry the source's label.
     public init(
         store: any OutboxStore, publisher: any ConfirmingPublisher, leases: any LeaseProvider,
-        configuration: RelayConfiguration = .init(), metrics: RelayMetrics = RelayMetrics(), logger: Logger, wake: WakeSignal? = nil,
+        configuration: RelayConfiguration = .init(), metrics: RelayMetrics = RelayMetrics(), shares: FetchShares? = nil, logger: Logger,
+        wake: WakeSignal? = nil,
         idle: @escaping @Sendable () async -> Void = {},
         onIteration: @escaping @Sendable () -> Void = {}
     ) {
         self.onIteration = onIteration
         self.metrics = metrics
+        self.shares = shares.map { ($0, $0.join()) }
         self.wake = wake
         self.store = store
         self.publisher = publisher
@@ -192,8 +196,9 @@ public final class Relay: Service {
         metrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
         let started = ContinuousClock.now
-        let limit = fetchLimit()
+        let limit = shares.map { $0.shares.share(of: fetchLimit(), for: $0.member) } ?? fetchLimit()
         let result = try await pass(held: held, limit: limit)
+        if let shares { shares.shares.passEnded(shares.member, busy: result.fetched > 0) }
         adapt(limit: limit, took: ContinuousClock.now - started)
         return result
     }

@@ -89,8 +89,11 @@ public enum RelayProgram {
         }
         // Fewer threads a source when there are (or may come) several.
         let threads = named.count == 1 && settings.discovery == nil ? 4 : 2
+        // While several sources have work, each fetches its share of the batch size.
+        let shares = FetchShares()
         let start: @Sendable (OutboxSource) async throws -> RelaySource = { source in
-            let parts = try RelaySource(source, settings: settings, environment: environment, threads: threads, publisher: publisher, logger: logger)
+            let parts = try RelaySource(
+                source, settings: settings, environment: environment, threads: threads, publisher: publisher, shares: shares, logger: logger)
             try await parts.prepare(settings)
             return parts
         }

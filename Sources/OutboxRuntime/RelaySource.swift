@@ -27,9 +27,10 @@ struct RelaySource: Sendable {
     /// while its collection is missing.
     var check: OpsServer.Check { relay.failedPasses >= 3 || monitor.collectionMissing ? .degraded : .up }
 
-    /// The parts of `source`; `threads` a pool (fewer when a relay serves several).
+    /// The parts of `source`; `threads` a pool (fewer when a relay serves several); `shares` the
+    /// batch size shared by the relay's sources.
     init(
-        _ source: OutboxSource, settings: RelaySettings, environment: Settings, threads: Int, publisher: ConfirmPublisher,
+        _ source: OutboxSource, settings: RelaySettings, environment: Settings, threads: Int, publisher: ConfirmPublisher, shares: FetchShares,
         logger processLogger: Logger
     ) throws {
         var logger = processLogger
@@ -56,7 +57,7 @@ struct RelaySource: Sendable {
         hint = wake.map { ChangeStreamHint(pool: pool, collection: source.collection, wake: $0, logger: logger) }
         relay = Relay(
             store: store, publisher: publisher, leases: leases, configuration: settings.relay, metrics: RelayMetrics(source: source),
-            logger: logger, wake: wake,
+            shares: shares, logger: logger, wake: wake,
             idle: { [publisher] in await publisher.keepAlive() },
             onIteration: { [watchdog] in watchdog.iterationCompleted() })
         monitor = BacklogMonitor(

@@ -60,3 +60,27 @@ struct OutboxSourceTests {
         #expect(refused.contains(OutboxSource(database: "z", collection: "outbox")))
     }
 }
+
+@Suite("Fetch shares between sources")
+struct FetchSharesTests {
+    final class Clock: @unchecked Sendable {
+        var instant = ContinuousClock.now
+    }
+
+    @Test("the batch size is split between the sources busy within the window, at least one event each")
+    func shares() {
+        let clock = Clock()
+        let shares = FetchShares(window: .seconds(1), now: { clock.instant })
+        let (a, b, c) = (shares.join(), shares.join(), shares.join())
+        #expect(shares.share(of: 500, for: a) == 500, "alone busy")
+        shares.passEnded(b, busy: true)
+        #expect(shares.share(of: 500, for: a) == 250)
+        shares.passEnded(c, busy: true)
+        #expect(shares.share(of: 500, for: a) == 166)
+        #expect(shares.share(of: 2, for: a) == 1)
+        shares.passEnded(c, busy: false)
+        #expect(shares.share(of: 500, for: a) == 250, "an idle pass leaves the busy ones")
+        clock.instant += .seconds(2)
+        #expect(shares.share(of: 500, for: a) == 500, "busy only within the window")
+    }
+}
