@@ -7,9 +7,9 @@ import OutboxMongo
 import OutboxOps
 import OutboxRuntime
 
-struct Common: ParsableArguments {
-    @OptionGroup var mongo: MongoOptions
-
+/// The outbox a command acts on: `--source`; else those `OUTBOX_SOURCES` names; else
+/// `OUTBOX_DATABASE`.`OUTBOX_COLLECTION`.
+struct SourceOptions: ParsableArguments {
     @Option(name: SettingDeclaration.collection.name, help: SettingDeclaration.collection.argumentHelp)
     var collection: String?
 
@@ -21,18 +21,35 @@ struct Common: ParsableArguments {
             valueName: "database.collection"))
     var source: String?
 
-    @Flag(help: "Print JSON instead of a table.")
-    var json = false
-
-    /// The outboxes in question: `--source`; else those `OUTBOX_SOURCES` names; else
-    /// `OUTBOX_DATABASE`.`OUTBOX_COLLECTION`.
-    func sources(_ settings: Settings) throws -> [OutboxSource] {
+    /// Every outbox in question.
+    func sources(_ settings: Settings, mongo: MongoOptions) throws -> [OutboxSource] {
         if let source { return [try OutboxSource(parsing: source, setting: "--source")] }
         if let listed = Setting.fromEnvironment(SettingDeclaration.relaySources.env, settings.environment) {
             return try OutboxSource.parseList(listed, setting: SettingDeclaration.relaySources.env)
         }
         return [OutboxSource(database: try mongo.resolvedDatabase(settings), collection: try settings.string(collection, .collection))]
     }
+
+    /// The one outbox in question; several named and none chosen fails, naming `--source`.
+    func source(_ settings: Settings, mongo: MongoOptions) throws -> OutboxSource {
+        let sources = try self.sources(settings, mongo: mongo)
+        guard sources.count == 1 else { throw Self.chooseOne(sources) }
+        return sources[0]
+    }
+
+    static func chooseOne(_ sources: [OutboxSource]) -> ConfigurationError {
+        ConfigurationError(
+            setting: SettingDeclaration.relaySources.env,
+            reason: "names \(sources.count) outboxes (\(sources.map(\.description).joined(separator: ", "))); choose one with --source")
+    }
+}
+
+struct Common: ParsableArguments {
+    @OptionGroup var mongo: MongoOptions
+    @OptionGroup var outbox: SourceOptions
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
 
     /// Connects, runs `body` on the one outbox in question, and maps failures to exit codes.
     /// Several configured and none chosen fails, naming `--source`.
@@ -47,12 +64,8 @@ struct Common: ParsableArguments {
         let logger: Logger
         do {
             logger = Runtime.bootstrap(label: "outboxctl", level: try settings.logLevel(mongo.logLevel ?? "error"))
-            let sources = try self.sources(settings)
-            guard several || sources.count == 1 else {
-                throw ConfigurationError(
-                    setting: SettingDeclaration.relaySources.env,
-                    reason: "names \(sources.count) outboxes (\(sources.map(\.description).joined(separator: ", "))); choose one with --source")
-            }
+            let sources = try outbox.sources(settings, mongo: mongo)
+            guard several || sources.count == 1 else { throw SourceOptions.chooseOne(sources) }
             let uri = try mongo.resolvedURI(settings)
             for source in sources {
                 let pool = try settings.mongoPool(uri: uri, database: source.database, appName: "outboxctl", threads: 1)

@@ -24,7 +24,7 @@ extension OutboxCtl {
                 HTTPS through a TLS-terminating proxy and set --secure-cookies.
                 """)
         @OptionGroup var mongo: MongoOptions
-        @Option(name: SettingDeclaration.collection.name, help: SettingDeclaration.collection.argumentHelp) var collection: String?
+        @OptionGroup var outbox: SourceOptions
         @Option(name: SettingDeclaration.consoleListen.name, help: SettingDeclaration.consoleListen.argumentHelp) var listen: String?
         @Option(name: SettingDeclaration.consoleTokensFile.name, help: SettingDeclaration.consoleTokensFile.argumentHelp) var tokensFile: String?
         @Flag(name: SettingDeclaration.consoleSecureCookies.name, inversion: .prefixedNo, help: SettingDeclaration.consoleSecureCookies.argumentHelp)
@@ -46,15 +46,17 @@ extension OutboxCtl {
                 let listenSetting = SettingDeclaration.consoleListen
                 address = try OpsServer.address(try settings.string(listen, listenSetting), setting: listenSetting.label)
                 let tokens = try consoleTokens(settings, host: address.host)
+                // One outbox a console: several named, --source chooses.
+                let source = try outbox.source(settings, mongo: mongo)
                 let pool = try settings.mongoPool(
-                    uri: try mongo.resolvedURI(settings), database: try mongo.resolvedDatabase(settings), appName: "outboxctl-console", threads: 2)
+                    uri: try mongo.resolvedURI(settings), database: source.database, appName: "outboxctl-console", threads: 2)
                 let queueNames = (queues ?? Setting.fromEnvironment(SettingDeclaration.consoleQueues.env, settings.environment) ?? "")
                     .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
                 // The broker only for dead letters: a console without queues needs no AMQP_URL.
                 let amqp = queueNames.isEmpty ? nil : try settings.amqp(amqpURL)
                 await Runtime.checkLinks(program: "outboxctl console", mongo: pool, amqp: amqp, broker: .exit, logger: logger)
                 console = Console(
-                    admin: OutboxAdmin(pool: pool, collection: try settings.string(collection, .collection)), tokens: tokens,
+                    admin: OutboxAdmin(pool: pool, collection: source.collection), tokens: tokens,
                     deadLetterQueues: amqp.map { amqp in queueNames.map { DeadLetters(queue: $0, amqp: amqp, logger: logger) } } ?? [],
                     tls: try consoleTLS(settings), secureCookies: try settings.bool(secureCookies, .consoleSecureCookies), logger: logger)
                 let authentication = noAuth ? "none (--no-auth)" : "tokens"

@@ -333,7 +333,9 @@ struct ConsoleTests {
         }
     }
 
-    @Test("outboxctl console refuses to start without tokens, or unauthenticated beyond loopback, naming the setting; audit lists actions")
+    @Test(
+        "outboxctl console refuses to start without tokens, unauthenticated beyond loopback, or with several outboxes and none chosen; audit lists actions"
+    )
     func command() async throws {
         try await Fixture.with { f in
             let environment = Programs.environment(f)
@@ -341,6 +343,11 @@ struct ConsoleTests {
             #expect(noTokens.status == 78 && noTokens.errors.contains("OUTBOX_CONSOLE_TOKENS_FILE"), "\(noTokens.errors)")
             let open = try await Programs.product("outboxctl", ["console", "--listen", "0.0.0.0:0", "--no-auth"], environment: environment)
             #expect(open.status == 78 && open.errors.contains("--no-auth") && open.errors.contains("loopback"), "\(open.errors)")
+            // A console serves one outbox: of several named, --source chooses.
+            let several = try await Programs.product(
+                "outboxctl", ["console", "--listen", "127.0.0.1:0", "--no-auth"],
+                environment: environment.merging(["OUTBOX_SOURCES": "\(f.database).outbox,\(f.database)_2.outbox"]) { $1 })
+            #expect(several.status == 78 && several.errors.contains("choose one with --source"), "\(several.errors)")
             let file = FileManager.default.temporaryDirectory.appendingPathComponent("tokens-\(UUID().uuidString)")
             try "viewer:short\n".write(to: file, atomically: true, encoding: .utf8)
             defer { try? FileManager.default.removeItem(at: file) }
