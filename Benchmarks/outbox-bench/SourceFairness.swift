@@ -83,9 +83,11 @@ extension Bench {
         report(label[2], String(format: "%.0f / %.0f ev/s (%.2f of alone; target ≥ 0.8) ", beside, byItself, share) + mark(share >= 0.8))
         report(
             label[3],
-            String(
-                format: "%.1f / %.1f ms  (%d of B's %d events)", percentile(whileDraining, 99), whileDraining.last ?? .nan, whileDraining.count,
-                busy.probes.count))
+            whileDraining.isEmpty
+                ? "none of B's \(busy.probes.count) events was written before A's backlog was drained"
+                : String(
+                    format: "%.1f / %.1f ms  (%d of B's %d events)", percentile(whileDraining, 99), whileDraining.last ?? .nan, whileDraining.count,
+                    busy.probes.count))
     }
 
     /// Writes `count` events into A (not timed), starts one relay serving A and, with `servingB`,

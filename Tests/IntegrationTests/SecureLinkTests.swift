@@ -91,9 +91,10 @@ struct SecureLinkTests {
                 "1",
                 "--large-events", "10", "--large-event-bytes", "10000", "--consumer-messages", "0", "--flow-orders", "0",
                 "--scheduled-events", "20", "--scheduled-seconds", "1", "--console-parked", "200", "--soak-minutes", "0",
+                "--fairness-backlog", "200", "--fairness-seconds", "2",
             ],
             environment: SecureStack.programEnvironment(["OUTBOX_DATABASE": "secure_bench"]))
-        #expect(await bench.wait(timeout: .seconds(180)) == 0, "\(bench.output.suffix(2000))")
+        #expect(await bench.wait(timeout: .seconds(240)) == 0, "\(bench.output.suffix(2000))")
         #expect(bench.output.contains("store (MongoDB wire: mongodb://outbox@127.0.0.1:\(SecureStack.mongoPort))"), "\(bench.output)")
         #expect(bench.output.contains("relay drain of a 100 backlog"))
         let hits = LeakSearch(secrets: SecureStack.passwords).hits(in: [("outbox-bench", bench.output)])
