@@ -6,7 +6,9 @@ import Testing
 /// One `outbox-relay` serving the outboxes of several services (issue 26): each database's
 /// collection is a source with its own leases, loop and metrics; a source that fails is named
 /// degraded while the others keep flowing.
-@Suite("Several outboxes served by one relay", .enabled(if: Servers.enabled), .timeLimit(.minutes(4)))
+// Serialized: each test runs a relay over two or three databases, and the store is shared with
+// every suite running beside them.
+@Suite("Several outboxes served by one relay", .serialized, .enabled(if: Servers.enabled), .timeLimit(.minutes(6)))
 struct SourcesTests {
     struct Written: Decodable {
         let id: String
@@ -75,8 +77,8 @@ struct SourcesTests {
                 defer { kill(relay.pid, SIGKILL) }
                 try await f.appendEvents((0..<5).map { f.event(aggregate: "f-\($0)") })
                 try await g.appendEvents((0..<7).map { f.event(aggregate: "g-\($0)") })
-                #expect(try await eventually { try await f.count("outbox", ["status": "delivered"]) == 5 }, "\(relay.output)")
-                #expect(try await eventually { try await g.count("outbox", ["status": "delivered"]) == 7 }, "\(relay.output)")
+                #expect(try await eventually(timeout: .seconds(60)) { try await f.count("outbox", ["status": "delivered"]) == 5 }, "\(relay.output)")
+                #expect(try await eventually(timeout: .seconds(60)) { try await g.count("outbox", ["status": "delivered"]) == 7 }, "\(relay.output)")
 
                 let metrics = await httpGet(port: port, "/metrics")?.body ?? ""
                 #expect(DeliveryLagTests.sample(metrics, "outbox_publishes_total", ["source": one, "result": "acked"]) == 5, "\(metrics)")
@@ -92,17 +94,22 @@ struct SourcesTests {
                 // The second service's outbox disappears: that source is degraded, still ready.
                 try await g.pool.withConnection { _ = try $0.runCommand(["drop": "outbox"]) }
                 #expect(
-                    await eventually { await httpGet(port: port, "/health/ready")?.body.contains(#""source \#(two)":"degraded""#) == true },
+                    await eventually(timeout: .seconds(60)) {
+                        await httpGet(port: port, "/health/ready")?.body.contains(#""source \#(two)":"degraded""#) == true
+                    },
                     "\(relay.output)")
                 #expect(await httpGet(port: port, "/health/ready")?.status == 200)
                 #expect(relay.output.contains("does not exist"))
                 try await f.appendEvents((5..<10).map { f.event(aggregate: "f-\($0)") })
-                #expect(try await eventually { try await f.count("outbox", ["status": "delivered"]) == 10 }, "\(relay.output)")
+                #expect(try await eventually(timeout: .seconds(60)) { try await f.count("outbox", ["status": "delivered"]) == 10 }, "\(relay.output)")
 
                 // A writer's next insert creates it again: delivered, and the source is up again.
                 try await g.appendEvents([f.event(aggregate: "g-again")])
-                #expect(try await eventually { try await g.count("outbox", ["status": "delivered"]) == 1 }, "\(relay.output)")
-                #expect(await eventually { await httpGet(port: port, "/health/ready")?.body.contains(#""source \#(two)":"up""#) == true })
+                #expect(try await eventually(timeout: .seconds(60)) { try await g.count("outbox", ["status": "delivered"]) == 1 }, "\(relay.output)")
+                #expect(
+                    await eventually(timeout: .seconds(60)) {
+                        await httpGet(port: port, "/health/ready")?.body.contains(#""source \#(two)":"up""#) == true
+                    })
                 #expect(await relay.terminate() == 0, "\(relay.output.suffix(2000))")
             }
         }
@@ -127,10 +134,10 @@ struct SourcesTests {
                         ],
                         environment: Programs.environment(f))
                     defer { kill(relay.pid, SIGKILL) }
-                    #expect(try await eventually { try await f.count(name, ["status": "delivered"]) == 1 }, "\(relay.output)")
+                    #expect(try await eventually(timeout: .seconds(60)) { try await f.count(name, ["status": "delivered"]) == 1 }, "\(relay.output)")
                     // A service's outbox that appears while the relay runs.
                     try await g.pool.withTransaction { try OutboxWriter(collection: name).append([f.event(aggregate: "g-1")], using: $0) }
-                    #expect(try await eventually { try await g.count(name, ["status": "delivered"]) == 1 }, "\(relay.output)")
+                    #expect(try await eventually(timeout: .seconds(60)) { try await g.count(name, ["status": "delivered"]) == 1 }, "\(relay.output)")
                     #expect(relay.output.contains("serving a new outbox"))
                     let ready = await httpGet(port: port, "/health/ready")?.body ?? ""
                     #expect(ready.contains(#""source \#(g.database).\#(name)":"up""#), "\(ready)")
