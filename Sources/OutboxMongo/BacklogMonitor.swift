@@ -67,8 +67,7 @@ public final class BacklogMonitor: Service {
         let (stuckAfter, clock) = (self.stuckAfter, self.clock)
         let sample = try await pool.withConnection { connection -> Sample in
             let outbox = connection.collection(collection)
-            let listed = try connection.runCommand(["listCollections": 1, "filter": ["name": .string(collection)], "nameOnly": true])
-            let exists = listed["cursor"]?.documentValue?["firstBatch"]?.arrayValue?.isEmpty == false
+            let exists = try connection.collectionExists(collection)
             // Ages on the database's clock, as the relay's due times.
             try clock.measureIfStale(on: connection)
             let now = clock.now()

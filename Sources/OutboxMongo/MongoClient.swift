@@ -290,6 +290,12 @@ public struct MongoConnection {
         MongoCollection(connection: self, name: name)
     }
 
+    /// Whether the collection `name` exists in `database` (default: the connection's).
+    public func collectionExists(_ name: String, database: String? = nil) throws -> Bool {
+        let listed = try runCommand(["listCollections": 1, "filter": ["name": .string(name)], "nameOnly": true], database: database)
+        return listed["cursor"]?.documentValue?["firstBatch"]?.arrayValue?.isEmpty == false
+    }
+
     /// Runs a database command (read or write) and returns the reply.
     @discardableResult
     public func runCommand(_ command: Document, database: String? = nil) throws -> Document {

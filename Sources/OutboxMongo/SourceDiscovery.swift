@@ -19,10 +19,7 @@ public struct SourceDiscovery: Sendable {
             let listed = try connection.runCommand(["listDatabases": 1, "nameOnly": true], database: "admin")
             let names = (listed["databases"]?.arrayValue ?? []).compactMap { $0.documentValue?["name"]?.stringValue }
             return try names.filter(databases.takes).sorted().compactMap { database in
-                let found = try connection.runCommand(
-                    ["listCollections": 1, "filter": ["name": .string(collection)], "nameOnly": true], database: database)
-                let exists = found["cursor"]?.documentValue?["firstBatch"]?.arrayValue?.isEmpty == false
-                return exists ? OutboxSource(database: database, collection: collection) : nil
+                try connection.collectionExists(collection, database: database) ? OutboxSource(database: database, collection: collection) : nil
             }
         }
     }

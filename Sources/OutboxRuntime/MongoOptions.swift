@@ -32,9 +32,7 @@ public struct MongoOptions: ParsableArguments {
 
     public func resolvedDatabase(_ settings: Settings) throws -> String {
         let name = try settings.string(database, .database)
-        guard !name.contains(where: { "/\\. \"$".contains($0) }), name.utf8.count < 64 else {
-            throw ConfigurationError(setting: SettingDeclaration.database.label, reason: "'\(name)' is not a valid database name")
-        }
+        try OutboxSource.checkDatabase(name, setting: SettingDeclaration.database.label)
         return name
     }
 }
