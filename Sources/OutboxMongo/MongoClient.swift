@@ -300,8 +300,8 @@ public struct MongoConnection {
     @discardableResult
     public func runCommand(_ command: Document, database: String? = nil) throws -> Document {
         try withOptions(nil) { opts in
-            let reply = outbox_bson_new()!
-            defer { bson_destroy(reply) }
+            let reply = outbox_reply_new()!
+            defer { outbox_reply_free(reply) }
             var error = bson_error_t()
             let ok = command.withBSONPointer { cmd in
                 mongoc_client_write_command_with_opts(client, database ?? self.database, cmd, opts, reply, &error)
@@ -340,8 +340,8 @@ public struct MongoConnection {
             }
             let unmanaged = Unmanaged.passRetained(context)
             defer { unmanaged.release() }
-            let reply = outbox_bson_new()!
-            defer { bson_destroy(reply) }
+            let reply = outbox_reply_new()!
+            defer { outbox_reply_free(reply) }
             let ok = mongoc_client_session_with_transaction(
                 session,
                 { _, ctx, replyOut, errorOut in

@@ -30,8 +30,8 @@ public struct MongoCollection {
     ) throws -> Document {
         try withHandle { handle in
             try connection.withOptions(options) { opts in
-                let reply = outbox_bson_new()!
-                defer { bson_destroy(reply) }
+                let reply = outbox_reply_new()!
+                defer { outbox_reply_free(reply) }
                 var error = bson_error_t()
                 guard call(handle, opts, reply, &error) else {
                     throw MongoError(operation: "\(operation) \(name)", error: error, reply: reply)
@@ -214,8 +214,8 @@ public struct MongoCollection {
     public func countDocuments(_ filter: Document = [:]) throws -> Int {
         try withHandle { handle in
             try connection.withOptions(nil) { opts in
-                let reply = outbox_bson_new()!
-                defer { bson_destroy(reply) }
+                let reply = outbox_reply_new()!
+                defer { outbox_reply_free(reply) }
                 var error = bson_error_t()
                 let count = filter.withBSONPointer {
                     mongoc_collection_count_documents(handle, $0, opts, nil, reply, &error)
