@@ -63,6 +63,15 @@ public final class EventLag: Sendable {
         timer.recordMilliseconds(max(now - occurredAt, 0))
     }
 
+    /// Removes the histogram of every type recorded so far from the backend.
+    public func destroy() {
+        let recorded = timers.withLock { timers in
+            defer { timers.removeAll() }
+            return Array(timers.values)
+        }
+        for timer in recorded { timer.destroy() }
+    }
+
     /// The buckets of a lag histogram, in seconds: 5 ms to 10 minutes.
     public static let buckets: [Duration] = [
         .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),

@@ -43,5 +43,15 @@ public struct RelayMetrics: Sendable {
         sourceUp = Gauge(label: "outbox_source_up", dimensions: dimensions)
     }
 
+    /// Removes every series of the source from the backend.
+    public func destroy() {
+        for counter in publishCounters.values { counter.destroy() }
+        deliveryLag.destroy()
+        confirmDuration.destroy()
+        batchSize.destroy()
+        for gauge in [fetchLimit, partitionsOwned, sourceUp] { gauge.destroy() }
+        markRetries.destroy()
+    }
+
     public func publishes(_ result: String) -> Counter { publishCounters[result] ?? publishCounters["connection_lost"]! }
 }

@@ -130,6 +130,11 @@ public final class BacklogMonitor: Service {
 
 extension BacklogMonitor {
     /// The gauges of one source.
+    /// Removes the source's gauges from the backend (a source no longer served).
+    public func removeGauges() {
+        for gauge in [gauges.pending, gauges.oldestPendingAge, gauges.parked, gauges.scheduled, gauges.stuck, gauges.unowned] { gauge.destroy() }
+    }
+
     struct Gauges: Sendable {
         let pending: Gauge
         let oldestPendingAge: Gauge

@@ -76,6 +76,8 @@ public final class MongoOutboxStore: OutboxStore {
     let documentsReadCount = Atomic<Int>(0)
     /// What `outbox_documents_read_total` counted for this store (e.g. for a final summary).
     public var documentsReadTotal: Int { documentsReadCount.load(ordering: .relaxed) }
+    /// Removes the source's series from the metrics (a source no longer served).
+    public func removeMetrics() { metrics.destroy() }
 
     public init(pool: MongoClientPool, owner: String, options: Options = Options(), clock: DatabaseClock = DatabaseClock(), logger: Logger) {
         self.pool = pool

@@ -18,4 +18,10 @@ struct StoreMetrics: Sendable {
         parkedUnwritable = Counter(label: "outbox_unwritable_settled_total", dimensions: dimensions)
         unwritable = Gauge(label: "outbox_unwritable_documents", dimensions: dimensions)
     }
+
+    /// Removes the source's series from the backend.
+    func destroy() {
+        for counter in [documentsRead, expiredEvents, parkedUnwritable] { counter.destroy() }
+        unwritable.destroy()
+    }
 }

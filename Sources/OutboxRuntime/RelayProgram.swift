@@ -100,7 +100,7 @@ public enum RelayProgram {
         var sources: [RelaySource] = []
         for source in named { sources.append(try await start(source)) }
         let supervisor = SourceSupervisor(
-            sources: sources,
+            sources: sources, configured: Set(settings.sources),
             discovery: settings.discovery.map { .init(finder: $0, pool: control, interval: settings.discoverInterval, start: start) },
             shutdownTimeout: settings.shutdownTimeout, logger: logger)
         // The span exporter first: it stops last and exports what the relay ended.
@@ -114,7 +114,9 @@ public enum RelayProgram {
                 ) { [publisher, control] in
                     let database = (try? await control.ping()) != nil
                     let broker: OpsServer.Check = !publisher.isConnectedNow ? .down : publisher.isBlockedNow ? .blocked : .up
-                    return ["database": .init(up: database), "broker": broker].merging(RelaySource.checks(supervisor.sources)) { first, _ in first }
+                    return ["database": .init(up: database), "broker": broker].merging(
+                        RelaySource.checks(supervisor.sources, discovering: settings.discovery != nil)
+                    ) { first, _ in first }
                 })
         }
         logConfiguration(settings, sources: named, logger: logger)

@@ -18,6 +18,7 @@ struct RelaySource: Sendable {
     var hint: ChangeStreamHint?
     var monitor: BacklogMonitor
     var watchdog: LivenessWatchdog
+    var metrics: RelayMetrics
 
     /// Its services, to run as one group: shut down in reverse order, the relay finishes its batch,
     /// then the change stream and the gauges stop, then the leases are released.
@@ -48,21 +49,31 @@ struct RelaySource: Sendable {
         let leases = LeaseManager(
             store: leaseStore, configuration: .init(owner: settings.owner, partitions: own.partitions, ttl: settings.leaseTTL), logger: logger)
         let wake = settings.changeStream ? WakeSignal() : nil
+        let metrics = RelayMetrics(source: source)
         self.source = source
         self.logger = logger
         self.store = store
         self.leaseStore = leaseStore
         self.leases = leases
         self.watchdog = watchdog
+        self.metrics = metrics
         hint = wake.map { ChangeStreamHint(pool: pool, collection: source.collection, wake: $0, logger: logger) }
         relay = Relay(
-            store: store, publisher: publisher, leases: leases, configuration: settings.relay, metrics: RelayMetrics(source: source),
+            store: store, publisher: publisher, leases: leases, configuration: settings.relay, metrics: metrics,
             shares: shares, logger: logger, wake: wake,
             idle: { [publisher] in await publisher.keepAlive() },
             onIteration: { [watchdog] in watchdog.iterationCompleted() })
         monitor = BacklogMonitor(
             pool: pool, collection: source.collection, partitions: own.partitions, interval: settings.metricsInterval,
             relays: { [leases] in leases.activeRelays }, clock: store.clock, source: source, logger: logger)
+    }
+
+    /// Removes the source's series from the metrics, once it is no longer served: a gone source's
+    /// last figures (`outbox_source_up` 0, its backlog) would keep its alerts firing.
+    func removeMetrics() {
+        metrics.destroy()
+        store.removeMetrics()
+        monitor.removeGauges()
     }
 
     /// The start-up steps on the database: indexes, retention, the partition count and leases.
@@ -99,9 +110,10 @@ struct RelaySource: Sendable {
     }
 
     /// The readiness checks of the sources, named `source <database.collection>` when there are
-    /// several: each up or degraded; all of them failing is down (the relay delivers nothing).
-    static func checks(_ sources: [RelaySource]) -> [String: OpsServer.Check] {
-        guard sources.count > 1 else { return [:] }
+    /// several or `discovering` (their number changes): each up or degraded; all of them failing
+    /// is down (the relay delivers nothing).
+    static func checks(_ sources: [RelaySource], discovering: Bool) -> [String: OpsServer.Check] {
+        guard sources.count > 1 || (discovering && !sources.isEmpty) else { return [:] }
         let checks = sources.map { ("source \($0.source)", $0.check) }
         let allFailing = checks.allSatisfy { $0.1 == .degraded }
         return Dictionary(uniqueKeysWithValues: checks.map { ($0.0, allFailing ? .down : $0.1) })

@@ -115,7 +115,9 @@ struct SourcesTests {
         }
     }
 
-    @Test("discovery serves every database's collection of a name, a new one within an interval, and only the databases taken")
+    @Test(
+        "discovery serves every database's collection of a name, a new one within an interval, only the databases taken, and stops serving one that is gone"
+    )
     func discovery() async throws {
         try await Fixture.with { f in
             try await Fixture.with { g in
@@ -143,6 +145,28 @@ struct SourcesTests {
                     #expect(ready.contains(#""source \#(g.database).\#(name)":"up""#), "\(ready)")
                     // A database the filter does not take is left alone.
                     #expect(try await h.count(name, ["status": "delivered"]) == 0)
+
+                    // The service's database goes away: that source is no longer served, and its
+                    // series leave the metrics (their last values would keep alerts firing).
+                    let gone = "\(g.database).\(name)"
+                    try await g.pool.withConnection { _ = try $0.runCommand(["dropDatabase": 1]) }
+                    #expect(
+                        await eventually(timeout: .seconds(60)) {
+                            let metrics = await httpGet(port: port, "/metrics")?.body ?? ""
+                            let ready = await httpGet(port: port, "/health/ready")?.body ?? ""
+                            return !metrics.contains(#"source="\#(gone)""#) && !ready.contains(gone)
+                                && ready.contains(#""source \#(f.database).\#(name)":"up""#)
+                        },
+                        "\(relay.output.suffix(3000))")
+                    let left = (await httpGet(port: port, "/metrics")?.body ?? "").split(separator: "\n").filter { $0.contains(gone) }
+                    #expect(left.isEmpty, "\(left)")
+                    #expect(await httpGet(port: port, "/health/ready")?.body.contains(gone) == false)
+                    #expect(relay.output.contains("no longer served"))
+                    try await f.pool.withTransaction { try OutboxWriter(collection: name).append([f.event(aggregate: "f-2")], using: $0) }
+                    #expect(try await eventually(timeout: .seconds(60)) { try await f.count(name, ["status": "delivered"]) == 2 }, "\(relay.output)")
+                    // It comes back: served again.
+                    try await g.pool.withTransaction { try OutboxWriter(collection: name).append([f.event(aggregate: "g-2")], using: $0) }
+                    #expect(try await eventually(timeout: .seconds(60)) { try await g.count(name, ["status": "delivered"]) == 1 }, "\(relay.output)")
                     #expect(await relay.terminate() == 0, "\(relay.output.suffix(2000))")
                 }
             }

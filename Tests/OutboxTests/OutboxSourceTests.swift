@@ -59,6 +59,22 @@ struct OutboxSourceTests {
         #expect(SourceSupervisor.additions([OutboxSource(database: "z", collection: "outbox")], to: full, refused: &refused, logger: logger).isEmpty)
         #expect(refused.contains(OutboxSource(database: "z", collection: "outbox")))
     }
+
+    @Test("a discovered source missing from two rounds in a row is gone; one found again starts over; a configured one never goes")
+    func gone() {
+        let (a, b, c) = (
+            OutboxSource(database: "a", collection: "outbox"), OutboxSource(database: "b", collection: "outbox"),
+            OutboxSource(database: "c", collection: "outbox")
+        )
+        var missing: [OutboxSource: Int] = [:]
+        #expect(SourceSupervisor.gone([a], from: [a, b, c], configured: [c], missing: &missing).isEmpty)
+        #expect(missing == [b: 1])
+        #expect(SourceSupervisor.gone([a, b], from: [a, b, c], configured: [c], missing: &missing).isEmpty, "b is back")
+        #expect(missing.isEmpty)
+        #expect(SourceSupervisor.gone([], from: [a, b, c], configured: [c], missing: &missing).isEmpty)
+        #expect(SourceSupervisor.gone([], from: [a, b, c], configured: [c], missing: &missing) == [a, b])
+        #expect(missing.isEmpty, "a source stopped is counted afresh if it comes back")
+    }
 }
 
 @Suite("Fetch shares between sources")
