@@ -58,8 +58,20 @@ struct BenchCommand: AsyncParsableCommand {
     var flowPort = 8090
 
     enum Phase: String, CaseIterable, ExpressibleByArgument {
-        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled, console, soak, fairness
+        case broker, store, tracing, scaleOut = "scale-out", consumers, flow, latency, scheduled, console, soak, fairness, streams
     }
+
+    @Option(help: "Outboxes of the change-stream cost run (one stream each, against one cluster-wide stream); 0 skips it.")
+    var streamsSources = 16
+
+    @Option(help: "Seconds of each change-stream cost run.")
+    var streamsSeconds = 20
+
+    @Option(help: "Events per second written round robin into the outboxes of the change-stream cost run (beside a quiet run).")
+    var streamsRate = 20
+
+    @Option(help: "File holding the store's pid, for its CPU time in the change-stream cost run (ops/bench passes the stack's).")
+    var storePidFile: String?
 
     @Option(help: "Scheduled events of the scheduling run, due one after another; 0 skips it.")
     var scheduledEvents = 1000
@@ -277,6 +289,25 @@ struct BenchCommand: AsyncParsableCommand {
             report(
                 "soak: consumers' RSS at the end",
                 String(format: "inventory %.1f MiB, notification %.1f MiB", soak.consumersRSS.0, soak.consumersRSS.1))
+        }
+
+        if streamsSources > 0 && run.contains(.streams) {
+            guard let storePidFile else { throw ValidationError("the streams phase needs --store-pid-file") }
+            print(
+                "streams: \(streamsSources) outboxes, each stream asking again as soon as an ask returns (a relay waiting for work), \(streamsSeconds) s a run"
+            )
+            try await bench.freshStore()
+            for layout in [Bench.StreamLayout.none, .perSource, .clusterWide] {
+                var figures: [String] = []
+                var seen = ""
+                for rate in [0, streamsRate] {
+                    let cost = try await bench.streamCost(
+                        layout: layout, sources: streamsSources, rate: rate, seconds: streamsSeconds, storePidFile: storePidFile)
+                    figures.append(String(format: "%.1f", cost.storeMillisPerSecond))
+                    if rate > 0 && layout != .none { seen = "  (changes seen: \(cost.changesSeen) of \(cost.written))" }
+                }
+                report("streams: store CPU, quiet / \(streamsRate) ev/s: \(layout.rawValue)", figures.joined(separator: " / ") + " ms per s" + seen)
+            }
         }
 
         if fairness.fairnessBacklog > 0 && run.contains(.fairness) {

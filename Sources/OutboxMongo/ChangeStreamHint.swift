@@ -94,17 +94,29 @@ public final class ChangeStreamHint: Service {
     }
 
     /// A `$changeStream` cursor of inserts, read batch by batch with `getMore`, on one client and
-    /// one explicit session. Used on the hint's thread only.
-    final class Stream: @unchecked Sendable {  // confined to the hint's one thread
+    /// one explicit session. Used on one thread only (the hint's, or a benchmark's).
+    public final class Stream: @unchecked Sendable {  // confined to one thread
+        /// What a stream watches: one collection (the relay's choice), or every database's
+        /// collection of a name through one cluster-wide stream (measured against it by
+        /// `ops/bench --only streams`).
+        public enum Scope: Sendable {
+            case collection(String)
+            case everyDatabase(collection: String)
+        }
+
         private let pool: MongoClientPool
         private let client: OpaquePointer
         private let session: OpaquePointer
-        private let collection: String
+        private let scope: Scope
         private var cursorId: Int64
 
-        init(pool: MongoClientPool, collection: String) throws {
+        public convenience init(pool: MongoClientPool, collection: String) throws {
+            try self.init(pool: pool, scope: .collection(collection))
+        }
+
+        public init(pool: MongoClientPool, scope: Scope) throws {
             self.pool = pool
-            self.collection = collection
+            self.scope = scope
             client = mongoc_client_pool_pop(pool.pool)!
             var error = bson_error_t()
             guard let session = mongoc_client_start_session(client, nil, &error) else {
@@ -114,11 +126,25 @@ public final class ChangeStreamHint: Service {
             self.session = session
             cursorId = 0
             do {
-                let reply = try connection.runCommand([
-                    "aggregate": .string(collection),
-                    "pipeline": [["$changeStream": [:]], ["$match": ["operationType": "insert"]], ["$project": ["_id": 1]]],
-                    "cursor": [:],
-                ])
+                let command: Document
+                switch scope {
+                case .collection(let collection):
+                    command = [
+                        "aggregate": .string(collection),
+                        "pipeline": [["$changeStream": [:]], ["$match": ["operationType": "insert"]], ["$project": ["_id": 1]]],
+                        "cursor": [:],
+                    ]
+                case .everyDatabase(let collection):
+                    command = [
+                        "aggregate": 1,
+                        "pipeline": [
+                            ["$changeStream": ["allChangesForCluster": true]],
+                            ["$match": ["operationType": "insert", "ns.coll": .string(collection)]], ["$project": ["_id": 1, "ns": 1]],
+                        ],
+                        "cursor": [:],
+                    ]
+                }
+                let reply = try connection.runCommand(command, database: database)
                 cursorId = Int64(reply["cursor"]?.documentValue?["id"]?.intValue ?? 0)
             } catch {
                 release()
@@ -126,22 +152,36 @@ public final class ChangeStreamHint: Service {
             }
         }
 
+        /// Where the cursor lives: the pool's database, or `admin` for a cluster-wide stream.
+        private var database: String? {
+            if case .everyDatabase = scope { return "admin" }
+            return nil
+        }
+
+        /// The `collection` of a `getMore` or `killCursors`.
+        private var cursorCollection: String {
+            switch scope {
+            case .collection(let collection): collection
+            case .everyDatabase: "$cmd.aggregate"
+            }
+        }
+
         private var connection: MongoConnection { MongoConnection(client: client, session: session, database: pool.database) }
 
         /// Waits up to `maxAwait` for changes; returns how many came.
-        func next(maxAwait: Duration) throws -> Int {
+        public func next(maxAwait: Duration) throws -> Int {
             guard cursorId != 0 else { throw BSONError("the change stream's cursor was closed by the server") }
-            let reply = try connection.runCommand([
-                "getMore": .int64(cursorId), "collection": .string(collection), "maxTimeMS": .int64(maxAwait.milliseconds),
-            ])
+            let reply = try connection.runCommand(
+                ["getMore": .int64(cursorId), "collection": .string(cursorCollection), "maxTimeMS": .int64(maxAwait.milliseconds)],
+                database: database)
             let cursor = reply["cursor"]?.documentValue
             cursorId = Int64(cursor?["id"]?.intValue ?? 0)
             return cursor?["nextBatch"]?.arrayValue?.count ?? 0
         }
 
-        func close() {
+        public func close() {
             if cursorId != 0 {
-                _ = try? connection.runCommand(["killCursors": .string(collection), "cursors": [.int64(cursorId)]])
+                _ = try? connection.runCommand(["killCursors": .string(cursorCollection), "cursors": [.int64(cursorId)]], database: database)
             }
             release()
         }
