@@ -153,11 +153,14 @@ public final class Relay: Service {
                 if result.fetched == 0 {
                     await idle()
                     // Until the next poll, or sooner if the store asks (a scheduled event comes due).
+                    // A shutdown ends the wait: a long poll interval must not hold it up.
                     let wait = max(min(configuration.pollInterval, store.nextFetchIn() ?? configuration.pollInterval), .zero)
-                    if let wake {
-                        await wake.wait(timeout: wait)
-                    } else {
-                        try? await Task.sleep(for: wait)
+                    try? await cancelWhenGracefulShutdown { [wake] in
+                        if let wake {
+                            await wake.wait(timeout: wait)
+                        } else {
+                            try await Task.sleep(for: wait)
+                        }
                     }
                 }
             } catch {

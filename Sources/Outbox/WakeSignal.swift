@@ -31,7 +31,7 @@ public final class WakeSignal: Sendable {
         waiter?.resume()
     }
 
-    /// Returns when signalled (or a signal was pending) or after `timeout`.
+    /// Returns when signalled (or a signal was pending), after `timeout`, or once cancelled.
     public func wait(timeout: Duration) async {
         let wait = state.withLock { state -> Int in
             state.wait += 1
@@ -54,8 +54,10 @@ public final class WakeSignal: Sendable {
                 }
             }
             group.addTask {
-                // Only a timeout that really elapsed wakes the waiter; a cancelled sleep does not.
-                if (try? await Task.sleep(for: timeout)) != nil { self.expire(wait) }
+                // The time is up, or the wait was cancelled (a shutdown): either ends it. After a
+                // signal ended it, this finds no waiter and leaves no signal pending.
+                try? await Task.sleep(for: timeout)
+                self.expire(wait)
             }
             await group.next()
             group.cancelAll()

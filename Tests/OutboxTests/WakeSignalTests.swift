@@ -22,4 +22,18 @@ struct WakeSignalTests {
         await wake.wait(timeout: .milliseconds(200))
         #expect(ContinuousClock.now - second >= .milliseconds(150), "the signal was used up")
     }
+
+    @Test("a cancelled wait ends at once and leaves no signal behind", .timeLimit(.minutes(1)))
+    func cancelled() async {
+        let wake = WakeSignal()
+        let start = ContinuousClock.now
+        let waiting = Task { await wake.wait(timeout: .seconds(60)) }
+        try? await Task.sleep(for: .milliseconds(50))
+        waiting.cancel()
+        await waiting.value
+        #expect(ContinuousClock.now - start < .seconds(10))
+        let next = ContinuousClock.now
+        await wake.wait(timeout: .milliseconds(200))
+        #expect(ContinuousClock.now - next >= .milliseconds(150), "no signal was left pending")
+    }
 }
