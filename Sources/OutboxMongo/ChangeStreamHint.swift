@@ -15,22 +15,43 @@ import Synchronization
 /// was inserted meanwhile comes in one batch with the next ask. The asks block in libmongoc, so
 /// they run on a thread of their own with a client and a session of their own, each for at most
 /// `maxAwait`, so that shutdown is noticed.
+///
+/// A relay that discovers its sources watches them all with one cluster-wide stream instead
+/// (`init(everyDatabase:…)`), filtered by collection name, and wakes the source of each database
+/// with inserts: one stream per source cost the store about six times as much
+/// (`ops/bench --only streams`), and the one stream follows databases as they come and go.
 public final class ChangeStreamHint: Service {
     private let pool: MongoClientPool
-    private let collection: String
-    private let wake: WakeSignal
+    private let scope: Stream.Scope
+    /// The signals to wake, by database; the single-collection hint has one, under "".
+    private let wakes: @Sendable () -> [String: WakeSignal]
     private let logger: Logger
     private let maxAwait: Duration
     private let thread = NIOThreadPool(numberOfThreads: 1)
     private let stopping = Atomic<Bool>(false)
 
-    public init(
+    public convenience init(
         pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, wake: WakeSignal, logger: Logger,
         maxAwait: Duration = .milliseconds(500)
     ) {
+        self.init(pool: pool, scope: .collection(collection), wakes: { ["": wake] }, logger: logger, maxAwait: maxAwait)
+    }
+
+    /// One stream over `collection` in every database, waking `wakes()[database]` (read again
+    /// before each ask, so sources added or removed meanwhile count).
+    public convenience init(
+        everyDatabase collection: String, pool: MongoClientPool, logger: Logger, maxAwait: Duration = .milliseconds(500),
+        wakes: @escaping @Sendable () -> [String: WakeSignal]
+    ) {
+        self.init(pool: pool, scope: .everyDatabase(collection: collection), wakes: wakes, logger: logger, maxAwait: maxAwait)
+    }
+
+    private init(
+        pool: MongoClientPool, scope: Stream.Scope, wakes: @escaping @Sendable () -> [String: WakeSignal], logger: Logger, maxAwait: Duration
+    ) {
         self.pool = pool
-        self.collection = collection
-        self.wake = wake
+        self.scope = scope
+        self.wakes = wakes
         self.logger = logger
         self.maxAwait = maxAwait
         thread.start()
@@ -68,8 +89,8 @@ public final class ChangeStreamHint: Service {
 
     /// One change stream, until shutdown or an error.
     private func watch() async throws {
-        let stream = try await thread.runIfActive { [pool, collection] in try Stream(pool: pool, collection: collection) }
-        logger.debug("change stream open", metadata: [LogKey.outboxCollection: "\(collection)"])
+        let stream = try await thread.runIfActive { [pool, scope] in try Stream(pool: pool, scope: scope) }
+        logger.debug("change stream open", metadata: [LogKey.outboxCollection: "\(scope)"])
         do {
             try await follow(stream)
         } catch {
@@ -82,13 +103,17 @@ public final class ChangeStreamHint: Service {
     private func follow(_ stream: Stream) async throws {
         while !isStopping {
             // Changes matter only to a relay that waits for work.
-            while !wake.isWaiting {
+            while !wakes().values.contains(where: \.isWaiting) {
                 guard !isStopping else { return }
                 try? await Task.sleep(for: .milliseconds(2))
             }
             let maxAwait = self.maxAwait
-            if try await thread.runIfActive({ try stream.next(maxAwait: maxAwait) }) > 0 {
-                wake.signal()
+            let databases = try await thread.runIfActive { try stream.nextDatabases(maxAwait: maxAwait) }
+            guard !databases.isEmpty else { continue }
+            let wakes = self.wakes()
+            switch scope {
+            case .collection: wakes.values.forEach { $0.signal() }
+            case .everyDatabase: Set(databases).forEach { wakes[$0]?.signal() }
             }
         }
     }
@@ -98,7 +123,7 @@ public final class ChangeStreamHint: Service {
     public final class Stream: @unchecked Sendable {  // confined to one thread
         /// What a stream watches: one collection (the relay's choice), or every database's
         /// collection of a name through one cluster-wide stream (measured against it by
-        /// `ops/bench --only streams`).
+        /// `ops/bench --only streams`; the relay uses it when it discovers its sources).
         public enum Scope: Sendable {
             case collection(String)
             case everyDatabase(collection: String)
@@ -170,13 +195,21 @@ public final class ChangeStreamHint: Service {
 
         /// Waits up to `maxAwait` for changes; returns how many came.
         public func next(maxAwait: Duration) throws -> Int {
+            try nextDatabases(maxAwait: maxAwait).count
+        }
+
+        /// Waits up to `maxAwait` for changes; returns the database of each (the pool's for a
+        /// stream over one collection).
+        public func nextDatabases(maxAwait: Duration) throws -> [String] {
             guard cursorId != 0 else { throw BSONError("the change stream's cursor was closed by the server") }
             let reply = try connection.runCommand(
                 ["getMore": .int64(cursorId), "collection": .string(cursorCollection), "maxTimeMS": .int64(maxAwait.milliseconds)],
                 database: database)
             let cursor = reply["cursor"]?.documentValue
             cursorId = Int64(cursor?["id"]?.intValue ?? 0)
-            return cursor?["nextBatch"]?.arrayValue?.count ?? 0
+            return (cursor?["nextBatch"]?.arrayValue ?? []).map { change in
+                change.documentValue?["ns"]?.documentValue?["db"]?.stringValue ?? pool.database
+            }
         }
 
         public func close() {

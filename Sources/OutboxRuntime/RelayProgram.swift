@@ -91,9 +91,13 @@ public enum RelayProgram {
         let threads = named.count == 1 && settings.discovery == nil ? 4 : 2
         // While several sources have work, each fetches its share of the batch size.
         let shares = FetchShares()
+        // With discovery, one stream over every database wakes the sources of its collection
+        // name: a stream per source costs the store about six times as much.
+        let streamed = settings.changeStream ? settings.discovery?.collection : nil
         let start: @Sendable (OutboxSource) async throws -> RelaySource = { source in
             let parts = try RelaySource(
-                source, settings: settings, environment: environment, threads: threads, publisher: publisher, shares: shares, logger: logger)
+                source, settings: settings, environment: environment, threads: threads, publisher: publisher, shares: shares,
+                sharedStream: source.collection == streamed, logger: logger)
             try await parts.prepare(settings)
             return parts
         }
@@ -106,6 +110,14 @@ public enum RelayProgram {
         // The span exporter first: it stops last and exports what the relay ended.
         var services: [any Service] =
             (tracing.map { [$0] } ?? []) + [ConnectionGauges(probes: [("broker", { [publisher] in publisher.isConnectedNow })])]
+        if let streamed {
+            services.append(
+                ChangeStreamHint(everyDatabase: streamed, pool: control, logger: logger) {
+                    var wakes: [String: WakeSignal] = [:]
+                    for served in supervisor.sources where served.source.collection == streamed { wakes[served.source.database] = served.wake }
+                    return wakes
+                })
+        }
         if let endpoint = settings.httpEndpoint {
             services.append(
                 OpsServer.make(

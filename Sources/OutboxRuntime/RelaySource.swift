@@ -16,6 +16,9 @@ struct RelaySource: Sendable {
     var leases: LeaseManager
     var relay: Relay
     var hint: ChangeStreamHint?
+    /// What wakes the relay's loop early (nil without change streams): its own stream, or the
+    /// relay's one stream over every discovered database.
+    var wake: WakeSignal?
     var monitor: BacklogMonitor
     var watchdog: LivenessWatchdog
     var metrics: RelayMetrics
@@ -29,10 +32,11 @@ struct RelaySource: Sendable {
     var check: OpsServer.Check { relay.failedPasses >= 3 || monitor.collectionMissing ? .degraded : .up }
 
     /// The parts of `source`; `threads` a pool (fewer when a relay serves several); `shares` the
-    /// batch size shared by the relay's sources.
+    /// batch size shared by the relay's sources; `sharedStream`: woken by the relay's stream over
+    /// every database, not a stream of its own.
     init(
         _ source: OutboxSource, settings: RelaySettings, environment: Settings, threads: Int, publisher: ConfirmPublisher, shares: FetchShares,
-        logger processLogger: Logger
+        sharedStream: Bool = false, logger processLogger: Logger
     ) throws {
         var logger = processLogger
         logger[metadataKey: LogKey.outboxSource] = "\(source)"
@@ -57,7 +61,8 @@ struct RelaySource: Sendable {
         self.leases = leases
         self.watchdog = watchdog
         self.metrics = metrics
-        hint = wake.map { ChangeStreamHint(pool: pool, collection: source.collection, wake: $0, logger: logger) }
+        self.wake = wake
+        hint = sharedStream ? nil : wake.map { ChangeStreamHint(pool: pool, collection: source.collection, wake: $0, logger: logger) }
         relay = Relay(
             store: store, publisher: publisher, leases: leases, configuration: settings.relay, metrics: metrics,
             shares: shares, logger: logger, wake: wake,

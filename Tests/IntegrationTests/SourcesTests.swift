@@ -173,6 +173,49 @@ struct SourcesTests {
         }
     }
 
+    @Test("with discovery, one change stream over every database wakes each source long before its poll")
+    func oneStreamForAll() async throws {
+        try await Fixture.with { f in
+            try await Fixture.with { g in
+                _ = try await f.queue("all")
+                let name = "outbox_" + f.exchange.dropFirst(3)
+                for fixture in [f, g] { try await fixture.pool.withConnection { _ = try $0.runCommand(["create": .string(name)]) } }
+                let port = unusedPort()
+                let relay = try Program(
+                    "outbox-relay",
+                    [
+                        "--http-address", "127.0.0.1:\(port)", "--poll-interval", "60s", "--exchange", f.exchange, "--discover-collection", name,
+                        "--discover-databases", "\(f.database),\(g.database)",
+                    ],
+                    environment: Programs.environment(f, ["LOG_LEVEL": "debug"]))
+                defer { kill(relay.pid, SIGKILL) }
+                // Both sources hold their partitions and the stream is open: from now on only a
+                // wake-up makes a pass before a minute is up.
+                #expect(
+                    await eventually(timeout: .seconds(60)) {
+                        relay.output.components(separatedBy: "partition leases changed").count == 3 && relay.output.contains("change stream open")
+                    }, "\(relay.output.suffix(3000))")
+                try await Task.sleep(for: .seconds(1))
+                // Each write is delivered within seconds: with a 60 s poll, only a change stream
+                // can have woken its source, three times in a row for each.
+                for round in 1...3 {
+                    for fixture in [f, g] {
+                        try await fixture.pool.withTransaction {
+                            try OutboxWriter(collection: name).append([f.event(aggregate: "\(fixture.database)-\(round)")], using: $0)
+                        }
+                        #expect(
+                            try await eventually(timeout: .seconds(10)) { try await fixture.count(name, ["status": "delivered"]) == round },
+                            "\(relay.output.suffix(3000))")
+                    }
+                }
+                let opened = relay.output.components(separatedBy: "change stream open").count - 1
+                #expect(opened == 1, "one stream for both sources: \(relay.output.suffix(3000))")
+                let status = await relay.terminate()
+                #expect(status == 0, "\(relay.output.suffix(2000))")
+            }
+        }
+    }
+
     @Test("outboxctl shows each source's status, and an action asks which source when several are named")
     func outboxctl() async throws {
         try await Fixture.with { f in
