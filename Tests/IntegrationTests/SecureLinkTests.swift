@@ -91,7 +91,7 @@ struct SecureLinkTests {
                 "1",
                 "--large-events", "10", "--large-event-bytes", "10000", "--consumer-messages", "0", "--flow-orders", "0",
                 "--scheduled-events", "20", "--scheduled-seconds", "1", "--console-parked", "200", "--soak-minutes", "0",
-                "--fairness-backlog", "0",
+                "--fairness-backlog", "0", "--streams-sources", "0",
             ],
             environment: SecureStack.programEnvironment(["OUTBOX_DATABASE": "secure_bench"]))
         #expect(await bench.wait(timeout: .seconds(240)) == 0, "\(bench.output.suffix(2000))")
