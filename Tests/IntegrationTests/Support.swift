@@ -198,35 +198,58 @@ enum Programs {
         var errors: String
     }
 
-    /// Runs `executable` to its end with exactly `environment`; bounded by `timeout`. It waits
-    /// with `Task.sleep`, never blocking a thread of the shared pool that other tests run on.
+    /// Runs `executable` to its end with exactly `environment`; bounded by `timeout` (then SIGTERM,
+    /// and SIGKILL five seconds later). It waits with `Task.sleep`, never blocking a thread of the
+    /// shared pool that other tests run on. Spawned with `posix_spawn` and reaped by its own pid,
+    /// as `Program` does, never through Foundation's `Process`: its monitor of children reaped
+    /// other children of the test process (a `Program`'s, which then waited in vain) and missed
+    /// the end of one of its own, leaving a test waiting for ever.
     static func run(
         _ executable: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(120)
     ) async throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = environment
         let directory = FileManager.default.temporaryDirectory
         let out = directory.appendingPathComponent("program-\(UUID().uuidString).out")
         let err = directory.appendingPathComponent("program-\(UUID().uuidString).err")
-        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         defer {
             try? FileManager.default.removeItem(at: out)
             try? FileManager.default.removeItem(at: err)
         }
-        process.standardOutput = try FileHandle(forWritingTo: out)
-        process.standardError = try FileHandle(forWritingTo: err)
-        try process.run()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, out.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, err.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        guard spawned == 0 else { throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EINVAL) }
         let deadline = ContinuousClock.now + timeout
-        while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-        if process.isRunning {
-            process.terminate()
-            while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        var killAt: ContinuousClock.Instant?
+        var status: Int32?
+        while status == nil {
+            var raw: Int32 = 0
+            let reaped = waitpid(pid, &raw, WNOHANG)
+            if reaped == pid {
+                let signal = raw & 0x7f
+                status = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+            } else if reaped == -1 && errno != EINTR {
+                status = -1  // not ours to wait for any more: nothing left to wait for
+            } else {
+                let now = ContinuousClock.now
+                if let at = killAt {
+                    if now >= at { kill(pid, SIGKILL) }
+                } else if now >= deadline {
+                    kill(pid, SIGTERM)
+                    killAt = now + .seconds(5)
+                }
+                try? await Task.sleep(for: .milliseconds(20))
+            }
         }
         return Result(
-            status: process.terminationStatus, output: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
+            status: status ?? -1, output: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
             errors: (try? String(contentsOf: err, encoding: .utf8)) ?? "")
     }
 

@@ -31,36 +31,8 @@ enum ExternalPrograms {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: executable])
         }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("wire-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let outURL = directory.appendingPathComponent("out"), errURL = directory.appendingPathComponent("err")
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = environment
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = try FileHandle(forWritingTo: outURL)
-        process.standardError = try FileHandle(forWritingTo: errURL)
-        let exits = AsyncStream<Int32>.makeStream()
-        process.terminationHandler = { process in
-            exits.continuation.yield(process.terminationStatus)
-            exits.continuation.finish()
-        }
-        try process.run()
-        let pid = process.processIdentifier
-        let timer = Task {
-            try await Task.sleep(for: timeout)
-            kill(pid, SIGKILL)
-        }
-        var status: Int32 = -1
-        for await exit in exits.stream { status = exit }
-        timer.cancel()
-        return Result(
-            status: status, output: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-            errors: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
+        let result = try await Programs.run(executable, arguments, environment: environment, timeout: timeout)
+        return Result(status: result.status, output: result.output, errors: result.errors)
     }
 
     /// Runs `outbox-relay --exit-when-idle` on the fixture's database; expects it to exit 0.
