@@ -111,19 +111,38 @@ final class Program: @unchecked Sendable {
     init(path: String, _ arguments: [String], environment: [String: String], label: String) throws {
         self.label = label
         outputFile = Self.outputDirectory.appendingPathComponent("\(label)-\(UUID().uuidString.prefix(6)).log")
+        pid = try Self.spawn(path, arguments, environment: environment, output: outputFile.path)
+    }
+
+    /// Starts `path` with standard input from /dev/null and its output written to `output` (and
+    /// its errors to `errors`, or to `output` too); returns its pid, which the caller reaps.
+    static func spawn(_ path: String, _ arguments: [String], environment: [String: String], output: String, errors: String? = nil) throws
+        -> pid_t
+    {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputFile.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        if let errors {
+            posix_spawn_file_actions_addopen(&actions, 2, errors, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        } else {
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var pid: pid_t = 0
         let result = posix_spawn(&pid, path, &actions, nil, argv, envp)
         guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: result) ?? .EINVAL) }
-        self.pid = pid
+        return pid
+    }
+
+    /// The exit status of a `waitpid` status word: the program's own, or 128 + the signal that
+    /// ended it.
+    static func exitStatus(_ raw: Int32) -> Int32 {
+        let signal = raw & 0x7f
+        return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
     }
 
     /// Everything the program wrote so far.
@@ -135,8 +154,7 @@ final class Program: @unchecked Sendable {
             if let status { return status }
             var raw: Int32 = 0
             guard waitpid(pid, &raw, WNOHANG) == pid else { return nil }
-            let signal = raw & 0x7f
-            status = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+            status = Self.exitStatus(raw)
             return status
         }
     }

@@ -214,18 +214,7 @@ enum Programs {
             try? FileManager.default.removeItem(at: out)
             try? FileManager.default.removeItem(at: err)
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, out.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, err.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-        guard spawned == 0 else { throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EINVAL) }
+        let pid = try Program.spawn(executable, arguments, environment: environment, output: out.path, errors: err.path)
         let deadline = ContinuousClock.now + timeout
         var killAt: ContinuousClock.Instant?
         var status: Int32?
@@ -233,8 +222,7 @@ enum Programs {
             var raw: Int32 = 0
             let reaped = waitpid(pid, &raw, WNOHANG)
             if reaped == pid {
-                let signal = raw & 0x7f
-                status = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+                status = Program.exitStatus(raw)
             } else if reaped == -1 && errno != EINTR {
                 status = -1  // not ours to wait for any more: nothing left to wait for
             } else {
