@@ -36,7 +36,7 @@ extension Bench {
         let streams: [ChangeStreamHint.Stream]
         switch layout {
         case .none: streams = []
-        case .perSource: streams = try pools.map { try ChangeStreamHint.Stream(pool: $0, collection: "outbox") }
+        case .perSource: streams = try pools.map { try ChangeStreamHint.Stream(pool: $0, scope: .collection("outbox")) }
         case .clusterWide: streams = [try ChangeStreamHint.Stream(pool: pools[0], scope: .everyDatabase(collection: "outbox"))]
         }
         let watching = Watching()
@@ -45,7 +45,7 @@ extension Bench {
             finished.enter()
             Thread {
                 while !watching.stop.load(ordering: .relaxed) {
-                    guard let changes = try? stream.next(maxAwait: .milliseconds(500)) else { break }
+                    guard let changes = try? stream.nextDatabases(maxAwait: .milliseconds(500)).count else { break }
                     watching.seen.add(changes, ordering: .relaxed)
                 }
                 stream.close()

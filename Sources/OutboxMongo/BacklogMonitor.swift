@@ -129,12 +129,10 @@ public final class BacklogMonitor: Service {
 }
 
 extension BacklogMonitor {
-    /// The gauges of one source.
     /// Removes the source's gauges from the backend (a source no longer served).
-    public func removeGauges() {
-        for gauge in [gauges.pending, gauges.oldestPendingAge, gauges.parked, gauges.scheduled, gauges.stuck, gauges.unowned] { gauge.destroy() }
-    }
+    public func removeGauges() { gauges.destroy() }
 
+    /// The gauges of one source.
     struct Gauges: Sendable {
         let pending: Gauge
         let oldestPendingAge: Gauge
@@ -151,6 +149,10 @@ extension BacklogMonitor {
             scheduled = Gauge(label: "outbox_scheduled_events", dimensions: dimensions)
             stuck = Gauge(label: "outbox_stuck_events", dimensions: dimensions)
             unowned = Gauge(label: "outbox_partitions_without_owner", dimensions: dimensions)
+        }
+
+        func destroy() {
+            for gauge in [pending, oldestPendingAge, parked, scheduled, stuck, unowned] { gauge.destroy() }
         }
     }
 }

@@ -34,7 +34,8 @@ public final class ChangeStreamHint: Service {
         pool: MongoClientPool, collection: String = OutboxSchema.defaultCollection, wake: WakeSignal, logger: Logger,
         maxAwait: Duration = .milliseconds(500)
     ) {
-        self.init(pool: pool, scope: .collection(collection), wakes: { ["": wake] }, logger: logger, maxAwait: maxAwait)
+        let wakes = ["": wake]  // built once: the hint reads it every few milliseconds
+        self.init(pool: pool, scope: .collection(collection), wakes: { wakes }, logger: logger, maxAwait: maxAwait)
     }
 
     /// One stream over `collection` in every database, waking `wakes()[database]` (read again
@@ -135,10 +136,6 @@ public final class ChangeStreamHint: Service {
         private let scope: Scope
         private var cursorId: Int64
 
-        public convenience init(pool: MongoClientPool, collection: String) throws {
-            try self.init(pool: pool, scope: .collection(collection))
-        }
-
         public init(pool: MongoClientPool, scope: Scope) throws {
             self.pool = pool
             self.scope = scope
@@ -192,11 +189,6 @@ public final class ChangeStreamHint: Service {
         }
 
         private var connection: MongoConnection { MongoConnection(client: client, session: session, database: pool.database) }
-
-        /// Waits up to `maxAwait` for changes; returns how many came.
-        public func next(maxAwait: Duration) throws -> Int {
-            try nextDatabases(maxAwait: maxAwait).count
-        }
 
         /// Waits up to `maxAwait` for changes; returns the database of each (the pool's for a
         /// stream over one collection).
