@@ -128,6 +128,8 @@ public final class MongoOutboxStore: OutboxStore {
         var pendingFormat = NewScanPosition()
         var pendingFormatFound = false
         var lastPendingFormatLook: ContinuousClock.Instant?
+        /// Looks made so far (see `pendingFormatFullLookEvery`).
+        var pendingFormatLooks = 0
         var lastSweep: ContinuousClock.Instant?
         /// When the last sign of scheduled events was seen, and when the last look for one was
         /// made (see `dueScheduled`).

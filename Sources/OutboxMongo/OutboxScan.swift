@@ -168,15 +168,19 @@ extension MongoOutboxStore {
     }
 
     /// How often the adopter looks for documents in the status-pending format while it found
-    /// none (on some servers the look reads every pending event).
+    /// none. The look asks for a missing or null scan id, which the status-and-scan-id index
+    /// answers; every `pendingFormatFullLookEvery`th look asks for any scan id that is not a
+    /// string, which some servers answer by reading every pending event (SecantusDB: 550 ms
+    /// against 1.3 ms among 20,000, holding every other command meanwhile).
     static let pendingFormatLookInterval = Duration.seconds(5)
+    static let pendingFormatFullLookEvery = 12
 
     /// Documents written with `status: "pending"` and no scan id, in the order written: the same
     /// windows as `scanNew` over `status: "pending"`, keeping those without a string scan id. A
     /// condition on `sid` turns some servers away from the status-and-timestamp index (measured on
     /// SecantusDB: 25 ms against 900 ms for a window of 500 among 25,000), so the known events a
     /// window holds are read and left out here; the scan runs only while a look (every
-    /// `pendingFormatLookInterval`, and at every sweep) found such documents, until it reaches the
+    /// `pendingFormatLookInterval`) found such documents, until it reaches the
     /// newest and finds none.
     static func scanPendingFormat(_ outbox: MongoCollection, state: inout ScanState, limit: Int, now: Date) throws -> Read {
         var read = Read()
@@ -184,8 +188,10 @@ extension MongoOutboxStore {
             let instant = ContinuousClock.now
             guard state.lastPendingFormatLook.map({ instant - $0 >= pendingFormatLookInterval }) ?? true else { return read }
             state.lastPendingFormatLook = instant
+            state.pendingFormatLooks += 1
+            let full = state.pendingFormatLooks % pendingFormatFullLookEvery == 1
             let look = try outbox.find(
-                ["status": .string(OutboxSchema.Status.pending), "sid": OutboxSchema.firstSight["sid"]!],
+                ["status": .string(OutboxSchema.Status.pending), "sid": full ? OutboxSchema.firstSight["sid"]! : .null],
                 options: ["limit": 1, "projection": ["_id": 1]])
             read.read += look.count
             guard !look.isEmpty else { return read }
