@@ -70,15 +70,24 @@ public enum OutboxSchema {
     /// `$nin` is a collection scan on some servers, too costly for a gauge sampled every few
     /// seconds by every relay).
     public static func oldestPending(_ outbox: MongoCollection) throws -> Date? {
-        let known = try outbox.find(
-            ["status": .string(Status.pending)], options: ["sort": ["sid": 1], "limit": 1, "projection": ["timestamp": 1, "seenAt": 1]]
+        try [oldestKnown(outbox), oldestNew(outbox)].compactMap { $0 }.min()
+    }
+
+    /// When the pending event lowest in scan order was written, or first seen.
+    static func oldestKnown(_ outbox: MongoCollection) throws -> Date? {
+        try outbox.find(
+            ["status": .string(Status.pending)],
+            options: ["sort": ["sid": 1], "limit": 1, "projection": ["timestamp": 1, "seenAt": 1]]
         ).first.flatMap { $0["timestamp"]?.dateValue ?? $0["seenAt"]?.dateValue }
+    }
+
+    /// When the oldest document no relay has seen yet was written.
+    static func oldestNew(_ outbox: MongoCollection) throws -> Date? {
         // A range on a date matches dates only.
-        let new = try outbox.find(
+        try outbox.find(
             ["status": .null, "timestamp": ["$gte": OutboxSchema.anyDate]],
             options: ["sort": ["timestamp": 1], "limit": 1, "projection": ["timestamp": 1]]
         ).first?["timestamp"]?.dateValue
-        return [known, new].compactMap { $0 }.min()
     }
 
     /// The indexes the relay's queries need. The relay creates them at start and `outboxctl init`

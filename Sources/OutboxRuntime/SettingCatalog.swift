@@ -207,7 +207,7 @@ extension SettingDeclaration {
     public static let relayMetricsInterval = SettingDeclaration(
         env: "RELAY_METRICS_INTERVAL", flag: "metrics-interval", kind: .duration(allowZero: false), default: "15s", usedBy: "relay",
         "How often the backlog gauges are sampled; each sample counts the backlog, and N live relays take turns "
-            + "(each samples every N intervals)")
+            + "(each samples every N intervals); a sample that took more than 2 % of that spaces the next one out")
     public static let metricsEventTypes = SettingDeclaration(
         env: "METRICS_EVENT_TYPES", flag: "metrics-event-types", kind: .integer(0...1000), default: "\(EventTypeLabels.defaultLimit)",
         usedBy: "relay, consumers",
