@@ -20,6 +20,9 @@ struct FairnessOptions: ParsableArguments {
     @Option(help: "Seconds B writes at least in each run of the fairness phase (longer while A's backlog lasts).")
     var fairnessSeconds = 30
 
+    @Option(help: "A file for B's events of the run with A draining, a line each: seconds from the relay's start to the commit, and ms to receipt.")
+    var fairnessTimeline: String?
+
     func validate() throws {
         guard fairnessBacklog >= 0, fairnessRate > 0, fairnessSeconds > 0 else {
             throw ValidationError("--fairness-backlog must be 0 or more, --fairness-rate and --fairness-seconds more than 0")
@@ -40,6 +43,8 @@ extension Bench {
         var drainSeconds: Double?
         /// When the last of A's backlog was received, milliseconds since the epoch.
         var drainEnd: Double
+        /// When the relay was started, milliseconds since the epoch.
+        var startedAt: Double
     }
 
     /// The phase: B alone (A empty), B while A drains `options.fairnessBacklog` events, then A alone,
@@ -54,6 +59,10 @@ extension Bench {
         )
         let idle = try await sourcesRun(backlog: 0, probesPerSecond: rate, seconds: seconds, servingB: true)
         let busy = try await sourcesRun(backlog: backlog, probesPerSecond: rate, seconds: seconds, servingB: true)
+        if let path = options.fairnessTimeline {
+            let lines = busy.probes.map { String(format: "%.3f %.1f\n", ($0.committedAt - busy.startedAt) / 1000, $0.latency) }
+            try lines.joined().write(toFile: path, atomically: true, encoding: .utf8)
+        }
         let alone = try await sourcesRun(backlog: backlog, probesPerSecond: 0, seconds: 0, servingB: false)
 
         let idleLatencies = idle.probes.map(\.latency).sorted()
@@ -178,7 +187,8 @@ extension Bench {
         let received = receipts.withLock { $0 }
         let probes = committed.enumerated().compactMap { probe, at in received[probe].map { (at, $0 - at) } }
         let run = SourcesRun(
-            probes: probes, drainSeconds: count > 0 ? (last / 1000 - started.timeIntervalSince1970) : nil, drainEnd: last)
+            probes: probes, drainSeconds: count > 0 ? (last / 1000 - started.timeIntervalSince1970) : nil, drainEnd: last,
+            startedAt: started.timeIntervalSince1970 * 1000)
         guard probes.count == committed.count, drainedCount >= count else {
             throw ValidationError("fairness run: received \(probes.count) of B's \(committed.count) events and \(drainedCount) of A's \(count)")
         }

@@ -98,7 +98,8 @@ public final class Relay: Service {
     private let onIteration: @Sendable () -> Void
     private let metrics: RelayMetrics
     private let failedPassCount = Mutex(0)
-    /// The batch size shared with the other sources of the process, and this loop's number there.
+    /// How the store is shared with the other sources of the process (see `FetchShares`), and this
+    /// loop's number there (its pool holds its commands back by the same number).
     private let shares: (shares: FetchShares, member: Int)?
     /// Events the broker acked whose delivered mark failed even after retries, by partition
     /// (bodies dropped). They are marked before the next fetch and never published again while
@@ -117,14 +118,15 @@ public final class Relay: Service {
     /// at the end of every pass of `run()`, whatever its outcome. `metrics` carry the source's label.
     public init(
         store: any OutboxStore, publisher: any ConfirmingPublisher, leases: any LeaseProvider,
-        configuration: RelayConfiguration = .init(), metrics: RelayMetrics = RelayMetrics(), shares: FetchShares? = nil, logger: Logger,
+        configuration: RelayConfiguration = .init(), metrics: RelayMetrics = RelayMetrics(), shares: (shares: FetchShares, member: Int)? = nil,
+        logger: Logger,
         wake: WakeSignal? = nil,
         idle: @escaping @Sendable () async -> Void = {},
         onIteration: @escaping @Sendable () -> Void = {}
     ) {
         self.onIteration = onIteration
         self.metrics = metrics
-        self.shares = shares.map { ($0, $0.join()) }
+        self.shares = shares
         self.wake = wake
         self.store = store
         self.publisher = publisher
@@ -171,6 +173,7 @@ public final class Relay: Service {
                 try? await Task.sleep(for: delay)
             }
         }
+        if let (shares, member) = shares { shares.leave(member) }
         logger.info("relay stopped")
     }
 
@@ -198,18 +201,34 @@ public final class Relay: Service {
         defer { leases.passEnded() }
         metrics.partitionsOwned.record(held.count)
         guard !held.isEmpty else { return RelayPassResult() }
-        let started = ContinuousClock.now
         let limit = shares.map { $0.shares.share(of: fetchLimit(), for: $0.member) } ?? fetchLimit()
-        let result = try await pass(held: held, limit: limit)
-        if let shares { shares.shares.passEnded(shares.member, busy: result.fetched > 0) }
+        var result = RelayPassResult()
+        if let (shares, member) = shares {
+            let delay = shares.delayBeforePass(member)
+            if delay > .zero { try? await Task.sleep(for: delay) }
+            shares.passStarted(member)
+        }
+        defer { shares.map { $0.shares.passEnded($0.member, full: result.fetched >= limit) } }
+        let started = ContinuousClock.now
+        result = try await pass(held: held, limit: limit)
         adapt(limit: limit, took: ContinuousClock.now - started)
         return result
+    }
+
+    /// Events a mark writes in one store command while the relay serves other sources too.
+    static let markPart = 50
+
+    /// Runs store work (a fetch, a mark) in turn with the other sources: a quiet source's first
+    /// (see `FetchShares`).
+    private func storeWork<T>(_ work: () async throws -> T) async rethrows -> T {
+        guard let (shares, member) = shares else { return try await work() }
+        return try await shares.storeWork(member, work)
     }
 
     /// The pass itself, fetching at most `limit` events.
     private func pass(held: [PartitionLease], limit: Int) async throws -> RelayPassResult {
         let earlier = try await markRemembered(held: held)
-        var batch = try await store.fetchDue(limit: limit, leases: held)
+        var batch = try await storeWork { try await store.fetchDue(limit: limit, leases: held) }
         let remembered = unmarked.withLock { Set($0.values.joined().map(\.id)) }
         if !remembered.isEmpty { batch.removeAll { remembered.contains($0.id) } }
         guard !batch.isEmpty else { return RelayPassResult(delivered: earlier) }
@@ -244,11 +263,20 @@ public final class Relay: Service {
         }
         var fencedPartitions = Set<Int>()
         if !delivered.isEmpty {
+            // Beside other sources in parts, each after its turn: a quiet source's pass waits
+            // behind one part at most.
+            let partSize = shares.map { $0.shares.isShared ? Self.markPart : delivered.count } ?? delivered.count
+            var marked = 0
             do {
-                fencedPartitions.formUnion(try await retryingMark { [store, delivered] in try await store.markDelivered(delivered, leases: held) })
+                while marked < delivered.count {
+                    let part = Array(delivered[marked..<min(marked + partSize, delivered.count)])
+                    fencedPartitions.formUnion(
+                        try await storeWork { try await retryingMark { [store] in try await store.markDelivered(part, leases: held) } })
+                    marked += part.count
+                }
             } catch {
                 // Confirmed, still pending in the store: remembered, marked before the next fetch.
-                remember(delivered)
+                remember(Array(delivered[marked...]))
                 throw error
             }
         }

@@ -1,6 +1,12 @@
 import CMongoC
 import Logging
+import Outbox
 import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// libmongoc's counters (read only by external diagnostics) live in a shared-memory segment,
 /// `/dev/shm/mongoc-<pid>`, which it leaves behind when the process ends. A later process with
@@ -178,6 +184,9 @@ public final class MongoClientPool: @unchecked Sendable {
     /// Options of every transaction: write concern majority (see `withTransaction`).
     let transactionOptions: OpaquePointer
     private let observer: Unmanaged<CommandObserverBox>?
+    /// The relay's sharing of the store between sources, and this pool's source there (see
+    /// `share(_:member:)`).
+    private let sharing = Mutex<(shares: FetchShares, member: Int)?>(nil)
 
     public init(_ configuration: MongoConfiguration) throws {
         _ = mongocInitialised
@@ -247,8 +256,18 @@ public final class MongoClientPool: @unchecked Sendable {
         try await threadPool.runIfActive { [self] in
             let client = mongoc_client_pool_pop(pool)!
             defer { mongoc_client_pool_push(pool, client) }
-            return try body(MongoConnection(client: client, session: nil, database: database, transactionOptions: transactionOptions))
+            return try body(
+                MongoConnection(
+                    client: client, session: nil, database: database, transactionOptions: transactionOptions, sharing: sharing.withLock { $0 }))
         }
+    }
+
+    /// Makes every collection command of this pool take its turn as `member` of `shares`: while
+    /// the member drains a backlog and a quiet member's store work is under way, each command
+    /// waits first (blocking only the pool thread that runs it, at most `shares.longestYield`);
+    /// while the member is quiet, its commands make the draining ones wait.
+    public func share(_ shares: FetchShares, member: Int) {
+        sharing.withLock { $0 = (shares, member) }
     }
 
     /// Runs `body` inside a multi-document transaction with libmongoc's `with_transaction`
@@ -278,12 +297,28 @@ public struct MongoConnection {
     public let database: String
     /// The pool's transaction options (write concern majority).
     let transactionOptions: OpaquePointer?
+    /// The pool's turns among the relay's sources (see `MongoClientPool.share(_:member:)`).
+    let sharing: (shares: FetchShares, member: Int)?
 
-    init(client: OpaquePointer, session: OpaquePointer?, database: String, transactionOptions: OpaquePointer? = nil) {
+    init(
+        client: OpaquePointer, session: OpaquePointer?, database: String, transactionOptions: OpaquePointer? = nil,
+        sharing: (shares: FetchShares, member: Int)? = nil
+    ) {
         self.client = client
         self.session = session
         self.database = database
         self.transactionOptions = transactionOptions
+        self.sharing = sharing
+    }
+
+    /// Runs one collection command in its turn (see `MongoClientPool.share(_:member:)`).
+    func inTurn<R>(_ command: () throws -> R) rethrows -> R {
+        guard let (shares, member) = sharing else { return try command() }
+        if shares.shouldYield(member) {
+            let deadline = ContinuousClock.now + shares.longestYield
+            while shares.shouldYield(member) && ContinuousClock.now < deadline { usleep(500) }
+        }
+        return try shares.storeCommand(member, command)
     }
 
     public func collection(_ name: String) -> MongoCollection {
@@ -299,6 +334,10 @@ public struct MongoConnection {
     /// Runs a database command (read or write) and returns the reply.
     @discardableResult
     public func runCommand(_ command: Document, database: String? = nil) throws -> Document {
+        try inTurn { try runCommandNow(command, database: database) }
+    }
+
+    private func runCommandNow(_ command: Document, database: String?) throws -> Document {
         try withOptions(nil) { opts in
             let reply = outbox_reply_new()!
             defer { outbox_reply_free(reply) }
@@ -334,7 +373,8 @@ public struct MongoConnection {
 
         return try withoutActuallyEscaping(body) { body in
             let context = TransactionContext(
-                connection: MongoConnection(client: client, session: session, database: database, transactionOptions: transactionOptions)
+                connection: MongoConnection(
+                    client: client, session: session, database: database, transactionOptions: transactionOptions, sharing: sharing)
             ) {
                 try body($0)
             }

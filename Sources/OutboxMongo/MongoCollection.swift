@@ -19,9 +19,11 @@ public struct MongoCollection {
     }
 
     private func withHandle<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R {
-        let handle = mongoc_client_get_collection(connection.client, connection.database, name)!
-        defer { mongoc_collection_destroy(handle) }
-        return try body(handle)
+        try connection.inTurn {
+            let handle = mongoc_client_get_collection(connection.client, connection.database, name)!
+            defer { mongoc_collection_destroy(handle) }
+            return try body(handle)
+        }
     }
 
     private func write(

@@ -31,8 +31,8 @@ struct RelaySource: Sendable {
     /// while its collection is missing.
     var check: OpsServer.Check { relay.failedPasses >= 3 || monitor.collectionMissing ? .degraded : .up }
 
-    /// The parts of `source`; `threads` a pool (fewer when a relay serves several); `shares` the
-    /// batch size shared by the relay's sources; `sharedStream`: woken by the relay's stream over
+    /// The parts of `source`; `threads` a pool (fewer when a relay serves several); `shares` how the
+    /// relay's sources share the store; `sharedStream`: woken by the relay's stream over
     /// every database, not a stream of its own.
     init(
         _ source: OutboxSource, settings: RelaySettings, environment: Settings, threads: Int, publisher: ConfirmPublisher, shares: FetchShares,
@@ -42,6 +42,9 @@ struct RelaySource: Sendable {
         logger[metadataKey: LogKey.outboxSource] = "\(source)"
         let own = settings.settings(of: source)
         let pool = try environment.mongoPool(uri: settings.uri, database: source.database, appName: RelayProgram.program, threads: threads)
+        // While another source's quiet pass is at the store, this source's commands wait if it drains.
+        let member = shares.join()
+        pool.share(shares, member: member)
         let watchdog = LivenessWatchdog(timeout: settings.livenessTimeout)
         let store = MongoOutboxStore(
             pool: pool, owner: settings.owner,
@@ -65,7 +68,7 @@ struct RelaySource: Sendable {
         hint = sharedStream ? nil : wake.map { ChangeStreamHint(pool: pool, collection: source.collection, wake: $0, logger: logger) }
         relay = Relay(
             store: store, publisher: publisher, leases: leases, configuration: settings.relay, metrics: metrics,
-            shares: shares, logger: logger, wake: wake,
+            shares: (shares, member), logger: logger, wake: wake,
             idle: { [publisher] in await publisher.keepAlive() },
             onIteration: { [watchdog] in watchdog.iterationCompleted() })
         monitor = BacklogMonitor(

@@ -1,6 +1,7 @@
 import Foundation
 import Outbox
 import OutboxMongo
+import Synchronization
 import Testing
 
 /// One `outbox-relay` serving the outboxes of several services (issue 26): each database's
@@ -28,6 +29,29 @@ struct SourcesTests {
             environment: Programs.environment(f))
         #expect(result.status == 0, "python writer: \(result.errors)")
         return try JSONDecoder().decode(Output.self, from: Data(result.output.utf8)).events
+    }
+
+    @Test("a draining source's pool holds each command back while a quiet source's store work is under way, at most the longest wait")
+    func poolsTakeTurns() async throws {
+        try await Fixture.with { f in
+            let shares = FetchShares(longestYield: .milliseconds(300))
+            let (draining, quiet) = (shares.join(), shares.join())
+            shares.passEnded(draining, full: true)
+            let pool = try MongoClientPool(MongoConfiguration(uri: Servers.mongoURI, database: f.database, threads: 2, appName: "integration-tests"))
+            pool.share(shares, member: draining)
+            let count: @Sendable () async throws -> Duration = {
+                let started = ContinuousClock.now
+                _ = try await pool.withConnection { try $0.collection("outbox").countDocuments() }
+                return ContinuousClock.now - started
+            }
+            let free = try await count()
+            #expect(free < .milliseconds(300), "nobody quiet at work: no wait")
+            let held = try await shares.storeWork(quiet) { try await count() }
+            #expect(held >= .milliseconds(300), "held back for the longest wait")
+            shares.passEnded(draining, full: false)
+            let quietToo = try await shares.storeWork(quiet) { try await count() }
+            #expect(quietToo < .milliseconds(300), "a source that does not drain does not wait")
+        }
     }
 
     @Test("one relay drains two databases' outboxes, a collection name with a dot among them, each event once and in order")

@@ -1,5 +1,5 @@
 import Logging
-import Outbox
+@testable import Outbox
 @testable import OutboxRuntime
 import Testing
 
@@ -83,20 +83,49 @@ struct FetchSharesTests {
         var instant = ContinuousClock.now
     }
 
-    @Test("the batch size is split between the sources busy within the window, at least one event each")
+    @Test("the batch size is split between the sources draining, at least one event each")
     func shares() {
-        let clock = Clock()
-        let shares = FetchShares(window: .seconds(1), now: { clock.instant })
+        let shares = FetchShares()
         let (a, b, c) = (shares.join(), shares.join(), shares.join())
-        #expect(shares.share(of: 500, for: a) == 500, "alone busy")
-        shares.passEnded(b, busy: true)
+        #expect(shares.share(of: 500, for: a) == 500, "alone draining")
+        shares.passEnded(b, full: true)
         #expect(shares.share(of: 500, for: a) == 250)
-        shares.passEnded(c, busy: true)
+        shares.passEnded(c, full: true)
         #expect(shares.share(of: 500, for: a) == 166)
         #expect(shares.share(of: 2, for: a) == 1)
-        shares.passEnded(c, busy: false)
-        #expect(shares.share(of: 500, for: a) == 250, "an idle pass leaves the busy ones")
-        clock.instant += .seconds(2)
-        #expect(shares.share(of: 500, for: a) == 500, "busy only within the window")
+        shares.passEnded(c, full: false)
+        #expect(shares.share(of: 500, for: a) == 250, "a pass that was not full leaves the draining ones")
+    }
+
+    @Test("a draining source yields while a quiet source's store work is under way; a quiet source's passes are spaced while another drains")
+    func quietFirst() async {
+        let clock = Clock()
+        let shares = FetchShares(quietInterval: .milliseconds(100), now: { clock.instant })
+        let (a, b) = (shares.join(), shares.join())
+        #expect(shares.isShared)
+        shares.passStarted(a)
+        shares.passEnded(a, full: true)
+        #expect(!shares.shouldYield(a), "no quiet work under way")
+        shares.passStarted(b)
+        await shares.storeWork(b) {
+            #expect(shares.shouldYield(a), "b has not drained anything: quiet")
+            #expect(!shares.shouldYield(b), "a quiet source never yields")
+        }
+        #expect(!shares.shouldYield(a), "only while the quiet work is under way")
+        clock.instant += .milliseconds(30)
+        shares.passEnded(b, full: false)
+        #expect(shares.delayBeforePass(b) == .milliseconds(70), "a quiet pass at most every 100 ms while a drains")
+        #expect(shares.delayBeforePass(a) == .zero, "a draining source starts at once")
+        shares.passEnded(a, full: false)
+        #expect(shares.delayBeforePass(b) == .zero, "nobody drains")
+
+        shares.passEnded(a, full: true)
+        shares.passEnded(b, full: true)
+        await shares.storeWork(b) {
+            #expect(!shares.shouldYield(a), "two draining sources do not yield to each other")
+        }
+        shares.passEnded(b, full: false)
+        shares.leave(b)
+        #expect(!shares.isShared, "a member that left no longer counts")
     }
 }

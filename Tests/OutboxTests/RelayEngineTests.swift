@@ -107,4 +107,18 @@ struct RelayEngineTests {
         while try await relay.runOnce().fetched > 0 {}
         #expect(publisher.published.withLock { $0 } == ["a-1", "b-1", "a-2", "a-2", "a-3"])
     }
+
+    @Test("beside another source a relay marks in parts, each a store command; alone, a batch is one mark")
+    func marksInParts() async throws {
+        for withNeighbour in [false, true] {
+            let store = FlakyMarkStore(MemoryStore((0..<120).map { event("e\($0)", aggregate: "a\($0)") }), failures: 0)
+            let shares = FetchShares()
+            if withNeighbour { _ = shares.join() }
+            let relay = Relay(
+                store: store, publisher: ScriptedPublisher { _ in .acked }, leases: StaticLeases(), shares: (shares, shares.join()), logger: logger)
+            #expect(try await relay.runOnce().delivered == 120)
+            #expect(store.markCalls.withLock { $0 } == (withNeighbour ? 3 : 1))
+            #expect((0..<120).allSatisfy { store.inner.status("e\($0)") == "delivered" })
+        }
+    }
 }
