@@ -98,9 +98,9 @@ public final class Relay: Service {
     private let onIteration: @Sendable () -> Void
     private let metrics: RelayMetrics
     private let failedPassCount = Mutex(0)
-    /// How the store is shared with the other sources of the process (see `FetchShares`), and this
+    /// How the store is shared with the other sources of the process (see `StoreShares`), and this
     /// loop's number there (its pool holds its commands back by the same number).
-    private let shares: (shares: FetchShares, member: Int)?
+    private let shares: (shares: StoreShares, member: Int)?
     /// Events the broker acked whose delivered mark failed even after retries, by partition
     /// (bodies dropped). They are marked before the next fetch and never published again while
     /// this relay holds their partition; once another relay owns it, they are forgotten (that relay
@@ -118,7 +118,7 @@ public final class Relay: Service {
     /// at the end of every pass of `run()`, whatever its outcome. `metrics` carry the source's label.
     public init(
         store: any OutboxStore, publisher: any ConfirmingPublisher, leases: any LeaseProvider,
-        configuration: RelayConfiguration = .init(), metrics: RelayMetrics = RelayMetrics(), shares: (shares: FetchShares, member: Int)? = nil,
+        configuration: RelayConfiguration = .init(), metrics: RelayMetrics = RelayMetrics(), shares: (shares: StoreShares, member: Int)? = nil,
         logger: Logger,
         wake: WakeSignal? = nil,
         idle: @escaping @Sendable () async -> Void = {},
@@ -219,7 +219,7 @@ public final class Relay: Service {
     static let markPart = 50
 
     /// Runs store work (a fetch, a mark) in turn with the other sources: a quiet source's first
-    /// (see `FetchShares`).
+    /// (see `StoreShares`).
     private func storeWork<T>(_ work: () async throws -> T) async rethrows -> T {
         guard let (shares, member) = shares else { return try await work() }
         return try await shares.storeWork(member, work)

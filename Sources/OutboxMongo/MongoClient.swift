@@ -186,7 +186,7 @@ public final class MongoClientPool: @unchecked Sendable {
     private let observer: Unmanaged<CommandObserverBox>?
     /// The relay's sharing of the store between sources, and this pool's source there (see
     /// `share(_:member:)`).
-    private let sharing = Mutex<(shares: FetchShares, member: Int)?>(nil)
+    private let sharing = Mutex<(shares: StoreShares, member: Int)?>(nil)
 
     public init(_ configuration: MongoConfiguration) throws {
         _ = mongocInitialised
@@ -266,7 +266,7 @@ public final class MongoClientPool: @unchecked Sendable {
     /// the member drains a backlog and a quiet member's store work is under way, each command
     /// waits first (blocking only the pool thread that runs it, at most `shares.longestYield`);
     /// while the member is quiet, its commands make the draining ones wait.
-    public func share(_ shares: FetchShares, member: Int) {
+    public func share(_ shares: StoreShares, member: Int) {
         sharing.withLock { $0 = (shares, member) }
     }
 
@@ -298,11 +298,11 @@ public struct MongoConnection {
     /// The pool's transaction options (write concern majority).
     let transactionOptions: OpaquePointer?
     /// The pool's turns among the relay's sources (see `MongoClientPool.share(_:member:)`).
-    let sharing: (shares: FetchShares, member: Int)?
+    let sharing: (shares: StoreShares, member: Int)?
 
     init(
         client: OpaquePointer, session: OpaquePointer?, database: String, transactionOptions: OpaquePointer? = nil,
-        sharing: (shares: FetchShares, member: Int)? = nil
+        sharing: (shares: StoreShares, member: Int)? = nil
     ) {
         self.client = client
         self.session = session

@@ -89,8 +89,8 @@ public enum RelayProgram {
         }
         // Fewer threads a source when there are (or may come) several.
         let threads = named.count == 1 && settings.discovery == nil ? 4 : 2
-        // While several sources have work, each fetches its share of the batch size.
-        let shares = FetchShares()
+        // The sources share the store: a quiet one's work first, draining ones share the batch size.
+        let shares = StoreShares()
         // With discovery, one stream over every database wakes the sources of its collection
         // name: a stream per source costs the store about six times as much.
         let streamed = settings.changeStream ? settings.discovery?.collection : nil

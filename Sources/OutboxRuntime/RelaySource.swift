@@ -35,7 +35,7 @@ struct RelaySource: Sendable {
     /// relay's sources share the store; `sharedStream`: woken by the relay's stream over
     /// every database, not a stream of its own.
     init(
-        _ source: OutboxSource, settings: RelaySettings, environment: Settings, threads: Int, publisher: ConfirmPublisher, shares: FetchShares,
+        _ source: OutboxSource, settings: RelaySettings, environment: Settings, threads: Int, publisher: ConfirmPublisher, shares: StoreShares,
         sharedStream: Bool = false, logger processLogger: Logger
     ) throws {
         var logger = processLogger

@@ -34,7 +34,7 @@ struct SourcesTests {
     @Test("a draining source's pool holds each command back while a quiet source's store work is under way, at most the longest wait")
     func poolsTakeTurns() async throws {
         try await Fixture.with { f in
-            let shares = FetchShares(longestYield: .milliseconds(300))
+            let shares = StoreShares(longestYield: .milliseconds(300))
             let (draining, quiet) = (shares.join(), shares.join())
             shares.passEnded(draining, full: true)
             let pool = try MongoClientPool(MongoConfiguration(uri: Servers.mongoURI, database: f.database, threads: 2, appName: "integration-tests"))

@@ -77,15 +77,15 @@ struct OutboxSourceTests {
     }
 }
 
-@Suite("Fetch shares between sources")
-struct FetchSharesTests {
+@Suite("Sources sharing the store")
+struct StoreSharesTests {
     final class Clock: @unchecked Sendable {
         var instant = ContinuousClock.now
     }
 
     @Test("the batch size is split between the sources draining, at least one event each")
     func shares() {
-        let shares = FetchShares()
+        let shares = StoreShares()
         let (a, b, c) = (shares.join(), shares.join(), shares.join())
         #expect(shares.share(of: 500, for: a) == 500, "alone draining")
         shares.passEnded(b, full: true)
@@ -100,7 +100,7 @@ struct FetchSharesTests {
     @Test("a draining source yields while a quiet source's store work is under way; a quiet source's passes are spaced while another drains")
     func quietFirst() async {
         let clock = Clock()
-        let shares = FetchShares(quietInterval: .milliseconds(100), now: { clock.instant })
+        let shares = StoreShares(quietInterval: .milliseconds(100), now: { clock.instant })
         let (a, b) = (shares.join(), shares.join())
         #expect(shares.isShared)
         shares.passStarted(a)

@@ -112,7 +112,7 @@ struct RelayEngineTests {
     func marksInParts() async throws {
         for withNeighbour in [false, true] {
             let store = FlakyMarkStore(MemoryStore((0..<120).map { event("e\($0)", aggregate: "a\($0)") }), failures: 0)
-            let shares = FetchShares()
+            let shares = StoreShares()
             if withNeighbour { _ = shares.join() }
             let relay = Relay(
                 store: store, publisher: ScriptedPublisher { _ in .acked }, leases: StaticLeases(), shares: (shares, shares.join()), logger: logger)

@@ -13,7 +13,7 @@ import Synchronization
 /// - While another source drains, a quiet source starts a pass at most once every `quietInterval`,
 ///   so that its events share passes (each pass costs the store about the same, whatever it
 ///   carries) and leave the store to the backlog.
-public final class FetchShares: Sendable {
+public final class StoreShares: Sendable {
     private struct Member {
         /// The last pass fetched its whole limit.
         var draining = false
