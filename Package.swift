@@ -30,8 +30,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
-        // OTLP over HTTP (protobuf) only: the gRPC exporter would add about 5 MB to the relay.
-        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
+        // OTLP/gRPC for the tracing exporter (HTTP/2 over SwiftNIO).
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     ],
     targets: [
         // MARK: The product (Sources/)
@@ -99,12 +99,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        // OpenTelemetry spans exported by swift-otel, for the programs that make spans (not outboxctl).
+        // OpenTelemetry spans exported over OTLP (HTTP/protobuf or gRPC), for the programs that make
+        // spans (not outboxctl).
         .target(
             name: "OutboxTracing",
             dependencies: [
                 "Outbox", "OutboxRuntime",
-                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -48,6 +48,8 @@ public enum LogKey {
     public static let relayParkTransientAfter = "relay.park_transient_after"
     public static let relayPassDuration = "relay.pass_duration"
     public static let retryIn = "retry.in"
+    public static let tracesEndpoint = "otel.traces.endpoint"
     public static let tracesExporter = "otel.traces.exporter"
+    public static let tracesSpans = "otel.traces.spans"
     public static let tracesProtocol = "otel.traces.protocol"
 }

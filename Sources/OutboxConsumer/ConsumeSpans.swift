@@ -20,22 +20,15 @@ final class ConsumeSpans: Sendable {
 
     /// Starts the span of `delivery`; returns the headers its handler sees.
     func start(_ delivery: AMQPDelivery, messageId: String) -> [String: HeaderValue] {
-        let tracer = InstrumentationSystem.tracer
-        guard !(tracer is NoOpTracer) else { return delivery.headers }
-        var parent = InstrumentationContext.topLevel
-        tracer.extract(delivery.headers, into: &parent, using: HeaderCarrier())
-        let span = tracer.startSpan("process \(queue)", context: parent, ofKind: .consumer)
-        guard span.isRecording else { return delivery.headers }
-        // In one update: each assignment of its own copies the span's attributes twice.
-        span.updateAttributes { attributes in
-            attributes.setMessaging(
-                operation: "process", name: "process", exchange: delivery.exchange, routingKey: delivery.routingKey, messageId: messageId,
-                bodySize: delivery.body.count)
-            attributes["messaging.consumer.group.name"] = consumer
-            if delivery.redelivered { attributes["outbox.consumer.redelivered"] = true }
-        }
+        guard let starter = MessageSpans() else { return delivery.headers }
         var headers = delivery.headers
-        tracer.inject(span.context, into: &headers, using: HeaderCarrier())
+        let span = starter.start(
+            "process \(queue)", kind: .consumer,
+            attributes: MessagingAttributes(
+                operation: "process", name: "process", exchange: delivery.exchange, routingKey: delivery.routingKey, messageId: messageId,
+                bodySize: delivery.body.count, consumerGroup: consumer, redelivered: delivery.redelivered),
+            headers: &headers)
+        guard span.isRecording else { return delivery.headers }
         open.withLock { $0[delivery.deliveryTag] = span }
         return headers
     }

@@ -86,7 +86,7 @@ extension SettingDeclaration {
     public static let otelTracesExporter = SettingDeclaration(
         env: "OTEL_TRACES_EXPORTER", flag: nil, default: nil, shown: "unset: tracing off", usedBy: "relay, consumers", example: "otlp",
         "otlp turns OpenTelemetry tracing on: a span per publish (relay) and per message applied (consumers), exported to "
-            + "OTEL_EXPORTER_OTLP_ENDPOINT over OTLP/HTTP (OTEL_EXPORTER_OTLP_PROTOCOL http/protobuf); OTEL_SERVICE_NAME, "
+            + "OTEL_EXPORTER_OTLP_ENDPOINT over OTLP (OTEL_EXPORTER_OTLP_PROTOCOL http/protobuf or grpc); OTEL_SERVICE_NAME, "
             + "OTEL_TRACES_SAMPLER (parentbased_always_off: spans only for events a writer traced) and OTEL_BSP_* as the "
             + "OpenTelemetry specification says")
     public static let partitions = SettingDeclaration(

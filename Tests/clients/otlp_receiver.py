@@ -1,12 +1,13 @@
-"""An OTLP/HTTP trace receiver for the tests and ops/bench: decodes each export request with the
+"""An OTLP trace receiver for the tests and ops/bench: decodes each export request with the
 OpenTelemetry protocol's own protobuf classes (opentelemetry-proto) and writes one JSON line per
 span to a file (attribute values as text), so a test can check parents, kinds and attributes of
-what the programs exported.
+what the programs exported. OTLP/HTTP by default; OTLP/gRPC with --grpc, served by grpcio with
+the protocol's own service stubs (trace_service_pb2_grpc).
 
-    python otlp_receiver.py SPANS_FILE     prints the port it listens on, then serves until killed
+    python otlp_receiver.py SPANS_FILE [--grpc]    prints the port it listens on, then serves until killed
 
-SIGUSR1 makes it a slow collector: from then on it answers each export only after 5 seconds and
-records nothing.
+SIGUSR1 makes it a slow collector: from then on it answers each export only after 5 seconds (HTTP
+503, gRPC UNAVAILABLE) and records nothing.
 """
 
 import json
@@ -75,9 +76,33 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def serve_grpc():
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            if SLOW.is_set():
+                time.sleep(5)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "slow collector")
+            record(request)
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGUSR1, lambda *_: SLOW.set())
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a parent may have passed signals on blocked
+    if "--grpc" in sys.argv[2:]:
+        serve_grpc()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
