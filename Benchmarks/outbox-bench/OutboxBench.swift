@@ -98,11 +98,11 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Python with the OpenTelemetry protocol package, for the span receiver of the tracing phase (ops/bench passes the project's).")
     var python = "python3"
 
-    @Option(help: "The OTLP/HTTP span receiver script of the tracing phase (ops/bench passes Tests/clients/otlp_receiver.py).")
+    @Option(help: "The OTLP span receiver script of the tracing phase (ops/bench passes Tests/clients/otlp_receiver.py).")
     var otlpReceiver: String?
 
-    @Option(help: "Rounds of the tracing comparison (off, then on); each figure is the lowest of its rounds.")
-    var tracingRounds = 2
+    @Option(help: "Rounds of the tracing comparison (off, then on over OTLP/HTTP and over OTLP/gRPC); each figure is the lowest of its rounds.")
+    var tracingRounds = 3
 
     @Option(help: "Rounds of the scale-out comparison (1 relay, then 3); each figure is the best of its rounds.")
     var scaleOutRounds = 3
@@ -185,13 +185,18 @@ struct BenchCommand: AsyncParsableCommand {
         if run.contains(.tracing), let otlpReceiver {
             let rounds = max(tracingRounds, 1)
             print(
-                "tracing: the \(backlog) backlog, each event with a writer's traceparent, drained with tracing off, then on (OTLP/HTTP to a receiver); \(rounds) round(s)"
+                "tracing: the \(backlog) backlog, each event with a writer's traceparent, drained with tracing off, then on (OTLP/HTTP, then OTLP/gRPC, to a receiver); \(rounds) round(s)"
             )
             let cost = try await bench.tracingCost(events: backlog, rounds: rounds, python: python, receiver: otlpReceiver)
             report("relay CPU time per event, tracing off", String(format: "%.1f µs", cost.off))
-            report(
-                "relay CPU time per event, tracing on",
-                String(format: "%.1f µs  (%@× off; %d of %d spans received)", cost.on, ratio(cost.on, cost.off), cost.spansReceived, cost.spansMade))
+            for transport in Bench.tracingTransports {
+                let on = cost.on[transport] ?? 0
+                report(
+                    "relay CPU time per event, tracing on (\(transport == "grpc" ? "OTLP/gRPC" : "OTLP/HTTP"))",
+                    String(
+                        format: "%.1f µs  (%@× off; %d of %d spans received)", on, ratio(on, cost.off), cost.spansReceived[transport] ?? 0,
+                        cost.spansMade))
+            }
         }
         if run.contains(.scaleOut) {
             let rounds = max(scaleOutRounds, 1)
