@@ -66,7 +66,7 @@ struct TracingTests {
     }
 
     @Test(
-        "1,000 events, each one trace: writer → relay PRODUCER → consumer CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes (the relay exports over gRPC, the consumer over HTTP)"
+        "1,000 events, each one trace: writer → relay PRODUCER → both consumers CONSUMER → follow-up PRODUCER: parents, kinds and messaging attributes (the relay and the notification consumer export over gRPC, the inventory consumer over HTTP)"
     )
     func traceChain() async throws {
         try await Fixture.with { f in
@@ -98,6 +98,21 @@ struct TracingTests {
                     ]) { $1 }))
             defer { kill(consumer.pid, SIGKILL) }
             #expect(await eventually { await httpGet(port: consumerPort, "/health/ready")?.status == 200 }, "\(consumer.output)")
+            // The second consumer of OrderCreated, exporting over gRPC beside the relay.
+            let notificationQueue = "\(f.exchange).notification"
+            f.track(queue: notificationQueue)
+            f.track(queue: "\(notificationQueue).dlq")
+            let notificationPort = unusedPort()
+            let notifications = try Program(
+                "notification-consumer",
+                environment: Programs.environment(
+                    f,
+                    relayReceiver.tracing.merging([
+                        "CONSUMER_EXCHANGE": f.exchange, "CONSUMER_QUEUE": notificationQueue,
+                        "CONSUMER_HTTP_ADDRESS": "127.0.0.1:\(notificationPort)",
+                    ]) { $1 }))
+            defer { kill(notifications.pid, SIGKILL) }
+            #expect(await eventually { await httpGet(port: notificationPort, "/health/ready")?.status == 200 }, "\(notifications.output)")
             _ = try await f.queue("followups", bindings: ["inventory.#"])
             let relay = try Program(
                 "outbox-relay", ["--http-address", "off", "--exchange", f.exchange, "--poll-interval", "50ms"],
@@ -108,8 +123,9 @@ struct TracingTests {
                 try await eventually(timeout: .seconds(90)) { try await f.count("outbox", ["status": "delivered"]) == 2 * events }, "\(relay.output)")
             #expect(await relay.terminate() == 0, "\(relay.output.suffix(3000))")
             #expect(await consumer.terminate() == 0, "\(consumer.output.suffix(3000))")
+            #expect(await notifications.terminate() == 0, "\(notifications.output.suffix(3000))")
             #expect(
-                await eventually(timeout: .seconds(30)) { relayReceiver.spans.count >= 2 * events && receiver.spans.count >= events },
+                await eventually(timeout: .seconds(30)) { relayReceiver.spans.count >= 3 * events && receiver.spans.count >= events },
                 "spans: \(relayReceiver.spans.count) + \(receiver.spans.count)")
             let spans = relayReceiver.spans + receiver.spans
             let publishes = Dictionary(spans.filter { $0.kind == "producer" }.map { ($0.attributes["messaging.message.id"] ?? "", $0) }) { first, _ in
@@ -129,7 +145,12 @@ struct TracingTests {
                 #expect(publish.attributes["messaging.rabbitmq.destination.routing_key"] == "order.created")
                 #expect(publish.attributes["outbox.event.type"] == "OrderCreated")
                 #expect(publish.attributes["outbox.event.wait_ms"] != nil)
-                let process = try #require(children[publish.spanId]?.only, "the consumer's span of \(event.id)")
+                let processes = children[publish.spanId] ?? []
+                #expect(processes.count == 2, "one span of each consumer: \(processes.map(\.service))")
+                let notified = try #require(processes.filter { $0.service == "notification-consumer" }.only, "the notification span of \(event.id)")
+                #expect(notified.kind == "consumer" && notified.traceId == event.traceId && notified.name == "process \(notificationQueue)")
+                #expect(notified.attributes["messaging.consumer.group.name"] == "notification")
+                let process = try #require(processes.filter { $0.service == "inventory-consumer" }.only, "the inventory span of \(event.id)")
                 #expect(process.kind == "consumer")
                 #expect(process.service == "inventory-consumer")
                 #expect(process.traceId == event.traceId)
