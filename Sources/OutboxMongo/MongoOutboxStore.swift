@@ -128,9 +128,13 @@ public final class MongoOutboxStore: OutboxStore {
         var pendingFormat = NewScanPosition()
         var pendingFormatFound = false
         var lastPendingFormatLook: ContinuousClock.Instant?
-        /// Looks made so far (see `pendingFormatFullLookEvery`).
-        var pendingFormatLooks = 0
+        /// When a look asks the full question (see `pendingFormatFullLookEvery`).
+        var pendingFormatLooks = FullQuestions(every: pendingFormatFullLookEvery)
         var lastSweep: ContinuousClock.Instant?
+        /// When a sweep is full (see `sweepFullEvery`).
+        var sweeps = FullQuestions(every: sweepFullEvery)
+        /// Whether the last fetch found less than it asked for: the relay has caught up.
+        var caughtUp = false
         /// When the last sign of scheduled events was seen, and when the last look for one was
         /// made (see `dueScheduled`).
         var scheduledSeen: ContinuousClock.Instant?
@@ -185,13 +189,14 @@ public final class MongoOutboxStore: OutboxStore {
         let now = ContinuousClock.now
         let sweep = isAdopter && state.lastSweep.map { now - $0 >= options.sweepInterval } ?? isAdopter
         if sweep { state.lastSweep = now }
+        let fullSweep = sweep && state.sweeps.nextIsFull(caughtUp: state.caughtUp)
         let (start, clock) = (state, clock)
         let epochs = Dictionary(leases.map { ($0.partition, $0.epoch) }, uniquingKeysWith: max)
         let fetch = try await pool.withConnection { connection in
             try clock.measureIfStale(on: connection)
             return try Self.fetch(
-                connection.collection(options.collection), limit: limit, owned: owned, epochs: epochs, adopt: isAdopter, sweep: sweep, from: start,
-                options: options, now: clock.now())
+                connection.collection(options.collection), limit: limit, owned: owned, epochs: epochs, adopt: isAdopter, sweep: sweep,
+                fullSweep: fullSweep, from: start, options: options, now: clock.now())
         }
         nextFetchAt.withLock { $0 = fetch.nextDue }
         metrics.documentsRead.increment(by: fetch.read)
@@ -245,8 +250,8 @@ public final class MongoOutboxStore: OutboxStore {
     }
 
     static func fetch(
-        _ outbox: MongoCollection, limit: Int, owned: Set<Int>, epochs: [Int: Int64], adopt: Bool, sweep: Bool, from start: ScanState,
-        options: Options, now: Date
+        _ outbox: MongoCollection, limit: Int, owned: Set<Int>, epochs: [Int: Int64], adopt: Bool, sweep: Bool, fullSweep: Bool,
+        from start: ScanState, options: Options, now: Date
     ) throws -> Fetch {
         var fetch = Fetch(state: start)
 
@@ -278,7 +283,7 @@ public final class MongoOutboxStore: OutboxStore {
         }
         if candidates.count + newOwned.count > limit { candidates.removeLast(candidates.count + newOwned.count - limit) }
         if sweep {
-            try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), options: options, now: now)
+            try sweepUnreachable(outbox, into: &fetch, limit: max(limit, 1), full: fullSweep, caughtUp: start.caughtUp, options: options, now: now)
         }
         // After the scans: an event scheduled before one they read is seen here.
         var seen = schedule.seen || !fetch.scheduleLater.isEmpty || handOver.contains { isScheduled($0.message, now: now) }
@@ -301,6 +306,7 @@ public final class MongoOutboxStore: OutboxStore {
             }
         }
         fetch.heads = heads.map(\.message)
+        fetch.state.caughtUp = heads.count < limit
         // The next scan of new documents starts again from the first one of the owned partitions
         // read here: those that must wait for an earlier event of their aggregate stay as they
         // are, and a head whose outcome could not be written (the store failing) is still new;
@@ -319,7 +325,7 @@ public final class MongoOutboxStore: OutboxStore {
         // lie behind the scan position): start again from the lowest pending id, or the scan
         // could stay stuck.
         if heads.allSatisfy(\.message.isFirstSight) {
-            fetch.state.known = fetch.state.known.mapValues { ScanPosition(from: nil, seconds: $0.seconds, below: $0.from ?? $0.below) }
+            fetch.state.known = fetch.state.known.mapValues { $0.restarted(below: $0.from ?? $0.below) }
         }
         return fetch
     }

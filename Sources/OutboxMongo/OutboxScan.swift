@@ -21,10 +21,10 @@ extension MongoOutboxStore {
     }
 
     /// Where the pending scan goes on: a lower bound on `sid` and a window length in seconds of
-    /// ObjectId time.
+    /// ObjectId time (a fraction of a second spans part of the ObjectIds of one second).
     struct ScanPosition: Sendable {
         var from: String?
-        var seconds: UInt32 = 4
+        var width: Double = 1.0 / 64
         /// When the scan last started from the lowest pending id.
         var rewound: ContinuousClock.Instant?
         /// Where the scan stood when it was sent back to the lowest pending id: it goes on from here
@@ -32,11 +32,69 @@ extension MongoOutboxStore {
         /// servers a sorted, limited query reads every document it matches: each look read the
         /// partition's whole backlog to return one id).
         var below: String?
+        /// Whether the scan over every partition, with nowhere to go on from, looks for the lowest
+        /// pending id a partition at a time: at a relay's start, when nothing says how large the
+        /// backlog is, one query per partition instead of one that may read all of it (on such a
+        /// server it holds every other command meanwhile). After a look found nothing, one query
+        /// asks for all.
+        var lookUpByPartition = true
 
         /// How often a scan that reached the newest events starts again from the lowest pending
         /// id (events rescheduled, put back by an operator, or committed late with an older id);
         /// in between it goes on from its last window, which saves a query per fetch.
         static let rewindInterval = Duration.seconds(1)
+        /// The narrowest window: one ObjectId of a second's 2^64.
+        static let minimumWidth = 0x1p-64
+        static let maximumWidth = Double(1 << 20)
+
+        /// The position sent back to the lowest pending id, going on from `below` if none lies
+        /// below it.
+        func restarted(below: String?) -> ScanPosition {
+            ScanPosition(width: width, below: below, lookUpByPartition: lookUpByPartition)
+        }
+    }
+
+    /// A scan id as a number, for windows of any width: an ObjectId's seconds and the 8 bytes after
+    /// them. Within a second, the ids one process makes differ in their last 3 bytes (a counter),
+    /// so a window narrower than a second still holds a part of a dense second.
+    struct ScanPoint: Comparable {
+        var seconds: UInt32
+        var rest: UInt64
+
+        /// Nil for a scan id that is not ObjectId hex.
+        init?(_ sid: String) {
+            // Lower-case hex only: what `hex` gives back sorts as the scan id does.
+            guard sid.utf8.count == 24, sid.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
+                let seconds = UInt32(sid.prefix(8), radix: 16), let rest = UInt64(sid.suffix(16), radix: 16)
+            else { return nil }
+            (self.seconds, self.rest) = (seconds, rest)
+        }
+
+        init(seconds: UInt32, rest: UInt64 = 0) { (self.seconds, self.rest) = (seconds, rest) }
+
+        var hex: String {
+            let (high, low) = (String(seconds, radix: 16), String(rest, radix: 16))
+            return String(repeating: "0", count: 8 - high.count) + high + String(repeating: "0", count: 16 - low.count) + low
+        }
+
+        /// `width` seconds on; nil past the last second an ObjectId holds.
+        func advanced(by width: Double) -> ScanPoint? {
+            let whole = width.rounded(.down)
+            let ticks = ((width - whole) * 0x1p64).rounded(.up)
+            let (rest, carry) = rest.addingReportingOverflow(ticks >= 0x1p64 ? .max : UInt64(ticks))
+            let seconds = UInt64(seconds) + UInt64(whole) + (carry ? 1 : 0)
+            return seconds > UInt64(UInt32.max) ? nil : ScanPoint(seconds: UInt32(seconds), rest: rest)
+        }
+
+        /// Seconds from here to `other`.
+        func distance(to other: ScanPoint) -> Double {
+            guard self <= other else { return -other.distance(to: self) }
+            // Borrowed from the seconds, so the bytes after them are exact however close.
+            let borrow: Int64 = other.rest >= rest ? 0 : 1
+            return Double(Int64(other.seconds) - Int64(seconds) - borrow) + Double(other.rest &- rest) * 0x1p-64
+        }
+
+        static func < (a: ScanPoint, b: ScanPoint) -> Bool { (a.seconds, a.rest) < (b.seconds, b.rest) }
     }
 
     /// Finds due pending events of the owned partitions, at most `limit`: with one scan when the
@@ -50,7 +108,8 @@ extension MongoOutboxStore {
     static func scanKnown(_ outbox: MongoCollection, state: inout ScanState, limit: Int, owned: Set<Int>, partitions: Int, now: Date) throws -> Read {
         guard owned.count < partitions else {
             let key = ScanState.allPartitions
-            let (read, next) = try scanWindows(outbox, from: state.known[key] ?? ScanPosition(), limit: limit, partition: nil, now: now)
+            let (read, next) = try scanWindows(
+                outbox, from: state.known[key] ?? ScanPosition(), limit: limit, partition: nil, partitions: partitions, now: now)
             state.known = [key: next]
             return read
         }
@@ -62,7 +121,8 @@ extension MongoOutboxStore {
         for step in 0..<order.count {
             let partition = order[(first + step) % order.count]
             let (found, next) = try scanWindows(
-                outbox, from: state.known[partition] ?? ScanPosition(), limit: limit - read.documents.count, partition: partition, now: now)
+                outbox, from: state.known[partition] ?? ScanPosition(), limit: limit - read.documents.count, partition: partition,
+                partitions: partitions, now: now)
             state.known[partition] = next
             state.lastPartition = partition
             read.read += found.read
@@ -84,7 +144,7 @@ extension MongoOutboxStore {
     /// (which tells a dense window), so what is read is what is published, and one document per
     /// query.
     static func scanWindows(
-        _ outbox: MongoCollection, from position: ScanPosition, limit: Int, partition: Int?, now: Date
+        _ outbox: MongoCollection, from position: ScanPosition, limit: Int, partition: Int?, partitions: Int, now: Date
     ) throws -> (Read, ScanPosition) {
         var position = position
         var read = Read()
@@ -96,16 +156,21 @@ extension MongoOutboxStore {
             // (written in the status-pending format, not yet seen) sorts first and would hide
             // every event.
             let below = position.below
-            let lowest = try findPending(
-                outbox, partition: partition, sid: below.map { ["$gte": "", "$lt": .string($0)] } ?? ["$gte": ""], limit: 1, projection: ["sid": 1])
-            read.read += lowest.count
-            guard let from = lowest.first?["sid"]?.stringValue ?? below else { return (read, ScanPosition(seconds: position.seconds)) }
+            let range: BSON = below.map { ["$gte": "", "$lt": .string($0)] } ?? ["$gte": ""]
+            let lookUps: [Int?] = partition == nil && below == nil && position.lookUpByPartition ? Array(0..<partitions) : [partition]
+            var lowest: String?
+            for part in lookUps {
+                let found = try findPending(outbox, partition: part, sid: range, limit: 1, projection: ["sid": 1])
+                read.read += found.count
+                if let sid = found.first?["sid"]?.stringValue { lowest = min(lowest ?? sid, sid) }
+            }
+            guard let from = lowest ?? below else { return (read, ScanPosition(width: position.width, lookUpByPartition: false)) }
             position.from = from
             position.below = nil
             position.rewound = .now
         }
         let start = position.from
-        let nowSeconds = UInt32(now.timeIntervalSince1970)
+        let newest = ScanPoint(seconds: UInt32(clamping: Int64(now.timeIntervalSince1970)))
         func isDue(_ document: Document) -> Bool {
             (document["nextAttemptAt"]?.dateValue).map { $0 <= now } ?? true
         }
@@ -113,29 +178,33 @@ extension MongoOutboxStore {
             let wanted = limit - read.documents.count
             let lower = position.from!
             // A scan id that is not ObjectId hex cannot be windowed: read the rest of the backlog once.
-            let lowerSeconds = UInt32(lower.prefix(8), radix: 16).flatMap { lower.utf8.count == 24 ? $0 : nil }
+            let lowerPoint = ScanPoint(lower)
             var sidRange: Document = ["$gte": .string(lower)]
-            var upperSeconds = UInt32.max
-            if let lowerSeconds {
-                upperSeconds = lowerSeconds &+ position.seconds
-                // A window that reaches past now is left open at the top, so ids from a clock
-                // ahead of ours are read with it (normally there are none).
-                if upperSeconds <= nowSeconds {
-                    sidRange["$lt"] = .string(String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16))
-                }
+            var upper: ScanPoint?
+            // A window that reaches past now is left open at the top, so ids from a clock ahead of
+            // ours are read with it (normally there are none).
+            if let end = lowerPoint?.advanced(by: position.width), end <= newest {
+                upper = end
+                sidRange["$lt"] = .string(end.hex)
             }
             let window = try findPending(outbox, partition: partition, sid: .document(sidRange), limit: wanted + 1)
             read.read += window.count
             read.documents += window.prefix(wanted).filter(isDue)
             if window.count > wanted {
-                // Dense: look at less next time.
-                position.seconds = max(position.seconds / 2, 1)
+                // Dense: next time a window as wide as the part of this one that held what was
+                // wanted (some servers sort a whole window before they apply the limit).
+                let next = window[wanted]["sid"]?.stringValue
+                if let lowerPoint, let nextPoint = next.flatMap(ScanPoint.init) {
+                    position.width = max(lowerPoint.distance(to: nextPoint), ScanPosition.minimumWidth)
+                } else {
+                    position.width = max(position.width / 2, ScanPosition.minimumWidth)
+                }
                 if read.documents.count >= limit { break }  // stay here: this batch gets delivered
                 // What was read is mostly not due: page on through the window from the first one not taken.
-                position.from = window[wanted]["sid"]?.stringValue ?? lower
+                position.from = next ?? lower
                 continue
             }
-            if sidRange["$lt"] == nil {
+            guard let upper else {
                 // Reached the newest events: the next fetch reads what this one read again, from
                 // where it started (what was published is no longer pending; what was not, e.g. a
                 // later version or an event cut at the byte budget, is read again), or starts from
@@ -144,12 +213,14 @@ extension MongoOutboxStore {
                     position.from = start
                     break
                 }
-                position = ScanPosition(from: nil, seconds: position.seconds, below: start)
+                position = position.restarted(below: start)
                 break
             }
             if read.documents.count >= limit { break }
-            position.from = String(format: "%08x", upperSeconds) + String(repeating: "0", count: 16)
-            position.seconds = min(position.seconds * 2, 1 << 20)
+            position.from = upper.hex
+            // Wider while windows hold less than wanted; fast over an empty stretch (the ids of
+            // another process, or of a later second).
+            position.width = min(position.width * (window.isEmpty ? 4 : 2), ScanPosition.maximumWidth)
         }
         return (read, position)
     }
@@ -171,7 +242,8 @@ extension MongoOutboxStore {
     /// none. The look asks for a missing or null scan id, which the status-and-scan-id index
     /// answers; every `pendingFormatFullLookEvery`th look asks for any scan id that is not a
     /// string, which some servers answer by reading every pending event (SecantusDB: 550 ms
-    /// against 1.3 ms among 20,000, holding every other command meanwhile).
+    /// against 1.3 ms among 20,000, holding every other command meanwhile), as `FullQuestions`
+    /// says.
     static let pendingFormatLookInterval = Duration.seconds(5)
     static let pendingFormatFullLookEvery = 12
 
@@ -188,8 +260,7 @@ extension MongoOutboxStore {
             let instant = ContinuousClock.now
             guard state.lastPendingFormatLook.map({ instant - $0 >= pendingFormatLookInterval }) ?? true else { return read }
             state.lastPendingFormatLook = instant
-            state.pendingFormatLooks += 1
-            let full = state.pendingFormatLooks % pendingFormatFullLookEvery == 1
+            let full = state.pendingFormatLooks.nextIsFull(caughtUp: state.caughtUp)
             let look = try outbox.find(
                 ["status": .string(OutboxSchema.Status.pending), "sid": full ? OutboxSchema.firstSight["sid"]! : .null],
                 options: ["limit": 1, "projection": ["_id": 1]])
@@ -287,15 +358,48 @@ extension MongoOutboxStore {
         return (read, position)
     }
 
+    /// How often a sweep also asks what no index answers (see `sweepUnreachable` and
+    /// `FullQuestions`).
+    static let sweepFullEvery = 10
+
     /// Documents no scan reaches, looked for every `sweepInterval` by the adopter: an unknown
     /// `status`, a new document whose `timestamp` is not a date (parked, naming the field), a
     /// pending event with a scan id but no partition (completed), and a partition out of range
     /// (moved to its partition, e.g. after the partition count changed).
-    static func sweepUnreachable(_ outbox: MongoCollection, into fetch: inout Fetch, limit: Int, options: Options, now: Date) throws {
+    ///
+    /// Some servers answer a question no index answers by reading every document it could match
+    /// (SecantusDB: 0.3–0.8 s each among 20,000 pending events, holding every other command
+    /// meanwhile), so a sweep asks them only when they are cheap or due:
+    /// - a status of any type the relay does not know: on a `full` sweep (it reads the whole
+    ///   collection, delivered events too); otherwise a status that is a string other than the
+    ///   relay's, a number or a boolean, which the status index answers;
+    /// - a timestamp that is not a date, and a partition of any value out of range: on a full
+    ///   sweep, and whenever the relay has `caughtUp` (they read the new and pending documents,
+    ///   few then); otherwise a partition below zero, at or above the count, a string or a
+    ///   boolean.
+    /// So a relay draining a backlog does not hold the store with them.
+    static func sweepUnreachable(
+        _ outbox: MongoCollection, into fetch: inout Fetch, limit: Int, full: Bool, caughtUp: Bool, options: Options, now: Date
+    ) throws {
         let known: [BSON] = [.null] + OutboxSchema.Status.known.map { .string($0) }
         // Only the fields a reason names: the documents' data is not read.
         let small: Document = ["status": 1, "aggregateId": 1, "timestamp": 1]
-        let unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000, "projection": .document(small)])
+        var unknownStatus: [Document] = []
+        if full {
+            unknownStatus = try outbox.find(["status": ["$nin": .array(known)]], options: ["limit": 1000, "projection": .document(small)])
+        } else {
+            // The strings between the relay's (a range on a string matches strings only), numbers and booleans.
+            let names = OutboxSchema.Status.known.sorted()
+            var ranges: [BSON] = zip([""] + names.map { $0 + "\u{0}" }, names.map(Optional.some) + [nil]).map { lower, upper in
+                var range: Document = ["$gte": .string(lower)]
+                if let upper { range["$lt"] = .string(upper) }
+                return .document(range)
+            }
+            ranges += [["$gte": .double(-.infinity), "$lte": .double(.infinity)], ["$in": [true, false]]]
+            for range in ranges {
+                unknownStatus += try outbox.find(["status": range], options: ["limit": 1000, "projection": .document(small)])
+            }
+        }
         for document in unknownStatus {
             let status = document["status"].map { ExtendedJSON.render($0) } ?? "?"
             fetch.malformed.append(
@@ -304,12 +408,14 @@ extension MongoOutboxStore {
                     "status must be absent when an event is written (the relay sets it), found \(status)", true
                 ))
         }
-        let badTimestamp = try [BSON.null, .string(OutboxSchema.Status.pending)].flatMap { status in
-            try outbox.find(
-                ["status": status, "timestamp": ["$exists": true, "$ne": .null, "$not": ["$type": "date"]]],
-                options: ["limit": 1000, "projection": .document(small.merging(["sid": 1]))]
-            ).filter { $0["sid"]?.stringValue == nil }
-        }
+        let badTimestamp =
+            full || caughtUp
+            ? try [BSON.null, .string(OutboxSchema.Status.pending)].flatMap { status in
+                try outbox.find(
+                    ["status": status, "timestamp": ["$exists": true, "$ne": .null, "$not": ["$type": "date"]]],
+                    options: ["limit": 1000, "projection": .document(small.merging(["sid": 1]))]
+                ).filter { $0["sid"]?.stringValue == nil }
+            } : []
         for document in badTimestamp {
             fetch.malformed.append(
                 (
@@ -318,8 +424,9 @@ extension MongoOutboxStore {
                 ))
         }
         // Pending without a scan id are read by the scan of new documents; these have one but no partition.
+        // (A range on a string, as a type would not be asked of the index.)
         let incomplete = try outbox.find(
-            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$type": "string"]], options: ["limit": .int64(Int64(limit))]
+            ["status": .string(OutboxSchema.Status.pending), "partition": .null, "sid": ["$gte": ""]], options: ["limit": .int64(Int64(limit))]
         )
         for document in incomplete {
             switch OutboxDocument.decode(document, options: options.decoding, isNew: true, now: now) {
@@ -331,9 +438,20 @@ extension MongoOutboxStore {
             }
         }
         let valid: [BSON] = (0..<options.partitions).map { .int32(Int32($0)) }
-        let outOfRange = try outbox.find(
-            ["status": .string(OutboxSchema.Status.pending), "sid": ["$exists": true], "partition": ["$exists": true, "$nin": .array(valid)]],
-            options: ["limit": 1000, "projection": ["aggregateId": 1, "partition": 1]])
+        let projection: Document = ["aggregateId": 1, "partition": 1, "sid": 1]
+        let outOfRange: [Document]
+        if full || caughtUp {
+            outOfRange = try outbox.find(
+                ["status": .string(OutboxSchema.Status.pending), "sid": ["$exists": true], "partition": ["$exists": true, "$nin": .array(valid)]],
+                options: ["limit": 1000, "projection": .document(projection)])
+        } else {
+            let ranges: [BSON] = [["$lt": 0], ["$gte": .int32(Int32(options.partitions))], ["$gte": ""], ["$in": [true, false]]]
+            outOfRange = try ranges.flatMap { range in
+                try outbox.find(
+                    ["status": .string(OutboxSchema.Status.pending), "partition": range],
+                    options: ["limit": 1000, "projection": .document(projection)])
+            }.filter { $0["sid"] != nil }
+        }
         for document in outOfRange {
             fetch.rehome.append(
                 (

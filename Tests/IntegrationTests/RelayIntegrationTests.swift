@@ -148,14 +148,20 @@ struct RelayIntegrationTests {
             await publisher.close()
             #expect(Set(try await f.admin.drain(queue).compactMap(\.messageId)).isSuperset(of: Set(newer + late)))
             #expect(try await f.count("outbox", ["status": "pending"]) == 0)
-            // The lowest-pending lookups (limit 1, scan id only): the first reads every scan id
-            // (any string; documents without one are not the scan's), every later one only below
-            // where the scan stood.
+            // The lowest-pending lookups (limit 1, scan id only): those of the start read every
+            // scan id (any string; documents without one are not the scan's), a partition each;
+            // every later one reads all partitions, only below where the scan stood.
             let lookups = commands.values.filter { $0.name == "find" && $0.command["projection"] == ["sid": 1] && $0.command["limit"]?.intValue == 1 }
-                .map { $0.command["filter"]?.documentValue?["sid"] }
-            #expect(lookups.count >= 2)
-            #expect(lookups.first == .some(["$gte": ""]), "the first lookup has no upper bound")
-            #expect(lookups.dropFirst().allSatisfy { $0?.documentValue?["$lt"]?.stringValue != nil }, "later ones are bounded: \(lookups)")
+                .map { $0.command["filter"]?.documentValue ?? [:] }
+            let start = lookups.prefix { $0["sid"] == ["$gte": ""] }
+            #expect(
+                start.map { $0["partition"]?.intValue } == (0..<OutboxSchema.defaultPartitions).map(Optional.some),
+                "the start's lookups have no upper bound, one per partition: \(lookups)")
+            let later = lookups.dropFirst(start.count)
+            #expect(!later.isEmpty)
+            #expect(
+                later.allSatisfy { $0["sid"]?.documentValue?["$lt"]?.stringValue != nil && $0["partition"] == nil },
+                "later ones are bounded: \(lookups)")
         }
     }
 
