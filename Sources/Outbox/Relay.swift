@@ -266,6 +266,12 @@ public final class Relay: Service {
             // Beside other sources in parts, each after its turn: a quiet source's pass waits
             // behind one part at most.
             let partSize = shares.map { $0.shares.isShared ? Self.markPart : delivered.count } ?? delivered.count
+            if partSize < delivered.count {
+                // A partition's events share statements (one fence each): parts by partition keep
+                // them few, where parts of a batch in publishing order would hold a statement or
+                // more for every partition each. (Stable: an aggregate's events stay in order.)
+                delivered = delivered.enumerated().sorted { ($0.element.partition, $0.offset) < ($1.element.partition, $1.offset) }.map(\.element)
+            }
             var marked = 0
             do {
                 while marked < delivered.count {

@@ -3,7 +3,9 @@ import Synchronization
 /// Shares the store between the sources of one relay, for stores that serve one command at a
 /// time (SecantusDB here), where a quiet source's commands would otherwise each wait behind a busy
 /// one's.
-/// - A source is *draining* while its last fetch was full (more is waiting), *quiet* otherwise.
+/// - A source is *draining* while its last fetch was full (more is waiting), *quiet* otherwise;
+///   until its first pass ends, neither: it yields as a draining one does (its start-up reads, a
+///   first backlog sample and the first lookups, may be long), and takes a full share.
 ///   While a quiet source's store work (a fetch, a mark, any command of its pool) is under way,
 ///   the draining sources hold their store commands back (`shouldYield`; their pools wait before
 ///   each command, at most `longestYield` at a time). The quiet source's commands then wait behind the one command in
@@ -15,8 +17,8 @@ import Synchronization
 ///   carries) and leave the store to the backlog.
 public final class StoreShares: Sendable {
     private struct Member {
-        /// The last pass fetched its whole limit.
-        var draining = false
+        /// The last pass fetched its whole limit; nil before the first pass ended.
+        var draining: Bool?
         /// Store work of the member, while quiet, under way (nested or side by side).
         var quietWork = 0
         var lastPassStart: ContinuousClock.Instant?
@@ -27,7 +29,7 @@ public final class StoreShares: Sendable {
         var next = 0
 
         func othersDraining(_ member: Int) -> Int {
-            members.filter { $0.key != member && $0.value.draining }.count
+            members.filter { $0.key != member && $0.value.draining == true }.count
         }
     }
 
@@ -74,7 +76,7 @@ public final class StoreShares: Sendable {
     public func delayBeforePass(_ member: Int) -> Duration {
         let instant = now()
         return state.withLock { state in
-            guard let me = state.members[member], !me.draining, let last = me.lastPassStart, state.othersDraining(member) > 0 else {
+            guard let me = state.members[member], me.draining == false, let last = me.lastPassStart, state.othersDraining(member) > 0 else {
                 return .zero
             }
             return max(last + quietInterval - instant, .zero)
@@ -109,7 +111,7 @@ public final class StoreShares: Sendable {
 
     private func quietWorkStarted(_ member: Int) -> Bool {
         state.withLock { state in
-            guard let me = state.members[member], !me.draining else { return false }
+            guard let me = state.members[member], me.draining == false else { return false }
             state.members[member]?.quietWork += 1
             return true
         }
@@ -119,11 +121,11 @@ public final class StoreShares: Sendable {
         state.withLock { $0.members[member]?.quietWork -= 1 }
     }
 
-    /// Whether `member` should hold its next store command back: it drains and a quiet member's
-    /// store work is under way.
+    /// Whether `member` should hold its next store command back: it drains (or has not ended a
+    /// pass yet) and a quiet member's store work is under way.
     public func shouldYield(_ member: Int) -> Bool {
         state.withLock { state in
-            guard state.members[member]?.draining == true else { return false }
+            guard let me = state.members[member], me.draining != false else { return false }
             return state.members.contains { $0.key != member && $0.value.quietWork > 0 }
         }
     }

@@ -27,8 +27,9 @@ public final class BacklogMonitor: Service {
 
     private let gauges: Gauges
     private let missing = Mutex(false)
-    /// Whether the next sample counts partition by partition (the last one took long).
-    private let splitCounts = Mutex(false)
+    /// Whether the next sample counts partition by partition (the last one took long). The
+    /// first does: nothing says yet how large the backlog is.
+    private let splitCounts = Mutex(true)
     static let splitAfter = Duration.milliseconds(100)
     public static let databaseUp = Gauge(label: "outbox_connection_up", dimensions: [("target", "database")])
 
@@ -62,8 +63,8 @@ public final class BacklogMonitor: Service {
     /// Whether the last sample found the collection gone (dropped or renamed); false before one.
     public var collectionMissing: Bool { missing.withLock { $0 } }
 
-    /// Reads the figures once and updates the gauges. After a sample that took longer than
-    /// `splitAfter`, the pending events are read partition by partition (a few fields each,
+    /// Reads the figures once and updates the gauges. At first, and after a sample that took
+    /// longer than `splitAfter`, the pending events are read partition by partition (a few fields each,
     /// along the partition's index) and counted here, a short store command each instead of a few
     /// long ones: on a store that serves one command at a time, one count over a large backlog holds every
     /// source's commands meanwhile (two seconds for 20,000 pending events on SecantusDB). Split,

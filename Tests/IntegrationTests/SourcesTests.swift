@@ -37,6 +37,7 @@ struct SourcesTests {
             let shares = StoreShares(longestYield: .milliseconds(300))
             let (draining, quiet) = (shares.join(), shares.join())
             shares.passEnded(draining, full: true)
+            shares.passEnded(quiet, full: false)
             let pool = try MongoClientPool(MongoConfiguration(uri: Servers.mongoURI, database: f.database, threads: 2, appName: "integration-tests"))
             pool.share(shares, member: draining)
             let count: @Sendable () async throws -> Duration = {

@@ -104,6 +104,14 @@ struct StoreSharesTests {
         let (a, b) = (shares.join(), shares.join())
         #expect(shares.isShared)
         shares.passStarted(a)
+        shares.passStarted(b)
+        await shares.storeWork(b) {
+            #expect(!shares.shouldYield(a), "neither has ended a pass: b is not known to be quiet")
+        }
+        shares.passEnded(b, full: false)
+        await shares.storeWork(b) {
+            #expect(shares.shouldYield(a), "a has not ended its first pass (its start-up reads): it yields to b, quiet")
+        }
         shares.passEnded(a, full: true)
         #expect(!shares.shouldYield(a), "no quiet work under way")
         shares.passStarted(b)
